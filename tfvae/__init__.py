@@ -1,0 +1,59 @@
+"""tfvae: variational autoencoders in Keras 3 whose networks output TFP distributions."""
+
+from tfvae import data
+from tfvae import objectives
+from tfvae import random
+from tfvae.builders import build_vae
+from tfvae.callbacks import KLWarmup
+from tfvae.heads import BernoulliLikelihood
+from tfvae.heads import CategoricalPixelLikelihood
+from tfvae.heads import ContinuousBernoulliLikelihood
+from tfvae.heads import DiagonalGaussianPosterior
+from tfvae.heads import DiscretizedLogisticLikelihood
+from tfvae.heads import DistributionHead
+from tfvae.heads import FullCovarianceGaussianPosterior
+from tfvae.heads import GaussianLikelihood
+from tfvae.heads import LikelihoodHead
+from tfvae.model import VAE
+from tfvae.networks import MLP
+from tfvae.networks import ConvDecoder
+from tfvae.networks import ConvEncoder
+from tfvae.objectives import elbo
+from tfvae.objectives import elbo_gap
+from tfvae.objectives import iwae_bound
+from tfvae.objectives import kl_divergence
+from tfvae.objectives import log_likelihood
+from tfvae.priors import MixtureOfGaussiansPrior
+from tfvae.priors import Prior
+from tfvae.priors import StandardNormalPrior
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BernoulliLikelihood",
+    "CategoricalPixelLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "ConvDecoder",
+    "ConvEncoder",
+    "DiagonalGaussianPosterior",
+    "DiscretizedLogisticLikelihood",
+    "DistributionHead",
+    "FullCovarianceGaussianPosterior",
+    "GaussianLikelihood",
+    "KLWarmup",
+    "LikelihoodHead",
+    "MLP",
+    "MixtureOfGaussiansPrior",
+    "Prior",
+    "StandardNormalPrior",
+    "VAE",
+    "build_vae",
+    "data",
+    "elbo",
+    "elbo_gap",
+    "iwae_bound",
+    "kl_divergence",
+    "log_likelihood",
+    "objectives",
+    "random",
+]

@@ -1,0 +1,104 @@
+"""`build_vae`: common VAEs from a data shape, a latent size and a likelihood name."""
+
+import keras
+
+from tfvae import _checks
+from tfvae import heads
+from tfvae import networks
+from tfvae import priors
+from tfvae.model import VAE
+
+LIKELIHOODS = {
+    "bernoulli": lambda shape, scale: heads.BernoulliLikelihood(shape),
+    "continuous_bernoulli": lambda shape, scale: heads.ContinuousBernoulliLikelihood(shape),
+    "gaussian": lambda shape, scale: heads.GaussianLikelihood(shape, scale=scale),
+    "gaussian_shared": lambda shape, scale: heads.GaussianLikelihood(shape, scale="shared"),
+    "gaussian_per_dimension": lambda shape, scale: heads.GaussianLikelihood(
+        shape, scale="per_dimension"
+    ),
+    "gaussian_predicted": lambda shape, scale: heads.GaussianLikelihood(shape, scale="predicted"),
+    "categorical": lambda shape, scale: heads.CategoricalPixelLikelihood(shape),
+    "discretized_logistic": lambda shape, scale: heads.DiscretizedLogisticLikelihood(shape),
+}
+POSTERIORS = {
+    "diagonal": heads.DiagonalGaussianPosterior,
+    "full": heads.FullCovarianceGaussianPosterior,
+}
+PRIORS = ("standard_normal", "mixture")
+ARCHITECTURES = ("mlp", "conv")
+
+
+def build_vae(
+    input_shape,
+    latent_dim,
+    likelihood="bernoulli",
+    architecture="mlp",
+    hidden_units=(256, 128),
+    filters=(32, 64),
+    posterior="diagonal",
+    prior="standard_normal",
+    num_components=10,
+    likelihood_scale=0.1,
+    **vae_kwargs,
+):
+    """Builds a `tfvae.VAE` for data of shape `input_shape`.
+
+    Args:
+      input_shape: shape of one example, e.g. `(8, 8, 1)` or `(64,)`.
+      latent_dim: size of z.
+      likelihood: one of `LIKELIHOODS` (`"bernoulli"`, `"continuous_bernoulli"`,
+        `"gaussian"` (fixed σ = `likelihood_scale`), `"gaussian_shared"`,
+        `"gaussian_per_dimension"`, `"gaussian_predicted"`, `"categorical"`,
+        `"discretized_logistic"`). Default value: `"bernoulli"`.
+      architecture: `"mlp"` or `"conv"` (images `(H, W, C)` only).
+        Default value: `"mlp"`.
+      hidden_units: MLP widths (the decoder mirrors them). Default value: `(256, 128)`.
+      filters: conv encoder channels (the decoder mirrors them). Default value: `(32, 64)`.
+      posterior: `"diagonal"` or `"full"` covariance. Default value: `"diagonal"`.
+      prior: `"standard_normal"` or `"mixture"`. Default value: `"standard_normal"`.
+      num_components: mixture prior components. Default value: `10`.
+      likelihood_scale: σ of the fixed `"gaussian"` likelihood. Default value: `0.1`.
+      **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
+        `kl`, `seed`, `name`).
+
+    Returns:
+      A built `tfvae.VAE`.
+    """
+    input_shape = _checks.shape("input_shape", input_shape)
+    latent_dim = _checks.positive_int("latent_dim", latent_dim)
+    _checks.one_of("likelihood", likelihood, tuple(LIKELIHOODS))
+    _checks.one_of("architecture", architecture, ARCHITECTURES)
+    _checks.one_of("posterior", posterior, tuple(POSTERIORS))
+    _checks.one_of("prior", prior, PRIORS)
+    if architecture == "conv" and len(input_shape) != 3:
+        raise ValueError(
+            "Received an invalid value for `input_shape`: architecture='conv' needs images "
+            f"(height, width, channels). Received: input_shape={input_shape}"
+        )
+    seed = vae_kwargs.get("seed")
+    if seed is not None:
+        keras.utils.set_random_seed(_checks.non_negative_int("seed", seed))
+
+    likelihood_head = LIKELIHOODS[likelihood](input_shape, likelihood_scale)
+    posterior_head = POSTERIORS[posterior](latent_dim)
+    if prior == "mixture":
+        prior_layer = priors.MixtureOfGaussiansPrior(latent_dim, num_components=num_components)
+    else:
+        prior_layer = priors.StandardNormalPrior(latent_dim)
+
+    if architecture == "mlp":
+        hidden_units = _checks.int_tuple("hidden_units", hidden_units)
+        encoder = networks.MLP(posterior_head.params_size, hidden_units, name="encoder")
+        decoder = networks.MLP(
+            likelihood_head.params_size, tuple(reversed(hidden_units)), name="decoder"
+        )
+    else:
+        filters = _checks.int_tuple("filters", filters, allow_empty=False)
+        height, width, channels = input_shape
+        encoder = networks.ConvEncoder(posterior_head.params_size, filters, name="encoder")
+        decoder = networks.ConvDecoder(
+            (height, width, channels * likelihood_head.params_per_element),
+            tuple(reversed(filters)),
+            name="decoder",
+        )
+    return VAE(encoder, decoder, posterior_head, likelihood_head, prior_layer, **vae_kwargs)

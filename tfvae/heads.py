@@ -1,0 +1,381 @@
+"""Distribution heads: Keras 3 layers that turn parameter tensors into TFP distributions.
+
+A head is called on a parameter tensor `[batch, params_size]` (or any shape
+with `params_size` elements per example) and returns a `tfd.Distribution`
+whose `batch_shape` is `[batch]` and whose `event_shape` is the latent shape
+(posteriors) or the data shape (likelihoods), so `log_prob` sums over the event
+and returns one number per example, in nats.
+
+Heads compute in float32 whatever the global dtype policy, so under mixed
+precision the networks run in float16/bfloat16 while log-probabilities and KL
+terms stay in float32.
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae import _checks
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+_register = keras.saving.register_keras_serializable(package="tfvae")
+
+
+def _inverse_softplus(y):
+    return float(np.log(np.expm1(y)))
+
+
+class DistributionHead(keras.layers.Layer):
+    """Base class: parameters in, `tfd.Distribution` out.
+
+    Subclasses set `event_shape` and implement `params_size` and
+    `_distribution(params)`, where `params` has shape
+    `[batch, params_size]`, already cast to float32.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    @property
+    def params_size(self):
+        """Number of parameters the head needs per example."""
+        raise NotImplementedError
+
+    def _flat_params(self, params):
+        params = tf.cast(params, tf.float32)
+        per_example = params.shape[1:]
+        if None not in per_example and int(np.prod(per_example)) != self.params_size:
+            raise ValueError(
+                f"{type(self).__name__} needs `params_size={self.params_size}` parameters "
+                f"per example. Received: params with shape {tuple(params.shape)}"
+            )
+        return tf.reshape(params, [-1, self.params_size])
+
+    def call(self, params):
+        return self._distribution(self._flat_params(params))
+
+    def _distribution(self, params):
+        raise NotImplementedError
+
+    def mean(self, distribution):
+        """The distribution's mean, `[batch] + event_shape` (override if TFP lacks it)."""
+        return distribution.mean()
+
+    def compute_output_spec(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} returns a tfd.Distribution and cannot be used in a "
+            "symbolic (functional) Keras graph; call it on tensors."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Posteriors q(z|x).
+
+
+@_register
+class DiagonalGaussianPosterior(DistributionHead):
+    """q(z|x) = N(μ, diag(σ²)).
+
+    Mathematical details: parameters are `[μ, s]` (each `latent_dim` wide) and
+    `σ = softplus(s) + min_scale`.
+
+    Args:
+      latent_dim: size of z.
+      min_scale: lower bound on σ for numerical safety. Default value: `1e-5`.
+    """
+
+    def __init__(self, latent_dim, min_scale=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.event_shape = (self.latent_dim,)
+
+    @property
+    def params_size(self):
+        return 2 * self.latent_dim
+
+    def _distribution(self, params):
+        loc, raw_scale = tf.split(params, 2, axis=-1)
+        scale = tf.nn.softplus(raw_scale) + self.min_scale
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
+
+
+@_register
+class FullCovarianceGaussianPosterior(DistributionHead):
+    """q(z|x) = N(μ, L Lᵀ) with a lower-triangular Cholesky factor L.
+
+    Mathematical details: parameters are μ (`latent_dim`) and the
+    `latent_dim (latent_dim + 1) / 2` entries of L, filled by
+    `tfb.FillScaleTriL` with a softplus diagonal plus `min_scale`.
+
+    Args:
+      latent_dim: size of z.
+      min_scale: lower bound on the diagonal of L. Default value: `1e-5`.
+    """
+
+    def __init__(self, latent_dim, min_scale=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.event_shape = (self.latent_dim,)
+
+    @property
+    def params_size(self):
+        d = self.latent_dim
+        return d + d * (d + 1) // 2
+
+    def _distribution(self, params):
+        loc, raw_tril = tf.split(params, [self.latent_dim, self.params_size - self.latent_dim], -1)
+        fill = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=self.min_scale)
+        return tfd.MultivariateNormalTriL(loc=loc, scale_tril=fill.forward(raw_tril))
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
+
+
+# ---------------------------------------------------------------------------
+# Likelihoods p(x|z).
+
+
+class LikelihoodHead(DistributionHead):
+    """A likelihood with `params_per_element` parameters per data element.
+
+    The decoder's output is reshaped to `[batch] + event_shape +
+    [params_per_element]`, so an MLP's flat output and a convolutional
+    decoder's `[batch, H, W, C * k]` output both work.
+
+    Args:
+      event_shape: the shape of one example, e.g. `(28, 28, 1)` or `(64,)`.
+    """
+
+    params_per_element = 1
+
+    def __init__(self, event_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.event_shape = _checks.shape("event_shape", event_shape)
+
+    @property
+    def params_size(self):
+        return int(np.prod(self.event_shape)) * self.params_per_element
+
+    def _element_params(self, params):
+        """`[batch, params_size]` -> `[batch] + event_shape + [k]`."""
+        return tf.reshape(params, [-1, *self.event_shape, self.params_per_element])
+
+    def encoder_input(self, x):
+        """What the encoder sees for data `x` (identity; integer-level heads rescale to [0, 1])."""
+        return x
+
+    def _independent(self, distribution):
+        return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
+
+    def validate_data(self, x, name="x"):
+        """Raises `ValueError` if the numpy array `x` has values this likelihood cannot score."""
+        x = np.asarray(x)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(
+                f"Received an invalid value for `{name}`: {type(self).__name__} needs finite "
+                "values, but the data contains NaN or infinity."
+            )
+
+    def _check_range(self, x, name, low, high, integers=False):
+        x = np.asarray(x)
+        self_name = type(self).__name__
+        if x.size and (x.min() < low or x.max() > high):
+            raise ValueError(
+                f"Received an invalid value for `{name}`: {self_name} expects values in "
+                f"[{low}, {high}]. Received: values in [{x.min()}, {x.max()}]"
+            )
+        if integers and x.size and not np.all(np.equal(np.floor(x), x)):
+            raise ValueError(
+                f"Received an invalid value for `{name}`: {self_name} expects integer "
+                f"levels 0..{high} (8-bit pixels, not scaled to [0, 1]). "
+                f"Received: non-integer values such as {x[np.floor(x) != x].flat[0]!r}"
+            )
+
+    def get_config(self):
+        return {**super().get_config(), "event_shape": list(self.event_shape)}
+
+
+@_register
+class BernoulliLikelihood(LikelihoodHead):
+    """p(x|z) = Π Bernoulli(x_i; sigmoid(logit_i)), for data in [0, 1].
+
+    Grey values in [0, 1] are scored with the same cross-entropy formula
+    (the usual "binary cross-entropy" VAE loss).
+    """
+
+    def _distribution(self, params):
+        logits = self._element_params(params)[..., 0]
+        return self._independent(tfd.Bernoulli(logits=logits, dtype=tf.float32))
+
+    def validate_data(self, x, name="x"):
+        super().validate_data(x, name)
+        self._check_range(x, name, 0.0, 1.0)
+
+
+@_register
+class ContinuousBernoulliLikelihood(LikelihoodHead):
+    """p(x|z) = Π ContinuousBernoulli(x_i; logit_i), a normalised density on [0, 1]
+    (Loaiza-Ganem & Cunningham, 2019)."""
+
+    def _distribution(self, params):
+        logits = self._element_params(params)[..., 0]
+        return self._independent(tfd.ContinuousBernoulli(logits=logits))
+
+    def validate_data(self, x, name="x"):
+        super().validate_data(x, name)
+        self._check_range(x, name, 0.0, 1.0)
+
+
+@_register
+class GaussianLikelihood(LikelihoodHead):
+    """p(x|z) = Π N(x_i; μ_i, σ_i²).
+
+    Args:
+      event_shape: the shape of one example.
+      scale: how σ is set. A positive number fixes σ; `"shared"` learns one σ
+        for all elements; `"per_dimension"` learns one σ per data element;
+        `"predicted"` lets the decoder output σ for each element of each
+        example (two parameters per element). Default value: `1.0`.
+      initial_scale: starting σ for the learned variants. Default value: `1.0`.
+      min_scale: lower bound on learned σ. Default value: `1e-3`.
+    """
+
+    _LEARNED = ("shared", "per_dimension", "predicted")
+
+    def __init__(self, event_shape, scale=1.0, initial_scale=1.0, min_scale=1e-3, **kwargs):
+        super().__init__(event_shape, **kwargs)
+        if isinstance(scale, str):
+            self.scale = _checks.one_of("scale", scale, self._LEARNED)
+        else:
+            self.scale = _checks.positive_float("scale", scale)
+        self.initial_scale = _checks.positive_float("initial_scale", initial_scale)
+        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.params_per_element = 2 if self.scale == "predicted" else 1
+        raw = _inverse_softplus(max(self.initial_scale - self.min_scale, 1e-6))
+        self.raw_scale = None
+        if self.scale in ("shared", "per_dimension"):
+            self.raw_scale = self.add_weight(
+                shape=() if self.scale == "shared" else self.event_shape,
+                initializer=keras.initializers.Constant(raw),
+                name="raw_scale",
+            )
+        self._raw_initial = raw
+
+    def _distribution(self, params):
+        p = self._element_params(params)
+        loc = p[..., 0]
+        if self.scale == "predicted":
+            sigma = tf.nn.softplus(p[..., 1] + self._raw_initial) + self.min_scale
+        elif self.raw_scale is not None:
+            sigma = tf.nn.softplus(tf.convert_to_tensor(self.raw_scale)) + self.min_scale
+            sigma = tf.broadcast_to(sigma, tf.shape(loc))
+        else:
+            sigma = tf.fill(tf.shape(loc), self.scale)
+        return self._independent(tfd.Normal(loc=loc, scale=sigma))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "scale": self.scale,
+            "initial_scale": self.initial_scale,
+            "min_scale": self.min_scale,
+        }
+
+
+@_register
+class CategoricalPixelLikelihood(LikelihoodHead):
+    """p(x|z) = Π Categorical(x_i; softmax(logits_i)) over integer levels 0..num_levels-1.
+
+    For 8-bit images kept as integers (not scaled). Implemented with
+    `tfd.FiniteDiscrete` so that `mean()` and `mode()` are available.
+
+    Args:
+      event_shape: the shape of one example.
+      num_levels: number of intensity levels. Default value: `256`.
+    """
+
+    def __init__(self, event_shape, num_levels=256, **kwargs):
+        super().__init__(event_shape, **kwargs)
+        self.num_levels = _checks.positive_int("num_levels", num_levels)
+        self.params_per_element = self.num_levels
+
+    def _distribution(self, params):
+        logits = self._element_params(params)
+        outcomes = tf.range(self.num_levels, dtype=tf.float32)
+        return self._independent(tfd.FiniteDiscrete(outcomes, logits=logits))
+
+    def encoder_input(self, x):
+        return x / float(self.num_levels - 1)
+
+    def validate_data(self, x, name="x"):
+        super().validate_data(x, name)
+        self._check_range(x, name, 0, self.num_levels - 1, integers=True)
+
+    def get_config(self):
+        return {**super().get_config(), "num_levels": self.num_levels}
+
+
+@_register
+class DiscretizedLogisticLikelihood(LikelihoodHead):
+    """A logistic density discretised to integer levels 0..num_levels-1 (PixelCNN++).
+
+    Mathematical details: with `F` the logistic CDF of location μ and scale s,
+    `P(x=k) = F(k + ½) − F(k − ½)` for `0 < k < K−1`, `P(x=0) = F(½)` and
+    `P(x=K−1) = 1 − F(K − 1.5)`; implemented as `tfd.QuantizedDistribution`.
+    TFP does not implement `mean()` for it, so use the head's `mean(dist)`,
+    which is exact: `E[x] = Σ_{k=0}^{K−2} P(x > k)`.
+
+    Args:
+      event_shape: the shape of one example.
+      num_levels: number of intensity levels. Default value: `256`.
+      min_scale: lower bound on s. Default value: `1e-2`.
+    """
+
+    params_per_element = 2
+
+    def __init__(self, event_shape, num_levels=256, min_scale=1e-2, **kwargs):
+        super().__init__(event_shape, **kwargs)
+        self.num_levels = _checks.positive_int("num_levels", num_levels)
+        self.min_scale = _checks.positive_float("min_scale", min_scale)
+
+    def _distribution(self, params):
+        p = self._element_params(params)
+        # Centre the unit-scale initial output on the middle of the range.
+        half = (self.num_levels - 1) / 2.0
+        loc = half + half * p[..., 0]
+        scale = tf.nn.softplus(p[..., 1] + _inverse_softplus(half / 4.0)) + self.min_scale
+        logistic = tfd.Logistic(loc=loc - 0.5, scale=scale)
+        quantized = tfd.QuantizedDistribution(
+            logistic, low=0.0, high=float(self.num_levels - 1)
+        )
+        return self._independent(quantized)
+
+    def mean(self, distribution):
+        logistic = distribution.distribution.distribution
+        levels = tf.range(self.num_levels - 1, dtype=tf.float32)
+        # P(x > k) = 1 − F(k + ½) = sigmoid((μ − k − ½) / s) with μ − ½ stored as loc.
+        z = (logistic.loc[..., None] - levels) / logistic.scale[..., None]
+        return tf.reduce_sum(tf.sigmoid(z), axis=-1)
+
+    def encoder_input(self, x):
+        return x / float(self.num_levels - 1)
+
+    def validate_data(self, x, name="x"):
+        super().validate_data(x, name)
+        self._check_range(x, name, 0, self.num_levels - 1, integers=True)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_levels": self.num_levels,
+            "min_scale": self.min_scale,
+        }

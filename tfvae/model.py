@@ -1,0 +1,365 @@
+"""`tfvae.VAE`: a Keras model whose encoder and decoder produce TFP distributions."""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfvae import _checks
+from tfvae import heads as heads_lib
+from tfvae import objectives
+from tfvae import priors as priors_lib
+from tfvae import random as tfvae_random
+
+logger = logging.getLogger(__name__)
+
+_METRICS = ("loss", "elbo", "reconstruction", "kl")
+
+
+def _serialize(obj):
+    return keras.saving.serialize_keras_object(obj)
+
+
+def _deserialize(config):
+    return keras.saving.deserialize_keras_object(config)
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class VAE(keras.Model):
+    """A variational autoencoder trained on the ELBO with `compile()` + `fit()`.
+
+    `encoder(x)` gives the parameters of q(z|x) through the `posterior` head;
+    `decoder(z)` gives the parameters of p(x|z) through the `likelihood` head;
+    `prior.distribution()` is p(z). Training minimises the batch mean of the
+    per-example loss `−reconstruction + β · max(KL, free_bits)`, and `fit` /
+    `evaluate` report the epoch means of `loss`, `elbo`, `reconstruction` and
+    `kl` per example, in nats.
+
+    Args:
+      encoder: a layer mapping `[batch] + event_shape` to
+        `[batch, posterior.params_size]`.
+      decoder: a layer mapping `[batch, latent_dim]` to
+        `likelihood.params_size` values per example.
+      posterior: a posterior head (e.g. `DiagonalGaussianPosterior`).
+      likelihood: a likelihood head; its `event_shape` is the data shape.
+      prior: a prior layer. Default value: `StandardNormalPrior(latent_dim)`.
+      num_samples: posterior samples L per example in the training ELBO.
+        Default value: `1`.
+      beta: KL weight β ≥ 0 (a non-trainable variable, see `KLWarmup`).
+        Default value: `1.0`.
+      free_bits: nats of KL per example not penalised. Default value: `0.0`.
+      kl: `"auto" | "analytic" | "mc"`. Default value: `"auto"`.
+      seed: integer seed of the training noise. Default value: `None`
+        (random).
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        posterior,
+        likelihood,
+        prior=None,
+        num_samples=1,
+        beta=1.0,
+        free_bits=0.0,
+        kl="auto",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(posterior, heads_lib.DistributionHead) or not hasattr(
+            posterior, "latent_dim"
+        ):
+            raise ValueError(
+                "Received an invalid value for `posterior`, expected a posterior head such "
+                f"as tfvae.DiagonalGaussianPosterior. Received: posterior={posterior!r}"
+            )
+        if not isinstance(likelihood, heads_lib.LikelihoodHead):
+            raise ValueError(
+                "Received an invalid value for `likelihood`, expected a likelihood head such "
+                f"as tfvae.BernoulliLikelihood. Received: likelihood={likelihood!r}"
+            )
+        if prior is None:
+            prior = priors_lib.StandardNormalPrior(posterior.latent_dim)
+        if not isinstance(prior, priors_lib.Prior) or prior.latent_dim != posterior.latent_dim:
+            raise ValueError(
+                "Received an invalid value for `prior`, expected a tfvae prior with "
+                f"latent_dim={posterior.latent_dim}. Received: prior={prior!r}"
+            )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.posterior = posterior
+        self.likelihood = likelihood
+        self.prior = prior
+        self.num_samples = _checks.positive_int("num_samples", num_samples)
+        self.free_bits = _checks.non_negative_float("free_bits", free_bits)
+        self.kl_method = _checks.one_of("kl", kl, objectives.KL_METHODS)
+        beta = _checks.non_negative_float("beta", beta)
+        self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
+        self.beta = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(beta),
+            trainable=False,
+            dtype="float32",
+            name="beta",
+        )
+        self._seed_generator = keras.random.SeedGenerator(seed)
+        self._trackers = [keras.metrics.Mean(name=name) for name in _METRICS]
+        self.build((None,) + self.likelihood.event_shape)
+
+    # ------------------------------------------------------------------
+    # Building and checking inputs.
+
+    @property
+    def event_shape(self):
+        """The shape of one example, from the likelihood head."""
+        return self.likelihood.event_shape
+
+    @property
+    def latent_dim(self):
+        return self.posterior.latent_dim
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if tuple(input_shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"Received an invalid value for `input_shape`, expected (batch,) + "
+                f"{self.event_shape} to match the likelihood's event_shape. "
+                f"Received: input_shape={input_shape}"
+            )
+        x = tf.zeros((1,) + self.event_shape)
+        params = self.encoder(self.likelihood.encoder_input(x))
+        self._check_params("encoder", params, self.posterior)
+        q = self.posterior(params)
+        z = q.mean()
+        params = self.decoder(z)
+        self._check_params("decoder", params, self.likelihood)
+        self.likelihood(params)
+        self.built = True
+
+    @staticmethod
+    def _check_params(name, params, head):
+        size = int(np.prod(params.shape[1:]))
+        if size != head.params_size:
+            raise ValueError(
+                f"The `{name}` must output {head.params_size} values per example for "
+                f"{type(head).__name__} (its params_size). Received: {name} output "
+                f"with shape {tuple(params.shape)}"
+            )
+
+    def _check_x(self, x, name="x", values=True):
+        """Checks rank and shape (always) and values (when concrete)."""
+        shape = tuple(x.shape)
+        if len(shape) != len(self.event_shape) + 1 or tuple(shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"Received an invalid value for `{name}`, expected shape (batch,) + "
+                f"{self.event_shape}. Received: {name} with shape {shape}"
+            )
+        if values and (isinstance(x, np.ndarray) or tf.executing_eagerly()):
+            self.likelihood.validate_data(keras.ops.convert_to_numpy(x), name=name)
+
+    def _as_input(self, x, name="x"):
+        if not tf.is_tensor(x):
+            x = np.asarray(x, dtype="float32")
+        self._check_x(x, name=name)
+        return tf.cast(x, tf.float32)
+
+    # ------------------------------------------------------------------
+    # Distributions.
+
+    def encode(self, x, training=False):
+        """q(z|x): a `tfd.Distribution` with batch shape `[batch]`, event shape `[latent_dim]`."""
+        return self._posterior(self._as_input(x), training)
+
+    def _posterior(self, x, training):
+        return self.posterior(self.encoder(self.likelihood.encoder_input(x), training=training))
+
+    def decode(self, z, training=False):
+        """p(x|z): a `tfd.Distribution` with batch shape `[batch]`, event shape `event_shape`."""
+        z = tf.convert_to_tensor(z, tf.float32)
+        if z.shape.rank != 2 or z.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"Received an invalid value for `z`, expected shape (batch, {self.latent_dim}). "
+                f"Received: z with shape {tuple(z.shape)}"
+            )
+        return self.likelihood(self.decoder(z, training=training))
+
+    def _decode_fn(self, training):
+        return lambda z: self.likelihood(self.decoder(z, training=training))
+
+    def call(self, inputs, training=False):
+        """The deterministic reconstruction: the likelihood's mean at z = E_q[z]."""
+        q = self._posterior(tf.cast(inputs, tf.float32), training)
+        return self.likelihood.mean(self._decode_fn(training)(q.mean()))
+
+    # ------------------------------------------------------------------
+    # Objectives, per example.
+
+    def _terms(self, x, training, seed=None, num_samples=None, offset=0):
+        q = self._posterior(x, training)
+        return objectives.elbo(
+            x,
+            q,
+            self._decode_fn(training),
+            self.prior.distribution(),
+            num_samples=num_samples or self.num_samples,
+            kl=self.kl_method,
+            beta=tf.convert_to_tensor(self.beta),
+            free_bits=self.free_bits,
+            seed=seed,
+            offset=offset,
+        )
+
+    def elbo(self, x, num_samples=None, seed=None):
+        """Per-example ELBO terms in nats.
+
+        Args:
+          x: data `[batch] + event_shape`.
+          num_samples: posterior samples L. Default value: the model's.
+          seed: noise seed. Default value: `None` (random).
+
+        Returns:
+          A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`.
+        """
+        x = self._as_input(x)
+        if num_samples is not None:
+            _checks.positive_int("num_samples", num_samples)
+        terms = self._terms(x, training=False, seed=seed, num_samples=num_samples)
+        return {k: terms[k] for k in ("elbo", "reconstruction", "kl")}
+
+    def iwae_bound(self, x, k=50, seed=None, chunk_size=None):
+        """The IWAE bound with `k` importance samples, per example (`[batch]`)."""
+        x = self._as_input(x)
+        return objectives.iwae_bound(
+            x, self._posterior(x, False), self._decode_fn(False), self.prior.distribution(), k,
+            seed=seed, chunk_size=chunk_size,
+        )
+
+    def log_likelihood(self, x, num_samples=1000, seed=None, chunk_size=100):
+        """Importance-sampled estimate of `log p(x)` per example (`[batch]`)."""
+        x = self._as_input(x)
+        _checks.positive_int("num_samples", num_samples)
+        return objectives.log_likelihood(
+            x, self._posterior(x, False), self._decode_fn(False), self.prior.distribution(),
+            num_samples, seed=seed, chunk_size=chunk_size,
+        )
+
+    # ------------------------------------------------------------------
+    # Generation.
+
+    def sample(self, n, seed=None, mean=True):
+        """Generates `n` examples: z ~ p(z), then the likelihood's mean (or a sample).
+
+        Returns:
+          A tensor `[n] + event_shape`.
+        """
+        n = _checks.positive_int("n", n)
+        seed = tfvae_random.make_seed(seed)
+        prior = self.prior.distribution()
+        z = objectives.posterior_sample(prior, n, seed=seed)
+        likelihood = self.decode(tf.reshape(z, [n, self.latent_dim]))
+        if mean:
+            return self.likelihood.mean(likelihood)
+        return likelihood.sample(seed=tfvae_random.fold_in(seed, 1))
+
+    def reconstruct(self, x, sample_latent=False, seed=None):
+        """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
+        q = self.encode(x)
+        if sample_latent:
+            z = objectives.posterior_sample(q, 1, seed=seed)[0]
+        else:
+            z = q.mean()
+        return self.likelihood.mean(self.decode(z))
+
+    # ------------------------------------------------------------------
+    # Training.
+
+    @property
+    def metrics(self):
+        return list(self._trackers)
+
+    def _unpack(self, data):
+        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._check_x(x, values=False)
+        return tf.cast(x, tf.float32), sample_weight
+
+    def _step_terms(self, x, training):
+        seed = tf.cast(self._seed_generator.next(), tf.int32)
+        offset = 0
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            offset = replica.replica_id_in_sync_group * tf.shape(x)[0]
+        return self._terms(x, training=training, seed=seed, offset=offset)
+
+    def _update_metrics(self, terms, sample_weight):
+        for tracker in self._trackers:
+            tracker.update_state(terms[tracker.name], sample_weight=sample_weight)
+        return {tracker.name: tracker.result() for tracker in self._trackers}
+
+    def train_step(self, data):
+        x, sample_weight = self._unpack(data)
+        with tf.GradientTape() as tape:
+            terms = self._step_terms(x, training=True)
+            loss = tf.nn.compute_average_loss(terms["loss"], sample_weight=sample_weight)
+            if self.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_metrics(terms, sample_weight)
+
+    def test_step(self, data):
+        x, sample_weight = self._unpack(data)
+        terms = self._step_terms(x, training=False)
+        return self._update_metrics(terms, sample_weight)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(tf.cast(x, tf.float32), training=False)
+
+    def _validate_arrays(self, x, validation_data=None):
+        if isinstance(x, np.ndarray):
+            self._check_x(x)
+        if isinstance(validation_data, np.ndarray):
+            self._check_x(validation_data, name="validation_data")
+        elif isinstance(validation_data, (tuple, list)) and validation_data:
+            if isinstance(validation_data[0], np.ndarray):
+                self._check_x(validation_data[0], name="validation_data")
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking array inputs against the likelihood."""
+        self._validate_arrays(x, kwargs.get("validation_data"))
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after checking array inputs against the likelihood."""
+        self._validate_arrays(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # ------------------------------------------------------------------
+    # Serialisation.
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": _serialize(self.encoder),
+            "decoder": _serialize(self.decoder),
+            "posterior": _serialize(self.posterior),
+            "likelihood": _serialize(self.likelihood),
+            "prior": _serialize(self.prior),
+            "num_samples": self.num_samples,
+            "beta": float(keras.ops.convert_to_numpy(self.beta)),
+            "free_bits": self.free_bits,
+            "kl": self.kl_method,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "posterior", "likelihood", "prior"):
+            config[key] = _deserialize(config[key])
+        return cls(**config)

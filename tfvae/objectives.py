@@ -1,0 +1,253 @@
+"""Variational objectives as pure functions returning per-example `[batch]` terms, in nats.
+
+Every function takes the posterior q(z|x) as a `tfd.Distribution` with batch
+shape `[batch]`, a `decode` callable mapping latents `[n, latent_dim]` to the
+likelihood p(x|z) (a distribution with batch shape `[n]`), and the prior p(z).
+Nothing is averaged over the batch here; callers take the batch mean.
+
+Mathematical details:
+  For any q, `log p(x) = ELBO(q) + KL(q(z|x) ‖ p(z|x))` with
+  `ELBO(q) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z))`, so `ELBO ≤ log p(x)` with
+  equality iff q is the exact posterior. With importance weights
+  `w_k = p(x|z_k) p(z_k) / q(z_k|x)`, `z_k ~ q`, the IWAE bound
+  `E[log (1/K) Σ_k w_k]` rises with K towards `log p(x)`.
+"""
+
+import math
+
+import numpy as np
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfvae import _checks
+from tfvae import random as tfvae_random
+
+tfd = tfp.distributions
+
+KL_METHODS = ("auto", "analytic", "mc")
+
+
+def _standardized_to_sample(dist, eps):
+    """Maps standard normal `eps` to a sample of `dist`, or returns None if unknown."""
+    if isinstance(dist, tfd.Normal):
+        return dist.loc + dist.scale * eps
+    if isinstance(dist, tfd.Independent):
+        return _standardized_to_sample(dist.distribution, eps)
+    if isinstance(dist, tfd.Sample):
+        # `Sample` puts its sample dims between the inner batch and event dims:
+        # move them in front so the inner distribution's batch dims line up.
+        rank = eps.shape.rank
+        inner_rank = dist.distribution.event_shape.rank
+        k = dist.event_shape.rank - inner_rank
+        first = rank - k - inner_rank
+        perm = list(range(first, first + k)) + list(range(first)) + list(range(rank - inner_rank, rank))
+        inner = _standardized_to_sample(dist.distribution, tf.transpose(eps, perm))
+        return None if inner is None else tf.transpose(inner, np.argsort(perm))
+    if isinstance(dist, tfd.TransformedDistribution):
+        base = _standardized_to_sample(dist.distribution, eps)
+        return None if base is None else dist.bijector.forward(base)
+    return None
+
+
+def is_reparameterizable(dist):
+    """Whether `posterior_sample` can push standard normal noise through `dist`."""
+    probe = tf.zeros(dist.event_shape, tf.float32)
+    try:
+        return _standardized_to_sample(dist, probe) is not None
+    except Exception:  # noqa: BLE001 - a failing probe means "no".
+        return False
+
+
+def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
+    """Draws reparameterised samples z = g(ε; q), ε ~ N(0, I).
+
+    Gaussian posteriors and bijector-transformed Gaussians (flows) are sampled
+    by pushing noise through their transformation, so gradients flow to the
+    posterior's parameters and the same noise gives the same z on every
+    backend. Other distributions fall back to their own `sample`.
+
+    Args:
+      posterior: q(z|x), batch shape `[batch]`, event shape `[d]`.
+      num_samples: L, samples per example.
+      seed: seed for the noise (see `tfvae.random.make_seed`).
+      noise: optional explicit ε of shape `[L, batch, d]` (then `seed` is unused).
+      offset: example index of the first row, so noise for example `b` is the
+        same however a batch is split (e.g. across replicas).
+
+    Returns:
+      z of shape `[L, batch, d]`.
+    """
+    if noise is None:
+        # Drawn example-major, [batch, L, d], so example b's noise depends only
+        # on (seed, offset + b); then the L axis is moved to the front.
+        batch_rank = posterior.batch_shape.rank
+        shape = tf.concat(
+            [posterior.batch_shape_tensor(), [num_samples], posterior.event_shape_tensor()], 0
+        )
+        event_size = tf.reduce_prod(posterior.event_shape_tensor())
+        noise = tfvae_random.standard_normal(
+            shape, tfvae_random.make_seed(seed), offset=offset * num_samples * event_size
+        )
+        rank = batch_rank + 1 + posterior.event_shape.rank
+        perm = [batch_rank] + list(range(batch_rank)) + list(range(batch_rank + 1, rank))
+        noise = tf.transpose(noise, perm)
+    z = _standardized_to_sample(posterior, noise)
+    if z is None:
+        seed = tfvae_random.make_seed(seed)
+        return posterior.sample(num_samples, seed=seed)
+    return z
+
+
+def kl_divergence(posterior, prior, z=None, kl="auto"):
+    """KL(q(z|x) ‖ p(z)) per example.
+
+    Args:
+      posterior: q(z|x), batch shape `[batch]`.
+      prior: p(z), batch shape `[]` or `[batch]`.
+      z: samples `[L, batch, d]` from q, needed for the Monte Carlo estimate.
+      kl: `"analytic"` (TFP's registered closed form, error if none),
+        `"mc"` (`mean_l log q(z_l) − log p(z_l)`), or `"auto"` (analytic when
+        registered, else Monte Carlo). Default value: `"auto"`.
+
+    Returns:
+      `[batch]` KL in nats.
+    """
+    _checks.one_of("kl", kl, KL_METHODS)
+    if kl in ("auto", "analytic"):
+        try:
+            return tfd.kl_divergence(posterior, prior)
+        except NotImplementedError:
+            if kl == "analytic":
+                raise ValueError(
+                    "Received an invalid value for `kl`: no analytic KL is registered "
+                    f"between {type(posterior).__name__} and {type(prior).__name__}. "
+                    "Use kl='auto' or kl='mc'. Received: kl='analytic'"
+                ) from None
+    if z is None:
+        raise ValueError("A Monte Carlo KL needs posterior samples `z`. Received: z=None")
+    return tf.reduce_mean(posterior.log_prob(z) - prior.log_prob(z), axis=0)
+
+
+def _tile_data(x, num_samples):
+    """`[batch, ...]` -> `[L * batch, ...]`, sample-major like `tf.reshape(z, [-1, d])`."""
+    multiples = tf.concat([[num_samples], tf.ones([tf.rank(x) - 1], tf.int32)], 0)
+    return tf.tile(x, multiples)
+
+
+def log_likelihood_of_samples(x, z, decode):
+    """`log p(x | z_l)` for samples `z` of shape `[L, batch, d]`; returns `[L, batch]`."""
+    num_samples, batch = tf.shape(z)[0], tf.shape(z)[1]
+    z_flat = tf.reshape(z, tf.concat([[num_samples * batch], tf.shape(z)[2:]], 0))
+    likelihood = decode(z_flat)
+    x = tf.cast(x, tf.float32)
+    log_px_z = likelihood.log_prob(_tile_data(x, num_samples))
+    return tf.reshape(log_px_z, [num_samples, batch])
+
+
+def elbo(
+    x,
+    posterior,
+    decode,
+    prior,
+    *,
+    num_samples=1,
+    kl="auto",
+    beta=1.0,
+    free_bits=0.0,
+    seed=None,
+    noise=None,
+    offset=0,
+):
+    """The evidence lower bound and its terms, per example.
+
+    Mathematical details:
+      `reconstruction = (1/L) Σ_l log p(x | z_l)`, `z_l ~ q(z|x)` reparameterised;
+      `kl = KL(q(z|x) ‖ p(z))` (see `kl_divergence`);
+      `elbo = reconstruction − kl`;
+      `loss = −reconstruction + β · max(kl, free_bits)` (what training
+      minimises; with β = 1 and no free bits, `loss = −elbo`).
+
+    Args:
+      x: data `[batch] + event_shape`.
+      posterior: q(z|x) with batch shape `[batch]`.
+      decode: callable `z [n, d] -> p(x|z)` with batch shape `[n]`.
+      prior: p(z).
+      num_samples: L ≥ 1. Default value: `1`.
+      kl: `"auto" | "analytic" | "mc"`. Default value: `"auto"`.
+      beta: KL weight β ≥ 0 in `loss` (the reported `elbo` is always β = 1).
+        Default value: `1.0`.
+      free_bits: nats of KL per example that are not penalised (KL
+        thresholding). Default value: `0.0`.
+      seed: noise seed. noise: explicit ε `[L, batch, d]`. offset: see
+        `posterior_sample`.
+
+    Returns:
+      A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`, `loss`.
+    """
+    z = posterior_sample(posterior, num_samples, seed=seed, noise=noise, offset=offset)
+    reconstruction = tf.reduce_mean(log_likelihood_of_samples(x, z, decode), axis=0)
+    kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
+    kl_penalty = tf.maximum(kl_term, tf.cast(free_bits, kl_term.dtype))
+    return {
+        "elbo": reconstruction - kl_term,
+        "reconstruction": reconstruction,
+        "kl": kl_term,
+        "loss": -reconstruction + tf.cast(beta, kl_term.dtype) * kl_penalty,
+    }
+
+
+def log_importance_weights(x, posterior, decode, prior, num_samples, seed=None, noise=None):
+    """`log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)`, `z_k ~ q`; shape `[K, batch]`."""
+    z = posterior_sample(posterior, num_samples, seed=seed, noise=noise)
+    log_px_z = log_likelihood_of_samples(x, z, decode)
+    return log_px_z + prior.log_prob(z) - posterior.log_prob(z)
+
+
+def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
+    """The importance-weighted bound `log (1/K) Σ_k w_k` per example (Burda et al., 2016).
+
+    `K = 1` is the ELBO with a Monte Carlo KL; as `K → ∞` it converges to
+    `log p(x)`. Samples are drawn in chunks of `chunk_size` and combined with a
+    stable log-sum-exp, so large K fits in memory.
+
+    Args:
+      x: data `[batch] + event_shape`.
+      posterior, decode, prior: as in `elbo`.
+      k: number of importance samples K ≥ 1.
+      seed: noise seed.
+      chunk_size: samples per chunk. Default value: `K` (one chunk).
+
+    Returns:
+      `[batch]` bound in nats.
+    """
+    k = _checks.positive_int("k", k)
+    chunk_size = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
+    seed = tfvae_random.make_seed(seed)
+    partial = []
+    for start in range(0, k, chunk_size):
+        n = min(chunk_size, k - start)
+        chunk_seed = tfvae_random.fold_in(seed, start)
+        log_w = log_importance_weights(x, posterior, decode, prior, n, seed=chunk_seed)
+        partial.append(tf.reduce_logsumexp(log_w, axis=0))
+    return tf.reduce_logsumexp(tf.stack(partial), axis=0) - math.log(k)
+
+
+def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, chunk_size=100):
+    """Importance-sampled estimate of `log p(x)` per example, with q(z|x) as proposal.
+
+    This is the IWAE bound at large K: consistent (it converges to `log p(x)`)
+    and biased low by O(1/K).
+
+    Returns:
+      `[batch]` estimate in nats.
+    """
+    return iwae_bound(
+        x, posterior, decode, prior, num_samples, seed=seed,
+        chunk_size=min(chunk_size, num_samples),
+    )
+
+
+def elbo_gap(log_px, elbo_value):
+    """`log p(x) − ELBO = KL(q(z|x) ‖ p(z|x))` per example (≥ 0 up to estimation noise)."""
+    return log_px - elbo_value
