@@ -1,0 +1,375 @@
+"""The ELBO mathematics against closed forms.
+
+`log p(x) = ELBO(q) + KL(q(z|x) ‖ p(z|x))`: checked in one dimension and on a
+linear-Gaussian model, where log p(x), the exact posterior and every KL have
+closed forms computed here independently with numpy/scipy.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+from scipy import stats
+
+import tfvae
+from tfvae import objectives
+
+tfd = tfp.distributions
+
+
+def _mvn_diag(loc, scale):
+    return tfd.MultivariateNormalDiag(
+        loc=tf.constant(loc, tf.float32), scale_diag=tf.constant(scale, tf.float32)
+    )
+
+
+def _standard_normal(d):
+    return tfvae.StandardNormalPrior(d).distribution()
+
+
+def _gaussian_decoder(weight, bias, sigma):
+    """p(x|z) = N(W z + b, σ² I) as a `decode` callable."""
+    w = tf.constant(weight, tf.float32)
+    b = tf.constant(bias, tf.float32)
+
+    def decode(z):
+        loc = tf.linalg.matvec(w, z) + b
+        return tfd.Independent(tfd.Normal(loc=loc, scale=float(sigma)), reinterpreted_batch_ndims=1)
+
+    return decode
+
+
+# ---------------------------------------------------------------------------
+# KL(q ‖ N(0, I)).
+
+
+def test_analytic_kl_equals_numpy_closed_form():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(6, 3))
+    sigma = rng.uniform(0.2, 2.0, size=(6, 3))
+    q = _mvn_diag(mu, sigma)
+    kl = tfvae.kl_divergence(q, _standard_normal(3), kl="analytic").numpy()
+    expected = -0.5 * np.sum(1 + np.log(sigma**2) - mu**2 - sigma**2, axis=-1)
+    assert kl.shape == (6,)
+    np.testing.assert_allclose(kl, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_analytic_kl_full_covariance_equals_closed_form():
+    rng = np.random.default_rng(1)
+    d = 3
+    mu = rng.normal(size=(2, d))
+    tril = np.tril(rng.normal(size=(2, d, d))) + 2 * np.eye(d)
+    q = tfd.MultivariateNormalTriL(
+        loc=tf.constant(mu, tf.float32), scale_tril=tf.constant(tril, tf.float32)
+    )
+    cov = tril @ np.swapaxes(tril, -1, -2)
+    expected = 0.5 * (
+        np.trace(cov, axis1=-2, axis2=-1) + np.sum(mu**2, -1) - d - np.linalg.slogdet(cov)[1]
+    )
+    kl = tfvae.kl_divergence(q, _standard_normal(d)).numpy()
+    np.testing.assert_allclose(kl, expected, rtol=1e-5)
+
+
+def test_monte_carlo_kl_agrees_within_its_standard_error():
+    rng = np.random.default_rng(2)
+    mu = rng.normal(size=(4, 2))
+    sigma = rng.uniform(0.3, 1.5, size=(4, 2))
+    q = _mvn_diag(mu, sigma)
+    p = _standard_normal(2)
+    num_samples = 100_000
+    z = objectives.posterior_sample(q, num_samples, seed=11)
+    mc = tfvae.kl_divergence(q, p, z=z, kl="mc").numpy()
+    exact = -0.5 * np.sum(1 + np.log(sigma**2) - mu**2 - sigma**2, axis=-1)
+    # Independent per-sample log-ratios (scipy) give the estimator's standard error.
+    zn = z.numpy().astype(np.float64)
+    log_ratio = stats.norm.logpdf(zn, mu, sigma).sum(-1) - stats.norm.logpdf(zn).sum(-1)
+    np.testing.assert_allclose(mc, log_ratio.mean(0), rtol=1e-4, atol=1e-4)
+    standard_error = log_ratio.std(0) / np.sqrt(num_samples)
+    assert np.all(np.abs(mc - exact) < 5 * standard_error)
+
+
+def test_kl_auto_falls_back_to_monte_carlo_for_a_mixture_prior():
+    prior_layer = tfvae.MixtureOfGaussiansPrior(2, num_components=3)
+    prior = prior_layer.distribution()
+    q = _mvn_diag([[0.3, -0.2]], [[0.5, 0.8]])
+    z = objectives.posterior_sample(q, 5000, seed=3)
+    auto = tfvae.kl_divergence(q, prior, z=z, kl="auto").numpy()
+    expected = np.mean(q.log_prob(z).numpy() - prior.log_prob(z).numpy(), axis=0)
+    np.testing.assert_allclose(auto, expected, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# One dimension: p(z) = N(0, 1), p(x|z) = N(z, 0.5), so p(x) = N(0, 1.5) and
+# the exact posterior at x is N(x / 1.5, 1/3).
+
+X1 = 1.0
+LOG_PX1 = stats.norm.logpdf(X1, 0.0, np.sqrt(1.5))
+
+
+def _one_d(q_mean, q_var):
+    x = tf.constant([[X1]], tf.float32)
+    q = _mvn_diag([[q_mean]], [[np.sqrt(q_var)]])
+    decode = _gaussian_decoder([[1.0]], [0.0], np.sqrt(0.5))
+    return x, q, decode, _standard_normal(1)
+
+
+def _kl_1d(m1, v1, m2, v2):
+    return 0.5 * (np.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)
+
+
+def test_1d_log_evidence_value():
+    assert LOG_PX1 == pytest.approx(-1.4550, abs=1e-4)
+
+
+@pytest.mark.parametrize("num_samples", [1, 7, 1000])
+def test_1d_elbo_with_exact_posterior_equals_log_evidence(num_samples):
+    # With q the exact posterior, log p(x|z) + log p(z) − log q(z) = log p(x)
+    # for every z, so the Monte Carlo-KL ELBO is exact at any sample size.
+    x, q, decode, prior = _one_d(X1 / 1.5, 1 / 3)
+    terms = tfvae.elbo(x, q, decode, prior, num_samples=num_samples, kl="mc", seed=4)
+    np.testing.assert_allclose(terms["elbo"].numpy(), [LOG_PX1], atol=1e-4)
+
+
+def test_1d_elbo_terms_with_analytic_kl():
+    m, v = X1 / 1.5, 1 / 3
+    x, q, decode, prior = _one_d(m, v)
+    num_samples = 200_000
+    terms = tfvae.elbo(x, q, decode, prior, num_samples=num_samples, kl="analytic", seed=5)
+    np.testing.assert_allclose(terms["kl"].numpy(), [_kl_1d(m, v, 0.0, 1.0)], rtol=1e-5)
+    # E_q[log N(x; z, 0.5)] in closed form; log p(x|z) = c − (x − z)², whose
+    # standard deviation under q is sqrt(2 v² + 4 (x − m)² v).
+    expected_rec = -0.5 * np.log(2 * np.pi * 0.5) - ((X1 - m) ** 2 + v) / (2 * 0.5)
+    sd = np.sqrt(2 * v**2 + 4 * (X1 - m) ** 2 * v)
+    tolerance = 5 * sd / np.sqrt(num_samples)
+    assert abs(terms["reconstruction"].numpy()[0] - expected_rec) < tolerance
+    assert abs(terms["elbo"].numpy()[0] - LOG_PX1) < tolerance
+    np.testing.assert_allclose(expected_rec - _kl_1d(m, v, 0, 1), LOG_PX1, atol=1e-12)
+
+
+@pytest.mark.parametrize("q_mean, q_var", [(0.2, 1.0), (1.5, 0.05), (X1 / 1.5, 2.0)])
+def test_1d_worse_posterior_has_lower_elbo_and_gap_equals_kl(q_mean, q_var):
+    x, q, decode, prior = _one_d(q_mean, q_var)
+    num_samples = 200_000
+    z = objectives.posterior_sample(q, num_samples, seed=6)
+    terms = tfvae.elbo(x, q, decode, prior, num_samples=num_samples, kl="mc", seed=6)
+    gap = tfvae.elbo_gap(tf.constant([LOG_PX1], tf.float32), terms["elbo"]).numpy()[0]
+    kl_to_posterior = _kl_1d(q_mean, q_var, X1 / 1.5, 1 / 3)
+    # The per-sample log-ratio log q(z) − log p(z|x) has this spread under q.
+    zn = z.numpy().ravel().astype(np.float64)
+    per_sample = stats.norm.logpdf(zn, q_mean, np.sqrt(q_var)) - stats.norm.logpdf(
+        zn, X1 / 1.5, np.sqrt(1 / 3)
+    )
+    tolerance = 5 * per_sample.std() / np.sqrt(num_samples) + 1e-4
+    assert abs(gap - kl_to_posterior) < tolerance
+    assert kl_to_posterior > 10 * tolerance  # so "strictly lower" is resolved
+    assert terms["elbo"].numpy()[0] < LOG_PX1
+
+
+# ---------------------------------------------------------------------------
+# Linear-Gaussian model: p(z) = N(0, I_d), p(x|z) = N(W z + b, σ² I_D).
+
+D, DX, SIGMA = 2, 4, 0.5
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian():
+    rng = np.random.default_rng(42)
+    w = rng.normal(size=(DX, D))
+    b = rng.normal(size=DX)
+    x = rng.normal(size=(3, DX)) * 2 + b
+    marginal = stats.multivariate_normal(b, w @ w.T + SIGMA**2 * np.eye(DX))
+    log_px = marginal.logpdf(x)
+    post_cov = np.linalg.inv(np.eye(D) + w.T @ w / SIGMA**2)
+    post_mean = (x - b) @ w @ post_cov.T / SIGMA**2
+    return dict(w=w, b=b, x=x, log_px=log_px, post_cov=post_cov, post_mean=post_mean)
+
+
+def _mvn_tril(loc, cov):
+    return tfd.MultivariateNormalTriL(
+        loc=tf.constant(loc, tf.float32),
+        scale_tril=tf.constant(np.linalg.cholesky(cov), tf.float32),
+    )
+
+
+def _lg_parts(lg):
+    return (
+        tf.constant(lg["x"], tf.float32),
+        _gaussian_decoder(lg["w"], lg["b"], SIGMA),
+        _standard_normal(D),
+    )
+
+
+def test_linear_gaussian_exact_posterior_makes_elbo_tight(linear_gaussian):
+    lg = linear_gaussian
+    x, decode, prior = _lg_parts(lg)
+    cov = np.broadcast_to(lg["post_cov"], (3, D, D))
+    q = _mvn_tril(lg["post_mean"], cov)
+    terms = tfvae.elbo(x, q, decode, prior, num_samples=3, kl="mc", seed=1)
+    np.testing.assert_allclose(terms["elbo"].numpy(), lg["log_px"], rtol=1e-5, atol=2e-4)
+
+
+def _random_q(rng, n):
+    mean = rng.normal(size=(n, D))
+    tril = np.tril(rng.normal(size=(n, D, D)) * 0.5) + np.eye(D) * 0.6
+    return mean, tril @ np.swapaxes(tril, -1, -2)
+
+
+def test_linear_gaussian_elbo_plus_kl_to_posterior_is_log_evidence(linear_gaussian):
+    lg = linear_gaussian
+    x, decode, prior = _lg_parts(lg)
+    mean, cov = _random_q(np.random.default_rng(3), 3)
+    q = _mvn_tril(mean, cov)
+    num_samples = 64
+    terms = tfvae.elbo(x, q, decode, prior, num_samples=num_samples, kl="mc", seed=2)
+    # The same samples, scored independently with scipy: the Monte Carlo KL to
+    # the exact posterior over those samples closes the identity exactly.
+    z = objectives.posterior_sample(q, num_samples, seed=2).numpy().astype(np.float64)
+    kl_post = np.array(
+        [
+            np.mean(
+                stats.multivariate_normal(mean[i], cov[i]).logpdf(z[:, i])
+                - stats.multivariate_normal(lg["post_mean"][i], lg["post_cov"]).logpdf(z[:, i])
+            )
+            for i in range(3)
+        ]
+    )
+    np.testing.assert_allclose(terms["elbo"].numpy() + kl_post, lg["log_px"], rtol=1e-5, atol=5e-4)
+    assert np.all(kl_post > 0.1)
+
+
+def test_linear_gaussian_elbo_below_log_evidence_by_closed_form_kl(linear_gaussian):
+    lg = linear_gaussian
+    x, decode, prior = _lg_parts(lg)
+    mean, cov = _random_q(np.random.default_rng(4), 3)
+    q = _mvn_tril(mean, cov)
+    num_samples = 100_000
+    terms = tfvae.elbo(x, q, decode, prior, num_samples=num_samples, kl="analytic", seed=3)
+    w, b = lg["w"], lg["b"]
+    # E_q[log N(x; W z + b, σ² I)] and KL(q ‖ p(z|x)) in closed form.
+    resid = x.numpy() - mean @ w.T - b
+    expected_rec = -0.5 * DX * np.log(2 * np.pi * SIGMA**2) - (
+        np.sum(resid**2, -1) + np.trace(w @ cov @ w.T, axis1=-2, axis2=-1)
+    ) / (2 * SIGMA**2)
+    prec = np.linalg.inv(lg["post_cov"])
+    diff = lg["post_mean"] - mean
+    kl_post = 0.5 * (
+        np.trace(prec @ cov, axis1=-2, axis2=-1)
+        + np.einsum("ni,ij,nj->n", diff, prec, diff)
+        - D
+        + np.linalg.slogdet(lg["post_cov"])[1]
+        - np.linalg.slogdet(cov)[1]
+    )
+    # Standard error of the reconstruction estimate, from the code's own samples.
+    z = objectives.posterior_sample(q, 2000, seed=9)
+    per_sample = objectives.log_likelihood_of_samples(x, z, decode).numpy()
+    tolerance = 5 * per_sample.std(0) / np.sqrt(num_samples)
+    assert np.all(np.abs(terms["reconstruction"].numpy() - expected_rec) < tolerance)
+    elbo = terms["elbo"].numpy()
+    assert np.all(np.abs(elbo + kl_post - lg["log_px"]) < tolerance)
+    assert np.all(elbo < lg["log_px"] - 10 * tolerance)
+
+
+def test_iwae_bound_rises_with_k_towards_log_evidence(linear_gaussian):
+    lg = linear_gaussian
+    _, decode, prior = _lg_parts(lg)
+    repeats = 1000
+    x = tf.constant(np.repeat(lg["x"], repeats, axis=0), tf.float32)
+    # A deliberately poor q: the posterior mean shifted, the variance tripled.
+    mean = np.repeat(lg["post_mean"] + 0.3, repeats, axis=0)
+    cov = np.broadcast_to(3 * lg["post_cov"], (len(mean), D, D))
+    q = _mvn_tril(mean, cov)
+    means, errors = [], []
+    for k in (1, 3, 10, 30):
+        bound = tfvae.iwae_bound(x, q, decode, prior, k, seed=k).numpy().reshape(3, repeats)
+        means.append(bound.mean(1))
+        errors.append(bound.std(1) / np.sqrt(repeats))
+    means, errors = np.array(means), np.array(errors)
+    # Each step up in k raises the expected bound by more than the noise.
+    assert np.all(np.diff(means, axis=0) > 3 * np.sqrt(errors[1:] ** 2 + errors[:-1] ** 2))
+    assert np.all(means < lg["log_px"] + 3 * errors)
+    # K = 1 is the ELBO (Monte Carlo KL): same expectation.
+    elbo = tfvae.elbo(x, q, decode, prior, kl="analytic", num_samples=64, seed=0)["elbo"]
+    np.testing.assert_allclose(
+        elbo.numpy().reshape(3, repeats).mean(1), means[0], atol=5 * errors[0].max()
+    )
+
+
+def test_log_likelihood_estimate_converges_to_exact(linear_gaussian):
+    lg = linear_gaussian
+    x, decode, prior = _lg_parts(lg)
+    q = _mvn_tril(lg["post_mean"] + 0.3, np.broadcast_to(3 * lg["post_cov"], (3, D, D)))
+    errors = {}
+    for k in (10, 20_000):
+        estimate = tfvae.log_likelihood(x, q, decode, prior, k, seed=5, chunk_size=2000)
+        errors[k] = np.abs(estimate.numpy() - lg["log_px"])
+    assert np.all(errors[20_000] < 0.02)
+    assert errors[20_000].mean() < errors[10].mean()
+
+
+def test_iwae_chunking_does_not_change_the_estimate(linear_gaussian):
+    lg = linear_gaussian
+    x, decode, prior = _lg_parts(lg)
+    q = _mvn_tril(lg["post_mean"], np.broadcast_to(2 * lg["post_cov"], (3, D, D)))
+    one = tfvae.iwae_bound(x, q, decode, prior, 100, seed=1).numpy()
+    # Chunks use folded seeds, so compare the chunked computation with a direct
+    # log-mean-exp over exactly the same chunk draws.
+    chunked = tfvae.iwae_bound(x, q, decode, prior, 100, seed=1, chunk_size=30).numpy()
+    seed = tfvae.random.make_seed(1)
+    log_w = tf.concat(
+        [
+            objectives.log_importance_weights(
+                x, q, decode, prior, min(30, 100 - s), seed=tfvae.random.fold_in(seed, s)
+            )
+            for s in range(0, 100, 30)
+        ],
+        0,
+    ).numpy().astype(np.float64)
+    lme = np.log(np.mean(np.exp(log_w - log_w.max(0)), 0)) + log_w.max(0)
+    np.testing.assert_allclose(chunked, lme, rtol=1e-5)
+    assert one.shape == chunked.shape == (3,)
+
+
+# ---------------------------------------------------------------------------
+# Loss: β, free bits, and the textbook Bernoulli VAE loss.
+
+
+def test_loss_applies_beta_and_free_bits():
+    x, q, decode, prior = _one_d(0.2, 0.5)
+    base = tfvae.elbo(x, q, decode, prior, num_samples=4, seed=8)
+    kl = base["kl"].numpy()
+    for beta, free_bits in [(0.0, 0.0), (0.25, 0.0), (2.0, 0.0), (1.0, kl[0] + 1.0), (3.0, 0.01)]:
+        terms = tfvae.elbo(
+            x, q, decode, prior, num_samples=4, seed=8, beta=beta, free_bits=free_bits
+        )
+        expected = -base["reconstruction"].numpy() + beta * np.maximum(kl, free_bits)
+        np.testing.assert_allclose(terms["loss"].numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(terms["elbo"].numpy(), base["elbo"].numpy(), rtol=1e-6)
+
+
+def test_bernoulli_negative_elbo_is_textbook_bce_plus_kl():
+    model = tfvae.build_vae((4, 4, 1), 3, likelihood="bernoulli", hidden_units=(16,), seed=0)
+    x = np.random.default_rng(0).uniform(size=(5, 4, 4, 1)).astype("float32")
+    terms = model.elbo(x, num_samples=1, seed=21)
+    # Independent numpy computation on the same network outputs and noise.
+    q = model.encode(x)
+    mu, sigma = q.mean().numpy(), q.stddev().numpy()
+    z = objectives.posterior_sample(q, 1, seed=21)[0]
+    np.testing.assert_allclose(z.numpy(), mu + sigma * ((z.numpy() - mu) / sigma), rtol=1e-6)
+    logits = model.decoder(z).numpy().reshape(5, -1).astype(np.float64)
+    xf = x.reshape(5, -1)
+    bce = np.sum(np.maximum(logits, 0) - logits * xf + np.log1p(np.exp(-np.abs(logits))), -1)
+    kl = -0.5 * np.sum(1 + np.log(sigma**2) - mu**2 - sigma**2, -1)
+    np.testing.assert_allclose(-terms["elbo"].numpy(), bce + kl, rtol=1e-5)
+    np.testing.assert_allclose(terms["kl"].numpy(), kl, rtol=1e-5)
+
+
+def test_reparameterised_samples_follow_the_posterior():
+    # z = μ + L ε must have the posterior's mean and covariance.
+    mean = np.array([[0.5, -1.0]])
+    cov = np.array([[[1.0, 0.6], [0.6, 2.0]]])
+    q = _mvn_tril(mean, cov)
+    n = 200_000
+    z = objectives.posterior_sample(q, n, seed=12).numpy()[:, 0].astype(np.float64)
+    assert z.shape == (n, 2)
+    np.testing.assert_allclose(z.mean(0), mean[0], atol=5 * np.sqrt(2.0 / n))
+    np.testing.assert_allclose(np.cov(z.T), cov[0], atol=0.03)
