@@ -332,12 +332,20 @@ class VAE(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking array inputs against the likelihood."""
         self._validate_arrays(x, kwargs.get("validation_data"))
-        return super().fit(x, y, *args, **kwargs)
+        return super().fit(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, after checking array inputs against the likelihood."""
         self._validate_arrays(x)
-        return super().evaluate(x, y, *args, **kwargs)
+        return super().evaluate(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
+
+    @staticmethod
+    def _placeholder_y(x, y, kwargs):
+        # Keras drops `sample_weight` for array inputs when `y` is None; a VAE
+        # has no targets, so give it ignored placeholder labels instead.
+        if y is None and kwargs.get("sample_weight") is not None and hasattr(x, "__len__"):
+            return np.zeros(len(x), "float32")
+        return y
 
     # ------------------------------------------------------------------
     # Serialisation.
