@@ -1,0 +1,150 @@
+"""`tfvae` command end to end on tiny settings: train, report, refuse to overwrite, resume, evaluate, sample."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from tfvae import cli
+
+TINY = ["--epochs", "2", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "5",
+        "--batch-size", "128", "--quiet"]
+FIGURES = ("curves.png", "reconstructions.png", "samples.png", "traversal.png", "latent_space.png")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("runs") / "digits")
+    assert cli.main(["train", "--output", output, *TINY]) == 0
+    return output
+
+
+def _history(path):
+    with open(os.path.join(path, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_model_metrics_history_figures_and_report(run_dir):
+    for name in ("run.json", "model.keras", "last.keras", "metrics.json", "history.csv",
+                 "report.md", *FIGURES):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
+    rows = _history(run_dir)
+    assert len(rows) == 2
+    assert {"loss", "elbo", "reconstruction", "kl", "val_elbo", "val_kl"} <= set(rows[0])
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["elbo"] == pytest.approx(metrics["reconstruction"] - metrics["kl"], rel=1e-5)
+    assert metrics["elbo_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo"], rel=1e-5)
+    assert metrics["num_examples"] == 359 and metrics["num_samples"] == 5
+    assert 0 <= metrics["active_units"] <= 2
+    for name in FIGURES:
+        image = matplotlib.image.imread(os.path.join(run_dir, name))
+        assert image.ndim == 3 and image.shape[0] > 50 and image.std() > 0.01, name
+    report = open(os.path.join(run_dir, "report.md")).read()
+    for name in FIGURES:
+        assert f"]({name})" in report
+    assert f"{metrics['elbo']:.4f}" in report
+
+
+def test_train_refuses_to_overwrite_an_earlier_run(run_dir, capsys):
+    before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    assert cli.main(["train", "--output", run_dir, *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err
+    after = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    assert before == after
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    assert cli.main(["train", "--output", str(precious), "--overwrite", *TINY]) == 2
+    assert "not a tfvae run directory" in capsys.readouterr().err
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+
+
+def test_overwrite_and_resume(tmp_path):
+    output = str(tmp_path / "run")
+    assert cli.main(["train", "--output", output, *TINY]) == 0
+    assert cli.main(["train", "--output", output, "--overwrite", *TINY]) == 0
+    assert len(_history(output)) == 2
+    # Resuming continues the saved run up to its configured epochs; with more
+    # epochs in run.json it trains the missing ones and appends to history.
+    with open(os.path.join(output, "run.json")) as f:
+        config = json.load(f)
+    config["epochs"] = 3
+    with open(os.path.join(output, "run.json"), "w") as f:
+        json.dump(config, f)
+    assert cli.main(["train", "--output", output, "--resume", "--quiet"]) == 0
+    rows = _history(output)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--latent-dim", "0"], "latent_dim=0"),
+        (["--beta", "-1"], "beta=-1.0"),
+        (["--learning-rate", "0"], "learning_rate=0.0"),
+        (["--dataset", "/no/such/file.npz"], "no such file"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, needle):
+    code = cli.main(["train", "--output", str(tmp_path / "r"), *TINY, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err
+
+
+@pytest.mark.parametrize("args", [["train", "--likelihood", "poisson"], ["train", "--epochs", "x"],
+                                  ["frobnicate"], []])
+def test_argparse_errors_exit_2(args):
+    with pytest.raises(SystemExit) as error:
+        cli.main(args)
+    assert error.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as error:
+        cli.main([command, "--help"])
+    assert error.value.code == 0
+    assert "usage: tfvae " + command in capsys.readouterr().out
+
+
+def test_evaluate_writes_json_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
+    output = str(tmp_path / "eval.json")
+    assert cli.main(["evaluate", run_dir, "--num-samples", "10", "--output", output]) == 0
+    with open(output) as f:
+        metrics = json.load(f)
+    assert metrics["num_samples"] == 10
+    assert metrics["elbo_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo"], rel=1e-5)
+    assert "log_px" in capsys.readouterr().out
+    assert cli.main(["evaluate", run_dir, "--num-samples", "10", "--output", output]) == 2
+
+
+def test_evaluate_rejects_a_directory_without_a_run(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert "not a tfvae run directory" in capsys.readouterr().err
+
+
+def test_sample_writes_png_and_npy(run_dir, tmp_path):
+    png, npy = str(tmp_path / "s.png"), str(tmp_path / "s.npy")
+    assert cli.main(["sample", run_dir, "-n", "6", "--output", png]) == 0
+    assert cli.main(["sample", run_dir, "-n", "6", "--seed", "3", "--output", npy]) == 0
+    samples = np.load(npy)
+    assert samples.shape == (6, 8, 8, 1) and np.all((samples >= 0) & (samples <= 1))
+    assert matplotlib.image.imread(png).ndim == 3
+    assert cli.main(["sample", run_dir, "--output", npy]) == 2
+
+
+def test_console_entry_point_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "tfvae.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "train" in result.stdout

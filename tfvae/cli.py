@@ -1,0 +1,163 @@
+"""The `tfvae` command: `train`, `evaluate`, `sample`.
+
+The command only parses arguments and calls library functions; a bad argument
+ends with a one-line reason on stderr and exit status 2.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from tfvae import builders
+
+logger = logging.getLogger("tfvae")
+
+
+def _units(text):
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _parser():
+    from tfvae.runs import RunConfig
+
+    defaults = RunConfig()
+    parser = argparse.ArgumentParser(prog="tfvae", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a VAE and write a report",
+                           description="Train a VAE, evaluate it on held-out data, write figures "
+                           "and report.md into --output.")
+    train.add_argument("--dataset", default=defaults.dataset,
+                       help="'digits' (built in, offline) or a .npy/.npz file (default: %(default)s)")
+    train.add_argument("--architecture", choices=builders.ARCHITECTURES, default=defaults.architecture)
+    train.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
+    train.add_argument("--likelihood", choices=tuple(builders.LIKELIHOODS), default=defaults.likelihood)
+    train.add_argument("--posterior", choices=tuple(builders.POSTERIORS), default=defaults.posterior)
+    train.add_argument("--prior", choices=builders.PRIORS, default=defaults.prior)
+    train.add_argument("--hidden-units", type=_units, default=defaults.hidden_units,
+                       help="MLP widths, e.g. 256,128 (default: 256,128)")
+    train.add_argument("--filters", type=_units, default=defaults.filters,
+                       help="conv channels, e.g. 32,64 (default: 32,64)")
+    train.add_argument("--beta", type=float, default=defaults.beta)
+    train.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
+                       help="linear KL warm-up from β=0 over this many epochs (default: none)")
+    train.add_argument("--free-bits", type=float, default=defaults.free_bits)
+    train.add_argument("--num-samples", type=int, default=defaults.num_samples,
+                       help="posterior samples per example in the training ELBO")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--patience", type=int, default=defaults.patience,
+                       help="early-stopping patience in epochs")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
+                       help="importance samples for the held-out log p(x)")
+    train.add_argument("--output", default="runs/digits", help="run directory (default: %(default)s)")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run on held-out data",
+                              description="ELBO, reconstruction, KL, importance-sampled log p(x), "
+                              "the ELBO gap and active units on the run's validation split.")
+    evaluate.add_argument("run", help="a run directory written by `tfvae train`")
+    evaluate.add_argument("--num-samples", type=int, default=1000,
+                          help="importance samples K for log p(x) (default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--output", help="JSON file (default: RUN/evaluation.json)")
+    evaluate.add_argument("--overwrite", action="store_true")
+
+    sample = sub.add_parser("sample", help="generate data from the prior",
+                            description="Decode z ~ p(z): an image grid (.png) or an array (.npy).")
+    sample.add_argument("run", help="a run directory written by `tfvae train`")
+    sample.add_argument("-n", "--num", type=int, default=64)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--output", help="a .png or .npy file (default: RUN/samples-SEED.png)")
+    sample.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _refuse_existing(path, overwrite):
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"{path} exists; pass --overwrite to replace it.")
+
+
+def _train(args):
+    from tfvae import runs
+
+    config = runs.RunConfig(
+        dataset=args.dataset, architecture=args.architecture, latent_dim=args.latent_dim,
+        likelihood=args.likelihood, posterior=args.posterior, prior=args.prior,
+        hidden_units=args.hidden_units, filters=args.filters, beta=args.beta,
+        warmup_epochs=args.warmup_epochs, free_bits=args.free_bits, num_samples=args.num_samples,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        patience=args.patience, seed=args.seed, jit_compile=args.jit, eval_samples=args.eval_samples,
+    )
+    metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,
+                         verbose=0 if args.quiet else 1)
+    _print_table(metrics)
+    print(f"report: {os.path.join(args.output, 'report.md')}")
+
+
+def _print_table(metrics):
+    keys = ("elbo", "reconstruction", "kl", "log_px", "elbo_gap", "bits_per_dim", "active_units")
+    print(f"{'quantity':<16}{'value':>14}")
+    for key in keys:
+        value = metrics[key]
+        print(f"{key:<16}{value:>14.4f}" if isinstance(value, float) else f"{key:<16}{value:>14}")
+
+
+def _evaluate(args):
+    from tfvae import evaluation, runs
+
+    output = args.output or os.path.join(args.run, "evaluation.json")
+    _refuse_existing(output, args.overwrite)
+    config, model = runs.load_run(args.run)
+    x_val, _ = runs.held_out(config)
+    metrics = evaluation.evaluate_model(model, x_val, num_samples=args.num_samples, seed=args.seed)
+    with open(output, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    _print_table(metrics)
+    print(f"wrote {output}")
+
+
+def _sample(args):
+    import numpy as np
+
+    from tfvae import report, runs
+
+    output = args.output or os.path.join(args.run, f"samples-{args.seed}.png")
+    if not output.endswith((".png", ".npy")):
+        raise ValueError(f"--output must end in .png or .npy. Received: {output}")
+    _refuse_existing(output, args.overwrite)
+    _, model = runs.load_run(args.run)
+    samples = model.sample(args.num, seed=args.seed).numpy()
+    if output.endswith(".npy"):
+        np.save(output, samples)
+    else:
+        report.plot_grid(report._to_display(model, samples), output, "samples from the prior")
+    print(f"wrote {output}")
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample}
+    try:
+        handlers[args.command](args)
+    except ValueError as error:
+        print(f"tfvae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Figures and a markdown report for a trained model (matplotlib, headless)."""
+
+import logging
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+_TERMS = ("elbo", "reconstruction", "kl")
+
+
+def _is_image(shape):
+    return len(shape) == 3 and shape[-1] in (1, 3) or len(shape) == 2
+
+
+def _to_display(model, x):
+    """Scales data to [0, 1] for display (integer-level likelihoods hold 0..K-1)."""
+    x = np.asarray(x, dtype="float32")
+    levels = getattr(model.likelihood, "num_levels", None)
+    if levels:
+        x = x / float(levels - 1)
+    return np.clip(x, 0.0, 1.0)
+
+
+def _show(ax, image):
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    logger.info("wrote %s", path)
+    return path
+
+
+def plot_curves(history, path):
+    """Per-epoch ELBO, reconstruction and KL, train and validation."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, key in zip(axes, _TERMS):
+        if key in history:
+            ax.plot(epochs, history[key], label="train")
+        if "val_" + key in history:
+            ax.plot(epochs, history["val_" + key], label="validation")
+        ax.set_title(f"{key} (nats / example)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_grid(images, path, title, columns=8):
+    """A grid of images `[n, H, W, C]` in [0, 1]; vectors are drawn as lines."""
+    images = np.asarray(images)
+    n = len(images)
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n and _is_image(images.shape[1:]):
+            _show(ax, images[i])
+        elif i < n:
+            ax.plot(images[i].ravel())
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_reconstructions(model, x, path, n=8):
+    """Originals (top row) above their reconstructions (bottom row)."""
+    x = x[:n]
+    recon = model.reconstruct(x).numpy()
+    pair = np.concatenate([_to_display(model, x), _to_display(model, recon)])
+    return plot_grid(pair, path, "originals (top) and reconstructions (bottom)", columns=len(x))
+
+
+def plot_samples(model, path, n=32, seed=0):
+    """Means of p(x|z) at z drawn from the prior."""
+    return plot_grid(_to_display(model, model.sample(n, seed=seed).numpy()), path,
+                     "samples from the prior (decoder means)")
+
+
+def plot_traversal(model, x, path, steps=9, max_dims=8):
+    """Each row varies one latent (the most active first) from −3 to 3 around the data mean."""
+    means = model.encode(x[:512]).mean().numpy()
+    order = np.argsort(-means.var(axis=0))[:max_dims]
+    centre = means.mean(axis=0)
+    values = np.linspace(-3, 3, steps)
+    z = np.repeat(centre[None], len(order) * steps, axis=0)
+    for row, dim in enumerate(order):
+        z[row * steps : (row + 1) * steps, dim] = values
+    images = model.likelihood.mean(model.decode(z.astype("float32"))).numpy()
+    return plot_grid(_to_display(model, images), path,
+                     "latent traversal (rows: latents by activity; −3 … 3)", columns=steps)
+
+
+def plot_latent_space(model, x, labels, path):
+    """Posterior means in 2-D (the first two principal components if latent_dim > 2)."""
+    means = model.encode(x).mean().numpy()
+    if means.shape[1] > 2:
+        centred = means - means.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points, axis_name = centred @ vt[:2].T, "principal component"
+    elif means.shape[1] == 2:
+        points, axis_name = means, "z"
+    else:
+        points, axis_name = np.concatenate([means, np.zeros_like(means)], 1), "z"
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if labels is not None:
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=8)
+        fig.colorbar(scatter, ax=ax, label="label")
+    else:
+        ax.scatter(points[:, 0], points[:, 1], s=8)
+    ax.set_xlabel(f"{axis_name} 1")
+    ax.set_ylabel(f"{axis_name} 2")
+    ax.set_title("posterior means of held-out data")
+    return _save(fig, path)
+
+
+def write_figures(model, history, x_val, y_val, directory, seed=0):
+    """Writes every figure into `directory`; returns `{name: filename}`."""
+    figures = {
+        "curves": plot_curves(history, os.path.join(directory, "curves.png")),
+        "reconstructions": plot_reconstructions(model, x_val, os.path.join(directory, "reconstructions.png")),
+        "samples": plot_samples(model, os.path.join(directory, "samples.png"), seed=seed),
+        "traversal": plot_traversal(model, x_val, os.path.join(directory, "traversal.png")),
+        "latent_space": plot_latent_space(model, x_val, y_val, os.path.join(directory, "latent_space.png")),
+    }
+    return {name: os.path.basename(path) for name, path in figures.items()}
+
+
+def write_markdown(path, config, metrics, figures):
+    """A short `report.md` linking the figures, with the final numbers."""
+    lines = [
+        "# tfvae run report",
+        "",
+        f"Dataset `{config['dataset']}`, {config['architecture']} VAE, latent size "
+        f"{config['latent_dim']}, {config['likelihood']} likelihood, {config['prior']} prior, "
+        f"β = {config['beta']}, {metrics.get('epochs_trained', '?')} epochs.",
+        "",
+        "## Held-out numbers (nats per example)",
+        "",
+        "| quantity | value |",
+        "| --- | --- |",
+    ]
+    for key in ("elbo", "reconstruction", "kl", "log_px", "elbo_gap", "bits_per_dim", "active_units"):
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += [
+        "",
+        f"`log_px` is importance-sampled with K = {metrics.get('num_samples')} samples; "
+        "`elbo_gap = log_px − elbo` estimates KL(q(z|x) ‖ p(z|x)).",
+        "",
+        "## Figures",
+        "",
+    ]
+    titles = {
+        "curves": "Training curves",
+        "reconstructions": "Reconstructions",
+        "samples": "Prior samples",
+        "traversal": "Latent traversal",
+        "latent_space": "Latent space",
+    }
+    for name, filename in figures.items():
+        lines += [f"### {titles.get(name, name)}", "", f"![{name}]({filename})", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path

@@ -1,0 +1,216 @@
+"""A training run in an output directory: train, checkpoint, resume, evaluate, report.
+
+Layout of a run directory::
+
+    run.json          the run's configuration (marks the directory as a tfvae run)
+    last.keras        the model after the latest epoch (for resuming)
+    model.keras       the model with the best validation loss
+    history.csv       per-epoch metrics, train and validation
+    metrics.json      held-out evaluation of model.keras
+    *.png, report.md  figures and the report linking them
+"""
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import shutil
+
+import keras
+
+from tfvae import _checks
+from tfvae import builders
+from tfvae import data as data_lib
+from tfvae import evaluation
+from tfvae import report
+from tfvae.callbacks import KLWarmup
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that defines a training run (saved as `run.json`)."""
+
+    dataset: str = "digits"
+    architecture: str = "mlp"
+    latent_dim: int = 8
+    likelihood: str = "bernoulli"
+    posterior: str = "diagonal"
+    prior: str = "standard_normal"
+    hidden_units: tuple = (256, 128)
+    filters: tuple = (32, 64)
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+    free_bits: float = 0.0
+    num_samples: int = 1
+    epochs: int = 150
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    patience: int = 10
+    seed: int = 0
+    jit_compile: bool = False
+    eval_samples: int = 100
+
+    def validate(self):
+        _checks.one_of("architecture", self.architecture, builders.ARCHITECTURES)
+        _checks.one_of("likelihood", self.likelihood, tuple(builders.LIKELIHOODS))
+        _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
+        _checks.one_of("prior", self.prior, builders.PRIORS)
+        for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples"):
+            _checks.positive_int(name, getattr(self, name))
+        for name in ("beta", "warmup_epochs", "free_bits"):
+            _checks.non_negative_float(name, getattr(self, name))
+        _checks.positive_float("learning_rate", self.learning_rate)
+        _checks.non_negative_int("seed", self.seed)
+        self.hidden_units = _checks.int_tuple("hidden_units", self.hidden_units)
+        self.filters = _checks.int_tuple("filters", self.filters, allow_empty=False)
+        return self
+
+
+def prepare_output(directory, overwrite=False, resume=False):
+    """Creates `directory`, refusing to clobber an earlier run.
+
+    An existing non-empty directory is an error unless `resume` (continue it)
+    or `overwrite` (delete it first — only if it is a tfvae run directory).
+    """
+    if os.path.isdir(directory) and os.listdir(directory):
+        is_run = os.path.exists(os.path.join(directory, RUN_FILE))
+        if resume:
+            if not is_run:
+                raise ValueError(f"Cannot resume: `{directory}` holds no {RUN_FILE}.")
+            return
+        if not overwrite:
+            raise ValueError(
+                f"The output directory `{directory}` already holds files; refusing to "
+                "overwrite them. Pass --overwrite to replace an earlier run, --resume to "
+                "continue it, or choose another --output."
+            )
+        if not is_run:
+            raise ValueError(
+                f"Refusing to delete `{directory}`: it is not a tfvae run directory "
+                f"(no {RUN_FILE}). Choose another --output."
+            )
+        shutil.rmtree(directory)
+    elif resume:
+        raise ValueError(f"Cannot resume: `{directory}` does not exist or is empty.")
+    os.makedirs(directory, exist_ok=True)
+
+
+def load_dataset(config):
+    """Returns `((x_train, y_train), (x_val, y_val))` for the run's dataset."""
+    dataset = config.dataset
+    if dataset == "digits":
+        splits = data_lib.load_digits(seed=config.seed)
+    else:
+        splits = data_lib.load_array_file(dataset, seed=config.seed)
+    if config.likelihood in ("categorical", "discretized_logistic"):
+        splits = tuple((data_lib.to_levels(x), y) for x, y in splits)
+    return splits
+
+
+def _read_history(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    history = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "epoch":
+                history.setdefault(key, []).append(float(value))
+    return history
+
+
+def _write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+
+
+def train(config, output, overwrite=False, resume=False, verbose=1):
+    """Trains, evaluates and reports a run. Returns the held-out metrics dict."""
+    if resume:
+        prepare_output(output, resume=True)
+        with open(os.path.join(output, RUN_FILE)) as f:
+            config = RunConfig(**json.load(f))
+    config.validate()
+    if not resume:
+        prepare_output(output, overwrite=overwrite)
+        _write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
+    (x_train, _), (x_val, y_val) = load_dataset(config)
+    keras.utils.set_random_seed(config.seed)
+
+    history_path = os.path.join(output, "history.csv")
+    last_path = os.path.join(output, "last.keras")
+    best_path = os.path.join(output, "model.keras")
+    initial_epoch = 0
+    if resume and os.path.exists(last_path):
+        model = keras.saving.load_model(last_path)
+        initial_epoch = len(_read_history(history_path).get("loss", []))
+        logger.info("resuming %s from epoch %d", output, initial_epoch)
+    else:
+        model = builders.build_vae(
+            x_train.shape[1:],
+            config.latent_dim,
+            likelihood=config.likelihood,
+            architecture=config.architecture,
+            hidden_units=config.hidden_units,
+            filters=config.filters,
+            posterior=config.posterior,
+            prior=config.prior,
+            beta=config.beta if config.warmup_epochs == 0 else 0.0,
+            free_bits=config.free_bits,
+            num_samples=config.num_samples,
+            seed=config.seed,
+        )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        jit_compile=config.jit_compile,
+    )
+    callbacks = [
+        keras.callbacks.CSVLogger(history_path, append=resume),
+        keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(last_path),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+    ]
+    if config.warmup_epochs > 0:
+        callbacks.append(KLWarmup(config.warmup_epochs, end=config.beta))
+    if initial_epoch < config.epochs:
+        model.fit(
+            x_train,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            batch_size=config.batch_size,
+            validation_data=(x_val,),
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    best = keras.saving.load_model(best_path)
+    history = _read_history(history_path)
+    metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples, seed=config.seed)
+    metrics["epochs_trained"] = len(history.get("loss", []))
+    _write_json(os.path.join(output, "metrics.json"), metrics)
+    figures = report.write_figures(best, history, x_val, y_val, output, seed=config.seed)
+    report.write_markdown(os.path.join(output, "report.md"), dataclasses.asdict(config), metrics, figures)
+    return metrics
+
+
+def load_run(directory):
+    """Loads `(config, model)` from a run directory."""
+    path = os.path.join(directory, RUN_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"`{directory}` is not a tfvae run directory (no {RUN_FILE}).")
+    with open(path) as f:
+        config = RunConfig(**json.load(f))
+    model_path = os.path.join(directory, "model.keras")
+    if not os.path.exists(model_path):
+        raise ValueError(f"`{directory}` holds no trained model (no model.keras).")
+    return config, keras.saving.load_model(model_path)
+
+
+def held_out(config):
+    """The run's validation split `(x, y)`."""
+    return load_dataset(config)[1]
