@@ -56,6 +56,13 @@ def positive_float(name, value):
     return float(value)
 
 
+def open_fraction(name, value):
+    """Returns `value` as a float if it is a number strictly between 0 and 1, else raises."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
+        _fail(name, "a number in (0, 1)", value)
+    return float(value)
+
+
 def one_of(name, value, choices):
     """Returns `value` if it is one of `choices`, else raises."""
     if not isinstance(value, str) or value not in choices:

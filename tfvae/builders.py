@@ -70,6 +70,7 @@ def build_vae(
     _checks.one_of("architecture", architecture, ARCHITECTURES)
     _checks.one_of("posterior", posterior, tuple(POSTERIORS))
     _checks.one_of("prior", prior, PRIORS)
+    likelihood_scale = _checks.positive_float("likelihood_scale", likelihood_scale)
     if architecture == "conv" and len(input_shape) != 3:
         raise ValueError(
             "Received an invalid value for `input_shape`: architecture='conv' needs images "

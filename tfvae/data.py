@@ -18,12 +18,7 @@ def load_digits(validation_fraction=0.2, seed=0):
     """
     from sklearn import datasets
 
-    fraction = float(validation_fraction)
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(
-            "Received an invalid value for `validation_fraction`, expected a number in "
-            f"(0, 1). Received: validation_fraction={validation_fraction!r}"
-        )
+    fraction = _checks.open_fraction("validation_fraction", validation_fraction)
     seed = _checks.non_negative_int("seed", seed)
     digits = datasets.load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
@@ -61,8 +56,9 @@ def load_array_file(path, validation_fraction=0.2, seed=0):
     if x.ndim == 3:
         x = x[..., None]
     x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
+    fraction = _checks.open_fraction("validation_fraction", validation_fraction)
     order = np.random.default_rng(_checks.non_negative_int("seed", seed)).permutation(len(x))
-    n_val = max(1, int(round(float(validation_fraction) * len(x))))
+    n_val = max(1, int(round(fraction * len(x))))
     x = x[order]
     y = None if y is None else np.asarray(y)[order]
     split = lambda a, s: None if a is None else a[s]  # noqa: E731

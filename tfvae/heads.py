@@ -306,6 +306,11 @@ class CategoricalPixelLikelihood(LikelihoodHead):
     def __init__(self, event_shape, num_levels=256, **kwargs):
         super().__init__(event_shape, **kwargs)
         self.num_levels = _checks.positive_int("num_levels", num_levels)
+        if self.num_levels < 2:
+            raise ValueError(
+                "Received an invalid value for `num_levels`, expected an integer >= 2. "
+                f"Received: num_levels={num_levels!r}"
+            )
         self.params_per_element = self.num_levels
 
     def _distribution(self, params):
@@ -345,6 +350,11 @@ class DiscretizedLogisticLikelihood(LikelihoodHead):
     def __init__(self, event_shape, num_levels=256, min_scale=1e-2, **kwargs):
         super().__init__(event_shape, **kwargs)
         self.num_levels = _checks.positive_int("num_levels", num_levels)
+        if self.num_levels < 2:
+            raise ValueError(
+                "Received an invalid value for `num_levels`, expected an integer >= 2. "
+                f"Received: num_levels={num_levels!r}"
+            )
         self.min_scale = _checks.positive_float("min_scale", min_scale)
 
     def _distribution(self, params):

@@ -86,7 +86,8 @@ class VAE(keras.Model):
         if not isinstance(prior, priors_lib.Prior) or prior.latent_dim != posterior.latent_dim:
             raise ValueError(
                 "Received an invalid value for `prior`, expected a tfvae prior with "
-                f"latent_dim={posterior.latent_dim}. Received: prior={prior!r}"
+                f"latent_dim={posterior.latent_dim}. Received: prior={prior!r} with "
+                f"latent_dim={getattr(prior, 'latent_dim', None)!r}"
             )
         self.encoder = encoder
         self.decoder = decoder
@@ -152,7 +153,9 @@ class VAE(keras.Model):
     def _check_x(self, x, name="x", values=True):
         """Checks rank and shape (always) and values (when concrete)."""
         shape = tuple(x.shape)
-        if len(shape) != len(self.event_shape) + 1 or tuple(shape[1:]) != self.event_shape:
+        if len(shape) != len(self.event_shape) + 1 or any(
+            got is not None and got != want for got, want in zip(shape[1:], self.event_shape)
+        ):
             raise ValueError(
                 f"Received an invalid value for `{name}`, expected shape (batch,) + "
                 f"{self.event_shape}. Received: {name} with shape {shape}"
@@ -191,6 +194,7 @@ class VAE(keras.Model):
 
     def call(self, inputs, training=False):
         """The deterministic reconstruction: the likelihood's mean at z = E_q[z]."""
+        self._check_x(inputs, name="inputs", values=False)
         q = self._posterior(tf.cast(inputs, tf.float32), training)
         return self.likelihood.mean(self._decode_fn(training)(q.mean()))
 
@@ -317,27 +321,41 @@ class VAE(keras.Model):
         return self._update_metrics(terms, sample_weight)
 
     def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self(tf.cast(x, tf.float32), training=False)
+        x, _ = self._unpack(data)
+        return self(x, training=False)
 
-    def _validate_arrays(self, x, validation_data=None):
-        if isinstance(x, np.ndarray):
-            self._check_x(x)
-        if isinstance(validation_data, np.ndarray):
-            self._check_x(validation_data, name="validation_data")
-        elif isinstance(validation_data, (tuple, list)) and validation_data:
-            if isinstance(validation_data[0], np.ndarray):
-                self._check_x(validation_data[0], name="validation_data")
+    def _check_data(self, data, name):
+        """Checks arrays, eager tensors and datasets before Keras traces anything.
+
+        Catching bad data here keeps the error a clear `ValueError` and keeps a
+        failed call from leaving half-traced train functions behind.
+        """
+        if isinstance(data, tf.data.Dataset):
+            spec = data.element_spec
+            while isinstance(spec, (tuple, list)):
+                spec = spec[0]
+            self._check_x(tf.TensorSpec(spec.shape), name=name, values=False)
+        elif isinstance(data, (tuple, list)) and name == "validation_data":
+            if data:
+                self._check_data(data[0], name)
+        elif isinstance(data, (np.ndarray, list)) or tf.is_tensor(data):
+            self._check_x(np.asarray(data) if isinstance(data, list) else data, name=name)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking array inputs against the likelihood."""
-        self._validate_arrays(x, kwargs.get("validation_data"))
+        self._check_data(x, "x")
+        self._check_data(kwargs.get("validation_data"), "validation_data")
         return super().fit(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, after checking array inputs against the likelihood."""
-        self._validate_arrays(x)
+        self._check_data(x, "x")
         return super().evaluate(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict` (reconstructions), after checking the input shape."""
+        self._check_data(x, "x")
+        return super().predict(x, *args, **kwargs)
 
     @staticmethod
     def _placeholder_y(x, y, kwargs):

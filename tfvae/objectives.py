@@ -242,10 +242,10 @@ def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, 
     Returns:
       `[batch]` estimate in nats.
     """
-    return iwae_bound(
-        x, posterior, decode, prior, num_samples, seed=seed,
-        chunk_size=min(chunk_size, num_samples),
-    )
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    if chunk_size is not None:
+        chunk_size = min(_checks.positive_int("chunk_size", chunk_size), num_samples)
+    return iwae_bound(x, posterior, decode, prior, num_samples, seed=seed, chunk_size=chunk_size)
 
 
 def elbo_gap(log_px, elbo_value):

@@ -58,7 +58,7 @@ class MixtureOfGaussiansPrior(Prior):
     def __init__(self, latent_dim, num_components=10, seed=0, **kwargs):
         super().__init__(latent_dim, **kwargs)
         self.num_components = _checks.positive_int("num_components", num_components)
-        self.seed = int(seed)
+        self.seed = _checks.non_negative_int("seed", seed)
         k, d = self.num_components, self.latent_dim
         init_locs = np.random.default_rng(self.seed).standard_normal((k, d)).astype("float32")
         self.logits = self.add_weight(shape=(k,), initializer="zeros", name="logits")
