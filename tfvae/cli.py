@@ -33,7 +33,12 @@ def _parser():
                            description="Train a VAE, evaluate it on held-out data, write figures "
                            "and report.md into --output.")
     train.add_argument("--dataset", default=defaults.dataset,
-                       help="'digits' (built in, offline) or a .npy/.npz file (default: %(default)s)")
+                       help="'digits' (built in, offline), a TensorFlow Datasets name (mnist, "
+                       "fashion_mnist, binarized_mnist, cifar10), a .npy/.npz file, or a folder "
+                       "of images (default: %(default)s)")
+    train.add_argument("--binarize", choices=("none", "static", "dynamic"), default="none",
+                       help="binarise [0, 1] data for a Bernoulli likelihood: one fixed draw "
+                       "(static) or a fresh draw every batch (dynamic)")
     train.add_argument("--architecture", choices=builders.ARCHITECTURES, default=defaults.architecture)
     train.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
     train.add_argument("--likelihood", choices=tuple(builders.LIKELIHOODS), default=defaults.likelihood)
@@ -99,6 +104,7 @@ def _train(args):
         warmup_epochs=args.warmup_epochs, free_bits=args.free_bits, num_samples=args.num_samples,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         patience=args.patience, seed=args.seed, jit_compile=args.jit, eval_samples=args.eval_samples,
+        binarize=args.binarize,
     )
     metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,
                          verbose=0 if args.quiet else 1)

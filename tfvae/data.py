@@ -1,8 +1,31 @@
-"""Datasets: the built-in handwritten digits (offline, shipped with scikit-learn)."""
+"""Datasets and input pipelines.
+
+* `load_digits`: the built-in default, scikit-learn's 8×8 handwritten digits (offline).
+* `load_tfds`: TensorFlow Datasets by name (`TFDS_NAMES`), as 8-bit levels.
+* `load_array_file`, `load_image_folder`: the user's own data.
+* `prepare`: scaling / binarisation / 8-bit levels for a likelihood.
+* `make_dataset`: a `tf.data` pipeline (cache, shuffle, batch, dynamic binarisation, prefetch).
+"""
+
+import logging
+import os
 
 import numpy as np
 
 from tfvae import _checks
+
+logger = logging.getLogger(__name__)
+
+# Name -> the split held out for validation.
+TFDS_NAMES = {
+    "mnist": "test",
+    "fashion_mnist": "test",
+    "binarized_mnist": "validation",
+    "cifar10": "test",
+}
+LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
+BINARIZE = ("none", "static", "dynamic")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def load_digits(validation_fraction=0.2, seed=0):
@@ -18,15 +41,9 @@ def load_digits(validation_fraction=0.2, seed=0):
     """
     from sklearn import datasets
 
-    fraction = _checks.open_fraction("validation_fraction", validation_fraction)
-    seed = _checks.non_negative_int("seed", seed)
     digits = datasets.load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
-    y = digits.target.astype("int64")
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], y[order]
-    n_val = int(round(fraction * len(x)))
-    return (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val])
+    return _split(x, digits.target.astype("int64"), validation_fraction, seed)
 
 
 def load_array_file(path, validation_fraction=0.2, seed=0):
@@ -38,8 +55,6 @@ def load_array_file(path, validation_fraction=0.2, seed=0):
     Returns:
       `((x_train, y_train), (x_val, y_val))`; `y` is None without labels.
     """
-    import os
-
     if not os.path.exists(path):
         raise ValueError(f"Received an invalid value for `dataset`: no such file {path!r}. "
                          "Use 'digits' or a path to a .npy/.npz file.")
@@ -56,13 +71,159 @@ def load_array_file(path, validation_fraction=0.2, seed=0):
     if x.ndim == 3:
         x = x[..., None]
     x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
+    return _split(x, y, validation_fraction, seed)
+
+
+def load_tfds(name, data_dir=None):
+    """Loads a TensorFlow Datasets image dataset into memory.
+
+    Args:
+      name: one of `TFDS_NAMES` (`mnist`, `fashion_mnist`, `binarized_mnist`, `cifar10`).
+      data_dir: TFDS data directory. Default value: TFDS's default.
+
+    Returns:
+      `((x_train, y_train), (x_val, y_val))`: `x` float32 in [0, 1] of shape
+      `[n, H, W, C]` (binarized_mnist is already 0/1), `y` int64 labels or None.
+    """
+    if name not in TFDS_NAMES:
+        raise ValueError(
+            f"Received an invalid value for `dataset`: unknown dataset {name!r}. Known: "
+            + ", ".join(["digits", *TFDS_NAMES])
+            + ", or a .npy/.npz file or a folder of images."
+        )
+    import tensorflow_datasets as tfds
+
+    splits = []
+    for split in ("train", TFDS_NAMES[name]):
+        dataset = tfds.load(name, split=split, data_dir=data_dir)
+        images, labels = [], []
+        for batch in tfds.as_numpy(dataset.batch(4096)):
+            images.append(batch["image"])
+            if "label" in batch:
+                labels.append(batch["label"])
+        x = np.concatenate(images).astype("float32")
+        if name != "binarized_mnist":
+            x /= 255.0
+        y = np.concatenate(labels).astype("int64") if labels else None
+        splits.append((x, y))
+        logger.info("loaded %s[%s]: %s", name, split, x.shape)
+    return tuple(splits)
+
+
+def load_image_folder(path, validation_fraction=0.2, seed=0):
+    """Loads a folder of same-sized images (PNG, JPEG, ...), scaled to [0, 1].
+
+    Images directly in `path` are unlabelled; images in sub-folders get the
+    sub-folder's index (sorted by name) as their label.
+
+    Returns:
+      `((x_train, y_train), (x_val, y_val))` with `x` `[n, H, W, C]` float32.
+    """
+    from PIL import Image
+
+    files, labels = [], []
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    for label, folder in [(None, path)] + [(i, os.path.join(path, c)) for i, c in enumerate(classes)]:
+        for name in sorted(os.listdir(folder)):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(os.path.join(folder, name))
+                labels.append(label)
+    if not files:
+        raise ValueError(f"Received an invalid value for `dataset`: no images in {path!r}.")
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "I") else "RGB"))
+        if images and array.shape != images[0].shape:
+            raise ValueError(
+                f"All images must have one size: {files[0]!r} is {images[0].shape} but "
+                f"{file!r} is {array.shape}."
+            )
+        images.append(array)
+    x = np.stack(images).astype("float32") / 255.0
+    if x.ndim == 3:
+        x = x[..., None]
+    y = None if any(label is None for label in labels) else np.asarray(labels, "int64")
+    return _split(x, y, validation_fraction, seed)
+
+
+def _split(x, y, validation_fraction, seed):
     fraction = _checks.open_fraction("validation_fraction", validation_fraction)
     order = np.random.default_rng(_checks.non_negative_int("seed", seed)).permutation(len(x))
     n_val = max(1, int(round(fraction * len(x))))
     x = x[order]
     y = None if y is None else np.asarray(y)[order]
-    split = lambda a, s: None if a is None else a[s]  # noqa: E731
-    return (x[n_val:], split(y, slice(n_val, None))), (x[:n_val], split(y, slice(None, n_val)))
+    pick = lambda a, s: None if a is None else a[s]  # noqa: E731
+    return (x[n_val:], pick(y, slice(n_val, None))), (x[:n_val], pick(y, slice(None, n_val)))
+
+
+def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
+    """Loads `dataset`: 'digits', a TFDS name, a .npy/.npz file or a folder of images."""
+    if dataset == "digits":
+        return load_digits(validation_fraction, seed)
+    if dataset in TFDS_NAMES:
+        return load_tfds(dataset, data_dir=data_dir)
+    if os.path.isdir(dataset):
+        return load_image_folder(dataset, validation_fraction, seed)
+    if dataset.endswith((".npy", ".npz")) or os.path.sep in dataset:
+        return load_array_file(dataset, validation_fraction, seed)
+    return load_tfds(dataset)  # raises, listing the known names
+
+
+def prepare(x, likelihood, binarize="none", seed=0):
+    """Prepares [0, 1] data for a likelihood.
+
+    Args:
+      x: float data in [0, 1].
+      likelihood: a likelihood name (see `tfvae.builders.LIKELIHOODS`).
+      binarize: `"none"`, `"static"` (one fixed Bernoulli draw, the classic
+        binarised MNIST protocol) or `"dynamic"` (a fresh draw every epoch,
+        done in `make_dataset`; returned unchanged here). Default value: `"none"`.
+      seed: seed of the static draw. Default value: `0`.
+
+    Returns:
+      float32 data: 8-bit levels 0..255 for the pixel likelihoods, else [0, 1].
+    """
+    _checks.one_of("binarize", binarize, BINARIZE)
+    x = np.asarray(x, dtype="float32")
+    if likelihood in LEVEL_LIKELIHOODS:
+        if binarize != "none":
+            raise ValueError(
+                f"Received an invalid value for `binarize`: the {likelihood!r} likelihood "
+                f"models 8-bit levels, not binary data. Received: binarize={binarize!r}"
+            )
+        return to_levels(x)
+    if binarize == "static":
+        draw = np.random.default_rng(_checks.non_negative_int("seed", seed)).uniform(size=x.shape)
+        return (draw < x).astype("float32")
+    return x
+
+
+def make_dataset(x, batch_size, shuffle=True, seed=0, dynamic_binarize=False):
+    """An input pipeline over in-memory data `x`.
+
+    `cache` keeps the tensors, `shuffle` reshuffles every epoch, an optional
+    map draws x_bin ~ Bernoulli(x) afresh for every batch, and `prefetch`
+    overlaps input with training.
+
+    Returns:
+      A `tf.data.Dataset` of float32 batches `[batch_size] + x.shape[1:]`.
+    """
+    import tensorflow as tf
+
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x, "float32")).cache()
+    if shuffle:
+        dataset = dataset.shuffle(min(len(x), 50_000), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if dynamic_binarize:
+        generator = tf.random.Generator.from_seed(seed)
+
+        def binarize(batch):
+            return tf.cast(generator.uniform(tf.shape(batch)) < batch, tf.float32)
+
+        dataset = dataset.map(binarize)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def to_levels(x, num_levels=256):

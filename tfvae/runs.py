@@ -54,6 +54,7 @@ class RunConfig:
     seed: int = 0
     jit_compile: bool = False
     eval_samples: int = 100
+    binarize: str = "none"
 
     def validate(self):
         _checks.one_of("architecture", self.architecture, builders.ARCHITECTURES)
@@ -66,6 +67,7 @@ class RunConfig:
             _checks.non_negative_float(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
+        _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
         self.hidden_units = _checks.int_tuple("hidden_units", self.hidden_units)
         self.filters = _checks.int_tuple("filters", self.filters, allow_empty=False)
         return self
@@ -101,15 +103,17 @@ def prepare_output(directory, overwrite=False, resume=False):
 
 
 def load_dataset(config):
-    """Returns `((x_train, y_train), (x_val, y_val))` for the run's dataset."""
-    dataset = config.dataset
-    if dataset == "digits":
-        splits = data_lib.load_digits(seed=config.seed)
-    else:
-        splits = data_lib.load_array_file(dataset, seed=config.seed)
-    if config.likelihood in ("categorical", "discretized_logistic"):
-        splits = tuple((data_lib.to_levels(x), y) for x, y in splits)
-    return splits
+    """Returns `((x_train, y_train), (x_val, y_val))`, prepared for the run's likelihood.
+
+    With dynamic binarisation the training data stay grey (the pipeline draws
+    binary batches) and the validation data get one fixed draw.
+    """
+    (x_train, y_train), (x_val, y_val) = data_lib.load(config.dataset, seed=config.seed)
+    train_mode = "none" if config.binarize == "dynamic" else config.binarize
+    val_mode = "static" if config.binarize != "none" else "none"
+    x_train = data_lib.prepare(x_train, config.likelihood, train_mode, seed=config.seed)
+    x_val = data_lib.prepare(x_val, config.likelihood, val_mode, seed=config.seed + 1)
+    return (x_train, y_train), (x_val, y_val)
 
 
 def _read_history(path):
@@ -178,13 +182,18 @@ def train(config, output, overwrite=False, resume=False, verbose=1):
     ]
     if config.warmup_epochs > 0:
         callbacks.append(KLWarmup(config.warmup_epochs, end=config.beta))
+    model.likelihood.validate_data(x_train, name="dataset")
+    train_data = data_lib.make_dataset(
+        x_train, config.batch_size, seed=config.seed,
+        dynamic_binarize=config.binarize == "dynamic",
+    )
+    val_data = data_lib.make_dataset(x_val, config.batch_size, shuffle=False)
     if initial_epoch < config.epochs:
         model.fit(
-            x_train,
+            train_data,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
-            batch_size=config.batch_size,
-            validation_data=(x_val,),
+            validation_data=val_data,
             callbacks=callbacks,
             verbose=verbose,
         )
