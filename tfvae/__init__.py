@@ -3,6 +3,7 @@
 from tfvae import data
 from tfvae import objectives
 from tfvae import random
+from tfvae import runs
 from tfvae.builders import build_vae
 from tfvae.callbacks import KLWarmup
 from tfvae.heads import BernoulliLikelihood

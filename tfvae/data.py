@@ -101,9 +101,9 @@ def load_tfds(name, data_dir=None):
             images.append(batch["image"])
             if "label" in batch:
                 labels.append(batch["label"])
-        x = np.concatenate(images).astype("float32")
-        if name != "binarized_mnist":
-            x /= 255.0
+        x = np.concatenate(images)
+        # binarized_mnist stores 0/1 pixels; everything else 8-bit intensities.
+        x = (x > 0).astype("float32") if name == "binarized_mnist" else x.astype("float32") / 255.0
         y = np.concatenate(labels).astype("int64") if labels else None
         splits.append((x, y))
         logger.info("loaded %s[%s]: %s", name, split, x.shape)

@@ -194,6 +194,7 @@ def train(config, output, overwrite=False, resume=False, verbose=1):
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             validation_data=val_data,
+            shuffle=False,  # the pipeline shuffles
             callbacks=callbacks,
             verbose=verbose,
         )
