@@ -614,3 +614,56 @@ def test_low_precision_params_give_float32_distribution(case, dtype, global_poli
     rounded = tf.cast(low, tf.float32).numpy()
     np.testing.assert_allclose(log_prob.numpy(), _log_prob(head, rounded, x), rtol=1e-6, atol=1e-6)
     assert np.all(np.isfinite(log_prob.numpy()))
+
+
+# ---------------------------------------------------------------------------
+# Tensor-level parameters and means (what the export graphs use).
+
+
+def _cb_mean_numeric(logit):
+    """E[x] under the continuous Bernoulli by numerical integration of x p(x)."""
+    lam = 1.0 / (1.0 + np.exp(-logit))
+    x = np.linspace(0.0, 1.0, 200_001)
+    density = lam**x * (1 - lam) ** (1 - x)
+    return np.trapezoid(x * density, x) / np.trapezoid(density, x)
+
+
+@pytest.mark.parametrize("logit", [-6.0, -1.0, -0.05, 0.0, 1e-4, 0.3, 4.0])
+def test_continuous_bernoulli_mean_matches_numerical_integration(logit):
+    head = heads.ContinuousBernoulliLikelihood((1,))
+    mean = head.mean_of({"logits": tf.constant([[logit]], tf.float32)}).numpy()[0, 0]
+    assert mean == pytest.approx(_cb_mean_numeric(logit), abs=2e-6)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        heads.BernoulliLikelihood((3, 2)),
+        heads.ContinuousBernoulliLikelihood((3, 2)),
+        heads.GaussianLikelihood((3, 2), scale="predicted"),
+        heads.CategoricalPixelLikelihood((3, 2), num_levels=7),
+        heads.DiscretizedLogisticLikelihood((3, 2), num_levels=9),
+    ],
+    ids=lambda h: type(h).__name__,
+)
+def test_mean_of_parameters_equals_distribution_mean(head):
+    params = tf.constant(np.random.default_rng(0).normal(size=(4, head.params_size)), tf.float32)
+    parameters = head.parameters(params)
+    np.testing.assert_allclose(
+        head.mean_of(parameters), head.mean(head(params)), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "head", [heads.DiagonalGaussianPosterior(3), heads.FullCovarianceGaussianPosterior(3)],
+    ids=lambda h: type(h).__name__,
+)
+def test_posterior_reparameterize_matches_distribution_moments(head):
+    params = tf.constant(np.random.default_rng(1).normal(size=(2, head.params_size)), tf.float32)
+    parameters = head.parameters(params)
+    eps = tf.constant(np.random.default_rng(2).normal(size=(100_000, 2, 3)), tf.float32)
+    z = head.reparameterize(parameters, eps).numpy().astype(np.float64)
+    dist = head(params)
+    for b in range(2):
+        np.testing.assert_allclose(z[:, b].mean(0), dist.mean().numpy()[b], atol=0.03)
+        np.testing.assert_allclose(np.cov(z[:, b].T), dist.covariance().numpy()[b], atol=0.05)

@@ -31,9 +31,11 @@ def _inverse_softplus(y):
 class DistributionHead(keras.layers.Layer):
     """Base class: parameters in, `tfd.Distribution` out.
 
-    Subclasses set `event_shape` and implement `params_size` and
-    `_distribution(params)`, where `params` has shape
-    `[batch, params_size]`, already cast to float32.
+    Subclasses set `event_shape` and implement `params_size`,
+    `_parameters(flat)` (named float32 tensors from `flat`, of shape
+    `[batch, params_size]`) and `distribution(parameters)`. Keeping the
+    tensor-level parameters apart from the TFP object lets export graphs
+    (SavedModel, ONNX) use the same parametrisation without TFP's shape ops.
     """
 
     def __init__(self, **kwargs):
@@ -55,11 +57,19 @@ class DistributionHead(keras.layers.Layer):
             )
         return tf.reshape(params, [-1, self.params_size])
 
-    def call(self, params):
-        return self._distribution(self._flat_params(params))
+    def parameters(self, params):
+        """Named distribution parameters (a dict of float32 tensors) from raw `params`."""
+        return self._parameters(self._flat_params(params))
 
-    def _distribution(self, params):
+    def _parameters(self, flat):
         raise NotImplementedError
+
+    def distribution(self, parameters):
+        """The `tfd.Distribution` for a dict from `parameters`."""
+        raise NotImplementedError
+
+    def call(self, params):
+        return self.distribution(self.parameters(params))
 
     def mean(self, distribution):
         """The distribution's mean, `[batch] + event_shape` (override if TFP lacks it)."""
@@ -98,10 +108,16 @@ class DiagonalGaussianPosterior(DistributionHead):
     def params_size(self):
         return 2 * self.latent_dim
 
-    def _distribution(self, params):
-        loc, raw_scale = tf.split(params, 2, axis=-1)
-        scale = tf.nn.softplus(raw_scale) + self.min_scale
-        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale)
+    def _parameters(self, flat):
+        loc, raw_scale = tf.split(flat, 2, axis=-1)
+        return {"loc": loc, "scale": tf.nn.softplus(raw_scale) + self.min_scale}
+
+    def distribution(self, parameters):
+        return tfd.MultivariateNormalDiag(loc=parameters["loc"], scale_diag=parameters["scale"])
+
+    def reparameterize(self, parameters, eps):
+        """z = μ + σ ⊙ ε for standard normal `eps` `[..., latent_dim]`."""
+        return parameters["loc"] + parameters["scale"] * eps
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
@@ -131,10 +147,17 @@ class FullCovarianceGaussianPosterior(DistributionHead):
         d = self.latent_dim
         return d + d * (d + 1) // 2
 
-    def _distribution(self, params):
-        loc, raw_tril = tf.split(params, [self.latent_dim, self.params_size - self.latent_dim], -1)
+    def _parameters(self, flat):
+        loc, raw_tril = tf.split(flat, [self.latent_dim, self.params_size - self.latent_dim], -1)
         fill = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=self.min_scale)
-        return tfd.MultivariateNormalTriL(loc=loc, scale_tril=fill.forward(raw_tril))
+        return {"loc": loc, "scale": fill.forward(raw_tril)}
+
+    def distribution(self, parameters):
+        return tfd.MultivariateNormalTriL(loc=parameters["loc"], scale_tril=parameters["scale"])
+
+    def reparameterize(self, parameters, eps):
+        """z = μ + L ε for standard normal `eps` `[..., latent_dim]`."""
+        return parameters["loc"] + tf.linalg.matvec(parameters["scale"], eps)
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
@@ -172,6 +195,10 @@ class LikelihoodHead(DistributionHead):
     def encoder_input(self, x):
         """What the encoder sees for data `x` (identity; integer-level heads rescale to [0, 1])."""
         return x
+
+    def mean_of(self, parameters):
+        """The likelihood's mean `[batch] + event_shape` from its named parameters."""
+        raise NotImplementedError
 
     def _independent(self, distribution):
         return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
@@ -212,9 +239,14 @@ class BernoulliLikelihood(LikelihoodHead):
     (the usual "binary cross-entropy" VAE loss).
     """
 
-    def _distribution(self, params):
-        logits = self._element_params(params)[..., 0]
-        return self._independent(tfd.Bernoulli(logits=logits, dtype=tf.float32))
+    def _parameters(self, flat):
+        return {"logits": self._element_params(flat)[..., 0]}
+
+    def distribution(self, parameters):
+        return self._independent(tfd.Bernoulli(logits=parameters["logits"], dtype=tf.float32))
+
+    def mean_of(self, parameters):
+        return tf.sigmoid(parameters["logits"])
 
     def validate_data(self, x, name="x"):
         super().validate_data(x, name)
@@ -226,9 +258,20 @@ class ContinuousBernoulliLikelihood(LikelihoodHead):
     """p(x|z) = Π ContinuousBernoulli(x_i; logit_i), a normalised density on [0, 1]
     (Loaiza-Ganem & Cunningham, 2019)."""
 
-    def _distribution(self, params):
-        logits = self._element_params(params)[..., 0]
-        return self._independent(tfd.ContinuousBernoulli(logits=logits))
+    def _parameters(self, flat):
+        return {"logits": self._element_params(flat)[..., 0]}
+
+    def distribution(self, parameters):
+        return self._independent(tfd.ContinuousBernoulli(logits=parameters["logits"]))
+
+    def mean_of(self, parameters):
+        # E[x] = λ / (2λ − 1) + 1 / (2 atanh(1 − 2λ)), written in logits η:
+        # λ/(2λ−1) = 1/(1 − e^{−η}) and 2 atanh(1 − 2λ) = −η; Taylor form near η = 0.
+        eta = parameters["logits"]
+        small = tf.abs(eta) < 0.1
+        safe = tf.where(small, tf.ones_like(eta), eta)
+        exact = 1.0 / (-tf.math.expm1(-safe)) - 1.0 / safe
+        return tf.where(small, 0.5 + eta / 12.0 - eta**3 / 720.0, exact)
 
     def validate_data(self, x, name="x"):
         super().validate_data(x, name)
@@ -270,17 +313,23 @@ class GaussianLikelihood(LikelihoodHead):
             )
         self._raw_initial = raw
 
-    def _distribution(self, params):
-        p = self._element_params(params)
+    def _parameters(self, flat):
+        p = self._element_params(flat)
         loc = p[..., 0]
         if self.scale == "predicted":
             sigma = tf.nn.softplus(p[..., 1] + self._raw_initial) + self.min_scale
         elif self.raw_scale is not None:
             sigma = tf.nn.softplus(tf.convert_to_tensor(self.raw_scale)) + self.min_scale
-            sigma = tf.broadcast_to(sigma, tf.shape(loc))
+            sigma = sigma + tf.zeros_like(loc)
         else:
-            sigma = tf.fill(tf.shape(loc), self.scale)
-        return self._independent(tfd.Normal(loc=loc, scale=sigma))
+            sigma = tf.zeros_like(loc) + self.scale
+        return {"loc": loc, "scale": sigma}
+
+    def distribution(self, parameters):
+        return self._independent(tfd.Normal(loc=parameters["loc"], scale=parameters["scale"]))
+
+    def mean_of(self, parameters):
+        return parameters["loc"]
 
     def get_config(self):
         return {
@@ -313,10 +362,16 @@ class CategoricalPixelLikelihood(LikelihoodHead):
             )
         self.params_per_element = self.num_levels
 
-    def _distribution(self, params):
-        logits = self._element_params(params)
+    def _parameters(self, flat):
+        return {"logits": self._element_params(flat)}
+
+    def distribution(self, parameters):
         outcomes = tf.range(self.num_levels, dtype=tf.float32)
-        return self._independent(tfd.FiniteDiscrete(outcomes, logits=logits))
+        return self._independent(tfd.FiniteDiscrete(outcomes, logits=parameters["logits"]))
+
+    def mean_of(self, parameters):
+        levels = tf.range(self.num_levels, dtype=tf.float32)
+        return tf.reduce_sum(tf.nn.softmax(parameters["logits"]) * levels, axis=-1)
 
     def encoder_input(self, x):
         return x / float(self.num_levels - 1)
@@ -357,24 +412,30 @@ class DiscretizedLogisticLikelihood(LikelihoodHead):
             )
         self.min_scale = _checks.positive_float("min_scale", min_scale)
 
-    def _distribution(self, params):
-        p = self._element_params(params)
+    def _parameters(self, flat):
+        p = self._element_params(flat)
         # Centre the unit-scale initial output on the middle of the range.
         half = (self.num_levels - 1) / 2.0
         loc = half + half * p[..., 0]
         scale = tf.nn.softplus(p[..., 1] + _inverse_softplus(half / 4.0)) + self.min_scale
-        logistic = tfd.Logistic(loc=loc - 0.5, scale=scale)
+        return {"loc": loc, "scale": scale}
+
+    def distribution(self, parameters):
+        logistic = tfd.Logistic(loc=parameters["loc"] - 0.5, scale=parameters["scale"])
         quantized = tfd.QuantizedDistribution(
             logistic, low=0.0, high=float(self.num_levels - 1)
         )
         return self._independent(quantized)
 
+    def mean_of(self, parameters):
+        levels = tf.range(self.num_levels - 1, dtype=tf.float32)
+        # P(x > k) = 1 − F(k + ½) = sigmoid((μ − ½ − k) / s).
+        z = (parameters["loc"][..., None] - 0.5 - levels) / parameters["scale"][..., None]
+        return tf.reduce_sum(tf.sigmoid(z), axis=-1)
+
     def mean(self, distribution):
         logistic = distribution.distribution.distribution
-        levels = tf.range(self.num_levels - 1, dtype=tf.float32)
-        # P(x > k) = 1 − F(k + ½) = sigmoid((μ − k − ½) / s) with μ − ½ stored as loc.
-        z = (logistic.loc[..., None] - levels) / logistic.scale[..., None]
-        return tf.reduce_sum(tf.sigmoid(z), axis=-1)
+        return self.mean_of({"loc": logistic.loc + 0.5, "scale": logistic.scale})
 
     def encoder_input(self, x):
         return x / float(self.num_levels - 1)

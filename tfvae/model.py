@@ -192,11 +192,18 @@ class VAE(keras.Model):
     def _decode_fn(self, training):
         return lambda z: self.likelihood(self.decoder(z, training=training))
 
+    def _decode_mean(self, z, training=False):
+        """The likelihood's mean at `z`, from its parameters (no TFP object needed)."""
+        return self.likelihood.mean_of(self.likelihood.parameters(self.decoder(z, training=training)))
+
     def call(self, inputs, training=False):
         """The deterministic reconstruction: the likelihood's mean at z = E_q[z]."""
         self._check_x(inputs, name="inputs", values=False)
-        q = self._posterior(tf.cast(inputs, tf.float32), training)
-        return self.likelihood.mean(self._decode_fn(training)(q.mean()))
+        x = tf.cast(inputs, tf.float32)
+        parameters = self.posterior.parameters(
+            self.encoder(self.likelihood.encoder_input(x), training=training)
+        )
+        return self._decode_mean(parameters["loc"], training)
 
     # ------------------------------------------------------------------
     # Objectives, per example.
@@ -263,10 +270,10 @@ class VAE(keras.Model):
         seed = tfvae_random.make_seed(seed)
         prior = self.prior.distribution()
         z = objectives.posterior_sample(prior, n, seed=seed)
-        likelihood = self.decode(tf.reshape(z, [n, self.latent_dim]))
+        z = tf.reshape(z, [n, self.latent_dim])
         if mean:
-            return self.likelihood.mean(likelihood)
-        return likelihood.sample(seed=tfvae_random.fold_in(seed, 1))
+            return self._decode_mean(z)
+        return self.decode(z).sample(seed=tfvae_random.fold_in(seed, 1))
 
     def reconstruct(self, x, sample_latent=False, seed=None):
         """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
@@ -275,7 +282,7 @@ class VAE(keras.Model):
             z = objectives.posterior_sample(q, 1, seed=seed)[0]
         else:
             z = q.mean()
-        return self.likelihood.mean(self.decode(z))
+        return self._decode_mean(z)
 
     # ------------------------------------------------------------------
     # Training.
