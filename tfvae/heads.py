@@ -141,6 +141,7 @@ class FullCovarianceGaussianPosterior(DistributionHead):
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.min_scale = _checks.non_negative_float("min_scale", min_scale)
         self.event_shape = (self.latent_dim,)
+        self._index = None
 
     @property
     def params_size(self):
@@ -148,9 +149,24 @@ class FullCovarianceGaussianPosterior(DistributionHead):
         return d + d * (d + 1) // 2
 
     def _parameters(self, flat):
-        loc, raw_tril = tf.split(flat, [self.latent_dim, self.params_size - self.latent_dim], -1)
-        fill = tfb.FillScaleTriL(diag_bijector=tfb.Softplus(), diag_shift=self.min_scale)
-        return {"loc": loc, "scale": fill.forward(raw_tril)}
+        d = self.latent_dim
+        loc, raw_tril = tf.split(flat, [d, self.params_size - d], -1)
+        # `tfb.FillScaleTriL` as a static gather plus elementwise ops (the same
+        # layout as `tfp.math.fill_triangular`), which export graphs can convert.
+        padded = tf.concat([tf.zeros_like(raw_tril[..., :1]), raw_tril], axis=-1)
+        filled = tf.reshape(tf.gather(padded, self._fill_index(), axis=-1), [-1, d, d])
+        eye = tf.eye(d, dtype=filled.dtype)
+        scale = filled * (1.0 - eye) + eye * (tf.nn.softplus(filled) + self.min_scale)
+        return {"loc": loc, "scale": scale}
+
+    def _fill_index(self):
+        """Flat index into `[0, raw...]` for each entry of L (0 above the diagonal)."""
+        if self._index is None:
+            n = self.params_size - self.latent_dim
+            with tf.init_scope():  # a constant: compute it eagerly even inside a graph
+                index = tfp.math.fill_triangular(np.arange(1, n + 1, dtype=np.int32)).numpy()
+            self._index = np.reshape(index, [-1])
+        return tf.constant(self._index)
 
     def distribution(self, parameters):
         return tfd.MultivariateNormalTriL(loc=parameters["loc"], scale_tril=parameters["scale"])
@@ -270,7 +286,7 @@ class ContinuousBernoulliLikelihood(LikelihoodHead):
         eta = parameters["logits"]
         small = tf.abs(eta) < 0.1
         safe = tf.where(small, tf.ones_like(eta), eta)
-        exact = 1.0 / (-tf.math.expm1(-safe)) - 1.0 / safe
+        exact = 1.0 / (1.0 - tf.exp(-safe)) - 1.0 / safe  # |η| ≥ 0.1: no cancellation
         return tf.where(small, 0.5 + eta / 12.0 - eta**3 / 720.0, exact)
 
     def validate_data(self, x, name="x"):

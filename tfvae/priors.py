@@ -28,6 +28,16 @@ class Prior(keras.layers.Layer):
         """Returns p(z) as a `tfd.Distribution` with event shape `[latent_dim]`."""
         raise NotImplementedError
 
+    def reparameterize(self, eps):
+        """z ~ p(z) as a function of standard normal `eps` `[..., latent_dim]`.
+
+        Raises:
+          NotImplementedError: if Gaussian noise alone cannot drive this prior.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be sampled from standard normal noise alone."
+        )
+
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim}
 
@@ -39,6 +49,9 @@ class StandardNormalPrior(Prior):
     def distribution(self):
         zeros = tf.zeros([self.latent_dim], tf.float32)
         return tfd.MultivariateNormalDiag(loc=zeros, scale_diag=tf.ones_like(zeros))
+
+    def reparameterize(self, eps):
+        return eps
 
 
 @_register

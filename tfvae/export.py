@@ -1,0 +1,230 @@
+"""Export a trained `tfvae.VAE` for serving: SavedModel (TF Serving) and ONNX (onnxruntime).
+
+Exported graphs never sample: TFP's and TensorFlow's random ops have no ONNX
+equivalent and would make served outputs irreproducible, so every stochastic
+graph takes the reparameterisation noise `eps ~ N(0, I)` as an input.
+
+Graphs (inputs → named outputs; `B` is a dynamic batch size):
+
+* `encode`: `x [B, *event]` → `mean [B, d]`, `scale` (`[B, d]` standard
+  deviations, or `[B, d, d]` Cholesky factor for a full-covariance posterior).
+* `decode`: `z [B, d]` → `mean [B, *event]` and the likelihood's parameters
+  (`logits`, or `loc` and `scale`).
+* `reconstruct`: `x`, `eps [B, d]` → `reconstruction`, the likelihood's mean at
+  `z = mean + scale · eps` (eps = 0 gives the deterministic reconstruction).
+* `sample`: `eps [B, d]` → `samples`, the likelihood's mean at `z = eps`
+  (standard normal prior only).
+* `elbo`: `x`, `eps [B, d]` → per-example `elbo`, `reconstruction`, `kl`
+  (one posterior sample; SavedModel only: TFP's log-density ops do not convert to ONNX).
+* `serving_default`: `x` → `reconstruction` at z = E_q[z] (the model's `call`).
+"""
+
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfvae import objectives
+from tfvae import priors as priors_lib
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+SAVED_MODEL_SIGNATURES = ("serving_default", "encode", "decode", "reconstruct", "sample", "elbo")
+ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample")
+
+
+def _specs(model):
+    batch = (None,)
+    return {
+        "x": tf.TensorSpec(batch + model.event_shape, tf.float32, name="x"),
+        "z": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="z"),
+        "eps": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="eps"),
+    }
+
+
+def graph_functions(model):
+    """The export graphs as `{name: (python_function, input_signature)}`.
+
+    Functions return dicts of named float32 tensors; see the module docstring.
+    """
+    specs = _specs(model)
+    likelihood, posterior = model.likelihood, model.posterior
+
+    def posterior_parameters(x):
+        return posterior.parameters(model.encoder(likelihood.encoder_input(x), training=False))
+
+    def decode_parameters(z):
+        return likelihood.parameters(model.decoder(z, training=False))
+
+    def encode(x):
+        parameters = posterior_parameters(x)
+        return {"mean": parameters["loc"], "scale": parameters["scale"]}
+
+    def decode(z):
+        parameters = decode_parameters(z)
+        return {"mean": likelihood.mean_of(parameters), **parameters}
+
+    def reconstruct(x, eps):
+        z = posterior.reparameterize(posterior_parameters(x), eps)
+        return {"reconstruction": likelihood.mean_of(decode_parameters(z))}
+
+    def sample(eps):
+        return {"samples": likelihood.mean_of(decode_parameters(model.prior.reparameterize(eps)))}
+
+    def elbo(x, eps):
+        q = posterior.distribution(posterior_parameters(x))
+        terms = objectives.elbo(
+            x, q, lambda z: likelihood.distribution(decode_parameters(z)),
+            model.prior.distribution(), kl=model.kl_method, noise=eps[None],
+        )
+        return {key: terms[key] for key in ("elbo", "reconstruction", "kl")}
+
+    def serving_default(x):
+        return {"reconstruction": model(x, training=False)}
+
+    return {
+        "serving_default": (serving_default, [specs["x"]]),
+        "encode": (encode, [specs["x"]]),
+        "decode": (decode, [specs["z"]]),
+        "reconstruct": (reconstruct, [specs["x"], specs["eps"]]),
+        "sample": (sample, [specs["eps"]]),
+        "elbo": (elbo, [specs["x"], specs["eps"]]),
+    }
+
+
+def _check_parts(model, requested, available, kind):
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise ValueError(
+            f"Received an invalid value for `signatures`: {kind} export has no "
+            f"{unknown}. Available: {list(available)}"
+        )
+    if "sample" in requested and type(model.prior).reparameterize is priors_lib.Prior.reparameterize:
+        raise ValueError(
+            f"Cannot export `sample`: {type(model.prior).__name__} cannot be sampled from "
+            "standard normal noise alone. Leave `sample` out of the exported signatures."
+        )
+
+
+def default_parts(model, available):
+    """All graphs in `available` that `model` supports."""
+    can_sample = type(model.prior).reparameterize is not priors_lib.Prior.reparameterize
+    return tuple(name for name in available if name != "sample" or can_sample)
+
+
+def next_version(base_dir, model_name):
+    """1 + the largest integer version under `base_dir/model_name` (1 if none)."""
+    root = os.path.join(base_dir, model_name)
+    versions = [int(v) for v in os.listdir(root) if v.isdigit()] if os.path.isdir(root) else []
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(model, base_dir, model_name="tfvae", version=None, signatures=None):
+    """Writes a SavedModel in TF Serving's layout, `base_dir/model_name/version/`.
+
+    Args:
+      model: a trained `tfvae.VAE`.
+      base_dir: the model base path TF Serving watches.
+      model_name: TF Serving's `MODEL_NAME`. Default value: `"tfvae"`.
+      version: integer version. Default value: one above the latest existing.
+      signatures: names from `SAVED_MODEL_SIGNATURES`. Default value: all the
+        model supports (`sample` needs a standard normal prior).
+
+    Returns:
+      The path of the written version directory.
+
+    Raises:
+      ValueError: if the version directory exists (it is never overwritten),
+        or a requested signature cannot be exported.
+    """
+    import keras
+
+    signatures = tuple(signatures or default_parts(model, SAVED_MODEL_SIGNATURES))
+    _check_parts(model, signatures, SAVED_MODEL_SIGNATURES, "SavedModel")
+    if "serving_default" not in signatures:
+        raise ValueError("`signatures` must include 'serving_default' (TF Serving needs it).")
+    if version is None:
+        version = next_version(base_dir, model_name)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(
+            f"Received an invalid value for `version`, expected an integer >= 0. Received: "
+            f"version={version!r}"
+        )
+    path = os.path.join(base_dir, model_name, str(version))
+    if os.path.exists(path):
+        raise ValueError(f"{path} already exists; TF Serving versions are never overwritten.")
+    functions = graph_functions(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name in signatures:
+        fn, input_signature = functions[name]
+        archive.add_endpoint(name, fn, input_signature=input_signature)
+    archive.write_out(path, verbose=False)
+    logger.info("wrote SavedModel %s with signatures %s", path, ", ".join(signatures))
+    return path
+
+
+def _convert_to_onnx(name, fn, input_signature, path, opset):
+    import onnx
+    import tf2onnx
+
+    if "object" not in vars(np):  # tf2onnx still refers to NumPy's removed alias.
+        np.object = object
+    function = tf.function(fn, input_signature=input_signature, autograph=False)
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=input_signature,
+                                                 opset=opset)
+        onnx.checker.check_model(proto)
+    except Exception as error:  # noqa: BLE001 - tf2onnx raises many types.
+        raise ValueError(
+            f"Cannot export the `{name}` graph to ONNX (opset {opset}): {error}".splitlines()[0]
+        ) from error
+    unsupported = sorted({node.op_type for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
+    if unsupported:
+        raise ValueError(f"Cannot export the `{name}` graph to ONNX: unsupported ops {unsupported}.")
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def export_onnx(model, directory, graphs=None, opset=ONNX_OPSET):
+    """Writes ONNX graphs `directory/<graph>.onnx` plus `metadata.json`.
+
+    Args:
+      model: a trained `tfvae.VAE`.
+      directory: a new or empty directory.
+      graphs: names from `ONNX_GRAPHS`. Default value: all the model supports.
+      opset: the ONNX opset. Default value: `ONNX_OPSET` (17).
+
+    Returns:
+      `{graph: path}` of the written files.
+
+    Raises:
+      ValueError: if `directory` holds files (nothing is overwritten) or a
+        graph cannot be converted (naming it).
+    """
+    graphs = tuple(graphs or default_parts(model, ONNX_GRAPHS))
+    _check_parts(model, graphs, ONNX_GRAPHS + ("elbo",), "ONNX")
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise ValueError(f"{directory} already holds files; refusing to overwrite them.")
+    os.makedirs(directory, exist_ok=True)
+    functions = graph_functions(model)
+    written = {}
+    for name in graphs:
+        fn, input_signature = functions[name]
+        written[name] = os.path.join(directory, f"{name}.onnx")
+        _convert_to_onnx(name, fn, input_signature, written[name], opset)
+    metadata = {
+        "opset": opset,
+        "event_shape": list(model.event_shape),
+        "latent_dim": model.latent_dim,
+        "likelihood": type(model.likelihood).__name__,
+        "num_levels": getattr(model.likelihood, "num_levels", None),
+        "graphs": {name: os.path.basename(path) for name, path in written.items()},
+    }
+    with open(os.path.join(directory, "metadata.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    logger.info("wrote ONNX graphs %s to %s", ", ".join(graphs), directory)
+    return written
