@@ -92,7 +92,7 @@ def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
         rank = batch_rank + 1 + posterior.event_shape.rank
         perm = [batch_rank] + list(range(batch_rank)) + list(range(batch_rank + 1, rank))
         noise = tf.transpose(noise, perm)
-    z = _standardized_to_sample(posterior, noise)
+    z = _standardized_to_sample(posterior, tf.convert_to_tensor(noise, tf.float32))
     if z is None:
         seed = tfvae_random.make_seed(seed)
         return posterior.sample(num_samples, seed=seed)
