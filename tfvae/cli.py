@@ -1,4 +1,4 @@
-"""The `tfvae` command: `train`, `evaluate`, `sample`.
+"""The `tfvae` command: `train`, `evaluate`, `sample`, `export`.
 
 The command only parses arguments and calls library functions; a bad argument
 ends with a one-line reason on stderr and exit status 2.
@@ -79,6 +79,16 @@ def _parser():
     evaluate.add_argument("--output", help="JSON file (default: RUN/evaluation.json)")
     evaluate.add_argument("--overwrite", action="store_true")
 
+    export = sub.add_parser("export", help="export a trained run for serving",
+                            description="Write a SavedModel in TF Serving's layout "
+                            "(OUTPUT/MODEL_NAME/VERSION) or ONNX graphs (OUTPUT/*.onnx).")
+    export.add_argument("run", help="a run directory written by `tfvae train`")
+    export.add_argument("--format", choices=("saved_model", "onnx"), required=True)
+    export.add_argument("--output", help="base directory (default: RUN/export/FORMAT)")
+    export.add_argument("--model-name", default="tfvae", help="TF Serving model name")
+    export.add_argument("--version", type=int, help="SavedModel version (default: next free)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
+
     sample = sub.add_parser("sample", help="generate data from the prior",
                             description="Decode z ~ p(z): an image grid (.png) or an array (.npy).")
     sample.add_argument("run", help="a run directory written by `tfvae train`")
@@ -152,11 +162,25 @@ def _sample(args):
     print(f"wrote {output}")
 
 
+def _export(args):
+    from tfvae import export, runs
+
+    output = args.output or os.path.join(args.run, "export", args.format)
+    _, model = runs.load_run(args.run)
+    if args.format == "saved_model":
+        path = export.export_saved_model(model, output, args.model_name, version=args.version)
+        print(f"wrote SavedModel {path}")
+    else:
+        written = export.export_onnx(model, output, opset=args.opset or export.ONNX_OPSET)
+        for name, path in written.items():
+            print(f"wrote {name}: {path}")
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample}
+    handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
     try:
         handlers[args.command](args)
     except ValueError as error:

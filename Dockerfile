@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: a Python stage installs tfvae and exports a model; the final
+# stage is the official TF Serving image serving it on ports 8500 (gRPC) and 8501 (REST).
+#
+#   docker build -t tfvae-serving .                                  # trains on the built-in digits
+#   docker build -t tfvae-serving --build-arg RUN_DIR=runs/digits .  # exports a run you trained
+#   docker run -p 8501:8501 tfvae-serving
+#   python export/tfserving_client.py --signature sample --latent-dim 8
+
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG SERVING_IMAGE=tensorflow/serving:2.20.0
+
+FROM ${PYTHON_IMAGE} AS export
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY tfvae ./tfvae
+RUN pip install --no-cache-dir .
+# The build context (see .dockerignore) may hold runs trained outside Docker.
+COPY . /context
+ARG RUN_DIR=""
+RUN set -eu; \
+    if [ -n "$RUN_DIR" ]; then run="/context/$RUN_DIR"; \
+    else run=/tmp/run; tfvae train --output "$run" --quiet; fi; \
+    tfvae export "$run" --format saved_model --output /models --model-name tfvae --version 1
+
+FROM ${SERVING_IMAGE}
+COPY --from=export /models/tfvae /models/tfvae
+# The image's entrypoint serves ${MODEL_BASE_PATH}/${MODEL_NAME} = /models/tfvae; the
+# config file is there for `docker run ... --model_config_file=/models/models.config`.
+COPY export/models.config /models/models.config
+ENV MODEL_NAME=tfvae
+EXPOSE 8500 8501
