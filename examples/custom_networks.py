@@ -1,7 +1,5 @@
 """Your own encoder and decoder in a tfvae.VAE. Run: python examples/custom_networks.py [--quick] [--output DIR]"""
 
-import argparse
-import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,18 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfvae  # noqa: E402
-
-
-def fresh_output_dir(root, name):
-    """Creates and returns a new folder `root/name-N`, so earlier results are never overwritten."""
-    os.makedirs(root, exist_ok=True)
-    for i in itertools.count(1):
-        path = os.path.join(root, f"{name}-{i}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
+from _common import example_parser, fresh_output_dir  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package="tfvae_examples")
@@ -73,9 +60,7 @@ def make_decoder(latent_dim, params_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    parser.add_argument("--output", default="example_outputs", help="folder for the results")
+    parser = example_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 40)

@@ -1,8 +1,6 @@
 """log p(x) = ELBO + KL(q‖p(z|x)) on a linear-Gaussian VAE. Run: python examples/elbo_identity.py [--quick] [--output DIR]"""
 
-import argparse
 import csv
-import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -11,18 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfvae  # noqa: E402
-
-
-def fresh_output_dir(root, name):
-    """Creates and returns a new folder `root/name-N`, so earlier results are never overwritten."""
-    os.makedirs(root, exist_ok=True)
-    for i in itertools.count(1):
-        path = os.path.join(root, f"{name}-{i}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
+from _common import example_parser, fresh_output_dir  # noqa: E402
 
 
 def gaussian_log_density(x, mean, cov):
@@ -113,9 +100,7 @@ class IdentityMonitor(keras.callbacks.Callback):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    parser.add_argument("--output", default="example_outputs", help="folder for the results")
+    parser = example_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
         "--posterior", choices=("full", "diagonal"), default="full",

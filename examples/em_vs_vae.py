@@ -1,7 +1,5 @@
 """EM versus a VAE on probabilistic PCA of the digits. Run: python examples/em_vs_vae.py [--quick] [--output DIR]"""
 
-import argparse
-import itertools
 import json
 import os
 
@@ -15,18 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfvae  # noqa: E402
-
-
-def fresh_output_dir(root, name):
-    """Creates and returns a new folder `root/name-N`, so earlier results are never overwritten."""
-    os.makedirs(root, exist_ok=True)
-    for i in itertools.count(1):
-        path = os.path.join(root, f"{name}-{i}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
+from _common import example_parser, fresh_output_dir  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -125,9 +112,7 @@ class PPCALogLikelihood(keras.callbacks.Callback):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
-    parser.add_argument("--output", default="example_outputs", help="folder for the results")
+    parser = example_parser(__doc__)
     parser.add_argument("--latent-dim", type=int, default=8)
     parser.add_argument("--em-iterations", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="VAE epochs")

@@ -4,6 +4,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 
 import keras
 import numpy as np
@@ -20,6 +21,8 @@ NAMES = ("keras_workflow", "custom_networks", "elbo_identity", "em_vs_vae")
 @functools.cache
 def load(name):
     """Imports examples/NAME.py from its path (the folder is not a package)."""
+    if EXAMPLES not in sys.path:  # the scripts import their shared `_common` helpers
+        sys.path.insert(0, EXAMPLES)
     path = os.path.join(EXAMPLES, f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"tfvae_example_{name}", path)
     module = importlib.util.module_from_spec(spec)
