@@ -14,6 +14,7 @@ from tfvae.heads import DiscretizedLogisticLikelihood
 from tfvae.heads import DistributionHead
 from tfvae.heads import FullCovarianceGaussianPosterior
 from tfvae.heads import GaussianLikelihood
+from tfvae.heads import GaussianPosterior
 from tfvae.heads import LikelihoodHead
 from tfvae.model import VAE
 from tfvae.networks import MLP
@@ -41,6 +42,7 @@ __all__ = [
     "DistributionHead",
     "FullCovarianceGaussianPosterior",
     "GaussianLikelihood",
+    "GaussianPosterior",
     "KLWarmup",
     "LikelihoodHead",
     "MLP",

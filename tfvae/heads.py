@@ -86,8 +86,28 @@ class DistributionHead(keras.layers.Layer):
 # Posteriors q(z|x).
 
 
+class GaussianPosterior(DistributionHead):
+    """Base class of Gaussian posteriors over a `latent_dim`-vector.
+
+    Subclasses implement `reparameterize(parameters, eps)`, mapping standard
+    normal noise to z with the same parametrisation as `distribution`.
+    """
+
+    def __init__(self, latent_dim, min_scale=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.event_shape = (self.latent_dim,)
+
+    def reparameterize(self, parameters, eps):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
+
+
 @_register
-class DiagonalGaussianPosterior(DistributionHead):
+class DiagonalGaussianPosterior(GaussianPosterior):
     """q(z|x) = N(μ, diag(σ²)).
 
     Mathematical details: parameters are `[μ, s]` (each `latent_dim` wide) and
@@ -97,12 +117,6 @@ class DiagonalGaussianPosterior(DistributionHead):
       latent_dim: size of z.
       min_scale: lower bound on σ for numerical safety. Default value: `1e-5`.
     """
-
-    def __init__(self, latent_dim, min_scale=1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
-        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
-        self.event_shape = (self.latent_dim,)
 
     @property
     def params_size(self):
@@ -119,12 +133,9 @@ class DiagonalGaussianPosterior(DistributionHead):
         """z = μ + σ ⊙ ε for standard normal `eps` `[..., latent_dim]`."""
         return parameters["loc"] + parameters["scale"] * eps
 
-    def get_config(self):
-        return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
-
 
 @_register
-class FullCovarianceGaussianPosterior(DistributionHead):
+class FullCovarianceGaussianPosterior(GaussianPosterior):
     """q(z|x) = N(μ, L Lᵀ) with a lower-triangular Cholesky factor L.
 
     Mathematical details: parameters are μ (`latent_dim`) and the
@@ -137,10 +148,7 @@ class FullCovarianceGaussianPosterior(DistributionHead):
     """
 
     def __init__(self, latent_dim, min_scale=1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
-        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
-        self.event_shape = (self.latent_dim,)
+        super().__init__(latent_dim, min_scale, **kwargs)
         self._index = None
 
     @property
@@ -174,9 +182,6 @@ class FullCovarianceGaussianPosterior(DistributionHead):
     def reparameterize(self, parameters, eps):
         """z = μ + L ε for standard normal `eps` `[..., latent_dim]`."""
         return parameters["loc"] + tf.linalg.matvec(parameters["scale"], eps)
-
-    def get_config(self):
-        return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,14 @@ def _deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
+def _multi_worker(strategy):
+    """Whether `strategy` is a MultiWorkerMirroredStrategy spanning several workers."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode()) if in_multi_worker_mode else True
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
 class VAE(keras.Model):
     """A variational autoencoder trained on the ELBO with `compile()` + `fit()`.
@@ -305,9 +313,28 @@ class VAE(keras.Model):
         return self._terms(x, training=training, seed=seed, offset=offset)
 
     def _update_metrics(self, terms, sample_weight):
-        for tracker in self._trackers:
-            tracker.update_state(terms[tracker.name], sample_weight=sample_weight)
-        return {tracker.name: tracker.result() for tracker in self._trackers}
+        """Adds this step's per-example terms to the epoch means, across all replicas.
+
+        Each replica sums its examples' terms and weights; an all-reduce makes
+        every replica's trackers hold the global sums, so the reported epoch
+        means are exact per-example means whatever the strategy or batch split.
+        """
+        weights = tf.ones_like(terms["loss"]) if sample_weight is None else tf.cast(
+            tf.reshape(sample_weight, [-1]), terms["loss"].dtype
+        )
+        sums = [tf.reduce_sum(terms[tracker.name] * weights) for tracker in self._trackers]
+        count = tf.reduce_sum(weights)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            *sums, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, [*sums, count])
+        for tracker, total in zip(self._trackers, sums):
+            tracker.update_state(tf.math.divide_no_nan(total, count), sample_weight=count)
+        results = {tracker.name: tracker.result() for tracker in self._trackers}
+        if _multi_worker(self.distribute_strategy):
+            # Keras reduces multi-worker step outputs with a mean over axis 0,
+            # which fails on scalars (tensorflow/tensorflow#72388): give them one.
+            results = {name: value[None] for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         x, sample_weight = self._unpack(data)

@@ -34,20 +34,14 @@ class MLP(keras.layers.Layer):
         self.hidden_units = _checks.int_tuple("hidden_units", hidden_units)
         self.activation = activation
         self.flatten = keras.layers.Flatten()
-        self.hidden = [
-            keras.layers.Dense(u, activation=activation, name=f"hidden_{i}")
-            for i, u in enumerate(self.hidden_units)
-        ]
+        self.hidden = _dense_stack(self.hidden_units, activation)
         self.out = keras.layers.Dense(self.output_units, name="output")
 
     def build(self, input_shape):
         _build_chain([self.flatten, *self.hidden, self.out], input_shape)
 
     def call(self, inputs):
-        h = self.flatten(inputs)
-        for layer in self.hidden:
-            h = layer(h)
-        return self.out(h)
+        return _apply([self.flatten, *self.hidden, self.out], inputs)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_units)
@@ -59,6 +53,19 @@ class MLP(keras.layers.Layer):
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
         }
+
+
+def _dense_stack(units, activation):
+    """Hidden `Dense` layers of the given widths."""
+    return [
+        keras.layers.Dense(u, activation=activation, name=f"hidden_{i}") for i, u in enumerate(units)
+    ]
+
+
+def _apply(layers, h):
+    for layer in layers:
+        h = layer(h)
+    return h
 
 
 def _build_chain(layers, input_shape):
@@ -120,10 +127,7 @@ class ConvEncoder(keras.layers.Layer):
             for i, f in enumerate(self.filters)
         ]
         self.flatten = keras.layers.Flatten()
-        self.hidden = [
-            keras.layers.Dense(u, activation=activation, name=f"hidden_{i}")
-            for i, u in enumerate(self.dense_units)
-        ]
+        self.hidden = _dense_stack(self.dense_units, activation)
         self.out = keras.layers.Dense(self.output_units, name="output")
 
     def build(self, input_shape):
@@ -131,13 +135,7 @@ class ConvEncoder(keras.layers.Layer):
         _build_chain([*self.convs, self.flatten, *self.hidden, self.out], input_shape)
 
     def call(self, inputs):
-        h = inputs
-        for layer in self.convs:
-            h = layer(h)
-        h = self.flatten(h)
-        for layer in self.hidden:
-            h = layer(h)
-        return self.out(h)
+        return _apply([*self.convs, self.flatten, *self.hidden, self.out], inputs)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_units)
@@ -196,10 +194,7 @@ class ConvDecoder(keras.layers.Layer):
         height, width, channels = self.target_shape
         n = len(self.filters)
         self._start = (math.ceil(height / 2**n), math.ceil(width / 2**n))
-        self.hidden = [
-            keras.layers.Dense(u, activation=activation, name=f"hidden_{i}")
-            for i, u in enumerate(self.dense_units)
-        ]
+        self.hidden = _dense_stack(self.dense_units, activation)
         self.project = keras.layers.Dense(
             self._start[0] * self._start[1] * self.filters[0],
             activation=activation,
@@ -221,12 +216,7 @@ class ConvDecoder(keras.layers.Layer):
         self.out.build((shape[0], height, width, shape[-1]))
 
     def call(self, inputs):
-        h = inputs
-        for layer in self.hidden:
-            h = layer(h)
-        h = self.reshape(self.project(h))
-        for layer in self.deconvs:
-            h = layer(h)
+        h = _apply([*self.hidden, self.project, self.reshape, *self.deconvs], inputs)
         height, width, _ = self.target_shape
         return self.out(h[:, :height, :width, :])
 
