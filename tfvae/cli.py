@@ -61,6 +61,12 @@ def _parser():
                        help="early-stopping patience in epochs")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                       default="default", help="tf.distribute strategy: mirrored over local "
+                       "GPUs, or multiworker with the cluster in TF_CONFIG (default: %(default)s)")
+    train.add_argument("--mixed-precision", choices=("none", "float16", "bfloat16"),
+                       default="none", help="networks in low precision, densities and KL in "
+                       "float32; float16 adds loss scaling (default: %(default)s)")
     train.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
                        help="importance samples for the held-out log p(x)")
     train.add_argument("--output", default="runs/digits", help="run directory (default: %(default)s)")
@@ -114,12 +120,13 @@ def _train(args):
         warmup_epochs=args.warmup_epochs, free_bits=args.free_bits, num_samples=args.num_samples,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         patience=args.patience, seed=args.seed, jit_compile=args.jit, eval_samples=args.eval_samples,
-        binarize=args.binarize,
+        binarize=args.binarize, strategy=args.strategy, mixed_precision=args.mixed_precision,
     )
     metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,
                          verbose=0 if args.quiet else 1)
-    _print_table(metrics)
-    print(f"report: {os.path.join(args.output, 'report.md')}")
+    if metrics:  # empty on multi-worker workers other than the chief
+        _print_table(metrics)
+        print(f"report: {os.path.join(args.output, 'report.md')}")
 
 
 def _print_table(metrics):

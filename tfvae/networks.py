@@ -1,5 +1,8 @@
 """Encoder and decoder networks: tensor in, tensor out.
 
+Sub-layers take their network's dtype policy, so a network saved under mixed
+precision reloads in mixed precision whatever the global policy is then.
+
 Networks know nothing about distributions. An encoder maps data `[batch, ...]`
 to the posterior head's parameters `[batch, params_size]`; a decoder maps
 latents `[batch, latent_dim]` to the likelihood head's parameters (flat for
@@ -33,9 +36,9 @@ class MLP(keras.layers.Layer):
         self.output_units = _checks.positive_int("output_units", output_units)
         self.hidden_units = _checks.int_tuple("hidden_units", hidden_units)
         self.activation = activation
-        self.flatten = keras.layers.Flatten()
-        self.hidden = _dense_stack(self.hidden_units, activation)
-        self.out = keras.layers.Dense(self.output_units, name="output")
+        self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
+        self.hidden = _dense_stack(self.hidden_units, activation, self.dtype_policy)
+        self.out = keras.layers.Dense(self.output_units, name="output", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         _build_chain([self.flatten, *self.hidden, self.out], input_shape)
@@ -55,10 +58,11 @@ class MLP(keras.layers.Layer):
         }
 
 
-def _dense_stack(units, activation):
+def _dense_stack(units, activation, dtype):
     """Hidden `Dense` layers of the given widths."""
     return [
-        keras.layers.Dense(u, activation=activation, name=f"hidden_{i}") for i, u in enumerate(units)
+        keras.layers.Dense(u, activation=activation, name=f"hidden_{i}", dtype=dtype)
+        for i, u in enumerate(units)
     ]
 
 
@@ -122,13 +126,13 @@ class ConvEncoder(keras.layers.Layer):
         self.convs = [
             keras.layers.Conv2D(
                 f, self.kernel_size, strides=2, padding="same", activation=activation,
-                name=f"conv_{i}",
+                name=f"conv_{i}", dtype=self.dtype_policy,
             )
             for i, f in enumerate(self.filters)
         ]
-        self.flatten = keras.layers.Flatten()
-        self.hidden = _dense_stack(self.dense_units, activation)
-        self.out = keras.layers.Dense(self.output_units, name="output")
+        self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
+        self.hidden = _dense_stack(self.dense_units, activation, self.dtype_policy)
+        self.out = keras.layers.Dense(self.output_units, name="output", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         _check_image_shape(self, input_shape)
@@ -194,21 +198,24 @@ class ConvDecoder(keras.layers.Layer):
         height, width, channels = self.target_shape
         n = len(self.filters)
         self._start = (math.ceil(height / 2**n), math.ceil(width / 2**n))
-        self.hidden = _dense_stack(self.dense_units, activation)
+        self.hidden = _dense_stack(self.dense_units, activation, self.dtype_policy)
         self.project = keras.layers.Dense(
             self._start[0] * self._start[1] * self.filters[0],
             activation=activation,
             name="project",
+            dtype=self.dtype_policy,
         )
-        self.reshape = keras.layers.Reshape(self._start + (self.filters[0],))
+        self.reshape = keras.layers.Reshape(self._start + (self.filters[0],), dtype=self.dtype_policy)
         self.deconvs = [
             keras.layers.Conv2DTranspose(
                 f, self.kernel_size, strides=2, padding="same", activation=activation,
-                name=f"deconv_{i}",
+                name=f"deconv_{i}", dtype=self.dtype_policy,
             )
             for i, f in enumerate(self.filters)
         ]
-        self.out = keras.layers.Conv2D(channels, self.kernel_size, padding="same", name="output")
+        self.out = keras.layers.Conv2D(
+            channels, self.kernel_size, padding="same", name="output", dtype=self.dtype_policy
+        )
 
     def build(self, input_shape):
         shape = _build_chain([*self.hidden, self.project, self.reshape, *self.deconvs], input_shape)

@@ -16,19 +16,49 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import builders
 from tfvae import data as data_lib
 from tfvae import evaluation
-from tfvae import report
+from tfvae import report as report_lib
 from tfvae.callbacks import KLWarmup
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+def make_strategy(name):
+    """The `tf.distribute` strategy for `--strategy`.
+
+    `mirrored` replicates over this machine's GPUs (or its CPU); `multiworker`
+    reads the cluster from `TF_CONFIG` and must be created before other TF ops.
+    """
+    _checks.one_of("strategy", name, STRATEGIES)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief():
+    """Whether this process writes the run's files (always true outside multi-worker runs)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = config.get("task", {})
+    if not task:
+        return True
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
 @dataclasses.dataclass
@@ -55,6 +85,8 @@ class RunConfig:
     jit_compile: bool = False
     eval_samples: int = 100
     binarize: str = "none"
+    strategy: str = "default"
+    mixed_precision: str = "none"
 
     def validate(self):
         _checks.one_of("architecture", self.architecture, builders.ARCHITECTURES)
@@ -68,6 +100,8 @@ class RunConfig:
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
         _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
+        _checks.one_of("strategy", self.strategy, STRATEGIES)
+        _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         self.hidden_units = _checks.int_tuple("hidden_units", self.hidden_units)
         self.filters = _checks.int_tuple("filters", self.filters, allow_empty=False)
         return self
@@ -135,48 +169,70 @@ def _write_json(path, value):
 
 
 def train(config, output, overwrite=False, resume=False, verbose=1):
-    """Trains, evaluates and reports a run. Returns the held-out metrics dict."""
+    """Trains, evaluates and reports a run. Returns the held-out metrics dict.
+
+    In a multi-worker run every worker trains; only the chief writes `output`
+    (the others checkpoint into a temporary directory) and reports.
+    """
+    strategy = make_strategy(config.strategy)  # first: collectives need it before other ops
     if resume:
         prepare_output(output, resume=True)
         with open(os.path.join(output, RUN_FILE)) as f:
             config = RunConfig(**json.load(f))
     config.validate()
-    if not resume:
+    chief = is_chief()
+    if not chief:
+        output = tempfile.mkdtemp(prefix="tfvae-worker-")
+    elif not resume:
         prepare_output(output, overwrite=overwrite)
         _write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[config.mixed_precision])
+    try:
+        return _train(config, output, strategy, resume, verbose, report=chief)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config, output, strategy, resume, verbose, report):
     (x_train, _), (x_val, y_val) = load_dataset(config)
     keras.utils.set_random_seed(config.seed)
-
     history_path = os.path.join(output, "history.csv")
     last_path = os.path.join(output, "last.keras")
     best_path = os.path.join(output, "model.keras")
-    initial_epoch = 0
-    if resume and os.path.exists(last_path):
-        model = keras.saving.load_model(last_path)
-        initial_epoch = len(_read_history(history_path).get("loss", []))
-        logger.info("resuming %s from epoch %d", output, initial_epoch)
-    else:
-        model = builders.build_vae(
-            x_train.shape[1:],
-            config.latent_dim,
-            likelihood=config.likelihood,
-            architecture=config.architecture,
-            hidden_units=config.hidden_units,
-            filters=config.filters,
-            posterior=config.posterior,
-            prior=config.prior,
-            beta=config.beta if config.warmup_epochs == 0 else 0.0,
-            free_bits=config.free_bits,
-            num_samples=config.num_samples,
-            seed=config.seed,
+    history = _read_history(history_path) if resume else {}
+    initial_epoch = len(history.get("loss", []))
+    with strategy.scope():
+        if initial_epoch and os.path.exists(last_path):
+            model = keras.saving.load_model(last_path)
+            logger.info("resuming %s from epoch %d", output, initial_epoch)
+        else:
+            initial_epoch = 0
+            model = builders.build_vae(
+                x_train.shape[1:],
+                config.latent_dim,
+                likelihood=config.likelihood,
+                architecture=config.architecture,
+                hidden_units=config.hidden_units,
+                filters=config.filters,
+                posterior=config.posterior,
+                prior=config.prior,
+                beta=config.beta if config.warmup_epochs == 0 else 0.0,
+                free_bits=config.free_bits,
+                num_samples=config.num_samples,
+                seed=config.seed,
+            )
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            jit_compile=config.jit_compile,
         )
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        jit_compile=config.jit_compile,
-    )
+    best_so_far = min(history.get("val_loss", [np.inf]))
     callbacks = [
         keras.callbacks.CSVLogger(history_path, append=resume),
-        keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            best_path, monitor="val_loss", save_best_only=True,
+            initial_value_threshold=best_so_far if np.isfinite(best_so_far) else None,
+        ),
         keras.callbacks.ModelCheckpoint(last_path),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
     ]
@@ -198,13 +254,17 @@ def train(config, output, overwrite=False, resume=False, verbose=1):
             callbacks=callbacks,
             verbose=verbose,
         )
+    if not report:
+        return {}
     best = keras.saving.load_model(best_path)
     history = _read_history(history_path)
     metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples, seed=config.seed)
     metrics["epochs_trained"] = len(history.get("loss", []))
     _write_json(os.path.join(output, "metrics.json"), metrics)
-    figures = report.write_figures(best, history, x_val, y_val, output, seed=config.seed)
-    report.write_markdown(os.path.join(output, "report.md"), dataclasses.asdict(config), metrics, figures)
+    figures = report_lib.write_figures(best, history, x_val, y_val, output, seed=config.seed)
+    report_lib.write_markdown(
+        os.path.join(output, "report.md"), dataclasses.asdict(config), metrics, figures
+    )
     return metrics
 
 
