@@ -112,7 +112,18 @@ class VAE(keras.Model):
             initializer=keras.initializers.Constant(beta),
             trainable=False,
             dtype="float32",
+            aggregation="only_first_replica",
             name="beta",
+        )
+        # [start, end, steps, first_step]: a linear β warm-up computed in the
+        # train step from the optimizer's iteration count (steps = 0: none).
+        self.beta_schedule = self.add_weight(
+            shape=(4,),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+            aggregation="only_first_replica",
+            name="beta_schedule",
         )
         self._seed_generator = keras.random.SeedGenerator(seed)
         self._trackers = [keras.metrics.Mean(name=name) for name in _METRICS]
@@ -336,8 +347,31 @@ class VAE(keras.Model):
             results = {name: value[None] for name, value in results.items()}
         return results
 
+    def set_beta_schedule(self, start, end, steps, first_step=0):
+        """Warms β up linearly from `start` to `end` over `steps` optimizer steps.
+
+        The train step sets `beta = start + (end − start) · min(t / steps, 1)`
+        with `t = optimizer.iterations − first_step`, inside the compiled step,
+        so the schedule is exact per step under `steps_per_execution`, XLA and
+        distribution strategies, and survives save/load. `steps=0` turns it off.
+        """
+        _checks.non_negative_float("start", start)
+        _checks.non_negative_float("end", end)
+        _checks.non_negative_float("steps", steps)
+        self.beta_schedule.assign([start, end, steps, first_step])
+        if steps == 0:
+            return
+        self.beta.assign(start)
+
+    def _update_beta(self):
+        start, end, steps, first_step = tf.unstack(tf.convert_to_tensor(self.beta_schedule))
+        done = tf.cast(self.optimizer.iterations, tf.float32) - first_step
+        fraction = tf.clip_by_value(done / tf.maximum(steps, 1.0), 0.0, 1.0)
+        self.beta.assign(tf.where(steps > 0, start + (end - start) * fraction, self.beta))
+
     def train_step(self, data):
         x, sample_weight = self._unpack(data)
+        self._update_beta()
         with tf.GradientTape() as tape:
             terms = self._step_terms(x, training=True)
             loss = tf.nn.compute_average_loss(terms["loss"], sample_weight=sample_weight)

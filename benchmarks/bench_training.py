@@ -1,0 +1,353 @@
+"""Training speed and quality: tfvae `fit` against a keras.io-style Keras VAE, a hand-written
+`tf.function` loop and PyTorch, on the same in-memory data and model.
+
+    python benchmarks/bench_training.py --mnist ../shared/data/mnist_t10k.npz
+    python benchmarks/bench_training.py --mnist ../shared/data/mnist_t10k.npz --scaling
+
+Each implementation runs in its own subprocess (clean timing and peak memory).
+Models: the classic VAE (D–400–20 MLP, Bernoulli likelihood, Adam 1e-3) and a
+small conv VAE. Reported: examples per second over the timed epochs (after one
+warm-up epoch that includes tracing/compilation), held-out ELBO in nats, and
+peak resident memory. Without --mnist it uses the built-in 8×8 digits.
+Not part of the test suite.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+IMPLEMENTATIONS = ("tfvae", "keras_io", "tf_loop", "torch")
+
+
+# ---------------------------------------------------------------------------
+# Data.
+
+
+def load_data(mnist_path):
+    """Binarised data `(x_train, x_test)` as float32 `[n, H, W, 1]` in {0, 1}."""
+    if mnist_path:
+        with np.load(mnist_path) as archive:
+            x = archive["x"].reshape(-1, 28, 28, 1).astype("float32") / 255.0
+        x_train, x_test = x[:9000], x[9000:]
+    else:
+        from sklearn import datasets
+
+        x = (datasets.load_digits().images / 16.0).astype("float32")[..., None]
+        x_train, x_test = x[:1500], x[1500:]
+    return (x_train > 0.5).astype("float32"), (x_test > 0.5).astype("float32")
+
+
+# ---------------------------------------------------------------------------
+# Implementations. Each returns (examples/second over timed epochs, held-out ELBO).
+
+
+def _time_epochs(run_epoch, epochs, n):
+    """Examples/second over `epochs` epochs, after one untimed warm-up epoch."""
+    run_epoch()  # warm-up: tracing, XLA compilation, allocator growth
+    start = time.perf_counter()
+    for _ in range(epochs):
+        run_epoch()
+    return epochs * n / (time.perf_counter() - start)
+
+
+def _time_fit(model, x, args):
+    """Examples/second of one `fit` call over 1 + `epochs` epochs; the first is not timed."""
+    import keras
+
+    times = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(x, batch_size=args.batch_size, epochs=1 + args.epochs, verbose=0,
+              callbacks=[EpochTimer()])
+    return args.epochs * len(x) / sum(times[1:])
+
+
+def run_tfvae(x_train, x_test, args):
+    import keras
+
+    import tfvae
+
+    model = tfvae.build_vae(x_train.shape[1:], args.latent_dim, architecture=args.model_kind,
+                            hidden_units=(400,), filters=(32, 64), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=args.jit,
+                  steps_per_execution=args.steps_per_execution)
+    rate = _time_fit(model, x_train, args)
+    elbo = float(np.mean([model.elbo(x_test, seed=s)["elbo"].numpy().mean() for s in range(5)]))
+    return rate, elbo
+
+
+def _keras_io_models(input_shape, latent_dim, kind):
+    """Encoder/decoder as in keras.io's VAE example (a Sampling layer, functional models)."""
+    import keras
+    from keras import layers, ops
+
+    class Sampling(layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(1337)
+
+        def call(self, inputs):
+            z_mean, z_log_var = inputs
+            epsilon = keras.random.normal(shape=ops.shape(z_mean), seed=self.seed_generator)
+            return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    inputs = keras.Input(shape=input_shape)
+    if kind == "conv":
+        h = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(inputs)
+        h = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(h)
+        h = layers.Flatten()(h)
+    else:
+        h = layers.Dense(400, activation="relu")(layers.Flatten()(inputs))
+    z_mean = layers.Dense(latent_dim)(h)
+    z_log_var = layers.Dense(latent_dim)(h)
+    z = Sampling()([z_mean, z_log_var])
+    encoder = keras.Model(inputs, [z_mean, z_log_var, z])
+    latent = keras.Input(shape=(latent_dim,))
+    size = int(np.prod(input_shape))
+    if kind == "conv":
+        hh, ww = -(-input_shape[0] // 4), -(-input_shape[1] // 4)
+        g = layers.Dense(hh * ww * 64, activation="relu")(latent)
+        g = layers.Reshape((hh, ww, 64))(g)
+        g = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(g)
+        g = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(g)
+        g = layers.Cropping2D(((0, 4 * hh - input_shape[0]), (0, 4 * ww - input_shape[1])))(g)
+        logits = layers.Conv2D(1, 3, padding="same")(g)
+    else:
+        g = layers.Dense(400, activation="relu")(latent)
+        logits = layers.Reshape(input_shape)(layers.Dense(size)(g))
+    decoder = keras.Model(latent, logits)
+    return encoder, decoder
+
+
+def run_keras_io(x_train, x_test, args):
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    keras.utils.set_random_seed(0)
+    encoder, decoder = _keras_io_models(x_train.shape[1:], args.latent_dim, args.model_kind)
+
+    class VAE(keras.Model):
+        def __init__(self, encoder, decoder, **kwargs):
+            super().__init__(**kwargs)
+            self.encoder, self.decoder = encoder, decoder
+            self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+            self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+            self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
+
+        @property
+        def metrics(self):
+            return [self.total_loss_tracker, self.reconstruction_loss_tracker, self.kl_loss_tracker]
+
+        def losses_for(self, data):
+            z_mean, z_log_var, z = self.encoder(data)
+            logits = self.decoder(z)
+            reconstruction_loss = ops.mean(ops.sum(
+                keras.losses.binary_crossentropy(data, logits, from_logits=True, axis=()),
+                axis=(1, 2, 3)))
+            kl_loss = -0.5 * (1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
+            kl_loss = ops.mean(ops.sum(kl_loss, axis=1))
+            return reconstruction_loss, kl_loss
+
+        def train_step(self, data):
+            with tf.GradientTape() as tape:
+                reconstruction_loss, kl_loss = self.losses_for(data)
+                total_loss = reconstruction_loss + kl_loss
+            grads = tape.gradient(total_loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+            self.total_loss_tracker.update_state(total_loss)
+            self.reconstruction_loss_tracker.update_state(reconstruction_loss)
+            self.kl_loss_tracker.update_state(kl_loss)
+            return {m.name: m.result() for m in self.metrics}
+
+    vae = VAE(encoder, decoder)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    rate = _time_fit(vae, x_train, args)
+    elbo = -float(np.mean([sum(float(t) for t in vae.losses_for(x_test)) for _ in range(5)]))
+    return rate, elbo
+
+
+def run_tf_loop(x_train, x_test, args):
+    """A hand-written `tf.function` step over tfvae's model (no Keras fit loop)."""
+    import keras
+    import tensorflow as tf
+
+    import tfvae
+
+    model = tfvae.build_vae(x_train.shape[1:], args.latent_dim, architecture=args.model_kind,
+                            hidden_units=(400,), filters=(32, 64), seed=0)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int32)
+
+    @tf.function(jit_compile=args.jit)
+    def train_step(x):
+        with tf.GradientTape() as tape:
+            seed = tf.stack([step, 7])
+            loss = -tf.reduce_mean(model._terms(x, training=True, seed=seed)["elbo"])
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        step.assign_add(1)
+        return loss
+
+    dataset = tf.data.Dataset.from_tensor_slices(x_train).shuffle(len(x_train)).batch(
+        args.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def epoch():
+        for batch in dataset:
+            train_step(batch)
+
+    rate = _time_epochs(epoch, args.epochs, len(x_train))
+    elbo = float(np.mean([model.elbo(x_test, seed=s)["elbo"].numpy().mean() for s in range(5)]))
+    return rate, elbo
+
+
+def run_torch(x_train, x_test, args):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count())
+    shape = x_train.shape[1:]
+    size, d = int(np.prod(shape)), args.latent_dim
+
+    class VAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if args.model_kind == "conv":
+                hh, ww = -(-shape[0] // 4), -(-shape[1] // 4)
+                self.enc = nn.Sequential(
+                    nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                    nn.Flatten(), nn.Linear(64 * hh * ww, 2 * d))
+                self.dec = nn.Sequential(
+                    nn.Linear(d, 64 * hh * ww), nn.ReLU(), nn.Unflatten(1, (64, hh, ww)),
+                    nn.ConvTranspose2d(64, 64, 3, 2, 1, output_padding=1), nn.ReLU(),
+                    nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
+                    nn.Conv2d(32, 1, 3, 1, 1))
+            else:
+                self.enc = nn.Sequential(nn.Flatten(), nn.Linear(size, 400), nn.ReLU(),
+                                         nn.Linear(400, 2 * d))
+                self.dec = nn.Sequential(nn.Linear(d, 400), nn.ReLU(), nn.Linear(400, size))
+
+        def neg_elbo(self, x):
+            mu, raw = self.enc(x).chunk(2, dim=-1)
+            sigma = nn.functional.softplus(raw) + 1e-5
+            z = mu + sigma * torch.randn_like(mu)
+            logits = self.dec(z)
+            if args.model_kind == "conv":
+                logits = logits[..., : shape[0], : shape[1]]
+            logits = logits.reshape(len(x), -1)
+            rec = nn.functional.binary_cross_entropy_with_logits(
+                logits, x.reshape(len(x), -1), reduction="none").sum(-1)
+            kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * torch.log(sigma)).sum(-1)
+            return (rec + kl).mean()
+
+    model = VAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    layout = (0, 3, 1, 2) if args.model_kind == "conv" else (0, 1, 2, 3)
+    xt = torch.from_numpy(np.ascontiguousarray(x_train.transpose(layout)))
+    xv = torch.from_numpy(np.ascontiguousarray(x_test.transpose(layout)))
+
+    def epoch():
+        for i in torch.randperm(len(xt)).split(args.batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.neg_elbo(xt[i])
+            loss.backward()
+            optimizer.step()
+
+    rate = _time_epochs(epoch, args.epochs, len(xt))
+    with torch.no_grad():
+        elbo = -float(np.mean([model.neg_elbo(xv).item() for _ in range(5)]))
+    return rate, elbo
+
+
+RUNNERS = {"tfvae": run_tfvae, "keras_io": run_keras_io, "tf_loop": run_tf_loop, "torch": run_torch}
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+
+
+def _parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", help="path to mnist_t10k.npz (default: built-in digits)")
+    parser.add_argument("--model-kind", choices=("mlp", "conv"), default="mlp")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--latent-dim", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=8, help="timed epochs after one warm-up")
+    parser.add_argument("--jit", action="store_true", help="XLA for tfvae and the tf loop")
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--scaling", action="store_true",
+                        help="also sweep tfvae over batch sizes 32..1024 and latent sizes")
+    parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser
+
+
+def _child(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    x_train, x_test = load_data(args.mnist)
+    rate, elbo = RUNNERS[args.child](x_train, x_test, args)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "elbo": elbo, "peak_mb": peak_mb}))
+
+
+def run_child(name, argv):
+    out = subprocess.run([sys.executable, __file__, *argv, "--child", name],
+                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(rows, reference):
+    lines = [f"| implementation | examples/s | × {reference} | held-out ELBO (nats) | peak MB |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    base = rows[reference]["rate"] if reference in rows else None
+    for name, r in rows.items():
+        ratio = f"{r['rate'] / base:.2f}" if base else "–"
+        lines.append(f"| {name} | {r['rate']:.0f} | {ratio} | {r['elbo']:.2f} | {r['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.child:
+        return _child(args)
+    base = [a for a in argv if a != "--scaling"]
+    results = {"settings": vars(args), "main": {}}
+    for name in args.implementations.split(","):
+        results["main"][name] = run_child(name, base)
+        print(name, results["main"][name], flush=True)
+    print(_table(results["main"], "keras_io"))
+    if args.scaling:
+        results["batch_size"] = {}
+        for batch in (32, 64, 128, 256, 512, 1024):
+            results["batch_size"][batch] = run_child("tfvae", base + ["--batch-size", str(batch)])
+            print("batch", batch, results["batch_size"][batch], flush=True)
+        results["latent_dim"] = {}
+        for latent in (2, 20, 64, 256):
+            results["latent_dim"][latent] = run_child("tfvae", base + ["--latent-dim", str(latent)])
+            print("latent", latent, results["latent_dim"][latent], flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
