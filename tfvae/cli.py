@@ -60,7 +60,10 @@ def _parser():
     train.add_argument("--patience", type=int, default=defaults.patience,
                        help="early-stopping patience in epochs")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=defaults.jit_compile,
+                       help="compile the train step with XLA (default: on)")
+    train.add_argument("--steps-per-execution", type=int, default=defaults.steps_per_execution,
+                       help="training steps per compiled call (default: %(default)s)")
     train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
                        default="default", help="tf.distribute strategy: mirrored over local "
                        "GPUs, or multiworker with the cluster in TF_CONFIG (default: %(default)s)")
@@ -120,6 +123,7 @@ def _train(args):
         warmup_epochs=args.warmup_epochs, free_bits=args.free_bits, num_samples=args.num_samples,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         patience=args.patience, seed=args.seed, jit_compile=args.jit, eval_samples=args.eval_samples,
+        steps_per_execution=args.steps_per_execution,
         binarize=args.binarize, strategy=args.strategy, mixed_precision=args.mixed_precision,
     )
     metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,

@@ -82,7 +82,8 @@ class RunConfig:
     learning_rate: float = 2e-3
     patience: int = 10
     seed: int = 0
-    jit_compile: bool = False
+    jit_compile: bool = True
+    steps_per_execution: int = 16
     eval_samples: int = 100
     binarize: str = "none"
     strategy: str = "default"
@@ -93,7 +94,8 @@ class RunConfig:
         _checks.one_of("likelihood", self.likelihood, tuple(builders.LIKELIHOODS))
         _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
         _checks.one_of("prior", self.prior, builders.PRIORS)
-        for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples"):
+        for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
+                     "steps_per_execution"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("beta", "warmup_epochs", "free_bits"):
             _checks.non_negative_float(name, getattr(self, name))
@@ -222,9 +224,16 @@ def _train(config, output, strategy, resume, verbose, report):
                 num_samples=config.num_samples,
                 seed=config.seed,
             )
+        jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
+        if config.strategy != "default" and (jit_compile or steps_per_execution > 1):
+            # Keras 3 on TensorFlow fails with either under tf.distribute strategies
+            # (XLA: variables on several devices; multi-step loops: unfed placeholders).
+            logger.info("distributed training: turning off XLA and steps_per_execution")
+            jit_compile, steps_per_execution = False, 1
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
-            jit_compile=config.jit_compile,
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
         )
     best_so_far = min(history.get("val_loss", [np.inf]))
     callbacks = [
