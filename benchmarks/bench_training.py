@@ -173,7 +173,10 @@ def run_keras_io(x_train, x_test, args):
             return {m.name: m.result() for m in self.metrics}
 
     vae = VAE(encoder, decoder)
-    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    flags = {}
+    if args.baseline_same_flags:
+        flags = dict(jit_compile=args.jit, steps_per_execution=args.steps_per_execution)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3), **flags)
     rate = _time_fit(vae, x_train, args)
     elbo = -float(np.mean([sum(float(t) for t in vae.losses_for(x_test)) for _ in range(5)]))
     return rate, elbo
@@ -290,8 +293,12 @@ def _parser():
     parser.add_argument("--jit", action="store_true", help="XLA for tfvae and the tf loop")
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--baseline-same-flags", action="store_true",
+                        help="give the keras.io baseline the same --jit/--steps-per-execution")
     parser.add_argument("--scaling", action="store_true",
                         help="also sweep tfvae over batch sizes 32..1024 and latent sizes")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per implementation, interleaved; the median is reported")
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser
@@ -313,13 +320,36 @@ def run_child(name, argv):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _median(runs):
+    """Median rate, ELBO and peak memory over repeated runs, with the rates' range."""
+    rates = sorted(r["rate"] for r in runs)
+    return {
+        "rate": float(np.median(rates)), "rate_min": rates[0], "rate_max": rates[-1],
+        "elbo": float(np.median([r["elbo"] for r in runs])),
+        "peak_mb": float(np.median([r["peak_mb"] for r in runs])),
+        "runs": runs,
+    }
+
+
+def run_repeated(names, argv, repeats):
+    """Runs each implementation `repeats` times, interleaved, so slow phases of a
+    noisy machine hit every implementation alike; returns medians."""
+    runs = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            runs[name].append(run_child(name, argv))
+            print(name, runs[name][-1], flush=True)
+    return {name: _median(r) for name, r in runs.items()}
+
+
 def _table(rows, reference):
-    lines = [f"| implementation | examples/s | × {reference} | held-out ELBO (nats) | peak MB |",
+    lines = [f"| implementation | examples/s (median, range) | × {reference} | held-out ELBO (nats) | peak MB |",
              "| --- | ---: | ---: | ---: | ---: |"]
     base = rows[reference]["rate"] if reference in rows else None
     for name, r in rows.items():
         ratio = f"{r['rate'] / base:.2f}" if base else "–"
-        lines.append(f"| {name} | {r['rate']:.0f} | {ratio} | {r['elbo']:.2f} | {r['peak_mb']:.0f} |")
+        lines.append(f"| {name} | {r['rate']:.0f} ({r['rate_min']:.0f}–{r['rate_max']:.0f}) | "
+                     f"{ratio} | {r['elbo']:.2f} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -329,20 +359,19 @@ def main(argv=None):
     if args.child:
         return _child(args)
     base = [a for a in argv if a != "--scaling"]
-    results = {"settings": vars(args), "main": {}}
-    for name in args.implementations.split(","):
-        results["main"][name] = run_child(name, base)
-        print(name, results["main"][name], flush=True)
+    results = {"settings": vars(args)}
+    results["main"] = run_repeated(args.implementations.split(","), base, args.repeats)
     print(_table(results["main"], "keras_io"))
     if args.scaling:
-        results["batch_size"] = {}
-        for batch in (32, 64, 128, 256, 512, 1024):
-            results["batch_size"][batch] = run_child("tfvae", base + ["--batch-size", str(batch)])
-            print("batch", batch, results["batch_size"][batch], flush=True)
-        results["latent_dim"] = {}
-        for latent in (2, 20, 64, 256):
-            results["latent_dim"][latent] = run_child("tfvae", base + ["--latent-dim", str(latent)])
-            print("latent", latent, results["latent_dim"][latent], flush=True)
+        for flag, values in (("--batch-size", (32, 64, 128, 256, 512, 1024)),
+                             ("--latent-dim", (2, 20, 64, 256))):
+            key = flag.strip("-").replace("-", "_")
+            results[key] = {}
+            for value in values:
+                runs = [run_child("tfvae", base + [flag, str(value)]) for _ in range(args.repeats)]
+                results[key][value] = _median(runs)
+                print(key, value, {k: round(v) for k, v in results[key][value].items()
+                                   if k != "runs"}, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
