@@ -78,7 +78,7 @@ def graph_functions(model):
         q = posterior.distribution(posterior_parameters(x))
         terms = objectives.elbo(
             x, q, lambda z: likelihood.distribution(decode_parameters(z)),
-            model.prior.distribution(), kl=model.kl_method, noise=eps[None],
+            model._prior_distribution(), kl=model.kl_method, noise=eps[None],
         )
         return {key: terms[key] for key in ("elbo", "reconstruction", "kl")}
 

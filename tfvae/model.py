@@ -15,6 +15,8 @@ from tfvae import random as tfvae_random
 logger = logging.getLogger(__name__)
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
+OBJECTIVES = ("elbo", "iwae")
+GRADIENT_ESTIMATORS = ("standard", "dreg")
 
 
 def _serialize(obj):
@@ -60,6 +62,13 @@ class VAE(keras.Model):
       kl: `"auto" | "analytic" | "mc"`. Default value: `"auto"`.
       seed: integer seed of the training noise. Default value: `None`
         (random).
+      objective: `"elbo"`, or `"iwae"` to train on the importance-weighted
+        bound with `k` samples (then `fit` reports `iwae` beside the ELBO
+        terms, and β / free bits do not apply). Default value: `"elbo"`.
+      k: importance samples for `objective="iwae"`. Default value: `5`.
+      gradient_estimator: for IWAE, `"standard"` or `"dreg"` (doubly
+        reparameterised, lower-variance encoder gradients). Default value:
+        `"standard"`.
     """
 
     def __init__(
@@ -74,6 +83,9 @@ class VAE(keras.Model):
         free_bits=0.0,
         kl="auto",
         seed=None,
+        objective="elbo",
+        k=5,
+        gradient_estimator="standard",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -107,6 +119,16 @@ class VAE(keras.Model):
         self.kl_method = _checks.one_of("kl", kl, objectives.KL_METHODS)
         beta = _checks.non_negative_float("beta", beta)
         self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
+        self.objective = _checks.one_of("objective", objective, OBJECTIVES)
+        self.k = _checks.positive_int("k", k)
+        self.gradient_estimator = _checks.one_of(
+            "gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS
+        )
+        if self.gradient_estimator == "dreg" and self.objective != "iwae":
+            raise ValueError(
+                "Received an invalid value for `gradient_estimator`: 'dreg' needs "
+                f"objective='iwae'. Received: gradient_estimator='dreg', objective={objective!r}"
+            )
         self.beta = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(beta),
@@ -126,7 +148,8 @@ class VAE(keras.Model):
             name="beta_schedule",
         )
         self._seed_generator = keras.random.SeedGenerator(seed)
-        self._trackers = [keras.metrics.Mean(name=name) for name in _METRICS]
+        names = _METRICS + (("iwae",) if self.objective == "iwae" else ())
+        self._trackers = [keras.metrics.Mean(name=name) for name in names]
         self.build((None,) + self.likelihood.event_shape)
 
     # ------------------------------------------------------------------
@@ -227,13 +250,32 @@ class VAE(keras.Model):
     # ------------------------------------------------------------------
     # Objectives, per example.
 
+    def _prior_distribution(self, training=False):
+        return self.prior.distribution()
+
+    def _training_terms(self, x, seed, offset):
+        """The training objective's per-example terms (ELBO or IWAE, see `objective`)."""
+        if self.objective == "elbo":
+            return self._terms(x, training=True, seed=seed, offset=offset)
+        parameters = self.posterior.parameters(
+            self.encoder(self.likelihood.encoder_input(x), training=True)
+        )
+        stopped = None
+        if self.gradient_estimator == "dreg":
+            stopped = self.posterior.distribution(tf.nest.map_structure(tf.stop_gradient, parameters))
+        return objectives.iwae(
+            x, self.posterior.distribution(parameters), self._decode_fn(True),
+            self._prior_distribution(True), self.k, kl=self.kl_method, seed=seed, offset=offset,
+            stopped_posterior=stopped,
+        )
+
     def _terms(self, x, training, seed=None, num_samples=None, offset=0):
         q = self._posterior(x, training)
         return objectives.elbo(
             x,
             q,
             self._decode_fn(training),
-            self.prior.distribution(),
+            self._prior_distribution(training),
             num_samples=num_samples or self.num_samples,
             kl=self.kl_method,
             beta=tf.convert_to_tensor(self.beta),
@@ -263,7 +305,7 @@ class VAE(keras.Model):
         """The IWAE bound with `k` importance samples, per example (`[batch]`)."""
         x = self._as_input(x)
         return objectives.iwae_bound(
-            x, self._posterior(x, False), self._decode_fn(False), self.prior.distribution(), k,
+            x, self._posterior(x, False), self._decode_fn(False), self._prior_distribution(), k,
             seed=seed, chunk_size=chunk_size,
         )
 
@@ -272,7 +314,7 @@ class VAE(keras.Model):
         x = self._as_input(x)
         _checks.positive_int("num_samples", num_samples)
         return objectives.log_likelihood(
-            x, self._posterior(x, False), self._decode_fn(False), self.prior.distribution(),
+            x, self._posterior(x, False), self._decode_fn(False), self._prior_distribution(),
             num_samples, seed=seed, chunk_size=chunk_size,
         )
 
@@ -287,7 +329,7 @@ class VAE(keras.Model):
         """
         n = _checks.positive_int("n", n)
         seed = tfvae_random.make_seed(seed)
-        prior = self.prior.distribution()
+        prior = self._prior_distribution()
         z = objectives.posterior_sample(prior, n, seed=seed)
         z = tf.reshape(z, [n, self.latent_dim])
         if mean:
@@ -321,7 +363,9 @@ class VAE(keras.Model):
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
             offset = replica.replica_id_in_sync_group * tf.shape(x)[0]
-        return self._terms(x, training=training, seed=seed, offset=offset)
+        if training or self.objective == "iwae":
+            return self._training_terms(x, seed, offset)
+        return self._terms(x, training=False, seed=seed, offset=offset)
 
     def _update_metrics(self, terms, sample_weight):
         """Adds this step's per-example terms to the epoch means, across all replicas.
@@ -372,14 +416,26 @@ class VAE(keras.Model):
     def train_step(self, data):
         x, sample_weight = self._unpack(data)
         self._update_beta()
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=self.gradient_estimator == "dreg") as tape:
             terms = self._step_terms(x, training=True)
-            loss = tf.nn.compute_average_loss(terms["loss"], sample_weight=sample_weight)
-            if self.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
-            scaled_loss = self.optimizer.scale_loss(loss)
+            scaled = {}
+            for key in ("loss", "loss_encoder"):
+                if key in terms:
+                    loss = tf.nn.compute_average_loss(terms[key], sample_weight=sample_weight)
+                    if self.losses:
+                        loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+                    scaled[key] = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
+        gradients = tape.gradient(scaled["loss"], variables)
+        if "loss_encoder" in scaled:
+            # DReG: the encoder's gradient comes from its own surrogate.
+            encoder_ids = {id(v) for v in self.encoder.trainable_variables + self.posterior.trainable_variables}
+            encoder_gradients = tape.gradient(scaled["loss_encoder"], variables)
+            gradients = [
+                ge if id(v) in encoder_ids else g
+                for v, g, ge in zip(variables, gradients, encoder_gradients)
+            ]
+            del tape
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(terms, sample_weight)
 
@@ -449,6 +505,9 @@ class VAE(keras.Model):
             "free_bits": self.free_bits,
             "kl": self.kl_method,
             "seed": self.seed,
+            "objective": self.objective,
+            "k": self.k,
+            "gradient_estimator": self.gradient_estimator,
         }
 
     @classmethod

@@ -197,6 +197,64 @@ def elbo(
     }
 
 
+def iwae(
+    x,
+    posterior,
+    decode,
+    prior,
+    k,
+    *,
+    kl="auto",
+    seed=None,
+    offset=0,
+    stopped_posterior=None,
+):
+    """The importance-weighted bound as a training objective, with the ELBO beside it.
+
+    Mathematical details:
+      With `z_k ~ q(z|x)` reparameterised and
+      `log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)`:
+      `iwae = log (1/K) Σ_k w_k`; `reconstruction = (1/K) Σ_k log p(x|z_k)`;
+      `kl = KL(q ‖ p)`; `elbo = reconstruction − kl` (from the same samples);
+      `loss = −iwae`. With `stopped_posterior` (q with its parameters under
+      `stop_gradient`), `log q` uses it and `loss_encoder` is the doubly
+      reparameterised (DReG) surrogate `−Σ_k stop(w̃_k²) log w_k`
+      (Tucker et al., 2019; `w̃` the normalised weights): use its gradient for
+      the encoder's variables and `loss`'s for the decoder's and prior's.
+
+    Args:
+      x, posterior, decode, prior: as in `elbo`.
+      k: importance samples K ≥ 1.
+      kl: how the reported `kl` is computed. Default value: `"auto"`.
+      seed, offset: as in `elbo`.
+      stopped_posterior: q with stopped parameters, for the DReG estimator.
+        Default value: `None` (the standard IWAE gradient).
+
+    Returns:
+      A dict of `[batch]` tensors: `iwae`, `elbo`, `reconstruction`, `kl`,
+      `loss`, and `loss_encoder` with `stopped_posterior`.
+    """
+    k = _checks.positive_int("k", k)
+    z = posterior_sample(posterior, k, seed=seed, offset=offset)
+    log_px_z = log_likelihood_of_samples(x, z, decode)
+    scoring_posterior = posterior if stopped_posterior is None else stopped_posterior
+    log_w = log_px_z + prior.log_prob(z) - scoring_posterior.log_prob(z)
+    bound = tf.reduce_logsumexp(log_w, axis=0) - math.log(k)
+    reconstruction = tf.reduce_mean(log_px_z, axis=0)
+    kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
+    terms = {
+        "iwae": bound,
+        "elbo": reconstruction - kl_term,
+        "reconstruction": reconstruction,
+        "kl": kl_term,
+        "loss": -bound,
+    }
+    if stopped_posterior is not None:
+        normalized = tf.stop_gradient(tf.nn.softmax(log_w, axis=0))
+        terms["loss_encoder"] = -tf.reduce_sum(tf.square(normalized) * log_w, axis=0)
+    return terms
+
+
 def log_importance_weights(x, posterior, decode, prior, num_samples, seed=None, noise=None):
     """`log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)`, `z_k ~ q`; shape `[K, batch]`."""
     z = posterior_sample(posterior, num_samples, seed=seed, noise=noise)
