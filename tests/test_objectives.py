@@ -373,3 +373,15 @@ def test_reparameterised_samples_follow_the_posterior():
     assert z.shape == (n, 2)
     np.testing.assert_allclose(z.mean(0), mean[0], atol=5 * np.sqrt(2.0 / n))
     np.testing.assert_allclose(np.cov(z.T), cov[0], atol=0.03)
+
+
+def test_without_free_bits_the_loss_is_exactly_minus_elbo_even_for_negative_mc_kl():
+    # A Monte Carlo KL estimate can be negative for a given sample; with no free
+    # bits it must not be clamped, or the β = 1 loss would be biased.
+    prior_layer = tfvae.MixtureOfGaussiansPrior(2, num_components=3)
+    q = _mvn_diag([[0.3, -0.2]] * 64, [[1.2, 1.1]] * 64)
+    decode = _gaussian_decoder([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0], 1.0)
+    x = tf.zeros([64, 2])
+    terms = tfvae.elbo(x, q, decode, prior_layer.distribution(), kl="mc", seed=2)
+    assert np.any(terms["kl"].numpy() < 0)
+    np.testing.assert_allclose(terms["loss"], -terms["elbo"], rtol=1e-6, atol=1e-6)

@@ -1,6 +1,8 @@
 """tfvae: variational autoencoders in Keras 3 whose networks output TFP distributions."""
 
 from tfvae import data
+from tfvae import evaluation
+from tfvae import export
 from tfvae import objectives
 from tfvae import random
 from tfvae import runs
@@ -28,6 +30,7 @@ from tfvae.objectives import log_likelihood
 from tfvae.priors import MixtureOfGaussiansPrior
 from tfvae.priors import Prior
 from tfvae.priors import StandardNormalPrior
+from tfvae.priors import VampPrior
 
 __version__ = "0.1.0"
 
@@ -50,8 +53,11 @@ __all__ = [
     "Prior",
     "StandardNormalPrior",
     "VAE",
+    "VampPrior",
     "build_vae",
     "data",
+    "evaluation",
+    "export",
     "elbo",
     "elbo_gap",
     "iwae_bound",

@@ -24,7 +24,7 @@ POSTERIORS = {
     "diagonal": heads.DiagonalGaussianPosterior,
     "full": heads.FullCovarianceGaussianPosterior,
 }
-PRIORS = ("standard_normal", "mixture")
+PRIORS = ("standard_normal", "mixture", "vamp")
 ARCHITECTURES = ("mlp", "conv")
 
 
@@ -55,8 +55,9 @@ def build_vae(
       hidden_units: MLP widths (the decoder mirrors them). Default value: `(256, 128)`.
       filters: conv encoder channels (the decoder mirrors them). Default value: `(32, 64)`.
       posterior: `"diagonal"` or `"full"` covariance. Default value: `"diagonal"`.
-      prior: `"standard_normal"` or `"mixture"`. Default value: `"standard_normal"`.
-      num_components: mixture prior components. Default value: `10`.
+      prior: `"standard_normal"`, `"mixture"` (learnable mixture of Gaussians) or
+        `"vamp"` (VampPrior). Default value: `"standard_normal"`.
+      num_components: mixture components, or VampPrior pseudo-inputs. Default value: `10`.
       likelihood_scale: σ of the fixed `"gaussian"` likelihood. Default value: `0.1`.
       **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
         `kl`, `seed`, `name`).
@@ -84,6 +85,8 @@ def build_vae(
     posterior_head = POSTERIORS[posterior](latent_dim)
     if prior == "mixture":
         prior_layer = priors.MixtureOfGaussiansPrior(latent_dim, num_components=num_components)
+    elif prior == "vamp":
+        prior_layer = priors.VampPrior(latent_dim, input_shape, num_pseudo_inputs=num_components)
     else:
         prior_layer = priors.StandardNormalPrior(latent_dim)
 

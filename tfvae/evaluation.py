@@ -20,6 +20,34 @@ def active_units(model, x, threshold=0.01, batch_size=256):
     return int(np.sum(variances > threshold)), variances
 
 
+def kl_per_dimension(model, x, batch_size=256):
+    """Mean over `x` of KL(q(z_j|x) ‖ p(z_j)) for each latent dimension j, in nats.
+
+    Defined when q is a diagonal Gaussian and p the standard normal, where the
+    KL splits over dimensions: `½ (μ_j² + σ_j² − 1 − log σ_j²)`. Dimensions
+    near 0 nats carry no information about x (posterior collapse).
+
+    Returns:
+      A `[latent_dim]` numpy array that sums to the mean KL per example.
+    """
+    from tfvae import heads, priors
+
+    if not isinstance(model.posterior, heads.DiagonalGaussianPosterior) or not isinstance(
+        model.prior, priors.StandardNormalPrior
+    ):
+        raise ValueError(
+            "kl_per_dimension needs a diagonal Gaussian posterior and a standard normal "
+            f"prior. Received: {type(model.posterior).__name__} and {type(model.prior).__name__}"
+        )
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    total = np.zeros(model.latent_dim)
+    for start in range(0, len(x), batch_size):
+        q = model.encode(x[start : start + batch_size])
+        mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+        total += np.sum(0.5 * (mu**2 + sigma**2 - 1.0 - 2.0 * np.log(sigma)), axis=0)
+    return total / len(x)
+
+
 def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256):
     """Per-example means of the ELBO terms and of the log-likelihood estimate.
 
@@ -50,6 +78,10 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256):
     result["elbo_gap"] = result["log_px"] - result["elbo"]
     result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
     result["active_units"] = active_units(model, x)[0]
+    try:
+        result["kl_per_dimension"] = [float(v) for v in kl_per_dimension(model, x, batch_size)]
+    except ValueError:
+        pass  # not defined for this posterior / prior pair
     result["num_examples"] = int(n)
     result["num_samples"] = num_samples
     return result

@@ -114,6 +114,14 @@ class VAE(keras.Model):
         self.posterior = posterior
         self.likelihood = likelihood
         self.prior = prior
+        if isinstance(prior, priors_lib.VampPrior):
+            if prior.input_shape_ != likelihood.event_shape:
+                raise ValueError(
+                    "Received an invalid value for `prior`: the VampPrior's input_shape must be "
+                    f"the data shape {likelihood.event_shape}. Received: input_shape="
+                    f"{prior.input_shape_}"
+                )
+            prior.bind(lambda u: self.posterior(self.encoder(u, training=False)))
         self.num_samples = _checks.positive_int("num_samples", num_samples)
         self.free_bits = _checks.non_negative_float("free_bits", free_bits)
         self.kl_method = _checks.one_of("kl", kl, objectives.KL_METHODS)

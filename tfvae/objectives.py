@@ -188,7 +188,11 @@ def elbo(
     z = posterior_sample(posterior, num_samples, seed=seed, noise=noise, offset=offset)
     reconstruction = tf.reduce_mean(log_likelihood_of_samples(x, z, decode), axis=0)
     kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
-    kl_penalty = tf.maximum(kl_term, tf.cast(free_bits, kl_term.dtype))
+    kl_penalty = kl_term
+    if tf.is_tensor(free_bits) or free_bits > 0:
+        # (Only then: a Monte Carlo KL estimate may be negative, and clamping it
+        # at 0 would bias the β = 1 loss away from −ELBO.)
+        kl_penalty = tf.maximum(kl_term, tf.cast(free_bits, kl_term.dtype))
     return {
         "elbo": reconstruction - kl_term,
         "reconstruction": reconstruction,

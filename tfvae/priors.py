@@ -99,3 +99,57 @@ class MixtureOfGaussiansPrior(Prior):
             "num_components": self.num_components,
             "seed": self.seed,
         }
+
+
+@_register
+class VampPrior(Prior):
+    """The VampPrior: p(z) = (1/K) Σ_k q(z | u_k) at learned pseudo-inputs u_k.
+
+    (Tomczak & Welling, 2018.) The prior is the model's own posterior mixed
+    over K pseudo-inputs, so `tfvae.VAE` binds it to its encoder; it has no
+    analytic KL and uses the Monte Carlo path. Pseudo-inputs live in the
+    encoder's input space (data in [0, 1], or 8-bit levels scaled to [0, 1]).
+
+    Args:
+      latent_dim: size of z.
+      input_shape: the shape of one encoder input (the data's event shape).
+      num_pseudo_inputs: K. Default value: `50`.
+      seed: seed of the pseudo-inputs' uniform(0, 1) initial values.
+        Default value: `0`.
+    """
+
+    def __init__(self, latent_dim, input_shape, num_pseudo_inputs=50, seed=0, **kwargs):
+        super().__init__(latent_dim, **kwargs)
+        self.input_shape_ = _checks.shape("input_shape", input_shape)
+        self.num_pseudo_inputs = _checks.positive_int("num_pseudo_inputs", num_pseudo_inputs)
+        self.seed = _checks.non_negative_int("seed", seed)
+        shape = (self.num_pseudo_inputs,) + self.input_shape_
+        init = np.random.default_rng(self.seed).uniform(size=shape).astype("float32")
+        self.pseudo_inputs = self.add_weight(
+            shape=shape, initializer=keras.initializers.Constant(init), name="pseudo_inputs"
+        )
+        self._posterior_fn = None
+
+    def bind(self, posterior_fn):
+        """Sets the map from encoder inputs `[K, ...]` to q(z|u) (batch shape `[K]`)."""
+        self._posterior_fn = posterior_fn
+
+    def distribution(self):
+        if self._posterior_fn is None:
+            raise ValueError(
+                "VampPrior is not bound to an encoder: pass it as `prior` to tfvae.VAE, "
+                "which binds it to the model's posterior."
+            )
+        components = self._posterior_fn(tf.convert_to_tensor(self.pseudo_inputs))
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=tf.zeros([self.num_pseudo_inputs])),
+            components_distribution=components,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_shape": list(self.input_shape_),
+            "num_pseudo_inputs": self.num_pseudo_inputs,
+            "seed": self.seed,
+        }
