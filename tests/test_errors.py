@@ -143,7 +143,7 @@ def test_build_vae_unknown_likelihood_lists_known_names(likelihood):
         ("architecture", None, builders.ARCHITECTURES),
         ("posterior", "lowrank", tuple(builders.POSTERIORS)),
         ("posterior", "Diagonal", tuple(builders.POSTERIORS)),
-        ("prior", "vamp", builders.PRIORS),
+        ("prior", "vampire", builders.PRIORS),
         ("prior", None, builders.PRIORS),
     ],
 )

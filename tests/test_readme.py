@@ -1,4 +1,8 @@
-"""The README's example runs as written, and its test command is what CI runs."""
+"""The README's example runs as written, and its test command is what CI runs.
+
+Every ```python block in README.md is executed; ```py blocks are illustrations
+that need hardware or data the tests do not have.
+"""
 
 import os
 import pathlib
