@@ -385,3 +385,13 @@ def test_without_free_bits_the_loss_is_exactly_minus_elbo_even_for_negative_mc_k
     terms = tfvae.elbo(x, q, decode, prior_layer.distribution(), kl="mc", seed=2)
     assert np.any(terms["kl"].numpy() < 0)
     np.testing.assert_allclose(terms["loss"], -terms["elbo"], rtol=1e-6, atol=1e-6)
+
+
+def test_explicit_noise_is_never_silently_replaced():
+    # A mixture is not a (transformed) Gaussian: explicit noise cannot drive it.
+    mixture = tfvae.MixtureOfGaussiansPrior(2, num_components=3).distribution()
+    with pytest.raises(ValueError, match="Cannot push explicit noise"):
+        objectives.posterior_sample(mixture, 1, noise=tf.zeros([1, 2]))
+    # With a seed it falls back to the distribution's own (seeded) sampler.
+    a = objectives.posterior_sample(mixture, 4, seed=3).numpy()
+    np.testing.assert_array_equal(a, objectives.posterior_sample(mixture, 4, seed=3).numpy())

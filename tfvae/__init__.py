@@ -7,6 +7,7 @@ from tfvae import objectives
 from tfvae import random
 from tfvae import runs
 from tfvae.builders import build_vae
+from tfvae.flows import IAFPosterior
 from tfvae.callbacks import KLWarmup
 from tfvae.heads import BernoulliLikelihood
 from tfvae.heads import CategoricalPixelLikelihood
@@ -46,6 +47,7 @@ __all__ = [
     "FullCovarianceGaussianPosterior",
     "GaussianLikelihood",
     "GaussianPosterior",
+    "IAFPosterior",
     "KLWarmup",
     "LikelihoodHead",
     "MLP",

@@ -3,6 +3,7 @@
 import keras
 
 from tfvae import _checks
+from tfvae import flows
 from tfvae import heads
 from tfvae import networks
 from tfvae import priors
@@ -23,6 +24,7 @@ LIKELIHOODS = {
 POSTERIORS = {
     "diagonal": heads.DiagonalGaussianPosterior,
     "full": heads.FullCovarianceGaussianPosterior,
+    "iaf": flows.IAFPosterior,
 }
 PRIORS = ("standard_normal", "mixture", "vamp")
 ARCHITECTURES = ("mlp", "conv")
@@ -54,7 +56,9 @@ def build_vae(
         Default value: `"mlp"`.
       hidden_units: MLP widths (the decoder mirrors them). Default value: `(256, 128)`.
       filters: conv encoder channels (the decoder mirrors them). Default value: `(32, 64)`.
-      posterior: `"diagonal"` or `"full"` covariance. Default value: `"diagonal"`.
+      posterior: `"diagonal"` or `"full"` covariance Gaussian, or `"iaf"` (a
+        diagonal Gaussian through inverse autoregressive flow steps).
+        Default value: `"diagonal"`.
       prior: `"standard_normal"`, `"mixture"` (learnable mixture of Gaussians) or
         `"vamp"` (VampPrior). Default value: `"standard_normal"`.
       num_components: mixture components, or VampPrior pseudo-inputs. Default value: `10`.

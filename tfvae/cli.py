@@ -60,8 +60,9 @@ def _parser():
     train.add_argument("--patience", type=int, default=defaults.patience,
                        help="early-stopping patience in epochs")
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=defaults.jit_compile,
-                       help="compile the train step with XLA (default: on)")
+    train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the train step with XLA (default: on for mlp, and for "
+                       "conv on a GPU; on a CPU XLA's convolutions are slower)")
     train.add_argument("--steps-per-execution", type=int, default=defaults.steps_per_execution,
                        help="training steps per compiled call (default: %(default)s)")
     train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),

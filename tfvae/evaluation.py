@@ -8,13 +8,14 @@ from tfvae import _checks
 def active_units(model, x, threshold=0.01, batch_size=256):
     """Counts latent dimensions whose posterior mean varies across the data.
 
-    A unit is active when `Cov_x(E_q[z_j])` exceeds `threshold` (Burda et al., 2016).
+    A unit is active when `Cov_x(E_q[z_j])` exceeds `threshold` (Burda et al., 2016);
+    E_q[z] is `model.latent_code(x)` (the flow's image of the base mean for flows).
 
     Returns:
       `(count, variances)` with `variances` of shape `[latent_dim]`.
     """
     means = np.concatenate(
-        [model.encode(x[i : i + batch_size]).mean().numpy() for i in range(0, len(x), batch_size)]
+        [model.latent_code(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
     )
     variances = means.var(axis=0)
     return int(np.sum(variances > threshold)), variances

@@ -7,7 +7,9 @@ graph takes the reparameterisation noise `eps ~ N(0, I)` as an input.
 Graphs (inputs → named outputs; `B` is a dynamic batch size):
 
 * `encode`: `x [B, *event]` → `mean [B, d]`, `scale` (`[B, d]` standard
-  deviations, or `[B, d, d]` Cholesky factor for a full-covariance posterior).
+  deviations, or `[B, d, d]` Cholesky factor for a full-covariance posterior);
+  a flow posterior adds its `context [B, c]` (mean and scale are then its base
+  Gaussian's).
 * `decode`: `z [B, d]` → `mean [B, *event]` and the likelihood's parameters
   (`logits`, or `loc` and `scale`).
 * `reconstruct`: `x`, `eps [B, d]` → `reconstruction`, the likelihood's mean at
@@ -54,14 +56,14 @@ def graph_functions(model):
     likelihood, posterior = model.likelihood, model.posterior
 
     def posterior_parameters(x):
-        return posterior.parameters(model.encoder(likelihood.encoder_input(x), training=False))
+        return model._posterior_parameters(x)
 
     def decode_parameters(z):
         return likelihood.parameters(model.decoder(z, training=False))
 
     def encode(x):
-        parameters = posterior_parameters(x)
-        return {"mean": parameters["loc"], "scale": parameters["scale"]}
+        parameters = dict(posterior_parameters(x))
+        return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
 
     def decode(z):
         parameters = decode_parameters(z)

@@ -89,8 +89,8 @@ class VAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(posterior, heads_lib.DistributionHead) or not hasattr(
-            posterior, "latent_dim"
+        if not isinstance(posterior, heads_lib.DistributionHead) or not (
+            hasattr(posterior, "latent_dim") and hasattr(posterior, "reparameterize")
         ):
             raise ValueError(
                 "Received an invalid value for `posterior`, expected a posterior head such "
@@ -183,8 +183,8 @@ class VAE(keras.Model):
         x = tf.zeros((1,) + self.event_shape)
         params = self.encoder(self.likelihood.encoder_input(x))
         self._check_params("encoder", params, self.posterior)
-        q = self.posterior(params)
-        z = q.mean()
+        parameters = self.posterior.parameters(params)
+        z = self.posterior.reparameterize(parameters, tf.zeros_like(parameters["loc"]))
         params = self.decoder(z)
         self._check_params("decoder", params, self.likelihood)
         self.likelihood(params)
@@ -226,8 +226,14 @@ class VAE(keras.Model):
         """q(z|x): a `tfd.Distribution` with batch shape `[batch]`, event shape `[latent_dim]`."""
         return self._posterior(self._as_input(x), training)
 
+    def _posterior_parameters(self, x, training=False):
+        """The posterior head's named parameters for data `x`."""
+        return self.posterior.parameters(
+            self.encoder(self.likelihood.encoder_input(x), training=training)
+        )
+
     def _posterior(self, x, training):
-        return self.posterior(self.encoder(self.likelihood.encoder_input(x), training=training))
+        return self.posterior.distribution(self._posterior_parameters(x, training))
 
     def decode(self, z, training=False):
         """p(x|z): a `tfd.Distribution` with batch shape `[batch]`, event shape `event_shape`."""
@@ -249,31 +255,37 @@ class VAE(keras.Model):
     def call(self, inputs, training=False):
         """The deterministic reconstruction: the likelihood's mean at z = E_q[z]."""
         self._check_x(inputs, name="inputs", values=False)
-        x = tf.cast(inputs, tf.float32)
-        parameters = self.posterior.parameters(
-            self.encoder(self.likelihood.encoder_input(x), training=training)
-        )
-        return self._decode_mean(parameters["loc"], training)
+        return self._decode_mean(self._latent_code(tf.cast(inputs, tf.float32), training), training)
+
+    def _latent_code(self, x, training=False):
+        parameters = self._posterior_parameters(x, training)
+        return self.posterior.reparameterize(parameters, tf.zeros_like(parameters["loc"]))
+
+    def latent_code(self, x):
+        """A deterministic code for `x`: z = g(0; q(z|x)), the noise-free reparameterisation.
+
+        For Gaussian posteriors this is the posterior mean; for flow posteriors
+        the flow's image of the base mean. Shape `[batch, latent_dim]`.
+        """
+        return self._latent_code(self._as_input(x))
 
     # ------------------------------------------------------------------
     # Objectives, per example.
 
-    def _prior_distribution(self, training=False):
+    def _prior_distribution(self):
         return self.prior.distribution()
 
-    def _training_terms(self, x, seed, offset):
+    def _objective_terms(self, x, training, seed, offset):
         """The training objective's per-example terms (ELBO or IWAE, see `objective`)."""
         if self.objective == "elbo":
-            return self._terms(x, training=True, seed=seed, offset=offset)
-        parameters = self.posterior.parameters(
-            self.encoder(self.likelihood.encoder_input(x), training=True)
-        )
+            return self._terms(x, training=training, seed=seed, offset=offset)
+        parameters = self._posterior_parameters(x, training)
         stopped = None
         if self.gradient_estimator == "dreg":
             stopped = self.posterior.distribution(tf.nest.map_structure(tf.stop_gradient, parameters))
         return objectives.iwae(
-            x, self.posterior.distribution(parameters), self._decode_fn(True),
-            self._prior_distribution(True), self.k, kl=self.kl_method, seed=seed, offset=offset,
+            x, self.posterior.distribution(parameters), self._decode_fn(training),
+            self._prior_distribution(), self.k, kl=self.kl_method, seed=seed, offset=offset,
             stopped_posterior=stopped,
         )
 
@@ -283,7 +295,7 @@ class VAE(keras.Model):
             x,
             q,
             self._decode_fn(training),
-            self._prior_distribution(training),
+            self._prior_distribution(),
             num_samples=num_samples or self.num_samples,
             kl=self.kl_method,
             beta=tf.convert_to_tensor(self.beta),
@@ -346,11 +358,10 @@ class VAE(keras.Model):
 
     def reconstruct(self, x, sample_latent=False, seed=None):
         """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
-        q = self.encode(x)
         if sample_latent:
-            z = objectives.posterior_sample(q, 1, seed=seed)[0]
+            z = objectives.posterior_sample(self.encode(x), 1, seed=seed)[0]
         else:
-            z = q.mean()
+            z = self.latent_code(x)
         return self._decode_mean(z)
 
     # ------------------------------------------------------------------
@@ -371,9 +382,7 @@ class VAE(keras.Model):
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
             offset = replica.replica_id_in_sync_group * tf.shape(x)[0]
-        if training or self.objective == "iwae":
-            return self._training_terms(x, seed, offset)
-        return self._terms(x, training=False, seed=seed, offset=offset)
+        return self._objective_terms(x, training, seed, offset)
 
     def _update_metrics(self, terms, sample_weight):
         """Adds this step's per-example terms to the epoch means, across all replicas.

@@ -44,7 +44,10 @@ def _standardized_to_sample(dist, eps):
         perm = list(range(first, first + k)) + list(range(first)) + list(range(rank - inner_rank, rank))
         inner = _standardized_to_sample(dist.distribution, tf.transpose(eps, perm))
         return None if inner is None else tf.transpose(inner, np.argsort(perm))
-    if isinstance(dist, tfd.TransformedDistribution):
+    if getattr(dist, "bijector", None) is not None:
+        # A transformed distribution. (TFP builds a private non-composite class,
+        # not a `tfd.TransformedDistribution`, when the bijector is a plain
+        # Python object such as a flow step, so test for the attribute.)
         base = _standardized_to_sample(dist.distribution, eps)
         return None if base is None else dist.bijector.forward(base)
     return None
@@ -78,6 +81,7 @@ def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
     Returns:
       z of shape `[L, batch, d]`.
     """
+    explicit_noise = noise is not None
     if noise is None:
         # Drawn example-major, [batch, L, d], so example b's noise depends only
         # on (seed, offset + b); then the L axis is moved to the front.
@@ -93,6 +97,11 @@ def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
         perm = [batch_rank] + list(range(batch_rank)) + list(range(batch_rank + 1, rank))
         noise = tf.transpose(noise, perm)
     z = _standardized_to_sample(posterior, tf.convert_to_tensor(noise, tf.float32))
+    if z is None and explicit_noise:
+        raise ValueError(
+            f"Cannot push explicit noise through {type(posterior).__name__}: it is not a "
+            "(transformed) Gaussian. Pass a seed instead of `noise`."
+        )
     if z is None:
         seed = tfvae_random.make_seed(seed)
         return posterior.sample(num_samples, seed=seed)

@@ -94,7 +94,7 @@ def plot_samples(model, path, n=32, seed=0):
 
 def plot_traversal(model, x, path, steps=9, max_dims=8):
     """Each row varies one latent (the most active first) from −3 to 3 around the data mean."""
-    means = model.encode(x[:512]).mean().numpy()
+    means = model.latent_code(x[:512]).numpy()
     order = np.argsort(-means.var(axis=0))[:max_dims]
     centre = means.mean(axis=0)
     values = np.linspace(-3, 3, steps)
@@ -108,7 +108,7 @@ def plot_traversal(model, x, path, steps=9, max_dims=8):
 
 def plot_latent_space(model, x, labels, path):
     """Posterior means in 2-D (the first two principal components if latent_dim > 2)."""
-    means = model.encode(x).mean().numpy()
+    means = model.latent_code(x).numpy()
     if means.shape[1] > 2:
         centred = means - means.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)

@@ -82,7 +82,7 @@ class RunConfig:
     learning_rate: float = 2e-3
     patience: int = 10
     seed: int = 0
-    jit_compile: bool = True
+    jit_compile: bool | None = None  # None: XLA for MLPs, and for conv nets on GPU
     steps_per_execution: int = 16
     eval_samples: int = 100
     binarize: str = "none"
@@ -225,6 +225,11 @@ def _train(config, output, strategy, resume, verbose, report):
                 seed=config.seed,
             )
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
+        if jit_compile is None:
+            # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but
+            # slows convolutions there, where oneDNN's kernels are faster.
+            gpu = bool(tf.config.list_physical_devices("GPU"))
+            jit_compile = config.architecture == "mlp" or gpu
         if config.strategy != "default" and (jit_compile or steps_per_execution > 1):
             # Keras 3 on TensorFlow fails with either under tf.distribute strategies
             # (XLA: variables on several devices; multi-step loops: unfed placeholders).
