@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tfvae import cli
+from tfvae import runs
 
 TINY = ["--epochs", "2", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "5",
         "--batch-size", "128", "--quiet"]
@@ -148,3 +149,15 @@ def test_console_entry_point_runs():
         [sys.executable, "-m", "tfvae.cli", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_train_with_bound_tightening_variants(tmp_path):
+    output = str(tmp_path / "iwae_iaf_vamp")
+    assert cli.main(["train", "--output", output, *TINY, "--objective", "iwae", "--k", "3",
+                     "--gradient-estimator", "dreg", "--posterior", "iaf", "--prior", "vamp"]) == 0
+    config, model = runs.load_run(output)
+    assert (config.objective, config.k, config.gradient_estimator) == ("iwae", 3, "dreg")
+    assert type(model.posterior).__name__ == "IAFPosterior"
+    assert type(model.prior).__name__ == "VampPrior"
+    rows = _history(output)
+    assert "iwae" in rows[0] and "val_iwae" in rows[0]

@@ -54,6 +54,12 @@ def _parser():
     train.add_argument("--free-bits", type=float, default=defaults.free_bits)
     train.add_argument("--num-samples", type=int, default=defaults.num_samples,
                        help="posterior samples per example in the training ELBO")
+    train.add_argument("--objective", choices=("elbo", "iwae"), default=defaults.objective,
+                       help="train on the ELBO or the importance-weighted bound")
+    train.add_argument("--k", type=int, default=defaults.k, help="importance samples for iwae")
+    train.add_argument("--gradient-estimator", choices=("standard", "dreg"),
+                       default=defaults.gradient_estimator,
+                       help="IWAE encoder gradients: standard or doubly reparameterised")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -126,6 +132,7 @@ def _train(args):
         patience=args.patience, seed=args.seed, jit_compile=args.jit, eval_samples=args.eval_samples,
         steps_per_execution=args.steps_per_execution,
         binarize=args.binarize, strategy=args.strategy, mixed_precision=args.mixed_precision,
+        objective=args.objective, k=args.k, gradient_estimator=args.gradient_estimator,
     )
     metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,
                          verbose=0 if args.quiet else 1)

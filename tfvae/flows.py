@@ -26,6 +26,7 @@ tfb = tfp.bijectors
 _FORGET_BIAS = 1.5
 
 
+@keras.saving.register_keras_serializable(package="tfvae")
 class MaskedDense(keras.layers.Layer):
     """A dense layer whose kernel is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015)."""
 
@@ -37,10 +38,15 @@ class MaskedDense(keras.layers.Layer):
             shape=self.mask.shape, initializer="glorot_uniform", name="kernel"
         )
         self.bias = self.add_weight(shape=(self.mask.shape[1],), initializer="zeros", name="bias")
+        self.built = True  # every weight exists already
 
     def call(self, inputs):
         kernel = tf.convert_to_tensor(self.kernel) * self.mask
         return self.activation(tf.matmul(inputs, tf.cast(kernel, inputs.dtype)) + self.bias)
+
+    def get_config(self):
+        return {**super().get_config(), "mask": self.mask.tolist(),
+                "activation": keras.activations.serialize(self.activation)}
 
 
 def made_masks(latent_dim, context_dim, hidden_units):
@@ -126,6 +132,9 @@ class IAFPosterior(DistributionHead):
         # Small initial outputs: each step starts close to the identity map.
         for output in self.made_output:
             output.kernel.assign(output.kernel * 0.01)
+
+    def build(self, input_shape):
+        self.built = True  # the MADE layers create their weights in __init__
 
     @property
     def params_size(self):

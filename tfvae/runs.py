@@ -87,6 +87,9 @@ class RunConfig:
     eval_samples: int = 100
     binarize: str = "none"
     strategy: str = "default"
+    objective: str = "elbo"
+    k: int = 5
+    gradient_estimator: str = "standard"
     mixed_precision: str = "none"
 
     def validate(self):
@@ -95,7 +98,7 @@ class RunConfig:
         _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
         _checks.one_of("prior", self.prior, builders.PRIORS)
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
-                     "steps_per_execution"):
+                     "steps_per_execution", "k"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("beta", "warmup_epochs", "free_bits"):
             _checks.non_negative_float(name, getattr(self, name))
@@ -223,6 +226,9 @@ def _train(config, output, strategy, resume, verbose, report):
                 free_bits=config.free_bits,
                 num_samples=config.num_samples,
                 seed=config.seed,
+                objective=config.objective,
+                k=config.k,
+                gradient_estimator=config.gradient_estimator,
             )
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
