@@ -18,6 +18,7 @@ from tfvae.heads import DistributionHead
 from tfvae.heads import FullCovarianceGaussianPosterior
 from tfvae.heads import GaussianLikelihood
 from tfvae.heads import GaussianPosterior
+from tfvae.heads import LevelLikelihood
 from tfvae.heads import LikelihoodHead
 from tfvae.model import VAE
 from tfvae.networks import MLP
@@ -49,6 +50,7 @@ __all__ = [
     "GaussianPosterior",
     "IAFPosterior",
     "KLWarmup",
+    "LevelLikelihood",
     "LikelihoodHead",
     "MLP",
     "MixtureOfGaussiansPrior",

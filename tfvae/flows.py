@@ -149,7 +149,11 @@ class IAFPosterior(DistributionHead):
         hidden_layer, output_layer = self.made_hidden[step], self.made_output[step]
 
         def fn(z):
-            h = tf.broadcast_to(context, tf.concat([tf.shape(z)[:-1], [self.context_dim]], 0))
+            # Broadcast z and h against each other: z may carry extra leading
+            # dims (samples, or mixture components when this q is a VampPrior's).
+            batch = tf.broadcast_dynamic_shape(tf.shape(z)[:-1], tf.shape(context)[:-1])
+            z = tf.broadcast_to(z, tf.concat([batch, [self.latent_dim]], 0))
+            h = tf.broadcast_to(context, tf.concat([batch, [self.context_dim]], 0))
             out = output_layer(hidden_layer(tf.concat([z, h], axis=-1)))
             return out[..., : self.latent_dim], out[..., self.latent_dim :]
 

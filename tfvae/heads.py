@@ -361,16 +361,14 @@ class GaussianLikelihood(LikelihoodHead):
         }
 
 
-@_register
-class CategoricalPixelLikelihood(LikelihoodHead):
-    """p(x|z) = Π Categorical(x_i; softmax(logits_i)) over integer levels 0..num_levels-1.
+class LevelLikelihood(LikelihoodHead):
+    """Base of likelihoods over integer levels 0..num_levels-1 (8-bit pixels kept as integers).
 
-    For 8-bit images kept as integers (not scaled). Implemented with
-    `tfd.FiniteDiscrete` so that `mean()` and `mode()` are available.
+    The encoder sees the levels scaled to [0, 1].
 
     Args:
       event_shape: the shape of one example.
-      num_levels: number of intensity levels. Default value: `256`.
+      num_levels: number of intensity levels, at least 2. Default value: `256`.
     """
 
     def __init__(self, event_shape, num_levels=256, **kwargs):
@@ -381,18 +379,6 @@ class CategoricalPixelLikelihood(LikelihoodHead):
                 "Received an invalid value for `num_levels`, expected an integer >= 2. "
                 f"Received: num_levels={num_levels!r}"
             )
-        self.params_per_element = self.num_levels
-
-    def _parameters(self, flat):
-        return {"logits": self._element_params(flat)}
-
-    def distribution(self, parameters):
-        outcomes = tf.range(self.num_levels, dtype=tf.float32)
-        return self._independent(tfd.FiniteDiscrete(outcomes, logits=parameters["logits"]))
-
-    def mean_of(self, parameters):
-        levels = tf.range(self.num_levels, dtype=tf.float32)
-        return tf.reduce_sum(tf.nn.softmax(parameters["logits"]) * levels, axis=-1)
 
     def encoder_input(self, x):
         return x / float(self.num_levels - 1)
@@ -406,7 +392,36 @@ class CategoricalPixelLikelihood(LikelihoodHead):
 
 
 @_register
-class DiscretizedLogisticLikelihood(LikelihoodHead):
+class CategoricalPixelLikelihood(LevelLikelihood):
+    """p(x|z) = Π Categorical(x_i; softmax(logits_i)) over integer levels 0..num_levels-1.
+
+    For 8-bit images kept as integers (not scaled). Implemented with
+    `tfd.FiniteDiscrete` so that `mean()` and `mode()` are available.
+
+    Args:
+      event_shape: the shape of one example.
+      num_levels: number of intensity levels. Default value: `256`.
+    """
+
+    def __init__(self, event_shape, num_levels=256, **kwargs):
+        super().__init__(event_shape, num_levels, **kwargs)
+        self.params_per_element = self.num_levels
+
+    def _parameters(self, flat):
+        return {"logits": self._element_params(flat)}
+
+    def distribution(self, parameters):
+        outcomes = tf.range(self.num_levels, dtype=tf.float32)
+        return self._independent(tfd.FiniteDiscrete(outcomes, logits=parameters["logits"]))
+
+    def mean_of(self, parameters):
+        levels = tf.range(self.num_levels, dtype=tf.float32)
+        return tf.reduce_sum(tf.nn.softmax(parameters["logits"]) * levels, axis=-1)
+
+
+
+@_register
+class DiscretizedLogisticLikelihood(LevelLikelihood):
     """A logistic density discretised to integer levels 0..num_levels-1 (PixelCNN++).
 
     Mathematical details: with `F` the logistic CDF of location μ and scale s,
@@ -424,13 +439,7 @@ class DiscretizedLogisticLikelihood(LikelihoodHead):
     params_per_element = 2
 
     def __init__(self, event_shape, num_levels=256, min_scale=1e-2, **kwargs):
-        super().__init__(event_shape, **kwargs)
-        self.num_levels = _checks.positive_int("num_levels", num_levels)
-        if self.num_levels < 2:
-            raise ValueError(
-                "Received an invalid value for `num_levels`, expected an integer >= 2. "
-                f"Received: num_levels={num_levels!r}"
-            )
+        super().__init__(event_shape, num_levels, **kwargs)
         self.min_scale = _checks.positive_float("min_scale", min_scale)
 
     def _parameters(self, flat):
@@ -457,13 +466,6 @@ class DiscretizedLogisticLikelihood(LikelihoodHead):
     def mean(self, distribution):
         logistic = distribution.distribution.distribution
         return self.mean_of({"loc": logistic.loc + 0.5, "scale": logistic.scale})
-
-    def encoder_input(self, x):
-        return x / float(self.num_levels - 1)
-
-    def validate_data(self, x, name="x"):
-        super().validate_data(x, name)
-        self._check_range(x, name, 0, self.num_levels - 1, integers=True)
 
     def get_config(self):
         return {
