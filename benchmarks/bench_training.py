@@ -258,6 +258,11 @@ def run_torch(x_train, x_test, args):
             return (rec + kl).mean()
 
     model = VAE()
+    if args.torch_init == "glorot":  # Keras' default initialisation, for a like-for-like start
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     layout = (0, 3, 1, 2) if args.model_kind == "conv" else (0, 1, 2, 3)
     xt = torch.from_numpy(np.ascontiguousarray(x_train.transpose(layout)))
@@ -297,6 +302,8 @@ def _parser():
                         help="give the keras.io baseline the same --jit/--steps-per-execution")
     parser.add_argument("--scaling", action="store_true",
                         help="also sweep tfvae over batch sizes 32..1024 and latent sizes")
+    parser.add_argument("--torch-init", choices=("default", "glorot"), default="default",
+                        help="PyTorch's own initialisation, or Keras' Glorot uniform")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs per implementation, interleaved; the median is reported")
     parser.add_argument("--json", help="write all results to this file")
