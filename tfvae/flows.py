@@ -151,9 +151,9 @@ class IAFPosterior(DistributionHead):
         def fn(z):
             # Broadcast z and h against each other: z may carry extra leading
             # dims (samples, or mixture components when this q is a VampPrior's).
-            batch = tf.broadcast_dynamic_shape(tf.shape(z)[:-1], tf.shape(context)[:-1])
-            z = tf.broadcast_to(z, tf.concat([batch, [self.latent_dim]], 0))
-            h = tf.broadcast_to(context, tf.concat([batch, [self.context_dim]], 0))
+            # (Broadcasting by addition keeps the graph convertible to ONNX.)
+            h = context + tf.zeros_like(z[..., :1])
+            z = z + tf.zeros_like(context[..., :1])
             out = output_layer(hidden_layer(tf.concat([z, h], axis=-1)))
             return out[..., : self.latent_dim], out[..., self.latent_dim :]
 
