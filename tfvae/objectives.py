@@ -53,15 +53,6 @@ def _standardized_to_sample(dist, eps):
     return None
 
 
-def is_reparameterizable(dist):
-    """Whether `posterior_sample` can push standard normal noise through `dist`."""
-    probe = tf.zeros(dist.event_shape, tf.float32)
-    try:
-        return _standardized_to_sample(dist, probe) is not None
-    except Exception:  # noqa: BLE001 - a failing probe means "no".
-        return False
-
-
 def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
     """Draws reparameterised samples z = g(ε; q), ε ~ N(0, I).
 
