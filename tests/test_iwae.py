@@ -113,3 +113,11 @@ def test_dreg_training_is_the_same_eagerly_and_under_xla(digits):
 def test_dreg_needs_the_iwae_objective():
     with pytest.raises(ValueError, match="'dreg' needs objective='iwae'"):
         tfvae.build_vae((4,), 2, gradient_estimator="dreg")
+
+
+@pytest.mark.parametrize("extra", [{"posterior": "iaf"}, {"prior": "vamp", "num_components": 3}])
+def test_dreg_is_refused_where_it_would_be_biased(extra):
+    # DReG stops gradients through q's parameters only; an IAF's own weights or a
+    # VampPrior's encoder dependence would still carry score-function terms.
+    with pytest.raises(ValueError, match="'dreg' stops gradients through q's parameters only"):
+        tfvae.build_vae((4,), 2, hidden_units=(8,), objective="iwae", gradient_estimator="dreg", **extra)

@@ -208,7 +208,12 @@ def export_onnx(model, directory, graphs=None, opset=ONNX_OPSET):
         graph cannot be converted (naming it).
     """
     graphs = tuple(graphs or default_parts(model, ONNX_GRAPHS))
-    _check_parts(model, graphs, ONNX_GRAPHS + ("elbo",), "ONNX")
+    if "elbo" in graphs:
+        raise ValueError(
+            "Cannot export the `elbo` graph to ONNX: TFP's log-density shape ops have no ONNX "
+            "converter. Export it as a SavedModel signature instead."
+        )
+    _check_parts(model, graphs, ONNX_GRAPHS, "ONNX")
     if os.path.isdir(directory) and os.listdir(directory):
         raise ValueError(f"{directory} already holds files; refusing to overwrite them.")
     os.makedirs(directory, exist_ok=True)

@@ -27,6 +27,13 @@ def _deserialize(config):
     return keras.saving.deserialize_keras_object(config)
 
 
+def _dreg_is_biased(gradient_estimator, posterior, prior):
+    """DReG is unbiased only when q's density depends on the encoder through its parameters."""
+    return gradient_estimator == "dreg" and (
+        bool(posterior.trainable_variables) or isinstance(prior, priors_lib.VampPrior)
+    )
+
+
 def _multi_worker(strategy):
     """Whether `strategy` is a MultiWorkerMirroredStrategy spanning several workers."""
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -114,6 +121,13 @@ class VAE(keras.Model):
         self.posterior = posterior
         self.likelihood = likelihood
         self.prior = prior
+        if _dreg_is_biased(gradient_estimator, posterior, prior):
+            raise ValueError(
+                "Received an invalid value for `gradient_estimator`: 'dreg' stops gradients "
+                "through q's parameters only, so it is biased when q or p(z) has weights of its "
+                f"own (here {type(posterior).__name__} / {type(prior).__name__}). Use "
+                "gradient_estimator='standard'. Received: gradient_estimator='dreg'"
+            )
         if isinstance(prior, priors_lib.VampPrior):
             if prior.input_shape_ != likelihood.event_shape:
                 raise ValueError(

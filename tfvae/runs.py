@@ -179,11 +179,12 @@ def train(config, output, overwrite=False, resume=False, verbose=1):
     In a multi-worker run every worker trains; only the chief writes `output`
     (the others checkpoint into a temporary directory) and reports.
     """
-    strategy = make_strategy(config.strategy)  # first: collectives need it before other ops
     if resume:
         prepare_output(output, resume=True)
         with open(os.path.join(output, RUN_FILE)) as f:
             config = RunConfig(**json.load(f))
+    # Before other TF ops (multi-worker collectives need that), from the run's own config.
+    strategy = make_strategy(config.strategy)
     config.validate()
     chief = is_chief()
     if not chief:
@@ -241,20 +242,24 @@ def _train(config, output, strategy, resume, verbose, report):
             # (XLA: variables on several devices; multi-step loops: unfed placeholders).
             logger.info("distributed training: turning off XLA and steps_per_execution")
             jit_compile, steps_per_execution = False, 1
+        resumed = initial_epoch > 0
         model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            # A resumed model keeps its optimizer: Adam's moments and the step count
+            # (which drives the in-graph β warm-up).
+            optimizer=model.optimizer if resumed else keras.optimizers.Adam(config.learning_rate),
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )
-    best_so_far = min(history.get("val_loss", [np.inf]))
+    # Checkpoint and stop on the held-out ELBO: unlike val_loss it does not move with β.
+    best_so_far = max(history.get("val_elbo", [-np.inf]))
     callbacks = [
         keras.callbacks.CSVLogger(history_path, append=resume),
         keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_loss", save_best_only=True,
+            best_path, monitor="val_elbo", mode="max", save_best_only=True,
             initial_value_threshold=best_so_far if np.isfinite(best_so_far) else None,
         ),
         keras.callbacks.ModelCheckpoint(last_path),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+        keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", patience=config.patience),
     ]
     if config.warmup_epochs > 0:
         callbacks.append(KLWarmup(config.warmup_epochs, end=config.beta))
