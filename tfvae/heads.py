@@ -470,6 +470,5 @@ class DiscretizedLogisticLikelihood(LevelLikelihood):
     def get_config(self):
         return {
             **super().get_config(),
-            "num_levels": self.num_levels,
             "min_scale": self.min_scale,
         }
