@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import heads as heads_lib
+from tfvae import hierarchy
 from tfvae import objectives
 from tfvae import priors as priors_lib
 from tfvae import random as tfvae_random
@@ -76,6 +77,22 @@ class VAE(keras.Model):
       gradient_estimator: for IWAE, `"standard"` or `"dreg"` (doubly
         reparameterised, lower-variance encoder gradients). Default value:
         `"standard"`.
+      free_bits_groups: split the KL into this many groups of latent
+        dimensions and apply `free_bits` per group on the batch mean
+        (Kingma et al., 2016) instead of per example on the total. Needs a
+        diagonal Gaussian posterior and a standard normal prior; a
+        hierarchical model's groups are its two layers (`free_bits_groups`
+        must then be `None` or `2`). Default value: `None`.
+      condition_dim: make the model conditional, p(x|z, y) and q(z|x, y):
+        the size of y. Labels (integers in `[0, condition_dim)`) are one-hot
+        encoded; float vectors `[batch, condition_dim]` are used as given.
+        The encoder sees y concatenated to x (as constant extra channels
+        for images), the decoder sees `[z, y]`. Then `fit` takes `(x, y)`
+        pairs and every method takes `y=`. Default value: `None`.
+
+    Hierarchical models: pass a `tfvae.HierarchicalPosterior` (its prior
+    defaults to the matching `tfvae.HierarchicalPrior`); training and
+    evaluation then also report the per-layer terms `kl_z1` and `kl_z2`.
     """
 
     def __init__(
@@ -93,6 +110,8 @@ class VAE(keras.Model):
         objective="elbo",
         k=5,
         gradient_estimator="standard",
+        free_bits_groups=None,
+        condition_dim=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,8 +127,20 @@ class VAE(keras.Model):
                 "Received an invalid value for `likelihood`, expected a likelihood head such "
                 f"as tfvae.BernoulliLikelihood. Received: likelihood={likelihood!r}"
             )
+        hierarchical = isinstance(posterior, hierarchy.HierarchicalPosterior)
         if prior is None:
-            prior = priors_lib.StandardNormalPrior(posterior.latent_dim)
+            prior = (hierarchy.HierarchicalPrior(posterior.latent_dims) if hierarchical
+                     else priors_lib.StandardNormalPrior(posterior.latent_dim))
+        if hierarchical != isinstance(prior, hierarchy.HierarchicalPrior) or (
+            hierarchical and prior.latent_dims != posterior.latent_dims
+        ):
+            raise ValueError(
+                "Received an invalid value for `prior`: a HierarchicalPosterior needs a "
+                "HierarchicalPrior with the same latent_dims, and vice versa. Received: "
+                f"posterior={type(posterior).__name__} with latent_dims="
+                f"{getattr(posterior, 'latent_dims', None)}, prior={type(prior).__name__} with "
+                f"latent_dims={getattr(prior, 'latent_dims', None)}"
+            )
         if not isinstance(prior, priors_lib.Prior) or prior.latent_dim != posterior.latent_dim:
             raise ValueError(
                 "Received an invalid value for `prior`, expected a tfvae prior with "
@@ -136,6 +167,22 @@ class VAE(keras.Model):
                     f"{prior.input_shape_}"
                 )
             prior.bind(lambda u: self.posterior(self.encoder(u, training=False)))
+        self.hierarchical = hierarchical
+        self.condition_dim = (
+            None if condition_dim is None else _checks.positive_int("condition_dim", condition_dim)
+        )
+        if self.condition_dim is not None and len(likelihood.event_shape) not in (1, 3):
+            raise ValueError(
+                "Received an invalid value for `condition_dim`: conditioning needs vectors "
+                "(d,) or images (height, width, channels). Received: condition_dim="
+                f"{condition_dim} for data of shape {likelihood.event_shape}"
+            )
+        if self.condition_dim is not None and isinstance(prior, priors_lib.VampPrior):
+            raise ValueError(
+                "Received an invalid value for `condition_dim`: a VampPrior's pseudo-inputs "
+                f"carry no y. Use another prior. Received: condition_dim={condition_dim}"
+            )
+        self.free_bits_groups = self._check_free_bits_groups(free_bits_groups, posterior, prior)
         self.num_samples = _checks.positive_int("num_samples", num_samples)
         self.free_bits = _checks.non_negative_float("free_bits", free_bits)
         self.kl_method = _checks.one_of("kl", kl, objectives.KL_METHODS)
@@ -171,6 +218,7 @@ class VAE(keras.Model):
         )
         self._seed_generator = keras.random.SeedGenerator(seed)
         names = _METRICS + (("iwae",) if self.objective == "iwae" else ())
+        names += (("kl_z1", "kl_z2") if self.hierarchical else ())
         self._trackers = [keras.metrics.Mean(name=name) for name in names]
         self.build((None,) + self.likelihood.event_shape)
 
@@ -186,6 +234,34 @@ class VAE(keras.Model):
     def latent_dim(self):
         return self.posterior.latent_dim
 
+    @staticmethod
+    def _check_free_bits_groups(groups, posterior, prior):
+        if groups is None:
+            return None
+        groups = _checks.positive_int("free_bits_groups", groups)
+        if isinstance(posterior, hierarchy.HierarchicalPosterior):
+            if groups != 2:
+                raise ValueError(
+                    "Received an invalid value for `free_bits_groups`: a hierarchical model's "
+                    f"groups are its 2 layers. Received: free_bits_groups={groups}"
+                )
+            return groups
+        if not isinstance(posterior, heads_lib.DiagonalGaussianPosterior) or not isinstance(
+            prior, priors_lib.StandardNormalPrior
+        ):
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`: the KL splits over latent "
+                "dimensions only for a diagonal Gaussian posterior and a standard normal prior. "
+                f"Received: free_bits_groups={groups} with {type(posterior).__name__} and "
+                f"{type(prior).__name__}"
+            )
+        if groups > posterior.latent_dim:
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`, expected at most "
+                f"latent_dim={posterior.latent_dim} groups. Received: free_bits_groups={groups}"
+            )
+        return groups
+
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         if tuple(input_shape[1:]) != self.event_shape:
@@ -195,11 +271,12 @@ class VAE(keras.Model):
                 f"Received: input_shape={input_shape}"
             )
         x = tf.zeros((1,) + self.event_shape)
-        params = self.encoder(self.likelihood.encoder_input(x))
+        y = None if self.condition_dim is None else tf.zeros((1, self.condition_dim))
+        params = self.encoder(self._encoder_input(x, y))
         self._check_params("encoder", params, self.posterior)
         parameters = self.posterior.parameters(params)
-        z = self.posterior.reparameterize(parameters, tf.zeros_like(parameters["loc"]))
-        params = self.decoder(z)
+        z = self.posterior.reparameterize(parameters, tf.zeros((1, self.latent_dim)))
+        params = self.decoder(self._decoder_input(z, y))
         self._check_params("decoder", params, self.likelihood)
         self.likelihood(params)
         self.built = True
@@ -233,23 +310,99 @@ class VAE(keras.Model):
         self._check_x(x, name=name)
         return tf.cast(x, tf.float32)
 
+    def _condition(self, y, batch_size=None, name="y"):
+        """`y` as a float `[batch, condition_dim]` tensor (None for unconditional models).
+
+        Integer `y` (a label, or labels `[batch]`) is one-hot encoded; float `y`
+        (`[condition_dim]` or `[batch, condition_dim]`) is used as given. A
+        single label or vector is repeated `batch_size` times.
+        """
+        c = self.condition_dim
+        if c is None:
+            if y is not None:
+                raise ValueError(
+                    f"Received an invalid value for `{name}`: this model is not conditional "
+                    f"(condition_dim=None), so it takes no `{name}`. Received: {name} of type "
+                    f"{type(y).__name__}"
+                )
+            return None
+        if y is None:
+            raise ValueError(
+                f"Received an invalid value for `{name}`: this model is conditional "
+                f"(condition_dim={c}), so it needs `{name}`: integer labels (batch,) or "
+                f"float vectors (batch, {c}). Received: {name}=None"
+            )
+        if not tf.is_tensor(y):
+            y = np.asarray(y)
+            if y.dtype.kind not in "iuf":
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected integer labels or "
+                    f"float vectors. Received: {name} with dtype {y.dtype}"
+                )
+            y = tf.convert_to_tensor(y if y.dtype.kind == "f" else y.astype("int32"))
+        if y.dtype.is_integer:
+            if y.shape.rank not in (0, 1):
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected integer labels of shape "
+                    f"() or (batch,). Received: {name} with shape {tuple(y.shape)}"
+                )
+            if tf.executing_eagerly():
+                values = y.numpy()
+                if values.size and (values.min() < 0 or values.max() >= c):
+                    raise ValueError(
+                        f"Received an invalid value for `{name}`, expected labels in [0, {c}). "
+                        f"Received: {name} with values in [{values.min()}, {values.max()}]"
+                    )
+            y = tf.one_hot(tf.cast(y, tf.int32), c)
+        else:
+            if y.shape.rank not in (1, 2) or y.shape[-1] != c:
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected float vectors of shape "
+                    f"({c},) or (batch, {c}). Received: {name} with shape {tuple(y.shape)}"
+                )
+            y = tf.cast(y, tf.float32)
+        if y.shape.rank == 1:
+            y = tf.tile(y[None], [1 if batch_size is None else batch_size, 1])
+        return y
+
+    def _encoder_input(self, x, y):
+        """The encoder's input: x (in the likelihood's encoder space), with y appended."""
+        h = self.likelihood.encoder_input(x)
+        if y is None:
+            return h
+        if len(self.event_shape) == 1:
+            return tf.concat([h, tf.cast(y, h.dtype)], axis=-1)
+        # Images: y as constant extra channels.
+        y_map = tf.cast(y, h.dtype)[:, None, None, :] * tf.ones_like(h[..., :1])
+        return tf.concat([h, y_map], axis=-1)
+
+    def _decoder_input(self, z, y):
+        """The decoder's input: the part of z it sees (z1 in a hierarchy), with y appended."""
+        z = self.prior.decoder_input(z)
+        if y is None:
+            return z
+        # z may hold L samples per example, sample-major ([L * batch, d]).
+        repeats = tf.shape(z)[0] // tf.shape(y)[0]
+        return tf.concat([z, tf.tile(tf.cast(y, z.dtype), [repeats, 1])], axis=-1)
+
     # ------------------------------------------------------------------
     # Distributions.
 
-    def encode(self, x, training=False):
+    def encode(self, x, y=None, training=False):
         """q(z|x): a `tfd.Distribution` with batch shape `[batch]`, event shape `[latent_dim]`."""
-        return self._posterior(self._as_input(x), training)
+        x = self._as_input(x)
+        return self._posterior(x, training, self._condition(y, x.shape[0]))
 
-    def _posterior_parameters(self, x, training=False):
-        """The posterior head's named parameters for data `x`."""
+    def _posterior_parameters(self, x, training=False, y=None):
+        """The posterior head's named parameters for data `x` (and condition `y`)."""
         return self.posterior.parameters(
-            self.encoder(self.likelihood.encoder_input(x), training=training)
+            self.encoder(self._encoder_input(x, y), training=training)
         )
 
-    def _posterior(self, x, training):
-        return self.posterior.distribution(self._posterior_parameters(x, training))
+    def _posterior(self, x, training, y=None):
+        return self.posterior.distribution(self._posterior_parameters(x, training, y))
 
-    def decode(self, z, training=False):
+    def decode(self, z, y=None, training=False):
         """p(x|z): a `tfd.Distribution` with batch shape `[batch]`, event shape `event_shape`."""
         z = tf.convert_to_tensor(z, tf.float32)
         if z.shape.rank != 2 or z.shape[-1] != self.latent_dim:
@@ -257,31 +410,55 @@ class VAE(keras.Model):
                 f"Received an invalid value for `z`, expected shape (batch, {self.latent_dim}). "
                 f"Received: z with shape {tuple(z.shape)}"
             )
-        return self.likelihood(self.decoder(z, training=training))
+        return self._decode_fn(training, self._condition(y, z.shape[0]))(z)
 
-    def _decode_fn(self, training):
-        return lambda z: self.likelihood(self.decoder(z, training=training))
+    def _decode_fn(self, training, y=None):
+        return lambda z: self.likelihood(self.decoder(self._decoder_input(z, y), training=training))
 
-    def _decode_mean(self, z, training=False):
+    def _decoder_parameters(self, z, training=False, y=None):
+        """The likelihood head's named parameters at latents `z` `[batch, latent_dim]`."""
+        return self.likelihood.parameters(self.decoder(self._decoder_input(z, y), training=training))
+
+    def _decode_mean(self, z, training=False, y=None):
         """The likelihood's mean at `z`, from its parameters (no TFP object needed)."""
-        return self.likelihood.mean_of(self.likelihood.parameters(self.decoder(z, training=training)))
+        return self.likelihood.mean_of(self._decoder_parameters(z, training, y))
+
+    def _split_inputs(self, inputs):
+        """`inputs` is x, or `(x, y)` for a conditional model."""
+        if self.condition_dim is None:
+            return inputs, None
+        if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+            raise ValueError(
+                "Received an invalid value for `inputs`: a conditional model is called on "
+                f"(x, y). Received: inputs of type {type(inputs).__name__}"
+            )
+        return inputs[0], inputs[1]
 
     def call(self, inputs, training=False):
-        """The deterministic reconstruction: the likelihood's mean at z = E_q[z]."""
-        self._check_x(inputs, name="inputs", values=False)
-        return self._decode_mean(self._latent_code(tf.cast(inputs, tf.float32), training), training)
+        """The deterministic reconstruction: the likelihood's mean at z = g(0; q(z|x)).
 
-    def _latent_code(self, x, training=False):
-        parameters = self._posterior_parameters(x, training)
-        return self.posterior.reparameterize(parameters, tf.zeros_like(parameters["loc"]))
+        `inputs` is x, or `(x, y)` for a conditional model.
+        """
+        x, y = self._split_inputs(inputs)
+        self._check_x(x, name="inputs", values=False)
+        x = tf.cast(x, tf.float32)
+        y = self._condition(y, tf.shape(x)[0])
+        return self._decode_mean(self._latent_code(x, training, y), training, y)
 
-    def latent_code(self, x):
+    def _latent_code(self, x, training=False, y=None):
+        parameters = self._posterior_parameters(x, training, y)
+        eps = tf.zeros(tf.stack([tf.shape(x)[0], self.latent_dim]))
+        return self.posterior.reparameterize(parameters, eps)
+
+    def latent_code(self, x, y=None):
         """A deterministic code for `x`: z = g(0; q(z|x)), the noise-free reparameterisation.
 
         For Gaussian posteriors this is the posterior mean; for flow posteriors
-        the flow's image of the base mean. Shape `[batch, latent_dim]`.
+        the flow's image of the base mean; for a hierarchy, z₁'s mean and
+        z₂'s mean given it. Shape `[batch, latent_dim]`.
         """
-        return self._latent_code(self._as_input(x))
+        x = self._as_input(x)
+        return self._latent_code(x, y=self._condition(y, x.shape[0]))
 
     # ------------------------------------------------------------------
     # Objectives, per example.
@@ -289,26 +466,54 @@ class VAE(keras.Model):
     def _prior_distribution(self):
         return self.prior.distribution()
 
-    def _objective_terms(self, x, training, seed, offset):
+    def _group_kl_fn(self, parameters):
+        """`z [L, batch, d] -> [batch, G]` per-group KL, or None (see `free_bits_groups`)."""
+        if self.hierarchical:
+            def layer_kls(z):
+                log_q = self.posterior.layer_log_probs(parameters, z)
+                log_p = self.prior.layer_log_probs(z)
+                return tf.stack([tf.reduce_mean(q - p, axis=0) for q, p in zip(log_q, log_p)], -1)
+
+            return layer_kls
+        if self.free_bits_groups is None:
+            return None
+        loc, scale = parameters["loc"], parameters["scale"]
+        # KL(N(μ, σ²) ‖ N(0, 1)) per dimension, summed within each group.
+        per_dim = 0.5 * (tf.square(loc) + tf.square(scale) - 1.0) - tf.math.log(scale)
+        bounds = np.cumsum([0] + [len(g) for g in np.array_split(
+            np.arange(self.latent_dim), self.free_bits_groups)])
+        groups = tf.stack(
+            [tf.reduce_sum(per_dim[:, a:b], axis=-1) for a, b in zip(bounds[:-1], bounds[1:])], -1
+        )
+        return lambda z: groups
+
+    def _with_layer_terms(self, terms):
+        """Adds `kl_z1`, `kl_z2` (hierarchies) and drops the `kl_groups` matrix."""
+        groups = terms.pop("kl_groups", None)
+        if self.hierarchical:
+            terms["kl_z1"], terms["kl_z2"] = groups[:, 0], groups[:, 1]
+        return terms
+
+    def _objective_terms(self, x, training, seed, offset, y=None):
         """The training objective's per-example terms (ELBO or IWAE, see `objective`)."""
         if self.objective == "elbo":
-            return self._terms(x, training=training, seed=seed, offset=offset)
-        parameters = self._posterior_parameters(x, training)
+            return self._terms(x, training=training, seed=seed, offset=offset, y=y)
+        parameters = self._posterior_parameters(x, training, y)
         stopped = None
         if self.gradient_estimator == "dreg":
             stopped = self.posterior.distribution(tf.nest.map_structure(tf.stop_gradient, parameters))
-        return objectives.iwae(
-            x, self.posterior.distribution(parameters), self._decode_fn(training),
+        return self._with_layer_terms(objectives.iwae(
+            x, self.posterior.distribution(parameters), self._decode_fn(training, y),
             self._prior_distribution(), self.k, kl=self.kl_method, seed=seed, offset=offset,
-            stopped_posterior=stopped,
-        )
+            stopped_posterior=stopped, group_kl=self._group_kl_fn(parameters),
+        ))
 
-    def _terms(self, x, training, seed=None, num_samples=None, offset=0):
-        q = self._posterior(x, training)
-        return objectives.elbo(
+    def _terms(self, x, training, seed=None, num_samples=None, offset=0, y=None):
+        parameters = self._posterior_parameters(x, training, y)
+        return self._with_layer_terms(objectives.elbo(
             x,
-            q,
-            self._decode_fn(training),
+            self.posterior.distribution(parameters),
+            self._decode_fn(training, y),
             self._prior_distribution(),
             num_samples=num_samples or self.num_samples,
             kl=self.kl_method,
@@ -316,67 +521,86 @@ class VAE(keras.Model):
             free_bits=self.free_bits,
             seed=seed,
             offset=offset,
-        )
+            group_kl=self._group_kl_fn(parameters),
+        ))
 
-    def elbo(self, x, num_samples=None, seed=None):
+    def elbo(self, x, num_samples=None, seed=None, y=None):
         """Per-example ELBO terms in nats.
 
         Args:
           x: data `[batch] + event_shape`.
           num_samples: posterior samples L. Default value: the model's.
           seed: noise seed. Default value: `None` (random).
+          y: the condition, for a conditional model.
 
         Returns:
-          A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`.
+          A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl` (and
+          `kl_z1`, `kl_z2` for a hierarchical model).
         """
         x = self._as_input(x)
+        y = self._condition(y, x.shape[0])
         if num_samples is not None:
             _checks.positive_int("num_samples", num_samples)
-        terms = self._terms(x, training=False, seed=seed, num_samples=num_samples)
-        return {k: terms[k] for k in ("elbo", "reconstruction", "kl")}
+        terms = self._terms(x, training=False, seed=seed, num_samples=num_samples, y=y)
+        return {k: v for k, v in terms.items() if k != "loss"}
 
-    def iwae_bound(self, x, k=50, seed=None, chunk_size=None):
+    def iwae_bound(self, x, k=50, seed=None, chunk_size=None, y=None):
         """The IWAE bound with `k` importance samples, per example (`[batch]`)."""
         x = self._as_input(x)
+        y = self._condition(y, x.shape[0])
         return objectives.iwae_bound(
-            x, self._posterior(x, False), self._decode_fn(False), self._prior_distribution(), k,
-            seed=seed, chunk_size=chunk_size,
+            x, self._posterior(x, False, y), self._decode_fn(False, y), self._prior_distribution(),
+            k, seed=seed, chunk_size=chunk_size,
         )
 
-    def log_likelihood(self, x, num_samples=1000, seed=None, chunk_size=100):
-        """Importance-sampled estimate of `log p(x)` per example (`[batch]`)."""
+    def log_likelihood(self, x, num_samples=1000, seed=None, chunk_size=100, y=None):
+        """Importance-sampled estimate of `log p(x)` (or `log p(x|y)`) per example (`[batch]`)."""
         x = self._as_input(x)
+        y = self._condition(y, x.shape[0])
         _checks.positive_int("num_samples", num_samples)
         return objectives.log_likelihood(
-            x, self._posterior(x, False), self._decode_fn(False), self._prior_distribution(),
+            x, self._posterior(x, False, y), self._decode_fn(False, y), self._prior_distribution(),
             num_samples, seed=seed, chunk_size=chunk_size,
         )
 
     # ------------------------------------------------------------------
     # Generation.
 
-    def sample(self, n, seed=None, mean=True):
+    def sample(self, n, seed=None, mean=True, y=None):
         """Generates `n` examples: z ~ p(z), then the likelihood's mean (or a sample).
+
+        Args:
+          n: number of examples.
+          seed: noise seed. Default value: `None` (random).
+          mean: return the likelihood's mean rather than a sample from it.
+          y: for a conditional model, one label or vector for all `n`, or `n`
+            of them.
 
         Returns:
           A tensor `[n] + event_shape`.
         """
         n = _checks.positive_int("n", n)
+        y = self._condition(y, n)
+        if y is not None and y.shape[0] != n:
+            raise ValueError(
+                f"Received an invalid value for `y`, expected one condition or n={n} of them. "
+                f"Received: y with {y.shape[0]} rows"
+            )
         seed = tfvae_random.make_seed(seed)
         prior = self._prior_distribution()
         z = objectives.posterior_sample(prior, n, seed=seed)
         z = tf.reshape(z, [n, self.latent_dim])
         if mean:
-            return self._decode_mean(z)
-        return self.decode(z).sample(seed=tfvae_random.fold_in(seed, 1))
+            return self._decode_mean(z, y=y)
+        return self._decode_fn(False, y)(z).sample(seed=tfvae_random.fold_in(seed, 1))
 
-    def reconstruct(self, x, sample_latent=False, seed=None):
+    def reconstruct(self, x, sample_latent=False, seed=None, y=None):
         """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
         if sample_latent:
-            z = objectives.posterior_sample(self.encode(x), 1, seed=seed)[0]
+            z = objectives.posterior_sample(self.encode(x, y), 1, seed=seed)[0]
         else:
-            z = self.latent_code(x)
-        return self._decode_mean(z)
+            z = self.latent_code(x, y)
+        return self._decode_mean(z, y=self._condition(y, z.shape[0]))
 
     # ------------------------------------------------------------------
     # Training.
@@ -386,17 +610,27 @@ class VAE(keras.Model):
         return list(self._trackers)
 
     def _unpack(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, (tuple, list)) and self.condition_dim is not None:
+            x, y = self._split_inputs(x)  # `predict((x, y))`
         self._check_x(x, values=False)
-        return tf.cast(x, tf.float32), sample_weight
+        if self.condition_dim is None:
+            y = None
+        elif y is None:
+            raise ValueError(
+                f"This model is conditional (condition_dim={self.condition_dim}): give it "
+                "(x, y) pairs. Received: data without y"
+            )
+        x = tf.cast(x, tf.float32)
+        return x, self._condition(y, tf.shape(x)[0]), sample_weight
 
-    def _step_terms(self, x, training):
+    def _step_terms(self, x, training, y=None):
         seed = tf.cast(self._seed_generator.next(), tf.int32)
         offset = 0
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
             offset = replica.replica_id_in_sync_group * tf.shape(x)[0]
-        return self._objective_terms(x, training, seed, offset)
+        return self._objective_terms(x, training, seed, offset, y)
 
     def _update_metrics(self, terms, sample_weight):
         """Adds this step's per-example terms to the epoch means, across all replicas.
@@ -445,10 +679,10 @@ class VAE(keras.Model):
         self.beta.assign(tf.where(steps > 0, start + (end - start) * fraction, self.beta))
 
     def train_step(self, data):
-        x, sample_weight = self._unpack(data)
+        x, y, sample_weight = self._unpack(data)
         self._update_beta()
         with tf.GradientTape(persistent=self.gradient_estimator == "dreg") as tape:
-            terms = self._step_terms(x, training=True)
+            terms = self._step_terms(x, training=True, y=y)
             scaled = {}
             for key in ("loss", "loss_encoder"):
                 if key in terms:
@@ -471,13 +705,13 @@ class VAE(keras.Model):
         return self._update_metrics(terms, sample_weight)
 
     def test_step(self, data):
-        x, sample_weight = self._unpack(data)
-        terms = self._step_terms(x, training=False)
+        x, y, sample_weight = self._unpack(data)
+        terms = self._step_terms(x, training=False, y=y)
         return self._update_metrics(terms, sample_weight)
 
     def predict_step(self, data):
-        x, _ = self._unpack(data)
-        return self(x, training=False)
+        x, y, _ = self._unpack(data)
+        return self(x if y is None else (x, y), training=False)
 
     def _check_data(self, data, name):
         """Checks arrays, eager tensors and datasets before Keras traces anything.
@@ -499,18 +733,26 @@ class VAE(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking array inputs against the likelihood."""
         self._check_data(x, "x")
+        self._check_labels(x, y)
         self._check_data(kwargs.get("validation_data"), "validation_data")
         return super().fit(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, after checking array inputs against the likelihood."""
         self._check_data(x, "x")
+        self._check_labels(x, y)
         return super().evaluate(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict` (reconstructions), after checking the input shape."""
         self._check_data(x, "x")
         return super().predict(x, *args, **kwargs)
+
+    def _check_labels(self, x, y):
+        """For a conditional model given arrays, checks `y` before anything is traced."""
+        arrays = isinstance(x, (np.ndarray, list)) or tf.is_tensor(x)
+        if self.condition_dim is not None and arrays:
+            self._condition(y)
 
     @staticmethod
     def _placeholder_y(x, y, kwargs):
@@ -539,6 +781,8 @@ class VAE(keras.Model):
             "objective": self.objective,
             "k": self.k,
             "gradient_estimator": self.gradient_estimator,
+            "free_bits_groups": self.free_bits_groups,
+            "condition_dim": self.condition_dim,
         }
 
     @classmethod

@@ -158,6 +158,7 @@ def elbo(
     seed=None,
     noise=None,
     offset=0,
+    group_kl=None,
 ):
     """The evidence lower bound and its terms, per example.
 
@@ -167,6 +168,10 @@ def elbo(
       `elbo = reconstruction − kl`;
       `loss = −reconstruction + β · max(kl, free_bits)` (what training
       minimises; with β = 1 and no free bits, `loss = −elbo`).
+      With `group_kl`, the KL splits into G groups `kl_g` (latent dimensions
+      or layers) and free bits apply per group on the batch mean (Kingma et
+      al., 2016): `penalty_b = Σ_g (kl_gb if mean_b kl_g > free_bits else
+      free_bits)`, whose batch mean is `Σ_g max(mean_b kl_g, free_bits)`.
 
     Args:
       x: data `[batch] + event_shape`.
@@ -181,15 +186,26 @@ def elbo(
         thresholding). Default value: `0.0`.
       seed: noise seed. noise: explicit ε `[L, batch, d]`. offset: see
         `posterior_sample`.
+      group_kl: optional callable `z [L, batch, d] -> [batch, G]`, the KL of
+        each group of latents (summing to `kl`). Default value: `None`.
 
     Returns:
-      A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`, `loss`.
+      A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`, `loss`,
+      and with `group_kl`, `kl_groups` of shape `[batch, G]`.
     """
     z = posterior_sample(posterior, num_samples, seed=seed, noise=noise, offset=offset)
     reconstruction = tf.reduce_mean(log_likelihood_of_samples(x, z, decode), axis=0)
     kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
     kl_penalty = kl_term
-    if tf.is_tensor(free_bits) or free_bits > 0:
+    extra = {}
+    if group_kl is not None:
+        kl_groups = group_kl(z)
+        extra["kl_groups"] = kl_groups
+        if tf.is_tensor(free_bits) or free_bits > 0:
+            free = tf.cast(free_bits, kl_groups.dtype)
+            active = tf.reduce_mean(kl_groups, axis=0, keepdims=True) > free
+            kl_penalty = tf.reduce_sum(tf.where(active, kl_groups, free), axis=-1)
+    elif tf.is_tensor(free_bits) or free_bits > 0:
         # (Only then: a Monte Carlo KL estimate may be negative, and clamping it
         # at 0 would bias the β = 1 loss away from −ELBO.)
         kl_penalty = tf.maximum(kl_term, tf.cast(free_bits, kl_term.dtype))
@@ -198,6 +214,7 @@ def elbo(
         "reconstruction": reconstruction,
         "kl": kl_term,
         "loss": -reconstruction + tf.cast(beta, kl_term.dtype) * kl_penalty,
+        **extra,
     }
 
 
@@ -212,6 +229,7 @@ def iwae(
     seed=None,
     offset=0,
     stopped_posterior=None,
+    group_kl=None,
 ):
     """The importance-weighted bound as a training objective, with the ELBO beside it.
 
@@ -233,10 +251,12 @@ def iwae(
       seed, offset: as in `elbo`.
       stopped_posterior: q with stopped parameters, for the DReG estimator.
         Default value: `None` (the standard IWAE gradient).
+      group_kl: as in `elbo`, reported only (`kl_groups`). Default value: `None`.
 
     Returns:
       A dict of `[batch]` tensors: `iwae`, `elbo`, `reconstruction`, `kl`,
-      `loss`, and `loss_encoder` with `stopped_posterior`.
+      `loss`, `loss_encoder` with `stopped_posterior` and `kl_groups`
+      (`[batch, G]`) with `group_kl`.
     """
     k = _checks.positive_int("k", k)
     z = posterior_sample(posterior, k, seed=seed, offset=offset)
@@ -253,6 +273,8 @@ def iwae(
         "kl": kl_term,
         "loss": -bound,
     }
+    if group_kl is not None:
+        terms["kl_groups"] = group_kl(z)
     if stopped_posterior is not None:
         normalized = tf.stop_gradient(tf.nn.softmax(log_w, axis=0))
         terms["loss_encoder"] = -tf.reduce_sum(tf.square(normalized) * log_w, axis=0)

@@ -28,6 +28,15 @@ class Prior(keras.layers.Layer):
         """Returns p(z) as a `tfd.Distribution` with event shape `[latent_dim]`."""
         raise NotImplementedError
 
+    @property
+    def decoder_latent_dim(self):
+        """How many leading entries of z the decoder sees (all, except in hierarchies)."""
+        return self.latent_dim
+
+    def decoder_input(self, z):
+        """The part of z `[..., latent_dim]` that p(x|z) depends on."""
+        return z
+
     def reparameterize(self, eps):
         """z ~ p(z) as a function of standard normal `eps` `[..., latent_dim]`.
 
