@@ -19,6 +19,10 @@ Graphs (inputs → named outputs; `B` is a dynamic batch size):
 * `elbo`: `x`, `eps [B, d]` → per-example `elbo`, `reconstruction`, `kl`
   (one posterior sample; SavedModel only: TFP's log-density ops do not convert to ONNX).
 * `serving_default`: `x` → `reconstruction` at z = E_q[z] (the model's `call`).
+
+A conditional model's graphs also take `y [B, condition_dim]` (one-hot labels
+or condition vectors); a hierarchical model's z is `[z1, z2]` and its `encode`
+gives z1's mean and scale.
 """
 
 import json
@@ -40,60 +44,66 @@ ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample")
 
 def _specs(model):
     batch = (None,)
-    return {
+    specs = {
         "x": tf.TensorSpec(batch + model.event_shape, tf.float32, name="x"),
         "z": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="z"),
         "eps": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="eps"),
     }
+    if model.condition_dim is not None:
+        specs["y"] = tf.TensorSpec(batch + (model.condition_dim,), tf.float32, name="y")
+    return specs
 
 
 def graph_functions(model):
     """The export graphs as `{name: (python_function, input_signature)}`.
 
     Functions return dicts of named float32 tensors; see the module docstring.
+    A conditional model's graphs all take one more input, `y [B, condition_dim]`
+    (one-hot labels or condition vectors), after their others.
     """
     specs = _specs(model)
     likelihood, posterior = model.likelihood, model.posterior
+    conditional = model.condition_dim is not None
 
-    def posterior_parameters(x):
-        return model._posterior_parameters(x)
-
-    def decode_parameters(z):
-        return likelihood.parameters(model.decoder(z, training=False))
-
-    def encode(x):
-        parameters = dict(posterior_parameters(x))
+    def encode(x, y=None):
+        parameters = dict(model._posterior_parameters(x, y=y))
         return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
 
-    def decode(z):
-        parameters = decode_parameters(z)
+    def decode(z, y=None):
+        parameters = model._decoder_parameters(z, y=y)
         return {"mean": likelihood.mean_of(parameters), **parameters}
 
-    def reconstruct(x, eps):
-        z = posterior.reparameterize(posterior_parameters(x), eps)
-        return {"reconstruction": likelihood.mean_of(decode_parameters(z))}
+    def reconstruct(x, eps, y=None):
+        z = posterior.reparameterize(model._posterior_parameters(x, y=y), eps)
+        return {"reconstruction": model._decode_mean(z, y=y)}
 
-    def sample(eps):
-        return {"samples": likelihood.mean_of(decode_parameters(model.prior.reparameterize(eps)))}
+    def sample(eps, y=None):
+        return {"samples": model._decode_mean(model.prior.reparameterize(eps), y=y)}
 
-    def elbo(x, eps):
-        q = posterior.distribution(posterior_parameters(x))
+    def elbo(x, eps, y=None):
+        parameters = model._posterior_parameters(x, y=y)
         terms = objectives.elbo(
-            x, q, lambda z: likelihood.distribution(decode_parameters(z)),
+            x, posterior.distribution(parameters), model._decode_fn(False, y),
             model._prior_distribution(), kl=model.kl_method, noise=eps[None],
+            group_kl=model._group_kl_fn(parameters),
         )
-        return {key: terms[key] for key in ("elbo", "reconstruction", "kl")}
+        terms = model._with_layer_terms(terms)
+        return {key: value for key, value in terms.items() if key != "loss"}
 
-    def serving_default(x):
-        return {"reconstruction": model(x, training=False)}
+    def serving_default(x, y=None):
+        return {"reconstruction": model(x if y is None else (x, y), training=False)}
 
+    inputs = {
+        "serving_default": (serving_default, ["x"]),
+        "encode": (encode, ["x"]),
+        "decode": (decode, ["z"]),
+        "reconstruct": (reconstruct, ["x", "eps"]),
+        "sample": (sample, ["eps"]),
+        "elbo": (elbo, ["x", "eps"]),
+    }
+    extra = ["y"] if conditional else []
     return {
-        "serving_default": (serving_default, [specs["x"]]),
-        "encode": (encode, [specs["x"]]),
-        "decode": (decode, [specs["z"]]),
-        "reconstruct": (reconstruct, [specs["x"], specs["eps"]]),
-        "sample": (sample, [specs["eps"]]),
-        "elbo": (elbo, [specs["x"], specs["eps"]]),
+        name: (fn, [specs[key] for key in names + extra]) for name, (fn, names) in inputs.items()
     }
 
 
@@ -227,6 +237,7 @@ def export_onnx(model, directory, graphs=None, opset=ONNX_OPSET):
         "opset": opset,
         "event_shape": list(model.event_shape),
         "latent_dim": model.latent_dim,
+        "condition_dim": model.condition_dim,
         "likelihood": type(model.likelihood).__name__,
         "num_levels": getattr(model.likelihood, "num_levels", None),
         "graphs": {name: os.path.basename(path) for name, path in written.items()},
