@@ -161,3 +161,49 @@ def test_train_with_bound_tightening_variants(tmp_path):
     assert type(model.prior).__name__ == "VampPrior"
     rows = _history(output)
     assert "iwae" in rows[0] and "val_iwae" in rows[0]
+
+
+@pytest.mark.parametrize("flags, extra_metrics", [
+    (["--posterior", "hierarchical", "--top-latent-dim", "2"], {"kl_z1", "kl_z2"}),
+    (["--conditional", "--free-bits", "0.2", "--free-bits-groups", "2"], set()),
+])
+def test_hierarchical_and_conditional_runs_train_evaluate_sample_and_export(tmp_path, flags,
+                                                                              extra_metrics):
+    import keras
+
+    output = str(tmp_path / "run")
+    assert cli.main(["train", "--output", output, *TINY, *flags]) == 0
+    with open(os.path.join(output, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert extra_metrics <= set(metrics)
+    if extra_metrics:
+        assert metrics["kl_z1"] + metrics["kl_z2"] == pytest.approx(metrics["kl"], abs=1e-4)
+        assert set(_history(output)[0]) >= {"kl_z1", "kl_z2", "val_kl_z1", "val_kl_z2"}
+    model = keras.saving.load_model(os.path.join(output, "model.keras"))
+    if "--conditional" in flags:
+        assert model.condition_dim == 10 and model.free_bits_groups == 2
+    else:
+        assert model.latent_dim == 4 and model.prior.latent_dims == (2, 2)
+    assert cli.main(["evaluate", output, "--num-samples", "5"]) == 0
+    samples = str(tmp_path / "s.npy")
+    label = ["--label", "3"] if "--conditional" in flags else []
+    assert cli.main(["sample", output, "-n", "4", "--output", samples, *label]) == 0
+    assert np.load(samples).shape == (4, 8, 8, 1)
+    assert cli.main(["export", output, "--format", "saved_model"]) == 0
+    assert cli.main(["export", output, "--format", "onnx"]) == 0
+    assert os.path.exists(os.path.join(output, "export", "onnx", "sample.onnx"))
+
+
+def test_variant_flags_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
+    for flags, message in [
+        (["--top-latent-dim", "2"], "needs posterior='hierarchical'"),
+        (["--posterior", "hierarchical", "--prior", "mixture"], "use prior='standard_normal'"),
+        (["--free-bits-groups", "2", "--posterior", "full"], "diagonal Gaussian posterior"),
+    ]:
+        assert cli.main(["train", "--output", str(tmp_path / "x"), *TINY, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    plain = str(tmp_path / "plain")
+    assert cli.main(["train", "--output", plain, *TINY]) == 0
+    assert cli.main(["sample", plain, "--label", "1"]) == 2
+    assert "--label needs a conditional run" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import keras
 from tfvae import _checks
 from tfvae import flows
 from tfvae import heads
+from tfvae import hierarchy
 from tfvae import networks
 from tfvae import priors
 from tfvae.model import VAE
@@ -25,9 +26,18 @@ POSTERIORS = {
     "diagonal": heads.DiagonalGaussianPosterior,
     "full": heads.FullCovarianceGaussianPosterior,
     "iaf": flows.IAFPosterior,
+    "hierarchical": hierarchy.HierarchicalPosterior,
 }
 PRIORS = ("standard_normal", "mixture", "vamp")
 ARCHITECTURES = ("mlp", "conv")
+
+
+def _prior(name, latent_dim, input_shape, num_components):
+    if name == "mixture":
+        return priors.MixtureOfGaussiansPrior(latent_dim, num_components=num_components)
+    if name == "vamp":
+        return priors.VampPrior(latent_dim, input_shape, num_pseudo_inputs=num_components)
+    return priors.StandardNormalPrior(latent_dim)
 
 
 def build_vae(
@@ -41,6 +51,7 @@ def build_vae(
     prior="standard_normal",
     num_components=10,
     likelihood_scale=0.1,
+    top_latent_dim=None,
     **vae_kwargs,
 ):
     """Builds a `tfvae.VAE` for data of shape `input_shape`.
@@ -56,15 +67,21 @@ def build_vae(
         Default value: `"mlp"`.
       hidden_units: MLP widths (the decoder mirrors them). Default value: `(256, 128)`.
       filters: conv encoder channels (the decoder mirrors them). Default value: `(32, 64)`.
-      posterior: `"diagonal"` or `"full"` covariance Gaussian, or `"iaf"` (a
-        diagonal Gaussian through inverse autoregressive flow steps).
+      posterior: `"diagonal"` or `"full"` covariance Gaussian, `"iaf"` (a
+        diagonal Gaussian through inverse autoregressive flow steps), or
+        `"hierarchical"` (two stochastic layers z₁ → z₂: `latent_dim` is z₁'s
+        size, the one the decoder sees, and `top_latent_dim` z₂'s; `prior`
+        must then be `"standard_normal"`, the prior of z₂).
         Default value: `"diagonal"`.
       prior: `"standard_normal"`, `"mixture"` (learnable mixture of Gaussians) or
         `"vamp"` (VampPrior). Default value: `"standard_normal"`.
       num_components: mixture components, or VampPrior pseudo-inputs. Default value: `10`.
       likelihood_scale: σ of the fixed `"gaussian"` likelihood. Default value: `0.1`.
+      top_latent_dim: size of z₂ for `posterior="hierarchical"`. Default
+        value: `max(1, latent_dim // 2)`.
       **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
-        `kl`, `seed`, `name`).
+        `free_bits_groups`, `kl`, `seed`, `objective`, `k`,
+        `gradient_estimator`, `condition_dim`, `name`).
 
     Returns:
       A built `tfvae.VAE`.
@@ -85,14 +102,29 @@ def build_vae(
     if seed is not None:
         keras.utils.set_random_seed(_checks.non_negative_int("seed", seed))
 
+    if posterior == "hierarchical":
+        if prior != "standard_normal":
+            raise ValueError(
+                "Received an invalid value for `prior`: a hierarchical model's prior is "
+                "p(z2) p(z1|z2) with a standard normal p(z2); use prior='standard_normal'. "
+                f"Received: prior={prior!r}"
+            )
+        top = max(1, latent_dim // 2) if top_latent_dim is None else _checks.positive_int(
+            "top_latent_dim", top_latent_dim)
+    elif top_latent_dim is not None:
+        raise ValueError(
+            "Received an invalid value for `top_latent_dim`: it sets z2's size, so it needs "
+            f"posterior='hierarchical'. Received: top_latent_dim={top_latent_dim!r}, "
+            f"posterior={posterior!r}"
+        )
+
     likelihood_head = LIKELIHOODS[likelihood](input_shape, likelihood_scale)
-    posterior_head = POSTERIORS[posterior](latent_dim)
-    if prior == "mixture":
-        prior_layer = priors.MixtureOfGaussiansPrior(latent_dim, num_components=num_components)
-    elif prior == "vamp":
-        prior_layer = priors.VampPrior(latent_dim, input_shape, num_pseudo_inputs=num_components)
+    if posterior == "hierarchical":
+        posterior_head = hierarchy.HierarchicalPosterior((latent_dim, top))
+        prior_layer = hierarchy.HierarchicalPrior((latent_dim, top))
     else:
-        prior_layer = priors.StandardNormalPrior(latent_dim)
+        posterior_head = POSTERIORS[posterior](latent_dim)
+        prior_layer = _prior(prior, latent_dim, input_shape, num_components)
 
     if architecture == "mlp":
         hidden_units = _checks.int_tuple("hidden_units", hidden_units)

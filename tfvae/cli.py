@@ -44,6 +44,11 @@ def _parser():
     train.add_argument("--likelihood", choices=tuple(builders.LIKELIHOODS), default=defaults.likelihood)
     train.add_argument("--posterior", choices=tuple(builders.POSTERIORS), default=defaults.posterior)
     train.add_argument("--prior", choices=builders.PRIORS, default=defaults.prior)
+    train.add_argument("--top-latent-dim", type=int, default=defaults.top_latent_dim,
+                       help="size of z2 for --posterior hierarchical (z1 has --latent-dim; "
+                       "default: latent-dim // 2)")
+    train.add_argument("--conditional", action="store_true",
+                       help="a conditional VAE on the dataset's labels: q(z|x, y), p(x|z, y)")
     train.add_argument("--hidden-units", type=_units, default=defaults.hidden_units,
                        help="MLP widths, e.g. 256,128 (default: 256,128)")
     train.add_argument("--filters", type=_units, default=defaults.filters,
@@ -51,7 +56,12 @@ def _parser():
     train.add_argument("--beta", type=float, default=defaults.beta)
     train.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
                        help="linear KL warm-up from β=0 over this many epochs (default: none)")
-    train.add_argument("--free-bits", type=float, default=defaults.free_bits)
+    train.add_argument("--free-bits", type=float, default=defaults.free_bits,
+                       help="nats of KL not penalised: per example on the total, or per group "
+                       "with --free-bits-groups")
+    train.add_argument("--free-bits-groups", type=int, default=defaults.free_bits_groups,
+                       help="apply --free-bits per group of latent dimensions (a hierarchy's "
+                       "groups are its 2 layers), on the batch mean (default: off)")
     train.add_argument("--num-samples", type=int, default=defaults.num_samples,
                        help="posterior samples per example in the training ELBO")
     train.add_argument("--objective", choices=("elbo", "iwae"), default=defaults.objective,
@@ -110,6 +120,9 @@ def _parser():
     sample.add_argument("run", help="a run directory written by `tfvae train`")
     sample.add_argument("-n", "--num", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--label", type=int, default=None,
+                        help="conditional runs: the label to generate (default: every label "
+                        "in turn)")
     sample.add_argument("--output", help="a .png or .npy file (default: RUN/samples-SEED.png)")
     sample.add_argument("--overwrite", action="store_true")
     return parser
@@ -133,6 +146,8 @@ def _train(args):
         steps_per_execution=args.steps_per_execution,
         binarize=args.binarize, strategy=args.strategy, mixed_precision=args.mixed_precision,
         objective=args.objective, k=args.k, gradient_estimator=args.gradient_estimator,
+        top_latent_dim=args.top_latent_dim, free_bits_groups=args.free_bits_groups,
+        conditional=args.conditional,
     )
     metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,
                          verbose=0 if args.quiet else 1)
@@ -142,9 +157,10 @@ def _train(args):
 
 
 def _print_table(metrics):
-    keys = ("elbo", "reconstruction", "kl", "log_px", "elbo_gap", "bits_per_dim", "active_units")
+    keys = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
+            "bits_per_dim", "active_units")
     print(f"{'quantity':<16}{'value':>14}")
-    for key in keys:
+    for key in (key for key in keys if key in metrics):
         value = metrics[key]
         print(f"{key:<16}{value:>14.4f}" if isinstance(value, float) else f"{key:<16}{value:>14}")
 
@@ -155,8 +171,11 @@ def _evaluate(args):
     output = args.output or os.path.join(args.run, "evaluation.json")
     _refuse_existing(output, args.overwrite)
     config, model = runs.load_run(args.run)
-    x_val, _ = runs.held_out(config)
-    metrics = evaluation.evaluate_model(model, x_val, num_samples=args.num_samples, seed=args.seed)
+    x_val, y_val = runs.held_out(config)
+    metrics = evaluation.evaluate_model(
+        model, x_val, num_samples=args.num_samples, seed=args.seed,
+        y=None if model.condition_dim is None else y_val,
+    )
     with open(output, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     _print_table(metrics)
@@ -173,7 +192,12 @@ def _sample(args):
         raise ValueError(f"--output must end in .png or .npy. Received: {output}")
     _refuse_existing(output, args.overwrite)
     _, model = runs.load_run(args.run)
-    samples = model.sample(args.num, seed=args.seed).numpy()
+    labels = None
+    if model.condition_dim is not None:
+        labels = np.arange(args.num) % model.condition_dim if args.label is None else args.label
+    elif args.label is not None:
+        raise ValueError("--label needs a conditional run (trained with --conditional).")
+    samples = model.sample(args.num, seed=args.seed, y=labels).numpy()
     if output.endswith(".npy"):
         np.save(output, samples)
     else:

@@ -199,28 +199,37 @@ def prepare(x, likelihood, binarize="none", seed=0):
     return x
 
 
-def make_dataset(x, batch_size, shuffle=True, seed=0, dynamic_binarize=False):
-    """An input pipeline over in-memory data `x`.
+def make_dataset(x, batch_size, shuffle=True, seed=0, dynamic_binarize=False, y=None):
+    """An input pipeline over in-memory data `x` (and conditions `y`).
 
     `cache` keeps the tensors, `shuffle` reshuffles every epoch, an optional
     map draws x_bin ~ Bernoulli(x) afresh for every batch, and `prefetch`
     overlaps input with training.
 
     Returns:
-      A `tf.data.Dataset` of float32 batches `[batch_size] + x.shape[1:]`.
+      A `tf.data.Dataset` of float32 batches `[batch_size] + x.shape[1:]`, or
+      of `(x, y)` batches when `y` (labels or vectors, one per example) is given.
     """
     import tensorflow as tf
 
     batch_size = _checks.positive_int("batch_size", batch_size)
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(x, "float32")).cache()
+    x = np.asarray(x, "float32")
+    if y is not None and len(y) != len(x):
+        raise ValueError(
+            f"Received an invalid value for `y`, expected one per example ({len(x)}). "
+            f"Received: y with {len(y)}"
+        )
+    elements = x if y is None else (x, np.asarray(y))
+    dataset = tf.data.Dataset.from_tensor_slices(elements).cache()
     if shuffle:
         dataset = dataset.shuffle(min(len(x), 50_000), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if dynamic_binarize:
         generator = tf.random.Generator.from_seed(seed)
 
-        def binarize(batch):
-            return tf.cast(generator.uniform(tf.shape(batch)) < batch, tf.float32)
+        def binarize(batch, *labels):
+            binary = tf.cast(generator.uniform(tf.shape(batch)) < batch, tf.float32)
+            return (binary, *labels) if labels else binary
 
         dataset = dataset.map(binarize)
     return dataset.prefetch(tf.data.AUTOTUNE)

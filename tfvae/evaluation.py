@@ -5,7 +5,11 @@ import numpy as np
 from tfvae import _checks
 
 
-def active_units(model, x, threshold=0.01, batch_size=256):
+def _condition(y, start, batch_size):
+    return None if y is None else y[start : start + batch_size]
+
+
+def active_units(model, x, threshold=0.01, batch_size=256, y=None):
     """Counts latent dimensions whose posterior mean varies across the data.
 
     A unit is active when `Cov_x(E_q[z_j])` exceeds `threshold` (Burda et al., 2016);
@@ -14,14 +18,15 @@ def active_units(model, x, threshold=0.01, batch_size=256):
     Returns:
       `(count, variances)` with `variances` of shape `[latent_dim]`.
     """
-    means = np.concatenate(
-        [model.latent_code(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)]
-    )
+    means = np.concatenate([
+        model.latent_code(x[i : i + batch_size], y=_condition(y, i, batch_size)).numpy()
+        for i in range(0, len(x), batch_size)
+    ])
     variances = means.var(axis=0)
     return int(np.sum(variances > threshold)), variances
 
 
-def kl_per_dimension(model, x, batch_size=256):
+def kl_per_dimension(model, x, batch_size=256, y=None):
     """Mean over `x` of KL(q(z_j|x) ‖ p(z_j)) for each latent dimension j, in nats.
 
     Defined when q is a diagonal Gaussian and p the standard normal, where the
@@ -43,13 +48,13 @@ def kl_per_dimension(model, x, batch_size=256):
     batch_size = _checks.positive_int("batch_size", batch_size)
     total = np.zeros(model.latent_dim)
     for start in range(0, len(x), batch_size):
-        q = model.encode(x[start : start + batch_size])
+        q = model.encode(x[start : start + batch_size], y=_condition(y, start, batch_size))
         mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
         total += np.sum(0.5 * (mu**2 + sigma**2 - 1.0 - 2.0 * np.log(sigma)), axis=0)
     return total / len(x)
 
 
-def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256):
+def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None):
     """Per-example means of the ELBO terms and of the log-likelihood estimate.
 
     Args:
@@ -58,29 +63,35 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256):
       num_samples: importance samples K for `log p(x)`. Default value: `100`.
       seed: noise seed. Default value: `0`.
       batch_size: examples per batch. Default value: `256`.
+      y: the conditions of `x`, for a conditional model (then `log_px` is
+        `log p(x|y)`). Default value: `None`.
 
     Returns:
-      A dict of floats (nats per example): `elbo`, `reconstruction`, `kl`,
-      `log_px`, `elbo_gap`, `bits_per_dim` (from `log_px`), and
-      `active_units`, `num_examples`, `num_samples`.
+      A dict of floats (nats per example): `elbo`, `reconstruction`, `kl`
+      (and `kl_z1`, `kl_z2` for a hierarchy), `log_px`, `elbo_gap`,
+      `bits_per_dim` (from `log_px`), and `active_units`, `num_examples`,
+      `num_samples`.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     batch_size = _checks.positive_int("batch_size", batch_size)
-    totals = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0, "log_px": 0.0}
+    totals = {"log_px": 0.0}
     for i, start in enumerate(range(0, len(x), batch_size)):
-        batch = x[start : start + batch_size]
-        terms = model.elbo(batch, seed=seed + i)
-        for key in ("elbo", "reconstruction", "kl"):
-            totals[key] += float(np.sum(terms[key].numpy()))
-        log_px = model.log_likelihood(batch, num_samples=num_samples, seed=seed + 7919 + i)
+        batch, condition = x[start : start + batch_size], _condition(y, start, batch_size)
+        terms = model.elbo(batch, seed=seed + i, y=condition)
+        for key, value in terms.items():
+            totals[key] = totals.get(key, 0.0) + float(np.sum(value.numpy()))
+        log_px = model.log_likelihood(batch, num_samples=num_samples, seed=seed + 7919 + i,
+                                      y=condition)
         totals["log_px"] += float(np.sum(log_px.numpy()))
     n = len(x)
     result = {key: value / n for key, value in totals.items()}
     result["elbo_gap"] = result["log_px"] - result["elbo"]
     result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
-    result["active_units"] = active_units(model, x)[0]
+    result["active_units"] = active_units(model, x, y=y)[0]
     try:
-        result["kl_per_dimension"] = [float(v) for v in kl_per_dimension(model, x, batch_size)]
+        result["kl_per_dimension"] = [
+            float(v) for v in kl_per_dimension(model, x, batch_size, y=y)
+        ]
     except ValueError:
         pass  # not defined for this posterior / prior pair
     result["num_examples"] = int(n)

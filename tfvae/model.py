@@ -765,6 +765,16 @@ class VAE(keras.Model):
     # ------------------------------------------------------------------
     # Serialisation.
 
+    @property
+    def _default_save_signature(self):
+        # SavedModel writers trace the model's default signature from its build
+        # shape (x only); a conditional model is called on (x, y).
+        if self.condition_dim is None:
+            return super()._default_save_signature
+        specs = ((tf.TensorSpec((None,) + self.event_shape, tf.float32),
+                  tf.TensorSpec((None, self.condition_dim), tf.float32)),)
+        return tf.function(lambda inputs: self(inputs), input_signature=specs)
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -78,37 +78,54 @@ def plot_grid(images, path, title, columns=8):
     return _save(fig, path)
 
 
-def plot_reconstructions(model, x, path, n=8):
+def _conditions(model, y, n):
+    """The first `n` conditions for a conditional model (None otherwise)."""
+    return None if model.condition_dim is None else y[:n]
+
+
+def plot_reconstructions(model, x, path, n=8, y=None):
     """Originals (top row) above their reconstructions (bottom row)."""
     x = x[:n]
-    recon = model.reconstruct(x).numpy()
+    recon = model.reconstruct(x, y=_conditions(model, y, n)).numpy()
     pair = np.concatenate([_to_display(model, x), _to_display(model, recon)])
     return plot_grid(pair, path, "originals (top) and reconstructions (bottom)", columns=len(x))
 
 
 def plot_samples(model, path, n=32, seed=0):
-    """Means of p(x|z) at z drawn from the prior."""
-    return plot_grid(_to_display(model, model.sample(n, seed=seed).numpy()), path,
-                     "samples from the prior (decoder means)")
+    """Means of p(x|z) at z drawn from the prior (a conditional model: one row per label)."""
+    if model.condition_dim is None:
+        return plot_grid(_to_display(model, model.sample(n, seed=seed).numpy()), path,
+                         "samples from the prior (decoder means)")
+    per_label = 8
+    labels = np.repeat(np.arange(model.condition_dim), per_label)
+    samples = model.sample(len(labels), seed=seed, y=labels).numpy()
+    return plot_grid(_to_display(model, samples), path,
+                     "samples from the prior (rows: labels 0, 1, …)", columns=per_label)
 
 
-def plot_traversal(model, x, path, steps=9, max_dims=8):
-    """Each row varies one latent (the most active first) from −3 to 3 around the data mean."""
-    means = model.latent_code(x[:512]).numpy()
-    order = np.argsort(-means.var(axis=0))[:max_dims]
+def plot_traversal(model, x, path, steps=9, max_dims=8, y=None):
+    """Each row varies one latent (the most active first) from −3 to 3 around the data mean.
+
+    Only latents the decoder sees are traversed (z₁ in a hierarchy); a
+    conditional model is decoded with the first example's condition.
+    """
+    means = model.latent_code(x[:512], y=_conditions(model, y, 512)).numpy()
+    visible = model.prior.decoder_latent_dim
+    order = np.argsort(-means[:, :visible].var(axis=0))[:max_dims]
     centre = means.mean(axis=0)
     values = np.linspace(-3, 3, steps)
     z = np.repeat(centre[None], len(order) * steps, axis=0)
     for row, dim in enumerate(order):
         z[row * steps : (row + 1) * steps, dim] = values
-    images = model.likelihood.mean(model.decode(z.astype("float32"))).numpy()
+    condition = None if model.condition_dim is None else y[0]
+    images = model.likelihood.mean(model.decode(z.astype("float32"), y=condition)).numpy()
     return plot_grid(_to_display(model, images), path,
                      "latent traversal (rows: latents by activity; −3 … 3)", columns=steps)
 
 
 def plot_latent_space(model, x, labels, path):
     """Posterior means in 2-D (the first two principal components if latent_dim > 2)."""
-    means = model.latent_code(x).numpy()
+    means = model.latent_code(x, y=_conditions(model, labels, len(x))).numpy()
     if means.shape[1] > 2:
         centred = means - means.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -133,9 +150,11 @@ def write_figures(model, history, x_val, y_val, directory, seed=0):
     """Writes every figure into `directory`; returns `{name: filename}`."""
     figures = {
         "curves": plot_curves(history, os.path.join(directory, "curves.png")),
-        "reconstructions": plot_reconstructions(model, x_val, os.path.join(directory, "reconstructions.png")),
+        "reconstructions": plot_reconstructions(
+            model, x_val, os.path.join(directory, "reconstructions.png"), y=y_val),
         "samples": plot_samples(model, os.path.join(directory, "samples.png"), seed=seed),
-        "traversal": plot_traversal(model, x_val, os.path.join(directory, "traversal.png")),
+        "traversal": plot_traversal(model, x_val, os.path.join(directory, "traversal.png"),
+                                    y=y_val),
         "latent_space": plot_latent_space(model, x_val, y_val, os.path.join(directory, "latent_space.png")),
     }
     return {name: os.path.basename(path) for name, path in figures.items()}
@@ -147,7 +166,8 @@ def write_markdown(path, config, metrics, figures):
         "# tfvae run report",
         "",
         f"Dataset `{config['dataset']}`, {config['architecture']} VAE, latent size "
-        f"{config['latent_dim']}, {config['likelihood']} likelihood, {config['prior']} prior, "
+        f"{config['latent_dim']}, {config['likelihood']} likelihood, "
+        f"{config.get('posterior', 'diagonal')} posterior, {config['prior']} prior, "
         f"β = {config['beta']}, {metrics.get('epochs_trained', '?')} epochs.",
         "",
         "## Held-out numbers (nats per example)",
@@ -155,7 +175,8 @@ def write_markdown(path, config, metrics, figures):
         "| quantity | value |",
         "| --- | --- |",
     ]
-    for key in ("elbo", "reconstruction", "kl", "log_px", "elbo_gap", "bits_per_dim", "active_units"):
+    for key in ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
+                "bits_per_dim", "active_units"):
         if key in metrics:
             value = metrics[key]
             lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")

@@ -91,6 +91,9 @@ class RunConfig:
     k: int = 5
     gradient_estimator: str = "standard"
     mixed_precision: str = "none"
+    top_latent_dim: int = 0  # z2's size for posterior="hierarchical" (0: latent_dim // 2)
+    free_bits_groups: int = 0  # 0: free bits per example on the total KL
+    conditional: bool = False  # condition encoder and decoder on the dataset's labels
 
     def validate(self):
         _checks.one_of("architecture", self.architecture, builders.ARCHITECTURES)
@@ -100,6 +103,39 @@ class RunConfig:
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
                      "steps_per_execution", "k"):
             _checks.positive_int(name, getattr(self, name))
+        for name in ("top_latent_dim", "free_bits_groups"):
+            _checks.non_negative_int(name, getattr(self, name))
+        if self.top_latent_dim and self.posterior != "hierarchical":
+            raise ValueError(
+                "Received an invalid value for `top_latent_dim`: it sets z2's size, so it needs "
+                f"posterior='hierarchical'. Received: top_latent_dim={self.top_latent_dim}, "
+                f"posterior={self.posterior!r}"
+            )
+        if self.posterior == "hierarchical" and self.prior != "standard_normal":
+            raise ValueError(
+                "Received an invalid value for `prior`: a hierarchical model's prior is "
+                "p(z2) p(z1|z2) with a standard normal p(z2); use prior='standard_normal'. "
+                f"Received: prior={self.prior!r}"
+            )
+        if self.free_bits_groups and (
+            self.posterior not in ("diagonal", "hierarchical") or self.prior != "standard_normal"
+        ):
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`: the KL splits into groups only "
+                "for a diagonal Gaussian posterior and a standard normal prior, or a hierarchy. "
+                f"Received: free_bits_groups={self.free_bits_groups} with posterior="
+                f"{self.posterior!r}, prior={self.prior!r}"
+            )
+        if self.conditional and self.prior == "vamp":
+            raise ValueError(
+                "Received an invalid value for `conditional`: a VampPrior's pseudo-inputs carry "
+                "no labels. Use another prior. Received: conditional=True, prior='vamp'"
+            )
+        if not isinstance(self.conditional, bool):
+            raise ValueError(
+                f"Received an invalid value for `conditional`, expected True or False. "
+                f"Received: conditional={self.conditional!r}"
+            )
         for name in ("beta", "warmup_epochs", "free_bits"):
             _checks.non_negative_float(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
@@ -200,8 +236,22 @@ def train(config, output, overwrite=False, resume=False, verbose=1):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def condition_dim(config, y_train):
+    """The number of classes a conditional run conditions on (None if not conditional)."""
+    if not config.conditional:
+        return None
+    if y_train is None or not np.issubdtype(np.asarray(y_train).dtype, np.integer):
+        raise ValueError(
+            "Received an invalid value for `conditional`: conditioning needs integer class "
+            f"labels, and dataset {config.dataset!r} has none. Received: conditional=True"
+        )
+    return int(np.max(y_train)) + 1
+
+
 def _train(config, output, strategy, resume, verbose, report):
-    (x_train, _), (x_val, y_val) = load_dataset(config)
+    (x_train, y_train), (x_val, y_val) = load_dataset(config)
+    num_classes = condition_dim(config, y_train)
+    conditions = (None, None) if num_classes is None else (y_train, y_val)
     keras.utils.set_random_seed(config.seed)
     history_path = os.path.join(output, "history.csv")
     last_path = os.path.join(output, "last.keras")
@@ -230,6 +280,9 @@ def _train(config, output, strategy, resume, verbose, report):
                 objective=config.objective,
                 k=config.k,
                 gradient_estimator=config.gradient_estimator,
+                top_latent_dim=config.top_latent_dim or None,
+                free_bits_groups=config.free_bits_groups or None,
+                condition_dim=num_classes,
             )
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
@@ -266,9 +319,9 @@ def _train(config, output, strategy, resume, verbose, report):
     model.likelihood.validate_data(x_train, name="dataset")
     train_data = data_lib.make_dataset(
         x_train, config.batch_size, seed=config.seed,
-        dynamic_binarize=config.binarize == "dynamic",
+        dynamic_binarize=config.binarize == "dynamic", y=conditions[0],
     )
-    val_data = data_lib.make_dataset(x_val, config.batch_size, shuffle=False)
+    val_data = data_lib.make_dataset(x_val, config.batch_size, shuffle=False, y=conditions[1])
     if initial_epoch < config.epochs:
         model.fit(
             train_data,
@@ -283,7 +336,8 @@ def _train(config, output, strategy, resume, verbose, report):
         return {}
     best = keras.saving.load_model(best_path)
     history = _read_history(history_path)
-    metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples, seed=config.seed)
+    metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples,
+                                        seed=config.seed, y=conditions[1])
     metrics["epochs_trained"] = len(history.get("loss", []))
     _write_json(os.path.join(output, "metrics.json"), metrics)
     figures = report_lib.write_figures(best, history, x_val, y_val, output, seed=config.seed)
