@@ -20,6 +20,8 @@ from tfvae.heads import GaussianLikelihood
 from tfvae.heads import GaussianPosterior
 from tfvae.heads import LevelLikelihood
 from tfvae.heads import LikelihoodHead
+from tfvae.hierarchy import HierarchicalPosterior
+from tfvae.hierarchy import HierarchicalPrior
 from tfvae.model import VAE
 from tfvae.networks import MLP
 from tfvae.networks import ConvDecoder
@@ -48,6 +50,8 @@ __all__ = [
     "FullCovarianceGaussianPosterior",
     "GaussianLikelihood",
     "GaussianPosterior",
+    "HierarchicalPosterior",
+    "HierarchicalPrior",
     "IAFPosterior",
     "KLWarmup",
     "LevelLikelihood",
