@@ -23,6 +23,7 @@ VARIANTS = {
     "β-VAE (β = 2)": {"beta": 2.0},
     "full-covariance q": {"posterior": "full"},
     "IAF q (2 steps)": {"posterior": "iaf"},
+    "planar-flow q (4 steps)": {"posterior": "planar"},
     "IWAE (k = 8, DReG)": {"objective": "iwae", "k": 8, "gradient_estimator": "dreg"},
     "VampPrior (20)": {"prior": "vamp", "num_components": 20},
     "two-layer hierarchical (z₁ 8, z₂ 4)": {"posterior": "hierarchical", "top_latent_dim": 4},
@@ -39,10 +40,15 @@ def run(name, seed, args):
                             **VARIANTS[name])
     model.compile(optimizer=keras.optimizers.Adam(2e-3), jit_compile=True, steps_per_execution=16)
     model.fit(x_train, epochs=args.epochs, batch_size=64, verbose=0)
-    elbo = np.mean([model.elbo(x_val, seed=s)["elbo"].numpy() for s in range(10)])
+    terms = [model.elbo(x_val, seed=s) for s in range(10)]
+    elbo = np.mean([t["elbo"].numpy() for t in terms])
+    # The KL, and a hierarchy's per-layer KL terms, in nats.
+    kls = {key: float(np.mean([t[key].numpy() for t in terms]))
+           for key in terms[0] if key.startswith("kl")}
     iwae = float(np.mean(model.iwae_bound(x_val, k=50, seed=1, chunk_size=50).numpy()))
     log_px = float(np.mean(model.log_likelihood(x_val, num_samples=args.k, seed=2).numpy()))
-    return {"elbo": float(elbo), "iwae_50": iwae, "log_px": log_px, "gap": log_px - float(elbo)}
+    return {"elbo": float(elbo), "iwae_50": iwae, "log_px": log_px, "gap": log_px - float(elbo),
+            **kls}
 
 
 def main(argv=None):
@@ -65,6 +71,9 @@ def main(argv=None):
     for name, runs in results.items():
         cells = [f"{np.mean([r[k] for r in runs]):.2f} ± {np.std([r[k] for r in runs]):.2f}" for k in keys]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, runs in results.items():
+        kls = {k: np.mean([r[k] for r in runs]) for k in runs[0] if k.startswith("kl")}
+        print(f"{name}: " + ", ".join(f"{k} = {v:.2f}" for k, v in kls.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

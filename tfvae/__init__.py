@@ -8,6 +8,7 @@ from tfvae import random
 from tfvae import runs
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
+from tfvae.flows import PlanarFlowPosterior
 from tfvae.callbacks import KLWarmup
 from tfvae.heads import BernoulliLikelihood
 from tfvae.heads import CategoricalPixelLikelihood
@@ -58,6 +59,7 @@ __all__ = [
     "LikelihoodHead",
     "MLP",
     "MixtureOfGaussiansPrior",
+    "PlanarFlowPosterior",
     "Prior",
     "StandardNormalPrior",
     "VAE",

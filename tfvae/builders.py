@@ -26,6 +26,7 @@ POSTERIORS = {
     "diagonal": heads.DiagonalGaussianPosterior,
     "full": heads.FullCovarianceGaussianPosterior,
     "iaf": flows.IAFPosterior,
+    "planar": flows.PlanarFlowPosterior,
     "hierarchical": hierarchy.HierarchicalPosterior,
 }
 PRIORS = ("standard_normal", "mixture", "vamp")
@@ -68,7 +69,8 @@ def build_vae(
       hidden_units: MLP widths (the decoder mirrors them). Default value: `(256, 128)`.
       filters: conv encoder channels (the decoder mirrors them). Default value: `(32, 64)`.
       posterior: `"diagonal"` or `"full"` covariance Gaussian, `"iaf"` (a
-        diagonal Gaussian through inverse autoregressive flow steps), or
+        diagonal Gaussian through inverse autoregressive flow steps), `"planar"`
+        (through 4 amortised planar flow steps), or
         `"hierarchical"` (two stochastic layers z₁ → z₂: `latent_dim` is z₁'s
         size, the one the decoder sees, and `top_latent_dim` z₂'s; `prior`
         must then be `"standard_normal"`, the prior of z₂).

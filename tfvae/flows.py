@@ -1,4 +1,4 @@
-"""Flow posteriors: a diagonal Gaussian pushed through inverse autoregressive flow steps.
+"""Flow posteriors: a diagonal Gaussian pushed through inverse autoregressive or planar steps.
 
 q(z|x) is `TransformedDistribution(N(μ, diag σ²), IAF_T ∘ … ∘ IAF_1)` where
 each step (Kingma et al., 2016) is conditioned on a context vector h from the
@@ -10,6 +10,9 @@ with `log |det ∂z'/∂z| = Σ_j log σ_tj` and the order of z reversed between
 steps. Sampling is one parallel pass per step; the density of a sample drawn
 by the flow comes from TFP's bijector cache, and of any other z from an exact
 sequential inverse. No closed-form KL exists, so objectives use Monte Carlo.
+
+`PlanarFlowPosterior` instead uses amortised planar steps
+`z ← z + û tanh(wᵀz + b)` whose parameters the encoder outputs per example.
 """
 
 import numpy as np
@@ -190,5 +193,108 @@ class IAFPosterior(DistributionHead):
             "num_steps": self.num_steps,
             "hidden_units": self.hidden_units,
             "context_dim": self.context_dim,
+            "min_scale": self.min_scale,
+        }
+
+
+class _PlanarStep(tfb.Bijector):
+    """One planar step `z' = z + û tanh(wᵀz + b)` (Rezende & Mohamed, 2015) as a TFP bijector.
+
+    `û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖²` makes `wᵀû ≥ −1`, so the map is
+    invertible. The inverse solves the monotone scalar equation
+    `wᵀy = α + (wᵀû) tanh(α + b)` for `α = wᵀz` by bisection on the bracket
+    `wᵀy ± |wᵀû|`, then `z = y − û tanh(α + b)`: exact to float precision.
+    """
+
+    _BISECTIONS = 60
+
+    def __init__(self, u, w, b, name="planar_step"):
+        parameters = dict(locals())
+        w_dot_u = tf.reduce_sum(w * u, axis=-1, keepdims=True)
+        norm = tf.reduce_sum(tf.square(w), axis=-1, keepdims=True) + 1e-8
+        self._u = u + (tf.nn.softplus(w_dot_u) - 1.0 - w_dot_u) * w / norm
+        self._w, self._b = w, b
+        self._c = tf.reduce_sum(self._w * self._u, axis=-1, keepdims=True)  # wᵀû ≥ −1
+        super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
+
+    def _alpha(self, z):
+        return tf.reduce_sum(self._w * z, axis=-1, keepdims=True) + self._b
+
+    def _forward(self, z):
+        return z + self._u * tf.tanh(self._alpha(z))
+
+    def _inverse(self, y):
+        target = tf.reduce_sum(self._w * y, axis=-1, keepdims=True)  # wᵀy
+        spread = tf.abs(self._c) + 1e-6
+        low, high = target - spread, target + spread
+        for _ in range(self._BISECTIONS):
+            mid = 0.5 * (low + high)
+            above = mid + self._c * tf.tanh(mid + self._b) > target
+            low, high = tf.where(above, low, mid), tf.where(above, mid, high)
+        alpha = 0.5 * (low + high)
+        return y - self._u * tf.tanh(alpha + self._b)
+
+    def _forward_log_det_jacobian(self, z):
+        derivative = 1.0 - tf.square(tf.tanh(self._alpha(z)))
+        return tf.math.log(tf.abs(1.0 + derivative * self._c) + 1e-12)[..., 0]
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class PlanarFlowPosterior(DistributionHead):
+    """q(z|x): N(μ, diag σ²) through `num_steps` amortised planar flow steps.
+
+    The encoder outputs `[μ, s]` (`σ = softplus(s) + min_scale`) and, per
+    step, `u`, `w` (`latent_dim` each) and `b`: every step's parameters depend
+    on x, as in Rezende & Mohamed (2015). The head has no weights of its own.
+    No analytic KL exists: objectives use Monte Carlo.
+
+    Args:
+      latent_dim: size of z.
+      num_steps: planar steps. Default value: `4`.
+      min_scale: lower bound on σ. Default value: `1e-5`.
+    """
+
+    def __init__(self, latent_dim, num_steps=4, min_scale=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+        self.num_steps = _checks.positive_int("num_steps", num_steps)
+        self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.event_shape = (self.latent_dim,)
+
+    @property
+    def params_size(self):
+        return 2 * self.latent_dim + self.num_steps * (2 * self.latent_dim + 1)
+
+    def _parameters(self, flat):
+        d, t = self.latent_dim, self.num_steps
+        loc, raw_scale, u, w, b = tf.split(flat, [d, d, t * d, t * d, t], axis=-1)
+        return {"loc": loc, "scale": tf.nn.softplus(raw_scale) + self.min_scale,
+                "u": u, "w": w, "b": b}
+
+    def _steps(self, parameters):
+        d = self.latent_dim
+        return [
+            _PlanarStep(parameters["u"][..., i * d : (i + 1) * d],
+                        parameters["w"][..., i * d : (i + 1) * d],
+                        parameters["b"][..., i : i + 1], name=f"planar_step_{i}")
+            for i in range(self.num_steps)
+        ]
+
+    def distribution(self, parameters):
+        base = tfd.MultivariateNormalDiag(loc=parameters["loc"], scale_diag=parameters["scale"])
+        return tfd.TransformedDistribution(base, tfb.Chain(self._steps(parameters)[::-1]))
+
+    def reparameterize(self, parameters, eps):
+        """z = flow(μ + σ ⊙ ε) for standard normal `eps` `[..., latent_dim]`."""
+        z = parameters["loc"] + parameters["scale"] * eps
+        for step in self._steps(parameters):
+            z = step.forward(z)
+        return z
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "latent_dim": self.latent_dim,
+            "num_steps": self.num_steps,
             "min_scale": self.min_scale,
         }
