@@ -121,3 +121,17 @@ def test_dreg_is_refused_where_it_would_be_biased(extra):
     # VampPrior's encoder dependence would still carry score-function terms.
     with pytest.raises(ValueError, match="'dreg' stops gradients through q's parameters only"):
         tfvae.build_vae((4,), 2, hidden_units=(8,), objective="iwae", gradient_estimator="dreg", **extra)
+
+
+def test_knobs_the_iwae_bound_ignores_are_refused():
+    for kwargs in ({"beta": 2.0}, {"free_bits": 0.5}):
+        with pytest.raises(ValueError, match="no KL term"):
+            tfvae.build_vae((4,), 2, hidden_units=(4,), objective="iwae", **kwargs)
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,), objective="iwae", k=2)
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="KLWarmup needs a model trained on the ELBO"):
+        model.fit(np.zeros((8, 4), "float32"), epochs=1, verbose=0, callbacks=[tfvae.KLWarmup(1)])
+    from tfvae import runs
+
+    with pytest.raises(ValueError, match="no KL term"):
+        runs.RunConfig(objective="iwae", warmup_epochs=5).validate()

@@ -44,6 +44,11 @@ class KLWarmup(keras.callbacks.Callback):
         return self.start + fraction * (self.end - self.start)
 
     def on_train_begin(self, logs=None):
+        if getattr(self.model, "objective", "elbo") != "elbo":
+            raise ValueError(
+                "KLWarmup needs a model trained on the ELBO: the IWAE bound has no KL term "
+                f"for β to weight. Received: a model with objective={self.model.objective!r}"
+            )
         steps_per_epoch = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps_per_epoch:
             raise ValueError(

@@ -193,6 +193,12 @@ class VAE(keras.Model):
         self.gradient_estimator = _checks.one_of(
             "gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS
         )
+        if self.objective == "iwae" and (beta != 1.0 or self.free_bits > 0):
+            raise ValueError(
+                "Received an invalid value for `objective`: the IWAE bound has no KL term for β "
+                "or free bits to act on. Use objective='elbo', or beta=1 and free_bits=0. "
+                f"Received: objective='iwae', beta={beta}, free_bits={self.free_bits}"
+            )
         if self.gradient_estimator == "dreg" and self.objective != "iwae":
             raise ValueError(
                 "Received an invalid value for `gradient_estimator`: 'dreg' needs "

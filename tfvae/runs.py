@@ -111,6 +111,13 @@ class RunConfig:
                 f"posterior='hierarchical'. Received: top_latent_dim={self.top_latent_dim}, "
                 f"posterior={self.posterior!r}"
             )
+        if self.objective == "iwae" and (self.beta != 1.0 or self.free_bits > 0
+                                         or self.warmup_epochs > 0):
+            raise ValueError(
+                "Received an invalid value for `objective`: the IWAE bound has no KL term for β, "
+                "KL warm-up or free bits to act on. Received: objective='iwae', "
+                f"beta={self.beta}, warmup_epochs={self.warmup_epochs}, free_bits={self.free_bits}"
+            )
         if self.posterior == "hierarchical" and self.prior != "standard_normal":
             raise ValueError(
                 "Received an invalid value for `prior`: a hierarchical model's prior is "
