@@ -1,0 +1,447 @@
+"""Conformance: every model variant passes the same tests as the plain model.
+
+Each variant (β-VAE, IWAE and IWAE + DReG, IAF, planar-flow and full-covariance posteriors,
+mixture and Vamp priors, a two-layer hierarchy, conditional MLP and conv
+models, free bits per group) is checked for
+
+* serialisation: `.keras` save / load keeps the config, the weights, the
+  ELBO terms at a fixed seed and `predict`;
+* `jit_compile`: training under XLA gives the same weights and history as
+  training in a plain graph (tfvae's noise is identical on both paths);
+* SavedModel export: every signature computes, at two batch sizes, what the
+  Keras model computes through its TFP distributions;
+* ONNX export: every graph the model supports runs in onnxruntime and agrees
+  with the same references; the graphs that cannot be exported are refused
+  with a clear `ValueError` before anything is written.
+
+Models are tiny (binary data `(8,)` or `(4, 4, 1)`, latent size 2 to 5,
+hidden width 8) and each variant is built and fitted once per module.
+"""
+
+import dataclasses
+import json
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+from scipy import stats
+
+import tfvae
+from tfvae import export
+from tfvae import hierarchy
+from tfvae import objectives
+
+tfd = tfp.distributions
+
+NUM_CLASSES = 3
+NUM_EXAMPLES = 32
+BATCH_SIZES = (1, 5)
+GRAPH_INPUTS = {
+    "serving_default": ("x",),
+    "encode": ("x",),
+    "decode": ("z",),
+    "reconstruct": ("x", "eps"),
+    "sample": ("eps",),
+    "elbo": ("x", "eps"),
+}
+
+
+# ---------------------------------------------------------------------------
+# The variants.
+
+
+def _mlp_vae(**kwargs):
+    return tfvae.build_vae((8,), 2, hidden_units=(8,), seed=0, **kwargs)
+
+
+def _hierarchical_vae():
+    keras.utils.set_random_seed(0)
+    posterior = hierarchy.HierarchicalPosterior((3, 2), hidden_units=8)
+    likelihood = tfvae.BernoulliLikelihood((8,))
+    encoder = tfvae.MLP(posterior.params_size, (8,), name="encoder")
+    decoder = tfvae.MLP(likelihood.params_size, (8,), name="decoder")  # sees z1 only
+    return tfvae.VAE(encoder, decoder, posterior, likelihood, seed=0)
+
+
+def _conditional_conv_vae():
+    return tfvae.build_vae((4, 4, 1), 2, architecture="conv", filters=(4,), seed=0,
+                           condition_dim=NUM_CLASSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How to build a variant and what it must turn out to be.
+
+    Attributes:
+      build: builds the (unfitted) model; the same weights on every call.
+      posterior, prior, encoder: the expected classes of those parts.
+      config: `get_config()` entries that make the variant what it is.
+      sample_refused_by: for priors that cannot be sampled from noise, the
+        class name the `sample` export error must give.
+    """
+
+    build: Callable[[], tfvae.VAE]
+    posterior: type = tfvae.DiagonalGaussianPosterior
+    prior: type = tfvae.StandardNormalPrior
+    encoder: type = tfvae.MLP
+    config: dict = dataclasses.field(default_factory=dict)
+    sample_refused_by: Optional[str] = None
+
+
+VARIANTS = {
+    "plain": Variant(lambda: _mlp_vae(), config={"beta": 1.0, "objective": "elbo"}),
+    "beta": Variant(lambda: _mlp_vae(beta=4.0), config={"beta": 4.0}),
+    "iwae": Variant(lambda: _mlp_vae(objective="iwae", k=3),
+                    config={"objective": "iwae", "k": 3, "gradient_estimator": "standard"}),
+    "iwae_dreg": Variant(lambda: _mlp_vae(objective="iwae", k=3, gradient_estimator="dreg"),
+                         config={"objective": "iwae", "k": 3, "gradient_estimator": "dreg"}),
+    "iaf": Variant(lambda: _mlp_vae(posterior="iaf"), posterior=tfvae.IAFPosterior),
+    "planar": Variant(lambda: _mlp_vae(posterior="planar"), posterior=tfvae.PlanarFlowPosterior),
+    "full": Variant(lambda: _mlp_vae(posterior="full"),
+                    posterior=tfvae.FullCovarianceGaussianPosterior),
+    "mixture": Variant(lambda: _mlp_vae(prior="mixture", num_components=3),
+                       prior=tfvae.MixtureOfGaussiansPrior,
+                       sample_refused_by="MixtureOfGaussiansPrior"),
+    "vamp": Variant(lambda: _mlp_vae(prior="vamp", num_components=3), prior=tfvae.VampPrior,
+                    sample_refused_by="VampPrior"),
+    "hierarchical": Variant(_hierarchical_vae, posterior=hierarchy.HierarchicalPosterior,
+                            prior=hierarchy.HierarchicalPrior),
+    "conditional_mlp": Variant(lambda: _mlp_vae(condition_dim=NUM_CLASSES),
+                               config={"condition_dim": NUM_CLASSES}),
+    "conditional_conv": Variant(_conditional_conv_vae, encoder=tfvae.ConvEncoder,
+                                config={"condition_dim": NUM_CLASSES}),
+    "free_bits_groups": Variant(lambda: _mlp_vae(free_bits=0.5, free_bits_groups=2),
+                                config={"free_bits": 0.5, "free_bits_groups": 2}),
+}
+NAMES = list(VARIANTS)
+
+
+class _Zoo:
+    """Builds and fits each variant once (without XLA) for all tests of the module."""
+
+    def __init__(self):
+        self._fitted = {}
+
+    def fitted(self, name):
+        """Returns `(model, initial_weights, history)` for variant `name`."""
+        if name not in self._fitted:
+            model = VARIANTS[name].build()
+            initial = model.get_weights()
+            self._fitted[name] = (model, initial, _fit(model, jit_compile=False))
+        return self._fitted[name]
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return _Zoo()
+
+
+# ---------------------------------------------------------------------------
+# Helpers.
+
+
+def _conditional(model):
+    return model.condition_dim is not None
+
+
+def _data(model, n, seed):
+    """Binary data `[n] + event_shape` and, for a conditional model, integer labels `[n]`."""
+    rng = np.random.default_rng(seed)
+    x = (rng.uniform(size=(n,) + model.event_shape) < 0.5).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, n) if _conditional(model) else None
+    return x, labels
+
+
+def _fit(model, jit_compile):
+    """Two epochs of 32 examples in batches of 16, unshuffled; returns the history."""
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
+    assert model.jit_compile is jit_compile  # Keras falls back silently otherwise
+    x, labels = _data(model, NUM_EXAMPLES, seed=0)
+    return model.fit(x, labels, epochs=2, batch_size=16, shuffle=False, verbose=0).history
+
+
+def _metric_names(model):
+    names = {"loss", "elbo", "reconstruction", "kl"}
+    if model.objective == "iwae":
+        names.add("iwae")
+    if model.hierarchical:
+        names |= {"kl_z1", "kl_z2"}
+    return names
+
+
+def _graph_inputs(model, batch, seed):
+    """Inputs of the export graphs (`y` one-hot), and the integer labels behind `y`."""
+    x, labels = _data(model, batch, seed)
+    rng = np.random.default_rng(seed + 100)
+    inputs = {
+        "x": x,
+        "eps": rng.standard_normal((batch, model.latent_dim)).astype("float32"),
+        "z": rng.standard_normal((batch, model.latent_dim)).astype("float32"),
+    }
+    if labels is not None:
+        inputs["y"] = np.eye(NUM_CLASSES, dtype="float32")[labels]
+    return inputs, labels
+
+
+def _feeds(model, name, inputs):
+    """The named inputs of graph `name`, in order; a conditional model's `y` comes last."""
+    names = GRAPH_INPUTS[name] + (("y",) if _conditional(model) else ())
+    feeds = {key: inputs[key] for key in names}
+    if name == "sample":
+        feeds["eps"] = inputs["z"]
+    return feeds
+
+
+def _prior_sample(model, eps):
+    """z ~ p(z) from standard normal `eps`, computed here from the prior's definition."""
+    if isinstance(model.prior, tfvae.StandardNormalPrior):
+        return tf.constant(eps)
+    assert isinstance(model.prior, hierarchy.HierarchicalPrior)
+    d1 = model.prior.latent_dims[0]
+    z2 = tf.constant(eps[:, d1:])  # z2 ~ N(0, I), then z1 ~ N(m(z2), s(z2)²)
+    loc1, scale1 = model.prior.bottom(z2)
+    return tf.concat([loc1 + scale1 * eps[:, :d1], z2], axis=-1)
+
+
+def _hierarchical_layer_kls(model, x, z, y):
+    """`KL₁ = log q(z₁|x) − log p(z₁|z₂)`, `KL₂ = log q(z₂|z₁) − log p(z₂)` with scipy."""
+    d1 = model.posterior.latent_dims[0]
+    z1, z2 = z[:, :d1], z[:, d1:]
+    q1 = model._posterior_parameters(tf.constant(x), y=y)
+    q2_loc, q2_scale = model.posterior.top(tf.constant(z1))
+    p1_loc, p1_scale = model.prior.bottom(tf.constant(z2))
+
+    def log_normal(v, loc, scale):
+        return stats.norm.logpdf(v, np.asarray(loc), np.asarray(scale)).sum(-1)
+
+    kl_z1 = log_normal(z1, q1["loc"], q1["scale"]) - log_normal(z1, p1_loc, p1_scale)
+    kl_z2 = log_normal(z2, q2_loc, q2_scale) - log_normal(z2, 0.0, 1.0)
+    return kl_z1, kl_z2
+
+
+def _reference(model, inputs, labels):
+    """What each export graph must output, from the Keras model and its TFP distributions.
+
+    Conditional models are given the integer labels here (one-hot encoded by
+    the model) while the graphs get the one-hot `y`, so the two conventions
+    are checked against each other too.
+    """
+    x, eps, z = inputs["x"], inputs["eps"], inputs["z"]
+    y = None if labels is None else tf.constant(inputs["y"])
+    q = model.encode(x, y=labels)
+    parameters = model._posterior_parameters(tf.constant(x), y=y)
+    if isinstance(model.posterior, tfvae.DiagonalGaussianPosterior):
+        encode = {"mean": q.mean(), "scale": q.stddev()}
+    elif isinstance(model.posterior, tfvae.FullCovarianceGaussianPosterior):
+        encode = {"mean": q.mean(), "scale": q.scale.to_dense()}
+    else:  # IAF (its base Gaussian and context) and hierarchy (z1's Gaussian)
+        encode = {"mean": parameters["loc"], "scale": parameters["scale"]}
+        encode.update({k: v for k, v in parameters.items() if k not in ("loc", "scale")})
+
+    z_q = objectives.posterior_sample(q, 1, noise=eps[None])[0]
+    p_x = model.decode(z_q, y=labels)
+    reconstruction = p_x.log_prob(x)
+    prior = model.prior.distribution()
+    try:
+        kl = tfd.kl_divergence(q, prior)
+    except NotImplementedError:
+        kl = q.log_prob(z_q) - prior.log_prob(z_q)
+    elbo = {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+    if model.hierarchical:
+        elbo["kl_z1"], elbo["kl_z2"] = _hierarchical_layer_kls(model, x, z_q.numpy(), y)
+
+    reference = {
+        "serving_default": {"reconstruction": model(x if labels is None else (x, labels))},
+        "encode": encode,
+        "decode": {"mean": model.likelihood.mean(model.decode(z, y=labels)),
+                   **model._decoder_parameters(tf.constant(z), y=y)},
+        "reconstruct": {"reconstruction": model.likelihood.mean(p_x)},
+        "elbo": elbo,
+    }
+    if isinstance(model.prior, (tfvae.StandardNormalPrior, hierarchy.HierarchicalPrior)):
+        samples = model.decode(_prior_sample(model, z), y=labels)
+        reference["sample"] = {"samples": model.likelihood.mean(samples)}
+    return {name: {k: np.asarray(v) for k, v in out.items()} for name, out in reference.items()}
+
+
+def _assert_outputs_match(outputs, expected, batch, what, atol):
+    assert set(outputs) == set(expected), what
+    for key, value in expected.items():
+        got = np.asarray(outputs[key])
+        assert got.shape == value.shape and got.shape[0] == batch, f"{what}/{key}"
+        np.testing.assert_allclose(got, value, rtol=1e-5, atol=atol, err_msg=f"{what}/{key}")
+
+
+def _normalised(config):
+    """A config as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(config))
+
+
+def _expected_graphs(name, available):
+    refused = VARIANTS[name].sample_refused_by is not None
+    return {graph for graph in available if not (refused and graph == "sample")}
+
+
+# ---------------------------------------------------------------------------
+# The variants are what they claim to be.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_variant_is_built_as_specified(zoo, name):
+    model, _, history = zoo.fitted(name)
+    variant = VARIANTS[name]
+    assert type(model.posterior) is variant.posterior
+    assert type(model.prior) is variant.prior
+    assert type(model.encoder) is variant.encoder
+    config = model.get_config()
+    for key, value in variant.config.items():
+        assert config[key] == value, key
+    assert set(history) == _metric_names(model)
+    assert all(np.isfinite(v).all() for v in history.values())
+    if model.hierarchical:  # the decoder sees z1 only
+        assert model.decoder.get_build_config()["input_shape"][-1] == model.posterior.latent_dims[0]
+
+
+# ---------------------------------------------------------------------------
+# a. Serialisation.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
+    model, _, _ = zoo.fitted(name)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+
+    assert type(loaded) is tfvae.VAE
+    config = _normalised(model.get_config())
+    assert _normalised(loaded.get_config()) == config
+    assert _normalised(tfvae.VAE.from_config(model.get_config()).get_config()) == config
+    assert len(loaded.weights) == len(model.weights)
+    for got, want in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+    x, labels = _data(model, 7, seed=1)
+    condition = {} if labels is None else {"y": labels}
+    expected = model.elbo(x, seed=0, **condition)
+    got = loaded.elbo(x, seed=0, **condition)
+    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6, err_msg=key)
+    # The training objective too (its loss carries β, free bits, IWAE's k).
+    seed = tfvae.random.make_seed(3)
+    y = None if labels is None else tf.one_hot(labels, NUM_CLASSES)
+    expected_terms = model._objective_terms(tf.constant(x), False, seed, 0, y=y)
+    got_terms = loaded._objective_terms(tf.constant(x), False, seed, 0, y=y)
+    assert set(got_terms) == set(expected_terms) and "loss" in got_terms
+    for key in expected_terms:
+        np.testing.assert_allclose(got_terms[key], expected_terms[key], rtol=1e-6, atol=1e-6,
+                                   err_msg=key)
+    # The fixed seed is what makes them equal: another seed gives other noise.
+    other = model.elbo(x, seed=1, **condition)["reconstruction"]
+    assert not np.allclose(other, expected["reconstruction"])
+
+    inputs = x if labels is None else (x, labels)
+    predicted = loaded.predict(inputs, verbose=0)
+    assert predicted.shape == x.shape
+    np.testing.assert_allclose(predicted, model.predict(inputs, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(predicted, model(inputs), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# b. jit_compile.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_under_xla_matches_training_without(zoo, name):
+    reference, initial, history = zoo.fitted(name)
+    model = VARIANTS[name].build()
+    assert len(model.weights) == len(initial)
+    for got, want in zip(model.get_weights(), initial):  # the same seed, the same start
+        np.testing.assert_array_equal(got, want)
+    xla_history = _fit(model, jit_compile=True)
+
+    assert set(xla_history) == set(history)
+    for key, values in history.items():
+        np.testing.assert_allclose(xla_history[key], values, rtol=1e-4, atol=1e-4, err_msg=key)
+    moved = max(np.max(np.abs(w - w0)) for w, w0 in zip(reference.get_weights(), initial))
+    assert moved > 1e-3  # training changed the weights, so agreeing means something
+    for variable, want in zip(model.weights, reference.get_weights()):
+        np.testing.assert_allclose(variable.numpy(), want, rtol=1e-4, atol=1e-4,
+                                   err_msg=variable.path)
+
+
+# ---------------------------------------------------------------------------
+# c. SavedModel.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_model_signatures_match_keras(zoo, name, tmp_path):
+    model, _, _ = zoo.fitted(name)
+    loaded = tf.saved_model.load(export.export_saved_model(model, str(tmp_path), "vae"))
+
+    expected_signatures = _expected_graphs(name, export.SAVED_MODEL_SIGNATURES)
+    assert set(loaded.signatures) == expected_signatures
+    for signature in expected_signatures:
+        specs = loaded.signatures[signature].structured_input_signature[1]
+        assert set(specs) == set(_feeds(model, signature, _graph_inputs(model, 1, 0)[0]))
+        assert all(spec.shape[0] is None for spec in specs.values())  # dynamic batch
+    for batch in BATCH_SIZES:
+        inputs, labels = _graph_inputs(model, batch, seed=batch)
+        reference = _reference(model, inputs, labels)
+        for signature in expected_signatures:
+            feeds = _feeds(model, signature, inputs)
+            outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feeds.items()})
+            _assert_outputs_match(outputs, reference[signature], batch,
+                                  f"{name} {signature} batch {batch}", atol=2e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if VARIANTS[n].sample_refused_by])
+def test_sample_export_is_refused_for_priors_without_noise_sampling(zoo, name, tmp_path):
+    model, _, _ = zoo.fitted(name)
+    message = (f"Cannot export `sample`: {VARIANTS[name].sample_refused_by} cannot be sampled "
+               "from standard normal noise")
+    with pytest.raises(ValueError, match=message):
+        export.export_saved_model(model, str(tmp_path), "vae",
+                                  signatures=export.SAVED_MODEL_SIGNATURES)
+    with pytest.raises(ValueError, match=message):
+        export.export_onnx(model, str(tmp_path / "onnx"), graphs=("encode", "sample"))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+# ---------------------------------------------------------------------------
+# d. ONNX. (The IWAE-objective and VampPrior models are variants here like any other.)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_graphs_match_keras(zoo, name, tmp_path):
+    model, _, _ = zoo.fitted(name)
+    # The one graph ONNX cannot express is refused by name, before anything is written.
+    with pytest.raises(ValueError, match="Cannot export the `elbo` graph to ONNX"):
+        export.export_onnx(model, str(tmp_path / "elbo"), graphs=("encode", "elbo"))
+    assert not (tmp_path / "elbo").exists()
+
+    written = export.export_onnx(model, str(tmp_path / "onnx"))
+    expected_graphs = _expected_graphs(name, export.ONNX_GRAPHS)
+    assert set(written) == expected_graphs
+    with open(tmp_path / "onnx" / "metadata.json") as f:
+        metadata = json.load(f)
+    assert metadata["latent_dim"] == model.latent_dim
+    assert metadata["condition_dim"] == model.condition_dim
+    assert set(metadata["graphs"]) == expected_graphs
+
+    sessions = {graph: ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+                for graph, path in written.items()}
+    for batch in BATCH_SIZES:
+        inputs, labels = _graph_inputs(model, batch, seed=batch)
+        reference = _reference(model, inputs, labels)
+        for graph, session in sessions.items():
+            feeds = _feeds(model, graph, inputs)
+            assert [i.name for i in session.get_inputs()] == list(feeds)  # y last
+            names = [o.name for o in session.get_outputs()]
+            outputs = dict(zip(names, session.run(None, feeds)))
+            _assert_outputs_match(outputs, reference[graph], batch,
+                                  f"{name} {graph} batch {batch}", atol=1e-4)
