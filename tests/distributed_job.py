@@ -18,17 +18,25 @@ GLOBAL_BATCH = 64
 EPOCHS = 3
 
 
-def train(strategy):
+# A conditional two-layer model with free bits per layer: its label pipeline and
+# its batch-mean free-bits decision must also be replica-independent.
+VARIANT = {"posterior": "hierarchical", "top_latent_dim": 2, "free_bits": 0.5,
+           "free_bits_groups": 2, "condition_dim": 10}
+
+
+def train(strategy, variant=False):
     """The reference job: a fixed-seed VAE on 256 digits, global batch 64, 3 epochs."""
     import keras
 
     import tfvae
 
-    x = tfvae.data.load_digits()[0][0][:256]
+    (x, y), _ = tfvae.data.load_digits()
+    x, y = x[:256], y[:256]
     with strategy.scope():
-        model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(32,), seed=0)
+        model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(32,), seed=0,
+                                **(VARIANT if variant else {}))
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    dataset = tf.data.Dataset.from_tensor_slices(x).batch(GLOBAL_BATCH)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y) if variant else x).batch(GLOBAL_BATCH)
     history = model.fit(dataset, epochs=EPOCHS, verbose=0).history
     return {
         "replicas": strategy.num_replicas_in_sync,
@@ -41,9 +49,14 @@ def main(mode, output):
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        # One strategy object for both jobs: two MirroredStrategy instances in one
+        # process hand out clashing collective keys.
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         result = {
             "single": train(tf.distribute.get_strategy()),
-            "mirrored": train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+            "mirrored": train(mirrored),
+            "single_variant": train(tf.distribute.get_strategy(), variant=True),
+            "mirrored_variant": train(mirrored, variant=True),
         }
     elif mode == "worker":
         result = train(tf.distribute.MultiWorkerMirroredStrategy())

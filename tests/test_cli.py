@@ -198,7 +198,9 @@ def test_variant_flags_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
     for flags, message in [
         (["--top-latent-dim", "2"], "needs posterior='hierarchical'"),
         (["--posterior", "hierarchical", "--prior", "mixture"], "use prior='standard_normal'"),
-        (["--free-bits-groups", "2", "--posterior", "full"], "diagonal Gaussian posterior"),
+        (["--free-bits-groups", "2", "--free-bits", "0.2", "--posterior", "full"],
+         "diagonal Gaussian posterior"),
+        (["--free-bits-groups", "2"], "needs free_bits > 0"),
     ]:
         assert cli.main(["train", "--output", str(tmp_path / "x"), *TINY, *flags]) == 2
         err = capsys.readouterr().err.strip()

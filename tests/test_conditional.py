@@ -99,7 +99,16 @@ def test_conditional_model_round_trips(tmp_path):
     (lambda m, x: m.elbo(x, y=[0, 1, 2, 3, 0]), r"labels in \[0, 3\)"),
     (lambda m, x: m.elbo(x, y=np.zeros((5, 4), "float32")), r"shape \(3,\) or \(batch, 3\)"),
     (lambda m, x: m.elbo(x, y=np.zeros((5, 1), "int64")), r"shape \(\) or \(batch,\)"),
-    (lambda m, x: m.sample(4, y=[0, 1]), "one condition or n=4"),
+    (lambda m, x: m.sample(4, y=[0, 1]), r"one condition per example \(4\)"),
+    (lambda m, x: m.elbo(x, y=[0, 1]), r"one condition per example \(5\)"),
+    (lambda m, x: m.decode(np.zeros((5, 2), "float32"), y=[0, 1]), "one condition per example"),
+    (lambda m, x: m.elbo(x, y=np.full((5, 3), np.nan, "float32")), "NaN or infinite"),
+    (lambda m, x: m.fit(tf.data.Dataset.from_tensor_slices(x).batch(2), verbose=0),
+     r"must yield \(x, y\) pairs"),
+    (lambda m, x: m.fit(tf.data.Dataset.from_tensor_slices((x, np.zeros((5, 1), "int64"))).batch(2),
+                        verbose=0), r"labels of shape \(\) or \(batch,\)"),
+    (lambda m, x: m.fit(x, np.zeros(5, "int64"), validation_data=(x,), verbose=0),
+     "validation_data y"),
     (lambda m, x: m.fit(x, epochs=1, verbose=0), "needs `y`"),
     (lambda m, x: m((x,)), r"called on \(x, y\)"),
 ])
@@ -121,3 +130,19 @@ def test_unconditional_models_refuse_y_and_bad_conditions_are_refused():
     with pytest.raises(ValueError, match="vectors .* or images"):
         tfvae.VAE(tfvae.MLP(4), tfvae.MLP(12), tfvae.DiagonalGaussianPosterior(2),
                   tfvae.BernoulliLikelihood((3, 4)), condition_dim=2)
+
+
+def test_a_rejected_dataset_leaves_the_model_trainable_and_other_call_forms_work(tmp_path):
+    model = _model()
+    x, labels = _data((6,), n=8)
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="pairs"):
+        model.fit(tf.data.Dataset.from_tensor_slices(x).batch(4), verbose=0)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, labels)).batch(4), verbose=0)
+    np.testing.assert_allclose(model.predict([x, labels], verbose=0), model((x, labels)),
+                               atol=1e-6)
+    # Keras's own export takes (x, y) for a conditional model.
+    model.export(str(tmp_path / "keras_export"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "keras_export"))
+    onehot = np.eye(3, dtype="float32")[labels]
+    np.testing.assert_allclose(loaded.serve((x, onehot)), model((x, labels)), atol=1e-6)

@@ -46,6 +46,12 @@ def test_mirrored_strategy_reproduces_single_device_training(mirrored):
     assert mirrored["single"]["history"]["loss"][0] > mirrored["single"]["history"]["loss"][-1]
 
 
+def test_mirrored_conditional_hierarchy_with_free_bits_per_layer_matches_one_device(mirrored):
+    # Labels reach every replica, and the free-bits decision uses the global batch mean.
+    _assert_same_training(mirrored["single_variant"], mirrored["mirrored_variant"])
+    assert {"kl_z1", "kl_z2"} <= set(mirrored["mirrored_variant"]["history"])
+
+
 def _launch_workers(tmp_path, argv_for, count=2):
     ports = [_free_port() for _ in range(count)]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

@@ -66,11 +66,30 @@ def test_model_groups_split_latent_dimensions_evenly():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"free_bits_groups": 0}, "free_bits_groups"),
-    ({"free_bits_groups": 4}, "at most latent_dim=3"),
-    ({"free_bits_groups": 2, "posterior": "full"}, "diagonal Gaussian posterior"),
-    ({"free_bits_groups": 2, "prior": "mixture"}, "standard normal prior"),
+    ({"free_bits_groups": 0, "free_bits": 0.1}, "free_bits_groups"),
+    ({"free_bits_groups": 2}, "needs free_bits > 0"),
+    ({"free_bits_groups": 2, "free_bits": 0.1, "objective": "iwae"}, "objective='elbo'"),
+    ({"free_bits_groups": 4, "free_bits": 0.1}, "at most latent_dim=3"),
+    ({"free_bits_groups": 2, "free_bits": 0.1, "posterior": "full"}, "diagonal Gaussian posterior"),
+    ({"free_bits_groups": 2, "free_bits": 0.1, "prior": "mixture"}, "standard normal prior"),
 ])
 def test_free_bits_groups_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tfvae.build_vae((4,), 3, hidden_units=(4,), **kwargs)
+
+
+def test_a_hierarchy_clamps_the_total_kl_per_example_unless_grouped():
+    x = (np.random.default_rng(1).uniform(size=(6, 5)) > 0.5).astype("float32")
+    losses = {}
+    for groups in (None, 2):
+        model = tfvae.build_vae((5,), 3, hidden_units=(8,), posterior="hierarchical",
+                                free_bits=4.0, free_bits_groups=groups, seed=0)
+        terms = model._terms(tf.constant(x), training=False, seed=3)
+        losses[groups] = terms["loss"].numpy()
+        kl_groups = np.stack([terms["kl_z1"].numpy(), terms["kl_z2"].numpy()], -1)
+        reconstruction = terms["reconstruction"].numpy()
+    np.testing.assert_allclose(losses[None], -reconstruction + np.maximum(kl_groups.sum(-1), 4.0),
+                               rtol=1e-5)
+    active = kl_groups.mean(0) > 4.0
+    expected = -reconstruction + np.where(active, kl_groups, 4.0).sum(-1)
+    np.testing.assert_allclose(losses[2], expected, rtol=1e-5)

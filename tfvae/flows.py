@@ -27,6 +27,7 @@ tfd = tfp.distributions
 tfb = tfp.bijectors
 
 _FORGET_BIAS = 1.5
+_PLANAR_MARGIN = 1e-4
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -203,7 +204,11 @@ class _PlanarStep(tfb.Bijector):
     `û = u + (softplus(wᵀu) − 1 − wᵀu) w / ‖w‖²` makes `wᵀû ≥ −1`, so the map is
     invertible. The inverse solves the monotone scalar equation
     `wᵀy = α + (wᵀû) tanh(α + b)` for `α = wᵀz` by bisection on the bracket
-    `wᵀy ± |wᵀû|`, then `z = y − û tanh(α + b)`: exact to float precision.
+    `wᵀy ± |wᵀû|`, then `z = y − û tanh(α + b)`: exact to float precision. A
+    final Newton step from the (gradient-stopped) bisection root gives the
+    inverse its exact gradient (implicit differentiation), which the density
+    of z not drawn by the flow needs (e.g. under a VampPrior or DReG).
+    A margin keeps `wᵀû ≥ −1 + 1e-4`, strictly invertible in float32.
     """
 
     _BISECTIONS = 60
@@ -212,7 +217,7 @@ class _PlanarStep(tfb.Bijector):
         parameters = dict(locals())
         w_dot_u = tf.reduce_sum(w * u, axis=-1, keepdims=True)
         norm = tf.reduce_sum(tf.square(w), axis=-1, keepdims=True) + 1e-8
-        self._u = u + (tf.nn.softplus(w_dot_u) - 1.0 - w_dot_u) * w / norm
+        self._u = u + (tf.nn.softplus(w_dot_u) - 1.0 + _PLANAR_MARGIN - w_dot_u) * w / norm
         self._w, self._b = w, b
         self._c = tf.reduce_sum(self._w * self._u, axis=-1, keepdims=True)  # wᵀû ≥ −1
         super().__init__(forward_min_event_ndims=1, parameters=parameters, name=name)
@@ -231,7 +236,9 @@ class _PlanarStep(tfb.Bijector):
             mid = 0.5 * (low + high)
             above = mid + self._c * tf.tanh(mid + self._b) > target
             low, high = tf.where(above, low, mid), tf.where(above, mid, high)
-        alpha = 0.5 * (low + high)
+        alpha = tf.stop_gradient(0.5 * (low + high))
+        slope = 1.0 + self._c * (1.0 - tf.square(tf.tanh(alpha + self._b)))
+        alpha = alpha - (alpha + self._c * tf.tanh(alpha + self._b) - target) / slope
         return y - self._u * tf.tanh(alpha + self._b)
 
     def _forward_log_det_jacobian(self, z):

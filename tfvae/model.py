@@ -182,13 +182,14 @@ class VAE(keras.Model):
                 "Received an invalid value for `condition_dim`: a VampPrior's pseudo-inputs "
                 f"carry no y. Use another prior. Received: condition_dim={condition_dim}"
             )
-        self.free_bits_groups = self._check_free_bits_groups(free_bits_groups, posterior, prior)
         self.num_samples = _checks.positive_int("num_samples", num_samples)
         self.free_bits = _checks.non_negative_float("free_bits", free_bits)
         self.kl_method = _checks.one_of("kl", kl, objectives.KL_METHODS)
         beta = _checks.non_negative_float("beta", beta)
         self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
         self.objective = _checks.one_of("objective", objective, OBJECTIVES)
+        self.free_bits_groups = self._check_free_bits_groups(
+            free_bits_groups, posterior, prior, self.free_bits, self.objective)
         self.k = _checks.positive_int("k", k)
         self.gradient_estimator = _checks.one_of(
             "gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS
@@ -241,10 +242,17 @@ class VAE(keras.Model):
         return self.posterior.latent_dim
 
     @staticmethod
-    def _check_free_bits_groups(groups, posterior, prior):
+    def _check_free_bits_groups(groups, posterior, prior, free_bits, objective):
         if groups is None:
             return None
         groups = _checks.positive_int("free_bits_groups", groups)
+        if not free_bits or objective != "elbo":
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`: it says how `free_bits` "
+                "applies to the ELBO's KL, so it needs free_bits > 0 and objective='elbo'. "
+                f"Received: free_bits_groups={groups}, free_bits={free_bits}, "
+                f"objective={objective!r}"
+            )
         if isinstance(posterior, hierarchy.HierarchicalPosterior):
             if groups != 2:
                 raise ValueError(
@@ -285,6 +293,11 @@ class VAE(keras.Model):
         params = self.decoder(self._decoder_input(z, y))
         self._check_params("decoder", params, self.likelihood)
         self.likelihood(params)
+        # Heads and priors are used through their methods, not called: mark them
+        # built, or Keras re-builds the model symbolically (from x alone) under
+        # distribution strategies.
+        for layer in (self.posterior, self.prior, self.likelihood):
+            layer.built = True
         self.built = True
 
     @staticmethod
@@ -346,12 +359,16 @@ class VAE(keras.Model):
                     f"float vectors. Received: {name} with dtype {y.dtype}"
                 )
             y = tf.convert_to_tensor(y if y.dtype.kind == "f" else y.astype("int32"))
+        self._check_condition_spec(y.shape, y.dtype, name)
+        single = y.shape.rank == 0 or (y.shape.rank == 1 and not y.dtype.is_integer)
+        rows = None if single else y.shape[0]
+        if isinstance(batch_size, int) and rows is not None and rows != batch_size:
+            raise ValueError(
+                f"Received an invalid value for `{name}`, expected one condition per example "
+                f"({batch_size}), or a single label or vector for all. Received: {name} with "
+                f"{rows} rows"
+            )
         if y.dtype.is_integer:
-            if y.shape.rank not in (0, 1):
-                raise ValueError(
-                    f"Received an invalid value for `{name}`, expected integer labels of shape "
-                    f"() or (batch,). Received: {name} with shape {tuple(y.shape)}"
-                )
             if tf.executing_eagerly():
                 values = y.numpy()
                 if values.size and (values.min() < 0 or values.max() >= c):
@@ -359,17 +376,42 @@ class VAE(keras.Model):
                         f"Received an invalid value for `{name}`, expected labels in [0, {c}). "
                         f"Received: {name} with values in [{values.min()}, {values.max()}]"
                     )
+            else:  # (XLA drops asserts; the data pipelines check labels before training)
+                checks = [
+                    tf.debugging.assert_non_negative(y, message=f"`{name}`: labels must be >= 0"),
+                    tf.debugging.assert_less(
+                        y, tf.cast(c, y.dtype), message=f"`{name}`: labels must be < {c}"),
+                ]
+                with tf.control_dependencies(checks):
+                    y = tf.identity(y)
             y = tf.one_hot(tf.cast(y, tf.int32), c)
         else:
-            if y.shape.rank not in (1, 2) or y.shape[-1] != c:
-                raise ValueError(
-                    f"Received an invalid value for `{name}`, expected float vectors of shape "
-                    f"({c},) or (batch, {c}). Received: {name} with shape {tuple(y.shape)}"
-                )
             y = tf.cast(y, tf.float32)
+            if tf.executing_eagerly() and not np.all(np.isfinite(y.numpy())):
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected finite condition "
+                    f"vectors. Received: {name} with NaN or infinite values"
+                )
         if y.shape.rank == 1:
             y = tf.tile(y[None], [1 if batch_size is None else batch_size, 1])
         return y
+
+    def _check_condition_spec(self, shape, dtype, name="y"):
+        """Checks the shape and dtype of a condition: labels `()`/`(batch,)` or vectors."""
+        c = self.condition_dim
+        shape = tf.TensorShape(shape)
+        if tf.as_dtype(dtype).is_integer:
+            if shape.rank not in (0, 1):
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected integer labels of shape "
+                    f"() or (batch,). Received: {name} with shape {tuple(shape)}"
+                )
+        elif not tf.as_dtype(dtype).is_floating or shape.rank not in (1, 2) or shape[-1] != c:
+            raise ValueError(
+                f"Received an invalid value for `{name}`, expected integer labels or float "
+                f"vectors of shape ({c},) or (batch, {c}). Received: {name} with shape "
+                f"{tuple(shape)} and dtype {tf.as_dtype(dtype).name}"
+            )
 
     def _encoder_input(self, x, y):
         """The encoder's input: x (in the likelihood's encoder space), with y appended."""
@@ -528,6 +570,7 @@ class VAE(keras.Model):
             seed=seed,
             offset=offset,
             group_kl=self._group_kl_fn(parameters),
+            free_bits_by_group=self.free_bits_groups is not None,
         ))
 
     def elbo(self, x, num_samples=None, seed=None, y=None):
@@ -587,11 +630,6 @@ class VAE(keras.Model):
         """
         n = _checks.positive_int("n", n)
         y = self._condition(y, n)
-        if y is not None and y.shape[0] != n:
-            raise ValueError(
-                f"Received an invalid value for `y`, expected one condition or n={n} of them. "
-                f"Received: y with {y.shape[0]} rows"
-            )
         seed = tfvae_random.make_seed(seed)
         prior = self._prior_distribution()
         z = objectives.posterior_sample(prior, n, seed=seed)
@@ -726,13 +764,26 @@ class VAE(keras.Model):
         failed call from leaving half-traced train functions behind.
         """
         if isinstance(data, tf.data.Dataset):
-            spec = data.element_spec
+            element = data.element_spec
+            spec = element
             while isinstance(spec, (tuple, list)):
                 spec = spec[0]
             self._check_x(tf.TensorSpec(spec.shape), name=name, values=False)
+            if self.condition_dim is not None:
+                if not isinstance(element, (tuple, list)) or len(element) < 2:
+                    raise ValueError(
+                        f"Received an invalid value for `{name}`: this model is conditional "
+                        f"(condition_dim={self.condition_dim}), so the dataset must yield "
+                        f"(x, y) pairs. Received: elements {element}"
+                    )
+                # Batches of labels (batch,) or of vectors (batch, condition_dim).
+                self._check_condition_spec(element[1].shape, element[1].dtype, name=f"{name} y")
         elif isinstance(data, (tuple, list)) and name == "validation_data":
             if data:
                 self._check_data(data[0], name)
+            if self.condition_dim is not None and not isinstance(data[0], tf.data.Dataset):
+                self._condition(data[1] if len(data) > 1 else None, len(data[0]),
+                                name="validation_data y")
         elif isinstance(data, (np.ndarray, list)) or tf.is_tensor(data):
             self._check_x(np.asarray(data) if isinstance(data, list) else data, name=name)
 
@@ -750,8 +801,19 @@ class VAE(keras.Model):
         return super().evaluate(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
-        """`keras.Model.predict` (reconstructions), after checking the input shape."""
-        self._check_data(x, "x")
+        """`keras.Model.predict` (reconstructions), after checking the input shape.
+
+        A conditional model predicts from `(x, y)`.
+        """
+        if self.condition_dim is not None and isinstance(x, list) and len(x) == 2:
+            x = tuple(x)
+        if isinstance(x, tuple):
+            x, y = self._split_inputs(x)
+            self._check_data(x, "x")
+            self._check_labels(x, y)
+            x = (x, y)
+        else:
+            self._check_data(x, "x")
         return super().predict(x, *args, **kwargs)
 
     def _check_labels(self, x, y):
@@ -770,6 +832,15 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------------
     # Serialisation.
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """`keras.Model.export`; a conditional model's default input is `(x, y)`."""
+        if input_signature is None and self.condition_dim is not None:
+            input_signature = [(tf.TensorSpec((None,) + self.event_shape, tf.float32),
+                                tf.TensorSpec((None, self.condition_dim), tf.float32))]
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
 
     @property
     def _default_save_signature(self):

@@ -159,6 +159,7 @@ def elbo(
     noise=None,
     offset=0,
     group_kl=None,
+    free_bits_by_group=True,
 ):
     """The evidence lower bound and its terms, per example.
 
@@ -188,6 +189,9 @@ def elbo(
         `posterior_sample`.
       group_kl: optional callable `z [L, batch, d] -> [batch, G]`, the KL of
         each group of latents (summing to `kl`). Default value: `None`.
+      free_bits_by_group: with `group_kl`, apply free bits per group (else
+        the groups are only reported). The batch mean is over the global
+        batch under a `tf.distribute` strategy. Default value: `True`.
 
     Returns:
       A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`, `loss`,
@@ -198,14 +202,15 @@ def elbo(
     kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
     kl_penalty = kl_term
     extra = {}
+    has_free_bits = tf.is_tensor(free_bits) or free_bits > 0
     if group_kl is not None:
-        kl_groups = group_kl(z)
-        extra["kl_groups"] = kl_groups
-        if tf.is_tensor(free_bits) or free_bits > 0:
-            free = tf.cast(free_bits, kl_groups.dtype)
-            active = tf.reduce_mean(kl_groups, axis=0, keepdims=True) > free
-            kl_penalty = tf.reduce_sum(tf.where(active, kl_groups, free), axis=-1)
-    elif tf.is_tensor(free_bits) or free_bits > 0:
+        extra["kl_groups"] = group_kl(z)
+    if group_kl is not None and free_bits_by_group and has_free_bits:
+        kl_groups = extra["kl_groups"]
+        free = tf.cast(free_bits, kl_groups.dtype)
+        active = _global_batch_mean(kl_groups) > free
+        kl_penalty = tf.reduce_sum(tf.where(active, kl_groups, free), axis=-1)
+    elif has_free_bits:
         # (Only then: a Monte Carlo KL estimate may be negative, and clamping it
         # at 0 would bias the β = 1 loss away from −ELBO.)
         kl_penalty = tf.maximum(kl_term, tf.cast(free_bits, kl_term.dtype))
@@ -216,6 +221,16 @@ def elbo(
         "loss": -reconstruction + tf.cast(beta, kl_term.dtype) * kl_penalty,
         **extra,
     }
+
+
+def _global_batch_mean(values):
+    """`[batch, G]` -> `[1, G]` mean over the batch, across all replicas when distributed."""
+    total = tf.reduce_sum(tf.stop_gradient(values), axis=0, keepdims=True)
+    count = tf.cast(tf.shape(values)[0], values.dtype)
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        total, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
+    return total / count
 
 
 def iwae(

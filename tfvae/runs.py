@@ -118,6 +118,13 @@ class RunConfig:
                 "KL warm-up or free bits to act on. Received: objective='iwae', "
                 f"beta={self.beta}, warmup_epochs={self.warmup_epochs}, free_bits={self.free_bits}"
             )
+        if self.free_bits_groups and (self.free_bits == 0 or self.objective != "elbo"):
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`: it says how --free-bits "
+                "applies to the ELBO's KL, so it needs free_bits > 0 and objective='elbo'. "
+                f"Received: free_bits_groups={self.free_bits_groups}, free_bits={self.free_bits}, "
+                f"objective={self.objective!r}"
+            )
         if self.posterior == "hierarchical" and self.prior != "standard_normal":
             raise ValueError(
                 "Received an invalid value for `prior`: a hierarchical model's prior is "
@@ -243,21 +250,25 @@ def train(config, output, overwrite=False, resume=False, verbose=1):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def condition_dim(config, y_train):
+def condition_dim(config, y_train, y_val=None):
     """The number of classes a conditional run conditions on (None if not conditional)."""
     if not config.conditional:
         return None
-    if y_train is None or not np.issubdtype(np.asarray(y_train).dtype, np.integer):
+    labels = [y for y in (y_train, y_val) if y is not None]
+    if y_train is None or not all(np.issubdtype(np.asarray(y).dtype, np.integer) for y in labels):
         raise ValueError(
             "Received an invalid value for `conditional`: conditioning needs integer class "
             f"labels, and dataset {config.dataset!r} has none. Received: conditional=True"
         )
-    return int(np.max(y_train)) + 1
+    if min(int(np.min(y)) for y in labels) < 0:
+        raise ValueError("Received an invalid value for `conditional`: the dataset's labels "
+                         "must be non-negative class indices.")
+    return max(int(np.max(y)) for y in labels) + 1
 
 
 def _train(config, output, strategy, resume, verbose, report):
     (x_train, y_train), (x_val, y_val) = load_dataset(config)
-    num_classes = condition_dim(config, y_train)
+    num_classes = condition_dim(config, y_train, y_val)
     conditions = (None, None) if num_classes is None else (y_train, y_val)
     keras.utils.set_random_seed(config.seed)
     history_path = os.path.join(output, "history.csv")
