@@ -99,8 +99,32 @@ class _IAFStep(tfb.Bijector):
         return tf.reduce_sum(tf.math.log_sigmoid(self._fn(z)[1] + _FORGET_BIAS), axis=-1)
 
 
+class FlowPosterior(DistributionHead):
+    """Base class: N(μ, diag σ²) pushed through the bijectors `_steps(parameters)` returns.
+
+    Subclasses set `latent_dim`, `event_shape` and implement `params_size`,
+    `_parameters` (with at least `loc` and `scale`) and `_steps`.
+    """
+
+    def _steps(self, parameters):
+        """The flow's bijectors, first step first."""
+        raise NotImplementedError
+
+    def distribution(self, parameters):
+        base = tfd.MultivariateNormalDiag(loc=parameters["loc"], scale_diag=parameters["scale"])
+        # tfb.Chain applies its list last-to-first.
+        return tfd.TransformedDistribution(base, tfb.Chain(self._steps(parameters)[::-1]))
+
+    def reparameterize(self, parameters, eps):
+        """z = flow(μ + σ ⊙ ε) for standard normal `eps` `[..., latent_dim]`."""
+        z = parameters["loc"] + parameters["scale"] * eps
+        for step in self._steps(parameters):
+            z = step.forward(z)
+        return z
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
-class IAFPosterior(DistributionHead):
+class IAFPosterior(FlowPosterior):
     """q(z|x): N(μ, diag σ²) through `num_steps` inverse autoregressive flow steps.
 
     The encoder outputs `[μ, s, h]`: `latent_dim` means, `latent_dim` raw
@@ -163,8 +187,9 @@ class IAFPosterior(DistributionHead):
 
         return fn
 
-    def _steps(self, context):
+    def _steps(self, parameters):
         """The flow, first step first, with the order of z reversed between steps."""
+        context = parameters["context"]
         reverse = tfb.Permute(list(range(self.latent_dim))[::-1])
         steps = []
         for t in range(self.num_steps):
@@ -173,19 +198,6 @@ class IAFPosterior(DistributionHead):
             steps.append(_IAFStep(self._shift_and_gate_fn(t, context), self.latent_dim,
                                   name=f"iaf_step_{t}"))
         return steps
-
-    def distribution(self, parameters):
-        base = tfd.MultivariateNormalDiag(loc=parameters["loc"], scale_diag=parameters["scale"])
-        # tfb.Chain applies its list last-to-first.
-        flow = tfb.Chain(self._steps(parameters["context"])[::-1])
-        return tfd.TransformedDistribution(base, flow)
-
-    def reparameterize(self, parameters, eps):
-        """z = flow(μ + σ ⊙ ε) for standard normal `eps` `[..., latent_dim]`."""
-        z = parameters["loc"] + parameters["scale"] * eps
-        for step in self._steps(parameters["context"]):
-            z = step.forward(z)
-        return z
 
     def get_config(self):
         return {
@@ -247,7 +259,7 @@ class _PlanarStep(tfb.Bijector):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class PlanarFlowPosterior(DistributionHead):
+class PlanarFlowPosterior(FlowPosterior):
     """q(z|x): N(μ, diag σ²) through `num_steps` amortised planar flow steps.
 
     The encoder outputs `[μ, s]` (`σ = softplus(s) + min_scale`) and, per
@@ -286,17 +298,6 @@ class PlanarFlowPosterior(DistributionHead):
                         parameters["b"][..., i : i + 1], name=f"planar_step_{i}")
             for i in range(self.num_steps)
         ]
-
-    def distribution(self, parameters):
-        base = tfd.MultivariateNormalDiag(loc=parameters["loc"], scale_diag=parameters["scale"])
-        return tfd.TransformedDistribution(base, tfb.Chain(self._steps(parameters)[::-1]))
-
-    def reparameterize(self, parameters, eps):
-        """z = flow(μ + σ ⊙ ε) for standard normal `eps` `[..., latent_dim]`."""
-        z = parameters["loc"] + parameters["scale"] * eps
-        for step in self._steps(parameters):
-            z = step.forward(z)
-        return z
 
     def get_config(self):
         return {
