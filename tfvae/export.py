@@ -32,7 +32,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfvae import objectives
 from tfvae import priors as priors_lib
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def _specs(model):
         "eps": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="eps"),
     }
     if model.condition_dim is not None:
-        specs["y"] = tf.TensorSpec(batch + (model.condition_dim,), tf.float32, name="y")
+        specs["y"] = model._conditional_input_spec()[1]
     return specs
 
 
@@ -81,13 +80,7 @@ def graph_functions(model):
         return {"samples": model._decode_mean(model.prior.reparameterize(eps), y=y)}
 
     def elbo(x, eps, y=None):
-        parameters = model._posterior_parameters(x, y=y)
-        terms = objectives.elbo(
-            x, posterior.distribution(parameters), model._decode_fn(False, y),
-            model._prior_distribution(), kl=model.kl_method, noise=eps[None],
-            group_kl=model._group_kl_fn(parameters),
-        )
-        terms = model._with_layer_terms(terms)
+        terms = model._terms(x, training=False, y=y, noise=eps[None])
         return {key: value for key, value in terms.items() if key != "loss"}
 
     def serving_default(x, y=None):

@@ -461,7 +461,7 @@ class VAE(keras.Model):
         return self._decode_fn(training, self._condition(y, z.shape[0]))(z)
 
     def _decode_fn(self, training, y=None):
-        return lambda z: self.likelihood(self.decoder(self._decoder_input(z, y), training=training))
+        return lambda z: self.likelihood.distribution(self._decoder_parameters(z, training, y))
 
     def _decoder_parameters(self, z, training=False, y=None):
         """The likelihood head's named parameters at latents `z` `[batch, latent_dim]`."""
@@ -556,7 +556,7 @@ class VAE(keras.Model):
             stopped_posterior=stopped, group_kl=self._group_kl_fn(parameters),
         ))
 
-    def _terms(self, x, training, seed=None, num_samples=None, offset=0, y=None):
+    def _terms(self, x, training, seed=None, num_samples=None, offset=0, y=None, noise=None):
         parameters = self._posterior_parameters(x, training, y)
         return self._with_layer_terms(objectives.elbo(
             x,
@@ -568,6 +568,7 @@ class VAE(keras.Model):
             beta=tf.convert_to_tensor(self.beta),
             free_bits=self.free_bits,
             seed=seed,
+            noise=noise,
             offset=offset,
             group_kl=self._group_kl_fn(parameters),
             free_bits_by_group=self.free_bits_groups is not None,
@@ -837,8 +838,7 @@ class VAE(keras.Model):
                **kwargs):
         """`keras.Model.export`; a conditional model's default input is `(x, y)`."""
         if input_signature is None and self.condition_dim is not None:
-            input_signature = [(tf.TensorSpec((None,) + self.event_shape, tf.float32),
-                                tf.TensorSpec((None, self.condition_dim), tf.float32))]
+            input_signature = [self._conditional_input_spec()]
         return super().export(filepath, format=format, verbose=verbose,
                               input_signature=input_signature, **kwargs)
 
@@ -848,9 +848,13 @@ class VAE(keras.Model):
         # shape (x only); a conditional model is called on (x, y).
         if self.condition_dim is None:
             return super()._default_save_signature
-        specs = ((tf.TensorSpec((None,) + self.event_shape, tf.float32),
-                  tf.TensorSpec((None, self.condition_dim), tf.float32)),)
-        return tf.function(lambda inputs: self(inputs), input_signature=specs)
+        return tf.function(lambda inputs: self(inputs),
+                           input_signature=(self._conditional_input_spec(),))
+
+    def _conditional_input_spec(self):
+        """`(x, y)` tensor specs with a dynamic batch: a conditional model's call input."""
+        return (tf.TensorSpec((None,) + self.event_shape, tf.float32, name="x"),
+                tf.TensorSpec((None, self.condition_dim), tf.float32, name="y"))
 
     def get_config(self):
         return {
