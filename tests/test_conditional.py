@@ -101,6 +101,7 @@ def test_conditional_model_round_trips(tmp_path):
     (lambda m, x: m.elbo(x, y=np.zeros((5, 1), "int64")), r"shape \(\) or \(batch,\)"),
     (lambda m, x: m.sample(4, y=[0, 1]), r"one condition per example \(4\)"),
     (lambda m, x: m.elbo(x, y=[0, 1]), r"one condition per example \(5\)"),
+    (lambda m, x: m.fit(x, np.array([0, 1]), verbose=0), r"one condition per example \(5\)"),
     (lambda m, x: m.decode(np.zeros((5, 2), "float32"), y=[0, 1]), "one condition per example"),
     (lambda m, x: m.elbo(x, y=np.full((5, 3), np.nan, "float32")), "NaN or infinite"),
     (lambda m, x: m.fit(tf.data.Dataset.from_tensor_slices(x).batch(2), verbose=0),

@@ -806,13 +806,11 @@ class VAE(keras.Model):
 
         A conditional model predicts from `(x, y)`.
         """
-        if self.condition_dim is not None and isinstance(x, list) and len(x) == 2:
-            x = tuple(x)
-        if isinstance(x, tuple):
+        if self.condition_dim is not None and isinstance(x, (tuple, list)) and len(x) == 2:
             x, y = self._split_inputs(x)
             self._check_data(x, "x")
             self._check_labels(x, y)
-            x = (x, y)
+            x = (x, y if tf.is_tensor(y) else np.asarray(y))
         else:
             self._check_data(x, "x")
         return super().predict(x, *args, **kwargs)
@@ -821,7 +819,7 @@ class VAE(keras.Model):
         """For a conditional model given arrays, checks `y` before anything is traced."""
         arrays = isinstance(x, (np.ndarray, list)) or tf.is_tensor(x)
         if self.condition_dim is not None and arrays:
-            self._condition(y)
+            self._condition(y, len(x))
 
     @staticmethod
     def _placeholder_y(x, y, kwargs):
