@@ -64,20 +64,25 @@ def test_inverse_recovers_the_base_sample_and_sampling_paths_agree():
     np.testing.assert_allclose(z0, parameters["loc"] + parameters["scale"] * eps, rtol=1e-4, atol=1e-5)
 
 
-def test_kl_is_monte_carlo_and_elbo_is_below_log_evidence_on_a_linear_gaussian_model():
-    rng = np.random.default_rng(3)
+def _linear_gaussian(rng):
+    """x = W z + b + σ ε with z ~ N(0, I₂): data `[3, 4]`, exact log p(x), decode, p(z)."""
     w, b, sigma = rng.normal(size=(4, 2)), rng.normal(size=4), 0.5
     x = rng.normal(size=(3, 4))
     log_px = stats.multivariate_normal(b, w @ w.T + sigma**2 * np.eye(4)).logpdf(x)
-    head = tfvae.IAFPosterior(2, num_steps=2, hidden_units=8, context_dim=2)
-    params = tf.constant(rng.normal(size=(3, head.params_size)), tf.float32)
-    q = head(params)
-    prior = tfvae.StandardNormalPrior(2).distribution()
     wt, bt = tf.constant(w, tf.float32), tf.constant(b, tf.float32)
 
     def decode(z):
         return tfd.Independent(tfd.Normal(tf.linalg.matvec(wt, z) + bt, sigma), 1)
 
+    return x, log_px, decode, tfvae.StandardNormalPrior(2).distribution()
+
+
+def test_kl_is_monte_carlo_and_elbo_is_below_log_evidence_on_a_linear_gaussian_model():
+    rng = np.random.default_rng(3)
+    x, log_px, decode, prior = _linear_gaussian(rng)
+    head = tfvae.IAFPosterior(2, num_steps=2, hidden_units=8, context_dim=2)
+    params = tf.constant(rng.normal(size=(3, head.params_size)), tf.float32)
+    q = head(params)
     with pytest.raises(ValueError, match="no analytic KL"):
         tfvae.kl_divergence(q, prior, kl="analytic")
     terms = tfvae.elbo(tf.constant(x, tf.float32), q, decode, prior, num_samples=20_000, seed=1)
@@ -159,21 +164,13 @@ def test_planar_density_matches_the_change_of_variables_formula_and_the_inverse_
 
 def test_planar_samples_agree_and_the_elbo_is_below_log_evidence():
     rng = np.random.default_rng(3)
-    w, b, sigma = rng.normal(size=(4, 2)), rng.normal(size=4), 0.5
-    x = rng.normal(size=(3, 4))
-    log_px = stats.multivariate_normal(b, w @ w.T + sigma**2 * np.eye(4)).logpdf(x)
+    x, log_px, decode, prior = _linear_gaussian(rng)
     head = tfvae.PlanarFlowPosterior(2, num_steps=2)
     parameters = head.parameters(tf.constant(rng.normal(size=(3, head.params_size)), tf.float32))
     q = head.distribution(parameters)
     eps = tf.constant(rng.normal(size=(4, 3, 2)), tf.float32)
     np.testing.assert_allclose(objectives.posterior_sample(q, noise=eps),
                                head.reparameterize(parameters, eps), rtol=1e-5, atol=1e-6)
-    prior = tfvae.StandardNormalPrior(2).distribution()
-    wt, bt = tf.constant(w, tf.float32), tf.constant(b, tf.float32)
-
-    def decode(z):
-        return tfd.Independent(tfd.Normal(tf.linalg.matvec(wt, z) + bt, sigma), 1)
-
     terms = tfvae.elbo(tf.constant(x, tf.float32), q, decode, prior, num_samples=20_000, seed=1)
     assert np.all(terms["elbo"].numpy() < log_px)
     iwae = tfvae.iwae_bound(tf.constant(x, tf.float32), q, decode, prior, 2000, seed=2).numpy()
