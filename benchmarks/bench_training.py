@@ -199,7 +199,7 @@ def run_tf_loop(x_train, x_test, args):
     def train_step(x):
         with tf.GradientTape() as tape:
             seed = tf.stack([step, 7])
-            loss = -tf.reduce_mean(model._terms(x, training=True, seed=seed)["elbo"])
+            loss = -tf.reduce_mean(model.elbo_terms(x, training=True, seed=seed)["elbo"])
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         step.assign_add(1)

@@ -41,8 +41,8 @@ def test_elbo_is_the_hand_wired_conditional_elbo(event_shape, conv):
         return model.likelihood(model.decoder(tf.concat([z, np.tile(onehot, (4, 1))], -1)))
 
     expected = objectives.elbo(tf.constant(x), q, decode, model.prior.distribution(), noise=eps)
-    got = objectives.elbo(tf.constant(x), model.encode(x, y=labels), model._decode_fn(
-        False, model._condition(labels)), model.prior.distribution(), noise=eps)
+    got = objectives.elbo(tf.constant(x), model.encode(x, y=labels), model.likelihood_fn(
+        model.conditioning.prepare(labels)), model.prior.distribution(), noise=eps)
     for key in ("elbo", "reconstruction", "kl"):
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6)
     # One-hot float vectors and integer labels are the same condition.

@@ -211,7 +211,7 @@ def _hierarchical_layer_kls(model, x, z, y):
     """`KL₁ = log q(z₁|x) − log p(z₁|z₂)`, `KL₂ = log q(z₂|z₁) − log p(z₂)` with scipy."""
     d1 = model.posterior.latent_dims[0]
     z1, z2 = z[:, :d1], z[:, d1:]
-    q1 = model._posterior_parameters(tf.constant(x), y=y)
+    q1 = model.posterior_parameters(tf.constant(x), y)
     q2_loc, q2_scale = model.posterior.top(tf.constant(z1))
     p1_loc, p1_scale = model.prior.bottom(tf.constant(z2))
 
@@ -233,7 +233,7 @@ def _reference(model, inputs, labels):
     x, eps, z = inputs["x"], inputs["eps"], inputs["z"]
     y = None if labels is None else tf.constant(inputs["y"])
     q = model.encode(x, y=labels)
-    parameters = model._posterior_parameters(tf.constant(x), y=y)
+    parameters = model.posterior_parameters(tf.constant(x), y)
     if isinstance(model.posterior, tfvae.DiagonalGaussianPosterior):
         encode = {"mean": q.mean(), "scale": q.stddev()}
     elif isinstance(model.posterior, tfvae.FullCovarianceGaussianPosterior):
@@ -258,7 +258,7 @@ def _reference(model, inputs, labels):
         "serving_default": {"reconstruction": model(x if labels is None else (x, labels))},
         "encode": encode,
         "decode": {"mean": model.likelihood.mean(model.decode(z, y=labels)),
-                   **model._decoder_parameters(tf.constant(z), y=y)},
+                   **model.decoder_parameters(tf.constant(z), y)},
         "reconstruct": {"reconstruction": model.likelihood.mean(p_x)},
         "elbo": elbo,
     }
@@ -334,8 +334,8 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     # The training objective too (its loss carries β, free bits, IWAE's k).
     seed = tfvae.random.make_seed(3)
     y = None if labels is None else tf.one_hot(labels, NUM_CLASSES)
-    expected_terms = model._objective_terms(tf.constant(x), False, seed, 0, y=y)
-    got_terms = loaded._objective_terms(tf.constant(x), False, seed, 0, y=y)
+    expected_terms = model.objective_terms(tf.constant(x), y, seed=seed)
+    got_terms = loaded.objective_terms(tf.constant(x), y, seed=seed)
     assert set(got_terms) == set(expected_terms) and "loss" in got_terms
     for key in expected_terms:
         np.testing.assert_allclose(got_terms[key], expected_terms[key], rtol=1e-6, atol=1e-6,

@@ -591,7 +591,7 @@ def test_gaussian_likelihood_rejects_non_finite_data(likelihood_models, bad, met
 
 def _posterior_and_decode(model, n=3):
     x = tf.constant(_bernoulli_data(n=n))
-    return x, model.encode(x), model._decode_fn(False)
+    return x, model.encode(x), model.likelihood_fn()
 
 
 def test_kl_analytic_without_registered_kl(vec_model):

@@ -40,7 +40,7 @@ def _reference(model, x, eps, z):
     q = model.encode(x)
     scale = q.stddev() if isinstance(model.posterior, tfvae.DiagonalGaussianPosterior) else q.scale.to_dense()
     z_q = objectives.posterior_sample(q, 1, noise=eps[None])[0]
-    terms = objectives.elbo(x, q, model._decode_fn(False), model.prior.distribution(),
+    terms = objectives.elbo(x, q, model.likelihood_fn(), model.prior.distribution(),
                             kl=model.kl_method, noise=eps[None])
     reference = {
         "encode": {"mean": q.mean(), "scale": scale},

@@ -54,8 +54,8 @@ def test_group_penalty_is_the_sum_of_clamped_batch_means_and_stops_inactive_grad
 def test_model_groups_split_latent_dimensions_evenly():
     model = tfvae.build_vae((5,), 5, hidden_units=(8,), free_bits=0.3, free_bits_groups=2, seed=0)
     x = (np.random.default_rng(0).uniform(size=(7, 5)) > 0.5).astype("float32")
-    parameters = model._posterior_parameters(tf.constant(x))
-    groups = model._group_kl_fn(parameters)(None).numpy()
+    parameters = model.posterior_parameters(tf.constant(x))
+    groups = model.posterior.kl_groups(parameters, model.prior, model.free_bits_groups)(None).numpy()
     per_dim = _kl_per_dim(parameters["loc"].numpy(), parameters["scale"].numpy())
     np.testing.assert_allclose(groups, np.stack([per_dim[:, :3].sum(-1), per_dim[:, 3:].sum(-1)], -1),
                                rtol=1e-5, atol=1e-6)
@@ -84,7 +84,7 @@ def test_a_hierarchy_clamps_the_total_kl_per_example_unless_grouped():
     for groups in (None, 2):
         model = tfvae.build_vae((5,), 3, hidden_units=(8,), posterior="hierarchical",
                                 free_bits=4.0, free_bits_groups=groups, seed=0)
-        terms = model._terms(tf.constant(x), training=False, seed=3)
+        terms = model.elbo_terms(tf.constant(x), seed=3)
         losses[groups] = terms["loss"].numpy()
         kl_groups = np.stack([terms["kl_z1"].numpy(), terms["kl_z2"].numpy()], -1)
         reconstruction = terms["reconstruction"].numpy()

@@ -47,7 +47,7 @@ def _gaussian(network, h):
 def test_densities_and_samples_match_the_two_layer_formulas():
     model = _model(dims=(2, 3), data_dim=4)
     x = np.array([[0, 1, 1, 0], [1, 1, 0, 0]], np.float32)
-    parameters = model._posterior_parameters(tf.constant(x))
+    parameters = model.posterior_parameters(tf.constant(x))
     q = model.posterior.distribution(parameters)
     eps = np.random.default_rng(1).normal(size=(6, 2, 5)).astype("float32")
     z = objectives.posterior_sample(q, noise=eps).numpy()
@@ -88,7 +88,7 @@ def _quadrature(model, x, half_width=8.0, n=321):
     logits = model.decoder(tf.constant(z[:, :1])).numpy().astype(np.float64)
     m1, s1 = _gaussian(model.prior.bottom, z2)
     log_prior = stats.norm.logpdf(z1, m1, s1)[:, 0] + stats.norm.logpdf(z2)[:, 0]
-    parameters = model._posterior_parameters(tf.constant(x))
+    parameters = model.posterior_parameters(tf.constant(x))
     mu, sd = parameters["loc"].numpy(), parameters["scale"].numpy()
     mu2, sd2 = _gaussian(model.posterior.top, z1)
     results = []
@@ -116,7 +116,7 @@ def test_elbo_iwae_and_log_px_agree_with_quadrature():
     # Monte Carlo ELBO from tfvae's distributions vs the quadrature ELBO.
     q = model.encode(x)
     log_w = objectives.log_importance_weights(
-        tf.constant(x), q, model._decode_fn(False), model.prior.distribution(), 20000, seed=3
+        tf.constant(x), q, model.likelihood_fn(), model.prior.distribution(), 20000, seed=3
     ).numpy()
     standard_error = log_w.std(0) / np.sqrt(len(log_w))
     assert np.all(np.abs(log_w.mean(0) - elbo) < 5 * standard_error)
@@ -143,7 +143,7 @@ def test_elbo_iwae_and_log_px_agree_with_quadrature():
 def test_top_layer_kl_is_the_expected_analytic_kl_of_q_z2_given_z1():
     model = _model(seed=1)
     x = np.array([[1, 0, 0]], np.float32)
-    parameters = model._posterior_parameters(tf.constant(x))
+    parameters = model.posterior_parameters(tf.constant(x))
     mu, sd = parameters["loc"].numpy()[0, 0], parameters["scale"].numpy()[0, 0]
     # E_{q(z1|x)}[KL(q(z2|z1) ‖ N(0, 1))] by Gauss–Hermite quadrature over z1.
     nodes, weights = np.polynomial.hermite_e.hermegauss(80)

@@ -37,7 +37,7 @@ from tfvae.priors import Prior
 from tfvae.priors import StandardNormalPrior
 from tfvae.priors import VampPrior
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BernoulliLikelihood",

@@ -98,3 +98,36 @@ def int_tuple(name, value, allow_empty=True):
     ):
         _fail(name, "a sequence of positive integers", value)
     return tuple(int(d) for d in dims)
+
+
+def batch_shape(name, shape, event_shape):
+    """Raises unless `shape` is `(batch,) + event_shape` (unknown sizes pass)."""
+    shape = tuple(shape)
+    if len(shape) != len(event_shape) + 1 or any(
+        got is not None and got != want for got, want in zip(shape[1:], event_shape)
+    ):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected shape (batch,) + "
+            f"{tuple(event_shape)}. Received: {name} with shape {shape}"
+        )
+
+
+def network_output(name, shape, head):
+    """Raises unless a network's output `shape` holds `head.params_size` values per example."""
+    size = int(np.prod(shape[1:]))
+    if size != head.params_size:
+        raise ValueError(
+            f"The `{name}` must output {head.params_size} values per example for "
+            f"{type(head).__name__} (its params_size). Received: {name} output "
+            f"with shape {tuple(shape)}"
+        )
+
+
+def instance_of(name, value, cls, example):
+    """Raises unless `value` is a `cls` (`example` names a class that would do)."""
+    if not isinstance(value, cls):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a {name} head such as "
+            f"{example}. Received: {name}={value!r}"
+        )
+    return value

@@ -36,11 +36,7 @@ def kl_per_dimension(model, x, batch_size=256, y=None):
     Returns:
       A `[latent_dim]` numpy array that sums to the mean KL per example.
     """
-    from tfvae import heads, priors
-
-    if not isinstance(model.posterior, heads.DiagonalGaussianPosterior) or not isinstance(
-        model.prior, priors.StandardNormalPrior
-    ):
+    if not model.posterior.independent_dimensions or not model.prior.has_kl_per_dimension:
         raise ValueError(
             "kl_per_dimension needs a diagonal Gaussian posterior and a standard normal "
             f"prior. Received: {type(model.posterior).__name__} and {type(model.prior).__name__}"
@@ -50,7 +46,7 @@ def kl_per_dimension(model, x, batch_size=256, y=None):
     for start in range(0, len(x), batch_size):
         q = model.encode(x[start : start + batch_size], y=_condition(y, start, batch_size))
         mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
-        total += np.sum(0.5 * (mu**2 + sigma**2 - 1.0 - 2.0 * np.log(sigma)), axis=0)
+        total += np.sum(model.prior.kl_per_dimension(mu, sigma).numpy(), axis=0)
     return total / len(x)
 
 

@@ -32,8 +32,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfvae import priors as priors_lib
-
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
@@ -48,8 +46,8 @@ def _specs(model):
         "z": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="z"),
         "eps": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="eps"),
     }
-    if model.condition_dim is not None:
-        specs["y"] = model._conditional_input_spec()[1]
+    if model.conditioning.active:
+        specs["y"] = model.conditioning.spec()
     return specs
 
 
@@ -65,22 +63,22 @@ def graph_functions(model):
     conditional = model.condition_dim is not None
 
     def encode(x, y=None):
-        parameters = dict(model._posterior_parameters(x, y=y))
+        parameters = dict(model.posterior_parameters(x, y))
         return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
 
     def decode(z, y=None):
-        parameters = model._decoder_parameters(z, y=y)
+        parameters = model.decoder_parameters(z, y)
         return {"mean": likelihood.mean_of(parameters), **parameters}
 
     def reconstruct(x, eps, y=None):
-        z = posterior.reparameterize(model._posterior_parameters(x, y=y), eps)
-        return {"reconstruction": model._decode_mean(z, y=y)}
+        z = posterior.reparameterize(model.posterior_parameters(x, y), eps)
+        return {"reconstruction": model.decode_mean(z, y)}
 
     def sample(eps, y=None):
-        return {"samples": model._decode_mean(model.prior.reparameterize(eps), y=y)}
+        return {"samples": model.decode_mean(model.prior.reparameterize(eps), y)}
 
     def elbo(x, eps, y=None):
-        terms = model._terms(x, training=False, y=y, noise=eps[None])
+        terms = model.elbo_terms(x, y, noise=eps[None])
         return {key: value for key, value in terms.items() if key != "loss"}
 
     def serving_default(x, y=None):
@@ -107,7 +105,7 @@ def _check_parts(model, requested, available, kind):
             f"Received an invalid value for `signatures`: {kind} export has no "
             f"{unknown}. Available: {list(available)}"
         )
-    if "sample" in requested and type(model.prior).reparameterize is priors_lib.Prior.reparameterize:
+    if "sample" in requested and not model.prior.can_reparameterize:
         raise ValueError(
             f"Cannot export `sample`: {type(model.prior).__name__} cannot be sampled from "
             "standard normal noise alone. Leave `sample` out of the exported signatures."
@@ -116,7 +114,7 @@ def _check_parts(model, requested, available, kind):
 
 def default_parts(model, available):
     """All graphs in `available` that `model` supports."""
-    can_sample = type(model.prior).reparameterize is not priors_lib.Prior.reparameterize
+    can_sample = model.prior.can_reparameterize
     return tuple(name for name in available if name != "sample" or can_sample)
 
 

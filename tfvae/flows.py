@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae import _checks
-from tfvae.heads import DistributionHead
+from tfvae.heads import Posterior
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -99,7 +99,7 @@ class _IAFStep(tfb.Bijector):
         return tf.reduce_sum(tf.math.log_sigmoid(self._fn(z)[1] + _FORGET_BIAS), axis=-1)
 
 
-class FlowPosterior(DistributionHead):
+class FlowPosterior(Posterior):
     """Base class: N(μ, diag σ²) pushed through the bijectors `_steps(parameters)` returns.
 
     Subclasses set `latent_dim`, `event_shape` and implement `params_size`,
@@ -138,6 +138,8 @@ class IAFPosterior(FlowPosterior):
       context_dim: size of h. Default value: `16`.
       min_scale: lower bound on σ. Default value: `1e-5`.
     """
+
+    dreg_unbiased = False  # the MADE networks are weights of q's own
 
     def __init__(self, latent_dim, num_steps=2, hidden_units=64, context_dim=16,
                  min_scale=1e-5, **kwargs):

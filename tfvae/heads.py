@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae import _checks
+from tfvae import priors as priors_lib
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -86,7 +87,99 @@ class DistributionHead(keras.layers.Layer):
 # Posteriors q(z|x).
 
 
-class GaussianPosterior(DistributionHead):
+class Posterior(DistributionHead):
+    """Base class of posteriors q(z|x) over a `latent_dim`-vector.
+
+    A posterior declares what it can do, and `tfvae.VAE` asks it instead of
+    testing for concrete classes:
+
+    * `latent_dim`: the size of z (set by subclasses).
+    * `reparameterize(parameters, eps)`: z from standard normal noise `eps`
+      `[..., latent_dim]`, with the same parametrisation as `distribution`
+      (every posterior must implement it: training and export graphs draw z
+      this way).
+    * `independent_dimensions`: q factorises over latent dimensions as
+      N(loc_j, scale_j²), so its KL to a prior with `kl_per_dimension` splits
+      into groups of dimensions (free bits per group).
+    * `layer_names`: the stochastic layers of a hierarchical posterior, whose
+      KL terms are reported one per layer (`kl_<name>`); empty otherwise.
+    * `dreg_unbiased`: the doubly reparameterised IWAE gradient is unbiased
+      for q (its density depends on the encoder only through `parameters`:
+      false when the head has weights of its own).
+    * `default_prior()` and `check_prior(prior)`: which priors go with it.
+    """
+
+    independent_dimensions = False
+    layer_names = ()
+    dreg_unbiased = True
+
+    def reparameterize(self, parameters, eps):
+        raise NotImplementedError
+
+    def default_prior(self):
+        """The prior a model uses when none is given: N(0, I) over `latent_dim`."""
+        return priors_lib.StandardNormalPrior(self.latent_dim)
+
+    def check_prior(self, prior):
+        """Raises `ValueError` unless `prior` can pair with this posterior."""
+        prior_dim = getattr(prior, "latent_dim", None)
+        if not isinstance(prior, priors_lib.Prior) or prior_dim != self.latent_dim:
+            raise ValueError(
+                "Received an invalid value for `prior`, expected a tfvae prior with "
+                f"latent_dim={self.latent_dim}. Received: prior={prior!r} with "
+                f"latent_dim={prior_dim!r}"
+            )
+        prior.check_posterior(self)
+
+    @classmethod
+    def check_kl_groups(cls, num_groups, prior, latent_dim):
+        """Raises `ValueError` unless q's KL to `prior` splits into `num_groups` groups.
+
+        `cls` and `prior` may be classes or instances: the rule reads only
+        their declared capabilities, so it also checks names before building.
+        """
+        if cls.layer_names:
+            if num_groups != len(cls.layer_names):
+                raise ValueError(
+                    "Received an invalid value for `free_bits_groups`: a hierarchical model's "
+                    f"groups are its {len(cls.layer_names)} layers. Received: "
+                    f"free_bits_groups={num_groups}"
+                )
+            return
+        if not cls.independent_dimensions or not prior.has_kl_per_dimension:
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`: the KL splits over latent "
+                "dimensions only for a diagonal Gaussian posterior and a standard normal prior. "
+                f"Received: free_bits_groups={num_groups} with {_name(cls)} and {_name(prior)}"
+            )
+        if num_groups > latent_dim:
+            raise ValueError(
+                "Received an invalid value for `free_bits_groups`, expected at most "
+                f"latent_dim={latent_dim} groups. Received: free_bits_groups={num_groups}"
+            )
+
+    def kl_groups(self, parameters, prior, num_groups):
+        """Per-group KL terms for the ELBO: a function `z [L, batch, d] -> [batch, G]`.
+
+        Returns `None` when there are no groups (`num_groups` is `None` and
+        q has no layers). Contiguous groups of latent dimensions use the
+        prior's analytic `kl_per_dimension`, so the function ignores `z`.
+        """
+        if num_groups is None:
+            return None
+        per_dimension = prior.kl_per_dimension(parameters["loc"], parameters["scale"])
+        bounds = np.cumsum([0] + [len(g) for g in np.array_split(
+            np.arange(self.latent_dim), num_groups)])
+        groups = tf.stack([tf.reduce_sum(per_dimension[:, a:b], axis=-1)
+                           for a, b in zip(bounds[:-1], bounds[1:])], -1)
+        return lambda z: groups
+
+
+def _name(obj):
+    return obj.__name__ if isinstance(obj, type) else type(obj).__name__
+
+
+class GaussianPosterior(Posterior):
     """Base class of Gaussian posteriors over a `latent_dim`-vector.
 
     Subclasses implement `reparameterize(parameters, eps)`, mapping standard
@@ -98,9 +191,6 @@ class GaussianPosterior(DistributionHead):
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.min_scale = _checks.non_negative_float("min_scale", min_scale)
         self.event_shape = (self.latent_dim,)
-
-    def reparameterize(self, parameters, eps):
-        raise NotImplementedError
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}
@@ -117,6 +207,8 @@ class DiagonalGaussianPosterior(GaussianPosterior):
       latent_dim: size of z.
       min_scale: lower bound on σ for numerical safety. Default value: `1e-5`.
     """
+
+    independent_dimensions = True
 
     @property
     def params_size(self):

@@ -118,8 +118,18 @@ class _TwoLayerMap(tfb.Bijector):
         return -(log_scale + tf.reduce_sum(tf.math.log(scale2), axis=-1))
 
 
+def _mismatch(posterior, prior):
+    return ValueError(
+        "Received an invalid value for `prior`: a HierarchicalPosterior needs a "
+        "HierarchicalPrior with the same latent_dims, and vice versa. Received: "
+        f"posterior={type(posterior).__name__} with latent_dims="
+        f"{getattr(posterior, 'latent_dims', None)}, prior={type(prior).__name__} with "
+        f"latent_dims={getattr(prior, 'latent_dims', None)}"
+    )
+
+
 @_register
-class HierarchicalPosterior(heads.DistributionHead):
+class HierarchicalPosterior(heads.Posterior):
     """q(z₁, z₂|x) = N(z₁; μ₁(x), σ₁²(x)) · N(z₂; μ₂(z₁), σ₂²(z₁)), over z = [z₁, z₂].
 
     The encoder outputs `[μ₁, s₁]` (`σ₁ = softplus(s₁) + min_scale`); the head
@@ -130,6 +140,9 @@ class HierarchicalPosterior(heads.DistributionHead):
       hidden_units: width of the q(z₂|z₁) network. Default value: `64`.
       min_scale: lower bound on every σ. Default value: `1e-5`.
     """
+
+    layer_names = ("z1", "z2")
+    dreg_unbiased = False  # q(z2|z1) has weights of its own
 
     def __init__(self, latent_dims, hidden_units=64, min_scale=1e-5, **kwargs):
         super().__init__(**kwargs)
@@ -176,6 +189,25 @@ class HierarchicalPosterior(heads.DistributionHead):
         return [_normal_log_prob(z1, parameters["loc"], parameters["scale"]),
                 _normal_log_prob(z2, loc2, scale2)]
 
+    def default_prior(self):
+        return HierarchicalPrior(self.latent_dims)
+
+    def check_prior(self, prior):
+        if getattr(prior, "latent_dims", None) != self.latent_dims:
+            raise _mismatch(self, prior)
+        super().check_prior(prior)
+
+    def kl_groups(self, parameters, prior, num_groups):
+        """The per-layer KL terms `[KL_z1, KL_z2]` on the ELBO's own samples (whatever
+        `num_groups`: they are always reported, and clamped only when asked)."""
+
+        def layer_kls(z):
+            log_q = self.layer_log_probs(parameters, z)
+            log_p = prior.layer_log_probs(z)
+            return tf.stack([tf.reduce_mean(q - p, axis=0) for q, p in zip(log_q, log_p)], -1)
+
+        return layer_kls
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -206,6 +238,12 @@ class HierarchicalPrior(priors.Prior):
         d1, d2 = dims
         self.bottom = _ConditionalGaussian(d2, d1, self.hidden_units, self.min_scale,
                                            name="p_z1_given_z2", dtype=self.dtype_policy)
+
+    can_reparameterize = True
+
+    def check_posterior(self, posterior):
+        if getattr(posterior, "latent_dims", None) != self.latent_dims:
+            raise _mismatch(posterior, self)
 
     @property
     def decoder_latent_dim(self):

@@ -17,12 +17,42 @@ _register = keras.saving.register_keras_serializable(package="tfvae")
 
 
 class Prior(keras.layers.Layer):
-    """Base class for priors over a `latent_dim`-vector."""
+    """Base class for priors over a `latent_dim`-vector.
+
+    A prior declares what it can do, and `tfvae.VAE` asks it:
+
+    * `can_reparameterize`: `reparameterize(eps)` draws z ~ p(z) from standard
+      normal noise alone (then `sample` can be exported as a graph).
+    * `has_kl_per_dimension`: `kl_per_dimension(loc, scale)` gives the
+      analytic KL of a diagonal Gaussian q per latent dimension.
+    * `uses_encoder`: p(z) is computed through the model's own encoder (the
+      VampPrior), so it is bound to the model by `attach` and DReG is biased
+      for it.
+    * `check_posterior(posterior)`, `attach(model)`: its own pairing rules.
+    """
+
+    can_reparameterize = False
+    has_kl_per_dimension = False
+    uses_encoder = False
 
     def __init__(self, latent_dim, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+
+    def check_posterior(self, posterior):
+        """Raises `ValueError` unless this prior can pair with `posterior` (any can)."""
+
+    def attach(self, model):
+        """Called once by the `tfvae.VAE` that holds this prior (nothing to do by default)."""
+
+    def kl_per_dimension(self, loc, scale):
+        """KL(N(loc_j, scale_j²) ‖ p(z_j)) per latent dimension, `[..., latent_dim]`.
+
+        Raises:
+          NotImplementedError: unless `has_kl_per_dimension`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-dimension KL.")
 
     def distribution(self):
         """Returns p(z) as a `tfd.Distribution` with event shape `[latent_dim]`."""
@@ -54,6 +84,13 @@ class Prior(keras.layers.Layer):
 @_register
 class StandardNormalPrior(Prior):
     """p(z) = N(0, I). Its KL against Gaussian posteriors is analytic."""
+
+    can_reparameterize = True
+    has_kl_per_dimension = True
+
+    def kl_per_dimension(self, loc, scale):
+        """Mathematical details: `½ (μ_j² + σ_j² − 1) − log σ_j`."""
+        return 0.5 * (tf.square(loc) + tf.square(scale) - 1.0) - tf.math.log(scale)
 
     def distribution(self):
         zeros = tf.zeros([self.latent_dim], tf.float32)
@@ -138,6 +175,17 @@ class VampPrior(Prior):
             shape=shape, initializer=keras.initializers.Constant(init), name="pseudo_inputs"
         )
         self._posterior_fn = None
+
+    uses_encoder = True
+
+    def attach(self, model):
+        """Binds the prior to `model`'s posterior; its data shape must be `input_shape`."""
+        if self.input_shape_ != model.event_shape:
+            raise ValueError(
+                "Received an invalid value for `prior`: the VampPrior's input_shape must be "
+                f"the data shape {model.event_shape}. Received: input_shape={self.input_shape_}"
+            )
+        self.bind(lambda u: model.posterior(model.encoder(u, training=False)))
 
     def bind(self, posterior_fn):
         """Sets the map from encoder inputs `[K, ...]` to q(z|u) (batch shape `[K]`)."""

@@ -1,0 +1,128 @@
+"""Which options go together: the one home of tfvae's cross-argument rules.
+
+`tfvae.VAE`, `tfvae.build_vae` and the command line's `RunConfig` all call
+these functions, so a rule is stated once. Rules that depend on a part (a
+posterior or a prior) read only the capabilities the part declares
+(`Posterior.check_kl_groups`, `Posterior.dreg_unbiased`,
+`Prior.uses_encoder`, ...), so they work on classes (names, before anything
+is built) and on instances alike.
+"""
+
+from tfvae import _checks
+
+OBJECTIVES = ("elbo", "iwae")
+GRADIENT_ESTIMATORS = ("standard", "dreg")
+
+
+def _name(part):
+    return part.__name__ if isinstance(part, type) else type(part).__name__
+
+
+def check_objective(objective, beta=1.0, free_bits=0.0, warmup_epochs=0.0):
+    """The IWAE bound has no KL term: β, free bits and KL warm-up need the ELBO.
+
+    Returns:
+      `objective`, checked.
+    """
+    objective = _checks.one_of("objective", objective, OBJECTIVES)
+    if objective == "iwae" and (beta != 1.0 or free_bits > 0 or warmup_epochs > 0):
+        raise ValueError(
+            "Received an invalid value for `objective`: the IWAE bound has no KL term for β, "
+            "KL warm-up or free bits to act on. Use objective='elbo', or beta=1 and "
+            f"free_bits=0 without warm-up. Received: objective='iwae', beta={beta}, "
+            f"free_bits={free_bits}, warmup_epochs={warmup_epochs}"
+        )
+    return objective
+
+
+def check_gradient_estimator(gradient_estimator, objective, posterior, prior):
+    """DReG needs the IWAE objective and a q whose density depends on the encoder
+    only through its parameters (no weights of q's own, no encoder inside p(z)).
+
+    Returns:
+      `gradient_estimator`, checked.
+    """
+    gradient_estimator = _checks.one_of(
+        "gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
+    if gradient_estimator != "dreg":
+        return gradient_estimator
+    if objective != "iwae":
+        raise ValueError(
+            "Received an invalid value for `gradient_estimator`: 'dreg' needs "
+            f"objective='iwae'. Received: gradient_estimator='dreg', objective={objective!r}"
+        )
+    own_weights = not isinstance(posterior, type) and bool(posterior.trainable_variables)
+    if not posterior.dreg_unbiased or own_weights or prior.uses_encoder:
+        raise ValueError(
+            "Received an invalid value for `gradient_estimator`: 'dreg' stops gradients "
+            "through q's parameters only, so it is biased when q or p(z) has weights of its "
+            f"own (here {_name(posterior)} / {_name(prior)}). Use "
+            "gradient_estimator='standard'. Received: gradient_estimator='dreg'"
+        )
+    return gradient_estimator
+
+
+def check_free_bits_groups(groups, free_bits, objective, posterior, prior, latent_dim):
+    """Free bits per group of latent dimensions (`groups`; `None`: per example).
+
+    Returns:
+      The number of groups, or `None`.
+    """
+    if groups is None:
+        return None
+    groups = _checks.positive_int("free_bits_groups", groups)
+    if not free_bits or objective != "elbo":
+        raise ValueError(
+            "Received an invalid value for `free_bits_groups`: it says how `free_bits` "
+            "applies to the ELBO's KL, so it needs free_bits > 0 and objective='elbo'. "
+            f"Received: free_bits_groups={groups}, free_bits={free_bits}, "
+            f"objective={objective!r}"
+        )
+    posterior.check_kl_groups(groups, prior, latent_dim)
+    return groups
+
+
+def check_condition_dim(condition_dim, prior, event_shape=None):
+    """A conditional model needs vector or image data and a prior that carries no encoder.
+
+    Returns:
+      `condition_dim` checked, or `None`.
+    """
+    if condition_dim is None:
+        return None
+    condition_dim = _checks.positive_int("condition_dim", condition_dim)
+    if event_shape is not None and len(event_shape) not in (1, 3):
+        raise ValueError(
+            "Received an invalid value for `condition_dim`: conditioning needs vectors "
+            "(d,) or images (height, width, channels). Received: condition_dim="
+            f"{condition_dim} for data of shape {tuple(event_shape)}"
+        )
+    if prior.uses_encoder:
+        raise ValueError(
+            f"Received an invalid value for `condition_dim`: a {_name(prior)}'s pseudo-inputs "
+            f"carry no y. Use another prior. Received: condition_dim={condition_dim}"
+        )
+    return condition_dim
+
+
+def check_prior_name(posterior, prior):
+    """`build_vae` names: a hierarchy's prior is its own p(z2) p(z1|z2), named 'standard_normal'."""
+    if posterior == "hierarchical" and prior != "standard_normal":
+        raise ValueError(
+            "Received an invalid value for `prior`: a hierarchical model's prior is "
+            "p(z2) p(z1|z2) with a standard normal p(z2); use prior='standard_normal'. "
+            f"Received: prior={prior!r}"
+        )
+
+
+def check_top_latent_dim(top_latent_dim, posterior):
+    """`top_latent_dim` sets z2's size (`None` or 0: unset), so it needs a hierarchy."""
+    if top_latent_dim in (None, 0):
+        return None
+    if posterior != "hierarchical":
+        raise ValueError(
+            "Received an invalid value for `top_latent_dim`: it sets z2's size, so it needs "
+            f"posterior='hierarchical'. Received: top_latent_dim={top_latent_dim!r}, "
+            f"posterior={posterior!r}"
+        )
+    return _checks.positive_int("top_latent_dim", top_latent_dim)
