@@ -302,20 +302,35 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
 
     def iwae_bound(self, x, k=50, seed=None, chunk_size=None, y=None):
         """The IWAE bound with `k` importance samples, per example (`[batch]`)."""
-        return objectives.iwae_bound(*self._bound_inputs(x, y), k, seed=seed,
-                                     chunk_size=chunk_size)
+        k = _checks.positive_int("k", k)
+        chunk = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
+        return self._bound(x, y, seed, k, min(chunk, k))
 
     def log_likelihood(self, x, num_samples=1000, seed=None, chunk_size=100, y=None):
-        """Importance-sampled estimate of `log p(x)` (or `log p(x|y)`) per example (`[batch]`)."""
-        _checks.positive_int("num_samples", num_samples)
-        return objectives.log_likelihood(*self._bound_inputs(x, y), num_samples, seed=seed,
-                                         chunk_size=chunk_size)
+        """Importance-sampled estimate of `log p(x)` (or `log p(x|y)`) per example (`[batch]`).
 
-    def _bound_inputs(self, x, y):
-        """`(x, q(z|x), decode, p(z))`, the arguments of the importance-sampled bounds."""
+        Runs as one compiled graph per `(num_samples, chunk_size)`: the encoder
+        once, then a loop over chunks of `chunk_size` samples per example
+        (memory `batch × chunk_size` decoder outputs), the same numbers as
+        `objectives.log_likelihood` eagerly.
+        """
+        k = _checks.positive_int("num_samples", num_samples)
+        chunk = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
+        return self._bound(x, y, seed, k, min(chunk, k))
+
+    def _bound(self, x, y, seed, k, chunk_size):
         x, y = self._inputs(x, y)
-        posterior = self.posterior.distribution(self.posterior_parameters(x, y))
-        return x, posterior, self.likelihood_fn(y), self.prior.distribution()
+        key = (k, chunk_size)
+        functions = self.__dict__.setdefault("_bound_functions", {})
+        if key not in functions:
+            def bound(x, y, seed):
+                posterior = self.posterior.distribution(self.posterior_parameters(x, y))
+                return objectives.iwae_bound(x, posterior, self.likelihood_fn(y),
+                                             self.prior.distribution(), k, seed=seed,
+                                             chunk_size=chunk_size)
+
+            functions[key] = tf.function(bound, reduce_retracing=True)
+        return functions[key](x, y, tfvae_random.make_seed(seed))
 
     def sample(self, n, seed=None, mean=True, y=None):
         """Generates `n` examples `[n] + event_shape`: z ~ p(z), then the likelihood's

@@ -322,14 +322,31 @@ def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
     """
     k = _checks.positive_int("k", k)
     chunk_size = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
+    chunk_size = min(chunk_size, k)
     seed = tfvae_random.make_seed(seed)
-    partial = []
-    for start in range(0, k, chunk_size):
-        n = min(chunk_size, k - start)
+
+    def chunk(start, n):
+        """`log Σ_{k in chunk} w_k` `[batch]` for the `n` samples from `start` on."""
         chunk_seed = tfvae_random.fold_in(seed, start)
         log_w = log_importance_weights(x, posterior, decode, prior, n, seed=chunk_seed)
-        partial.append(tf.reduce_logsumexp(log_w, axis=0))
-    return tf.reduce_logsumexp(tf.stack(partial), axis=0) - math.log(k)
+        return tf.reduce_logsumexp(log_w, axis=0)
+
+    full, rest = divmod(k, chunk_size)
+    if tf.executing_eagerly():
+        partials = [chunk(start, chunk_size) for start in range(0, full * chunk_size, chunk_size)]
+        partials = tf.stack(partials)
+    else:
+        # In a graph: one loop body over the full chunks, however many there are.
+        def body(i, partials):
+            return i + 1, partials.write(i, chunk(i * chunk_size, chunk_size))
+
+        _, partials = tf.while_loop(
+            lambda i, _: i < full, body,
+            (tf.constant(0), tf.TensorArray(tf.float32, size=full, element_shape=x.shape[:1])))
+        partials = partials.stack()
+    if rest:
+        partials = tf.concat([partials, chunk(full * chunk_size, rest)[None]], axis=0)
+    return tf.reduce_logsumexp(partials, axis=0) - math.log(k)
 
 
 def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, chunk_size=100):
