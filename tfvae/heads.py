@@ -344,6 +344,20 @@ class LikelihoodHead(DistributionHead):
         return {**super().get_config(), "event_shape": list(self.event_shape)}
 
 
+class _Bernoulli(tfd.Bernoulli):
+    """`tfd.Bernoulli` whose log-density is one fused cross-entropy kernel.
+
+    Mathematical details: `log p(x) = −[softplus(η) − x η]` for logits η and
+    x in [0, 1] (TFP's own formula, `−(1 − x) softplus(η) − x softplus(−η)`,
+    evaluates two softplus terms per element; both are the same function).
+    """
+
+    def _log_prob(self, event):
+        logits = tf.convert_to_tensor(self.logits)
+        return -tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.cast(event, logits.dtype), logits=logits)
+
+
 @_register
 class BernoulliLikelihood(LikelihoodHead):
     """p(x|z) = Π Bernoulli(x_i; sigmoid(logit_i)), for data in [0, 1].
@@ -356,7 +370,7 @@ class BernoulliLikelihood(LikelihoodHead):
         return {"logits": self._element_params(flat)[..., 0]}
 
     def distribution(self, parameters):
-        return self._independent(tfd.Bernoulli(logits=parameters["logits"], dtype=tf.float32))
+        return self._independent(_Bernoulli(logits=parameters["logits"], dtype=tf.float32))
 
     def mean_of(self, parameters):
         return tf.sigmoid(parameters["logits"])

@@ -329,6 +329,7 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
                                              self.prior.distribution(), k, seed=seed,
                                              chunk_size=chunk_size)
 
+            # (No XLA: on CPU oneDNN's matmuls beat XLA's; benchmarks/bench_log_likelihood.py.)
             functions[key] = tf.function(bound, reduce_retracing=True)
         return functions[key](x, y, tfvae_random.make_seed(seed))
 
