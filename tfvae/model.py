@@ -19,8 +19,6 @@ logger = logging.getLogger(__name__)
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
-OBJECTIVES = options.OBJECTIVES
-GRADIENT_ESTIMATORS = options.GRADIENT_ESTIMATORS
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -75,25 +73,10 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
     evaluation then also report the per-layer terms `kl_z1` and `kl_z2`.
     """
 
-    def __init__(
-        self,
-        encoder,
-        decoder,
-        posterior,
-        likelihood,
-        prior=None,
-        num_samples=1,
-        beta=1.0,
-        free_bits=0.0,
-        kl="auto",
-        seed=None,
-        objective="elbo",
-        k=5,
-        gradient_estimator="standard",
-        free_bits_groups=None,
-        condition_dim=None,
-        **kwargs,
-    ):
+    def __init__(self, encoder, decoder, posterior, likelihood, prior=None, num_samples=1,
+                 beta=1.0, free_bits=0.0, kl="auto", seed=None, objective="elbo", k=5,
+                 gradient_estimator="standard", free_bits_groups=None, condition_dim=None,
+                 **kwargs):
         super().__init__(**kwargs)
         _checks.instance_of("posterior", posterior, heads_lib.Posterior,
                             "tfvae.DiagonalGaussianPosterior")
