@@ -157,8 +157,8 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
         if values and (isinstance(x, np.ndarray) or tf.executing_eagerly()):
             self.likelihood.validate_data(keras.ops.convert_to_numpy(x), name=name)
 
-    def _inputs(self, x, y):
-        """Checked float32 `x` and the prepared condition, from a public method's arguments."""
+    def prepare_inputs(self, x, y=None):
+        """Checked float32 `x` and the prepared condition `y` (see `conditioning.prepare`)."""
         x = np.asarray(x, dtype="float32") if not tf.is_tensor(x) else x
         self._check_x(x)
         return tf.cast(x, tf.float32), self.conditioning.prepare(y, x.shape[0])
@@ -176,10 +176,13 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
     # `x` is a float32 tensor `[batch] + event_shape` and `y` the prepared
     # condition `[batch, condition_dim]` (`conditioning.prepare`), or None.
 
+    def encoder_output(self, x, y=None, training=False):
+        """The encoder's raw output `[batch, posterior.params_size]` for data `x`."""
+        return self.encoder(self._encoder_input(x, y), training=training)
+
     def posterior_parameters(self, x, y=None, training=False):
         """The posterior head's named parameters (a dict of tensors) for data `x`."""
-        return self.posterior.parameters(
-            self.encoder(self._encoder_input(x, y), training=training))
+        return self.posterior.parameters(self.encoder_output(x, y, training))
 
     def decoder_parameters(self, z, y=None, training=False):
         """The likelihood head's named parameters at latents `z` `[batch, latent_dim]`."""
@@ -236,7 +239,7 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
 
     def encode(self, x, y=None, training=False):
         """q(z|x): a `tfd.Distribution` with batch shape `[batch]`, event shape `[latent_dim]`."""
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         return self.posterior.distribution(self.posterior_parameters(x, y, training))
 
     def decode(self, z, y=None, training=False):
@@ -271,13 +274,13 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
         the flow's image of the base mean; for a hierarchy, z₁'s mean and
         z₂'s mean given it. Shape `[batch, latent_dim]`.
         """
-        return self._latent_code(*self._inputs(x, y))
+        return self._latent_code(*self.prepare_inputs(x, y))
 
     def elbo(self, x, num_samples=None, seed=None, y=None):
         """Per-example ELBO terms in nats: a dict of `[batch]` tensors `elbo`,
         `reconstruction`, `kl` (and `kl_z1`, `kl_z2` for a hierarchical model),
         with `num_samples` posterior samples (default: the model's)."""
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         if num_samples is not None:
             _checks.positive_int("num_samples", num_samples)
         terms = self.elbo_terms(x, y, seed=seed, num_samples=num_samples)
@@ -302,7 +305,7 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
         return self._bound(x, y, seed, k, min(chunk, k))
 
     def _bound(self, x, y, seed, k, chunk_size):
-        x, y = self._inputs(x, y)
+        x, y = self.prepare_inputs(x, y)
         key = (k, chunk_size)
         functions = self.__dict__.setdefault("_bound_functions", {})
         if key not in functions:

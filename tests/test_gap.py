@@ -1,0 +1,121 @@
+"""tfvae.gap: the ELBO gap split into approximation and amortization, against closed forms.
+
+On a linear-Gaussian model p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I) everything is
+known: the posterior is N(m, S) with precision Λ = I + WᵀW/σ², S = Λ⁻¹,
+m = S Wᵀ(x − b)/σ², and ELBO(q) = log p(x) − KL(q ‖ p(z|x)). So
+* a full-covariance family contains the posterior: approximation gap 0, and the
+  amortization gap is KL(q_φ ‖ p(z|x));
+* the best diagonal q (minimising KL(q ‖ p(z|x))) has mean m and variances
+  1/diag(Λ): its approximation gap is KL(q*_diag ‖ p(z|x)), a known number.
+"""
+
+import keras
+import numpy as np
+import pytest
+from scipy import stats
+
+import tfvae
+from tfvae import gap
+
+D_LATENT, D_DATA, SIGMA = 2, 3, 0.5
+
+
+def _kl_gauss(m0, s0, m1, s1):
+    s1_inv = np.linalg.inv(s1)
+    dm = m1 - m0
+    return 0.5 * (np.trace(s1_inv @ s0) + dm @ s1_inv @ dm - len(m0)
+                  + np.log(np.linalg.det(s1) / np.linalg.det(s0)))
+
+
+def _linear_gaussian(posterior):
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(D_DATA, D_LATENT)), rng.normal(size=D_DATA)
+    x = (rng.normal(size=(6, D_LATENT)) @ w.T + b + SIGMA * rng.normal(size=(6, D_DATA)))
+    keras.utils.set_random_seed(1)
+    encoder = tfvae.MLP(posterior.params_size, (), name="encoder")
+    decoder = tfvae.MLP(D_DATA, (), name="decoder")
+    model = tfvae.VAE(encoder, decoder, posterior, tfvae.GaussianLikelihood((D_DATA,), scale=SIGMA),
+                      seed=0)
+    decoder.weights[0].assign(w.T.astype("float32"))
+    decoder.weights[1].assign(b.astype("float32"))
+    precision = np.eye(D_LATENT) + w.T @ w / SIGMA**2
+    cov = np.linalg.inv(precision)
+    means = (cov @ w.T @ (x - b).T / SIGMA**2).T
+    log_px = stats.multivariate_normal(b, w @ w.T + SIGMA**2 * np.eye(D_DATA)).logpdf(x)
+    return model, x.astype("float32"), means, cov, precision, log_px
+
+
+@pytest.mark.parametrize("family", ["full", "diagonal"])
+def test_gap_parts_match_the_closed_forms(family):
+    head = (tfvae.FullCovarianceGaussianPosterior(D_LATENT) if family == "full"
+            else tfvae.DiagonalGaussianPosterior(D_LATENT))
+    model, x, means, cov, precision, log_px = _linear_gaussian(head)
+    q = model.encode(x)
+    q_mean, q_cov = q.mean().numpy(), q.covariance().numpy()
+    kl_phi = np.array([_kl_gauss(q_mean[i], q_cov[i], means[i], cov) for i in range(len(x))])
+    best_cov = cov if family == "full" else np.diag(1.0 / np.diag(precision))
+    kl_star = np.array([_kl_gauss(means[i], best_cov, means[i], cov) for i in range(len(x))])
+    if family == "diagonal":
+        assert kl_star.min() > 0.01  # the family really misses the posterior here
+
+    got = gap.decompose_gap(model, x, steps=800, learning_rate=0.05, eval_samples=4000,
+                            log_px_samples=40000, seed=0)
+
+    # log p(x) (q* as proposal, K = 40,000 on a 2-D latent) is close to exact.
+    np.testing.assert_allclose(got["log_px"], log_px, atol=0.01)
+    # The two ELBOs match their closed forms within their Monte Carlo error.
+    tolerance = 4 * got["elbo_stderr"] + 0.01
+    assert np.all(np.abs(got["elbo"] - (log_px - kl_phi)) < tolerance)
+    star_tolerance = 4 * got["elbo_optimized_stderr"] + 0.02  # + the optimiser's residual
+    assert np.all(np.abs(got["elbo_optimized"] - (log_px - kl_star)) < star_tolerance)
+    # The parts: approximation gap KL(q* ‖ p(z|x)) (0 for the full family), amortization
+    # gap KL(q_φ ‖ p(z|x)) − KL(q* ‖ p(z|x)); batch means, with the errors above.
+    mean_tolerance = 4 * np.sqrt(np.mean(got["elbo_optimized_stderr"] ** 2) / len(x)) + 0.02
+    assert abs(np.mean(got["approximation_gap"]) - np.mean(kl_star)) < mean_tolerance
+    amortization_tolerance = 4 * np.sqrt(np.mean(got["elbo_stderr"] ** 2) / len(x)) + 0.02
+    assert abs(np.mean(got["amortization_gap"]) - np.mean(kl_phi - kl_star)) < (
+        amortization_tolerance + mean_tolerance)
+    np.testing.assert_allclose(got["approximation_gap"] + got["amortization_gap"], got["gap"],
+                               rtol=1e-5, atol=1e-5)
+    assert abs(got["last_improvement"]) < 0.05
+    assert got["optimization_trace"].shape == (800,)
+
+
+def test_optimized_posterior_beats_the_encoder_on_every_example():
+    model, x, means, cov, _, _ = _linear_gaussian(tfvae.FullCovarianceGaussianPosterior(D_LATENT))
+    raw, trace = gap.optimize_posterior(model, x, steps=800, learning_rate=0.05, seed=3)
+    parameters = model.posterior.parameters(raw)
+    # q* is the exact posterior up to the optimiser's noise: KL(q* ‖ p(z|x)) is tiny,
+    # while the encoder's q was nats away.
+    loc, scale = parameters["loc"].numpy(), parameters["scale"].numpy()
+    q = model.encode(x)
+    for i in range(len(x)):
+        kl_star = _kl_gauss(loc[i], scale[i] @ scale[i].T, means[i], cov)
+        kl_phi = _kl_gauss(q.mean().numpy()[i], q.covariance().numpy()[i], means[i], cov)
+        assert kl_star < 0.02 and kl_phi > 0.5, (i, kl_star, kl_phi)
+    np.testing.assert_allclose(loc, means, atol=0.1)
+    assert trace[-1] > trace[0]
+
+
+@pytest.mark.parametrize("kwargs", [{"posterior": "iaf"}, {"posterior": "hierarchical"},
+                                    {"condition_dim": 3}])
+def test_every_tensor_parameterised_family_decomposes(kwargs):
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), seed=0, **kwargs)
+    x = (np.random.default_rng(0).uniform(size=(5, 4)) > 0.5).astype("float32")
+    y = np.arange(5) % 3 if "condition_dim" in kwargs else None
+    got = gap.decompose_gap(model, x, y=y, steps=50, eval_samples=200, log_px_samples=200)
+    for key in ("log_px", "elbo", "elbo_optimized", "approximation_gap", "amortization_gap"):
+        assert got[key].shape == (5,) and np.all(np.isfinite(got[key]))
+    # Optimising q for each x cannot do much worse than the encoder's q.
+    assert np.mean(got["amortization_gap"]) > -3 * np.mean(got["elbo_stderr"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "steps"), ({"learning_rate": -1.0}, "learning_rate"),
+    ({"num_samples": 0}, "num_samples"), ({"eval_samples": 0}, "eval_samples"),
+    ({"seed": -1}, "seed"),
+])
+def test_bad_arguments_name_themselves(kwargs, match):
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,))
+    with pytest.raises(ValueError, match=match):
+        gap.decompose_gap(model, np.zeros((2, 4), "float32"), **kwargs)
