@@ -104,7 +104,9 @@ def build_vae(
         value: `max(1, latent_dim // 2)`.
       **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
         `free_bits_groups`, `kl`, `seed`, `objective`, `k`,
-        `gradient_estimator`, `condition_dim`, `name`).
+        `gradient_estimator`, `condition_dim`, `name`). `seed` also seeds the
+        initial weights (every part derives its own seed from it), so the same
+        seed builds the same model; it sets no process-global random state.
 
     Returns:
       A built `tfvae.VAE`.
