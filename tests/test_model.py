@@ -256,7 +256,8 @@ def test_log_likelihood_is_above_elbo_and_iwae_between():
     log_px = model.log_likelihood(x, num_samples=2000, seed=0).numpy()
     elbo = model.elbo(x, num_samples=500, seed=0)["elbo"].numpy()
     iwae = model.iwae_bound(x, k=20, seed=0).numpy()
-    assert np.all(elbo < iwae) and np.all(iwae < log_px + 0.05)
+    # One k=20 draw per example can land above one K=2000 estimate; their means cannot.
+    assert np.all(elbo < iwae) and np.mean(iwae) < np.mean(log_px) + 0.05
 
 
 def test_kl_warmup_is_exact_per_step_with_steps_per_execution_and_xla():

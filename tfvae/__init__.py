@@ -1,11 +1,17 @@
-"""tfvae: variational autoencoders in Keras 3 whose networks output TFP distributions."""
+"""tfvae: variational autoencoders in Keras 3 whose networks output TFP distributions.
+
+`import tfvae` loads the library only. The command's layer (`tfvae.runs`,
+`tfvae.report`, `tfvae.cli`; matplotlib) loads on first use:
+`from tfvae import runs`, or the attribute `tfvae.runs`.
+"""
+
+import importlib
 
 from tfvae import data
 from tfvae import evaluation
 from tfvae import export
 from tfvae import objectives
 from tfvae import random
-from tfvae import runs
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
@@ -38,6 +44,15 @@ from tfvae.priors import StandardNormalPrior
 from tfvae.priors import VampPrior
 
 __version__ = "0.2.0"
+
+_LAZY_SUBMODULES = ("runs", "report", "cli")
+
+
+def __getattr__(name):
+    """Imports the application layer's modules on first access (`tfvae.runs`)."""
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"tfvae.{name}")
+    raise AttributeError(f"module 'tfvae' has no attribute {name!r}")
 
 __all__ = [
     "BernoulliLikelihood",

@@ -1,12 +1,11 @@
 """`build_vae`: common VAEs from a data shape, a latent size and a likelihood name."""
 
-import keras
-
 from tfvae import _checks
 from tfvae import flows
 from tfvae import heads
 from tfvae import hierarchy
 from tfvae import networks
+from tfvae import options
 from tfvae import priors
 from tfvae.model import VAE
 
@@ -29,16 +28,38 @@ POSTERIORS = {
     "planar": flows.PlanarFlowPosterior,
     "hierarchical": hierarchy.HierarchicalPosterior,
 }
-PRIORS = ("standard_normal", "mixture", "vamp")
+# Prior names -> classes; a factory builds one (latent size, data shape, components, seed).
+PRIORS = {
+    "standard_normal": priors.StandardNormalPrior,
+    "mixture": priors.MixtureOfGaussiansPrior,
+    "vamp": priors.VampPrior,
+}
 ARCHITECTURES = ("mlp", "conv")
 
+_PRIOR_FACTORIES = {
+    "standard_normal": lambda latent_dim, input_shape, num_components, seed: (
+        priors.StandardNormalPrior(latent_dim)),
+    "mixture": lambda latent_dim, input_shape, num_components, seed: (
+        priors.MixtureOfGaussiansPrior(latent_dim, num_components=num_components, seed=seed)),
+    "vamp": lambda latent_dim, input_shape, num_components, seed: (
+        priors.VampPrior(latent_dim, input_shape, num_pseudo_inputs=num_components, seed=seed)),
+}
 
-def _prior(name, latent_dim, input_shape, num_components):
-    if name == "mixture":
-        return priors.MixtureOfGaussiansPrior(latent_dim, num_components=num_components)
-    if name == "vamp":
-        return priors.VampPrior(latent_dim, input_shape, num_pseudo_inputs=num_components)
-    return priors.StandardNormalPrior(latent_dim)
+# Seed keys of build_vae's parts (`networks.derive_seed(seed, key)`).
+_ENCODER, _DECODER, _POSTERIOR, _PRIOR = range(4)
+
+
+def part_classes(posterior, prior):
+    """The classes `build_vae` builds for the names `posterior` and `prior`.
+
+    The option rules in `tfvae.options` read their capabilities, so a
+    configuration can be checked by name before anything is built. A
+    hierarchical posterior brings its own prior, `tfvae.HierarchicalPrior`.
+    """
+    posterior_class = POSTERIORS[posterior]
+    if posterior_class is hierarchy.HierarchicalPosterior:
+        return posterior_class, hierarchy.HierarchicalPrior
+    return posterior_class, PRIORS[prior]
 
 
 def build_vae(
@@ -83,7 +104,9 @@ def build_vae(
         value: `max(1, latent_dim // 2)`.
       **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
         `free_bits_groups`, `kl`, `seed`, `objective`, `k`,
-        `gradient_estimator`, `condition_dim`, `name`).
+        `gradient_estimator`, `condition_dim`, `name`). `seed` also seeds the
+        initial weights (every part derives its own seed from it), so the same
+        seed builds the same model; it sets no process-global random state.
 
     Returns:
       A built `tfvae.VAE`.
@@ -100,47 +123,40 @@ def build_vae(
             "Received an invalid value for `input_shape`: architecture='conv' needs images "
             f"(height, width, channels). Received: input_shape={input_shape}"
         )
+    options.check_prior_name(posterior, prior)
+    top = options.check_top_latent_dim(top_latent_dim, posterior)
     seed = vae_kwargs.get("seed")
     if seed is not None:
-        keras.utils.set_random_seed(_checks.non_negative_int("seed", seed))
-
-    if posterior == "hierarchical":
-        if prior != "standard_normal":
-            raise ValueError(
-                "Received an invalid value for `prior`: a hierarchical model's prior is "
-                "p(z2) p(z1|z2) with a standard normal p(z2); use prior='standard_normal'. "
-                f"Received: prior={prior!r}"
-            )
-        top = max(1, latent_dim // 2) if top_latent_dim is None else _checks.positive_int(
-            "top_latent_dim", top_latent_dim)
-    elif top_latent_dim is not None:
-        raise ValueError(
-            "Received an invalid value for `top_latent_dim`: it sets z2's size, so it needs "
-            f"posterior='hierarchical'. Received: top_latent_dim={top_latent_dim!r}, "
-            f"posterior={posterior!r}"
-        )
+        seed = _checks.non_negative_int("seed", seed)
+    part_seed = lambda key: networks.derive_seed(seed, key)  # noqa: E731
 
     likelihood_head = LIKELIHOODS[likelihood](input_shape, likelihood_scale)
     if posterior == "hierarchical":
-        posterior_head = hierarchy.HierarchicalPosterior((latent_dim, top))
-        prior_layer = hierarchy.HierarchicalPrior((latent_dim, top))
+        dims = (latent_dim, max(1, latent_dim // 2) if top is None else top)
+        posterior_head = hierarchy.HierarchicalPosterior(dims, seed=part_seed(_POSTERIOR))
+        prior_layer = hierarchy.HierarchicalPrior(dims, seed=part_seed(_PRIOR))
     else:
-        posterior_head = POSTERIORS[posterior](latent_dim)
-        prior_layer = _prior(prior, latent_dim, input_shape, num_components)
+        posterior_class = POSTERIORS[posterior]
+        posterior_head = (posterior_class(latent_dim, seed=part_seed(_POSTERIOR))
+                          if posterior_class is flows.IAFPosterior else posterior_class(latent_dim))
+        prior_layer = _PRIOR_FACTORIES[prior](
+            latent_dim, input_shape, num_components, 0 if seed is None else part_seed(_PRIOR))
 
     if architecture == "mlp":
         hidden_units = _checks.int_tuple("hidden_units", hidden_units)
-        encoder = networks.MLP(posterior_head.params_size, hidden_units, name="encoder")
-        decoder = networks.MLP(
-            likelihood_head.params_size, tuple(reversed(hidden_units)), name="decoder"
-        )
+        encoder = networks.MLP(posterior_head.params_size, hidden_units,
+                               seed=part_seed(_ENCODER), name="encoder")
+        decoder = networks.MLP(likelihood_head.params_size, tuple(reversed(hidden_units)),
+                               seed=part_seed(_DECODER), name="decoder")
     else:
         filters = _checks.int_tuple("filters", filters, allow_empty=False)
         height, width, channels = input_shape
-        encoder = networks.ConvEncoder(posterior_head.params_size, filters, name="encoder")
+        encoder = networks.ConvEncoder(posterior_head.params_size, filters,
+                                       seed=part_seed(_ENCODER), name="encoder")
         decoder = networks.ConvDecoder(
             (height, width, channels * likelihood_head.params_per_element),
             tuple(reversed(filters)),
+            seed=part_seed(_DECODER),
             name="decoder",
         )
     return VAE(encoder, decoder, posterior_head, likelihood_head, prior_layer, **vae_kwargs)

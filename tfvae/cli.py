@@ -5,6 +5,7 @@ ends with a one-line reason on stderr and exit status 2.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -22,73 +23,90 @@ def _units(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
-def _parser():
-    from tfvae.runs import RunConfig
+def _train_arguments(train):
+    """`tfvae train`'s options: one per `RunConfig` field, `--field-name` with `dest` the field.
 
-    defaults = RunConfig()
+    Choices come from the registries the library checks names against, and
+    defaults from `RunConfig`, so `RunConfig(**fields of args)` is the run.
+    """
+    from tfvae import data
+    from tfvae import options
+    from tfvae import runs
+
+    defaults = runs.RunConfig()
+
+    def option(name, *flags, **kwargs):
+        flags = flags or ("--" + name.replace("_", "-"),)
+        train.add_argument(*flags, dest=name, default=getattr(defaults, name), **kwargs)
+
+    option("dataset", help="'digits' (built in, offline), a TensorFlow Datasets name (mnist, "
+           "fashion_mnist, binarized_mnist, cifar10), a .npy/.npz file, or a folder "
+           "of images (default: %(default)s)")
+    option("binarize", choices=data.BINARIZE,
+           help="binarise [0, 1] data for a Bernoulli likelihood: one fixed draw "
+           "(static) or a fresh draw every batch (dynamic)")
+    option("architecture", choices=builders.ARCHITECTURES)
+    option("latent_dim", type=int)
+    option("likelihood", choices=tuple(builders.LIKELIHOODS))
+    option("posterior", choices=tuple(builders.POSTERIORS))
+    option("prior", choices=tuple(builders.PRIORS))
+    option("top_latent_dim", type=int,
+           help="size of z2 for --posterior hierarchical (z1 has --latent-dim; "
+           "default: latent-dim // 2)")
+    option("conditional", action="store_true",
+           help="a conditional VAE on the dataset's labels: q(z|x, y), p(x|z, y)")
+    option("hidden_units", type=_units, help="MLP widths, e.g. 256,128 (default: 256,128)")
+    option("filters", type=_units, help="conv channels, e.g. 32,64 (default: 32,64)")
+    option("beta", type=float)
+    option("warmup_epochs", type=float,
+           help="linear KL warm-up from β=0 over this many epochs (default: none)")
+    option("free_bits", type=float,
+           help="nats of KL not penalised: per example on the total, or per group "
+           "with --free-bits-groups")
+    option("free_bits_groups", type=int,
+           help="apply --free-bits per group of latent dimensions (a hierarchy's "
+           "groups are its 2 layers), on the batch mean (default: off)")
+    option("num_samples", type=int, help="posterior samples per example in the training ELBO")
+    option("objective", choices=options.OBJECTIVES,
+           help="train on the ELBO or the importance-weighted bound")
+    option("k", type=int, help="importance samples for iwae")
+    option("gradient_estimator", choices=options.GRADIENT_ESTIMATORS,
+           help="IWAE encoder gradients: standard or doubly reparameterised")
+    option("epochs", type=int)
+    option("batch_size", type=int)
+    option("learning_rate", type=float)
+    option("patience", type=int, help="early-stopping patience in epochs")
+    option("seed", type=int)
+    option("jit_compile", "--jit", action=argparse.BooleanOptionalAction,
+           help="compile the train step with XLA (default: on for mlp, and for "
+           "conv on a GPU; on a CPU XLA's convolutions are slower)")
+    option("steps_per_execution", type=int,
+           help="training steps per compiled call (default: %(default)s)")
+    option("strategy", choices=runs.STRATEGIES,
+           help="tf.distribute strategy: mirrored over local GPUs, or multiworker with the "
+           "cluster in TF_CONFIG (default: %(default)s)")
+    option("mixed_precision", choices=tuple(runs.PRECISION_POLICIES),
+           help="networks in low precision, densities and KL in float32; float16 adds loss "
+           "scaling (default: %(default)s)")
+    option("eval_samples", type=int, help="importance samples for the held-out log p(x)")
+
+
+def _config(args):
+    """The `RunConfig` that `tfvae train`'s arguments describe."""
+    from tfvae import runs
+
+    return runs.RunConfig(**{f.name: getattr(args, f.name)
+                             for f in dataclasses.fields(runs.RunConfig)})
+
+
+def _parser():
     parser = argparse.ArgumentParser(prog="tfvae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a VAE and write a report",
                            description="Train a VAE, evaluate it on held-out data, write figures "
                            "and report.md into --output.")
-    train.add_argument("--dataset", default=defaults.dataset,
-                       help="'digits' (built in, offline), a TensorFlow Datasets name (mnist, "
-                       "fashion_mnist, binarized_mnist, cifar10), a .npy/.npz file, or a folder "
-                       "of images (default: %(default)s)")
-    train.add_argument("--binarize", choices=("none", "static", "dynamic"), default="none",
-                       help="binarise [0, 1] data for a Bernoulli likelihood: one fixed draw "
-                       "(static) or a fresh draw every batch (dynamic)")
-    train.add_argument("--architecture", choices=builders.ARCHITECTURES, default=defaults.architecture)
-    train.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
-    train.add_argument("--likelihood", choices=tuple(builders.LIKELIHOODS), default=defaults.likelihood)
-    train.add_argument("--posterior", choices=tuple(builders.POSTERIORS), default=defaults.posterior)
-    train.add_argument("--prior", choices=builders.PRIORS, default=defaults.prior)
-    train.add_argument("--top-latent-dim", type=int, default=defaults.top_latent_dim,
-                       help="size of z2 for --posterior hierarchical (z1 has --latent-dim; "
-                       "default: latent-dim // 2)")
-    train.add_argument("--conditional", action="store_true",
-                       help="a conditional VAE on the dataset's labels: q(z|x, y), p(x|z, y)")
-    train.add_argument("--hidden-units", type=_units, default=defaults.hidden_units,
-                       help="MLP widths, e.g. 256,128 (default: 256,128)")
-    train.add_argument("--filters", type=_units, default=defaults.filters,
-                       help="conv channels, e.g. 32,64 (default: 32,64)")
-    train.add_argument("--beta", type=float, default=defaults.beta)
-    train.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
-                       help="linear KL warm-up from β=0 over this many epochs (default: none)")
-    train.add_argument("--free-bits", type=float, default=defaults.free_bits,
-                       help="nats of KL not penalised: per example on the total, or per group "
-                       "with --free-bits-groups")
-    train.add_argument("--free-bits-groups", type=int, default=defaults.free_bits_groups,
-                       help="apply --free-bits per group of latent dimensions (a hierarchy's "
-                       "groups are its 2 layers), on the batch mean (default: off)")
-    train.add_argument("--num-samples", type=int, default=defaults.num_samples,
-                       help="posterior samples per example in the training ELBO")
-    train.add_argument("--objective", choices=("elbo", "iwae"), default=defaults.objective,
-                       help="train on the ELBO or the importance-weighted bound")
-    train.add_argument("--k", type=int, default=defaults.k, help="importance samples for iwae")
-    train.add_argument("--gradient-estimator", choices=("standard", "dreg"),
-                       default=defaults.gradient_estimator,
-                       help="IWAE encoder gradients: standard or doubly reparameterised")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--patience", type=int, default=defaults.patience,
-                       help="early-stopping patience in epochs")
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
-                       help="compile the train step with XLA (default: on for mlp, and for "
-                       "conv on a GPU; on a CPU XLA's convolutions are slower)")
-    train.add_argument("--steps-per-execution", type=int, default=defaults.steps_per_execution,
-                       help="training steps per compiled call (default: %(default)s)")
-    train.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
-                       default="default", help="tf.distribute strategy: mirrored over local "
-                       "GPUs, or multiworker with the cluster in TF_CONFIG (default: %(default)s)")
-    train.add_argument("--mixed-precision", choices=("none", "float16", "bfloat16"),
-                       default="none", help="networks in low precision, densities and KL in "
-                       "float32; float16 adds loss scaling (default: %(default)s)")
-    train.add_argument("--eval-samples", type=int, default=defaults.eval_samples,
-                       help="importance samples for the held-out log p(x)")
+    _train_arguments(train)
     train.add_argument("--output", default="runs/digits", help="run directory (default: %(default)s)")
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
@@ -109,7 +127,7 @@ def _parser():
                             description="Write a SavedModel in TF Serving's layout "
                             "(OUTPUT/MODEL_NAME/VERSION) or ONNX graphs (OUTPUT/*.onnx).")
     export.add_argument("run", help="a run directory written by `tfvae train`")
-    export.add_argument("--format", choices=("saved_model", "onnx"), required=True)
+    export.add_argument("--format", choices=tuple(_EXPORTERS), required=True)
     export.add_argument("--output", help="base directory (default: RUN/export/FORMAT)")
     export.add_argument("--model-name", default="tfvae", help="TF Serving model name")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free)")
@@ -136,33 +154,19 @@ def _refuse_existing(path, overwrite):
 def _train(args):
     from tfvae import runs
 
-    config = runs.RunConfig(
-        dataset=args.dataset, architecture=args.architecture, latent_dim=args.latent_dim,
-        likelihood=args.likelihood, posterior=args.posterior, prior=args.prior,
-        hidden_units=args.hidden_units, filters=args.filters, beta=args.beta,
-        warmup_epochs=args.warmup_epochs, free_bits=args.free_bits, num_samples=args.num_samples,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience=args.patience, seed=args.seed, jit_compile=args.jit, eval_samples=args.eval_samples,
-        steps_per_execution=args.steps_per_execution,
-        binarize=args.binarize, strategy=args.strategy, mixed_precision=args.mixed_precision,
-        objective=args.objective, k=args.k, gradient_estimator=args.gradient_estimator,
-        top_latent_dim=args.top_latent_dim, free_bits_groups=args.free_bits_groups,
-        conditional=args.conditional,
-    )
-    metrics = runs.train(config, args.output, overwrite=args.overwrite, resume=args.resume,
-                         verbose=0 if args.quiet else 1)
+    metrics = runs.train(_config(args), args.output, overwrite=args.overwrite,
+                         resume=args.resume, verbose=0 if args.quiet else 1)
     if metrics:  # empty on multi-worker workers other than the chief
         _print_table(metrics)
         print(f"report: {os.path.join(args.output, 'report.md')}")
 
 
 def _print_table(metrics):
-    keys = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
-            "bits_per_dim", "active_units")
+    from tfvae import evaluation
+
     print(f"{'quantity':<16}{'value':>14}")
-    for key in (key for key in keys if key in metrics):
-        value = metrics[key]
-        print(f"{key:<16}{value:>14.4f}" if isinstance(value, float) else f"{key:<16}{value:>14}")
+    for key, text in evaluation.summary(metrics):
+        print(f"{key:<16}{text:>14}")
 
 
 def _evaluate(args):
@@ -205,18 +209,31 @@ def _sample(args):
     print(f"wrote {output}")
 
 
+def _export_saved_model(model, output, args):
+    from tfvae import export
+
+    path = export.export_saved_model(model, output, args.model_name, version=args.version)
+    print(f"wrote SavedModel {path}")
+
+
+def _export_onnx(model, output, args):
+    from tfvae import export
+
+    written = export.export_onnx(model, output, opset=args.opset or export.ONNX_OPSET)
+    for name, path in written.items():
+        print(f"wrote {name}: {path}")
+
+
+# `tfvae export --format` names -> writers.
+_EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx}
+
+
 def _export(args):
-    from tfvae import export, runs
+    from tfvae import runs
 
     output = args.output or os.path.join(args.run, "export", args.format)
     _, model = runs.load_run(args.run)
-    if args.format == "saved_model":
-        path = export.export_saved_model(model, output, args.model_name, version=args.version)
-        print(f"wrote SavedModel {path}")
-    else:
-        written = export.export_onnx(model, output, opset=args.opset or export.ONNX_OPSET)
-        for name, path in written.items():
-            print(f"wrote {name}: {path}")
+    _EXPORTERS[args.format](model, output, args)
 
 
 def main(argv=None):

@@ -4,6 +4,19 @@ import numpy as np
 
 from tfvae import _checks
 
+# The held-out numbers a summary shows (the command's table, report.md), in order;
+# keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
+SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
+                "bits_per_dim", "active_units")
+
+
+def summary(metrics):
+    """`[(key, text)]` for the `SUMMARY_KEYS` in `metrics`: floats to 4 decimals, others as is."""
+    return [
+        (key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+        for key in SUMMARY_KEYS if key in metrics
+    ]
+
 
 def _condition(y, start, batch_size):
     return None if y is None else y[start : start + batch_size]

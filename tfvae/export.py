@@ -25,6 +25,7 @@ or condition vectors); a hierarchical model's z is `[z1, z2]` and its `encode`
 gives z1's mean and scale.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -170,16 +171,29 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
     return path
 
 
+@contextlib.contextmanager
+def _numpy_object_alias():
+    """Lends NumPy its removed `np.object` alias (tf2onnx still refers to it) for the
+    duration of a conversion, and takes it back if NumPy did not have it."""
+    absent = "object" not in vars(np)
+    if absent:
+        np.object = object
+    try:
+        yield
+    finally:
+        if absent:
+            vars(np).pop("object", None)
+
+
 def _convert_to_onnx(name, fn, input_signature, path, opset):
     import onnx
     import tf2onnx
 
-    if "object" not in vars(np):  # tf2onnx still refers to NumPy's removed alias.
-        np.object = object
     function = tf.function(fn, input_signature=input_signature, autograph=False)
     try:
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=input_signature,
-                                                 opset=opset)
+        with _numpy_object_alias():
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=input_signature,
+                                                     opset=opset)
         onnx.checker.check_model(proto)
     except Exception as error:  # noqa: BLE001 - tf2onnx raises many types.
         raise ValueError(

@@ -21,6 +21,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfvae import _checks
+from tfvae import networks
 from tfvae.heads import Posterior
 
 tfd = tfp.distributions
@@ -32,14 +33,19 @@ _PLANAR_MARGIN = 1e-4
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class MaskedDense(keras.layers.Layer):
-    """A dense layer whose kernel is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015)."""
+    """A dense layer whose kernel is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015).
 
-    def __init__(self, mask, activation=None, **kwargs):
+    `seed` seeds the initial kernel (default `None`: Keras's global random state).
+    """
+
+    def __init__(self, mask, activation=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.mask = np.asarray(mask, dtype="float32")
         self.activation = keras.activations.get(activation)
+        self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
         self.kernel = self.add_weight(
-            shape=self.mask.shape, initializer="glorot_uniform", name="kernel"
+            shape=self.mask.shape, initializer=networks.kernel_initializer(self.seed),
+            name="kernel",
         )
         self.bias = self.add_weight(shape=(self.mask.shape[1],), initializer="zeros", name="bias")
         self.built = True  # every weight exists already
@@ -50,7 +56,7 @@ class MaskedDense(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mask": self.mask.tolist(),
-                "activation": keras.activations.serialize(self.activation)}
+                "activation": keras.activations.serialize(self.activation), "seed": self.seed}
 
 
 def made_masks(latent_dim, context_dim, hidden_units):
@@ -137,26 +143,31 @@ class IAFPosterior(FlowPosterior):
       hidden_units: MADE hidden width per step. Default value: `64`.
       context_dim: size of h. Default value: `16`.
       min_scale: lower bound on σ. Default value: `1e-5`.
+      seed: seed of the MADE networks' initial weights. Default value: `None`
+        (Keras's global random state).
     """
 
     dreg_unbiased = False  # the MADE networks are weights of q's own
 
     def __init__(self, latent_dim, num_steps=2, hidden_units=64, context_dim=16,
-                 min_scale=1e-5, **kwargs):
+                 min_scale=1e-5, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.num_steps = _checks.positive_int("num_steps", num_steps)
         self.hidden_units = _checks.positive_int("hidden_units", hidden_units)
         self.context_dim = _checks.positive_int("context_dim", context_dim)
         self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
         self.event_shape = (self.latent_dim,)
         to_hidden, to_output = made_masks(self.latent_dim, self.context_dim, self.hidden_units)
         self.made_hidden = [
-            MaskedDense(to_hidden, activation="elu", name=f"made_{t}_hidden", dtype=self.dtype_policy)
+            MaskedDense(to_hidden, activation="elu", name=f"made_{t}_hidden",
+                        dtype=self.dtype_policy, seed=networks.derive_seed(self.seed, 2 * t))
             for t in range(self.num_steps)
         ]
         self.made_output = [
-            MaskedDense(to_output, name=f"made_{t}_output", dtype=self.dtype_policy)
+            MaskedDense(to_output, name=f"made_{t}_output", dtype=self.dtype_policy,
+                        seed=networks.derive_seed(self.seed, 2 * t + 1))
             for t in range(self.num_steps)
         ]
         # Small initial outputs: each step starts close to the identity map.
@@ -209,6 +220,7 @@ class IAFPosterior(FlowPosterior):
             "hidden_units": self.hidden_units,
             "context_dim": self.context_dim,
             "min_scale": self.min_scale,
+            "seed": self.seed,
         }
 
 

@@ -27,6 +27,7 @@ import tensorflow_probability as tfp
 
 from tfvae import _checks
 from tfvae import heads
+from tfvae import networks
 from tfvae import priors
 
 tfd = tfp.distributions
@@ -55,14 +56,16 @@ def _check_latent_dims(latent_dims):
 class _ConditionalGaussian(keras.layers.Layer):
     """A small network `h [..., d_in] -> (loc, scale) [..., d_out]` (tensor in, tensors out)."""
 
-    def __init__(self, input_dim, output_dim, hidden_units, min_scale, **kwargs):
+    def __init__(self, input_dim, output_dim, hidden_units, min_scale, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.output_dim = output_dim
         self.min_scale = min_scale
-        self.hidden = keras.layers.Dense(hidden_units, activation="elu", name="hidden",
-                                         dtype=self.dtype_policy)
+        self.hidden = keras.layers.Dense(
+            hidden_units, activation="elu", name="hidden", dtype=self.dtype_policy,
+            kernel_initializer=networks.kernel_initializer(networks.derive_seed(seed, 0)))
         self.out = keras.layers.Dense(2 * output_dim, name="output", dtype=self.dtype_policy,
-                                      kernel_initializer=keras.initializers.VarianceScaling(0.1))
+                                      kernel_initializer=keras.initializers.VarianceScaling(
+                                          0.1, seed=networks.derive_seed(seed, 1)))
         self.hidden.build((None, input_dim))
         self.out.build((None, hidden_units))
         self.built = True
@@ -139,20 +142,23 @@ class HierarchicalPosterior(heads.Posterior):
       latent_dims: `(d1, d2)`, the sizes of z₁ and z₂.
       hidden_units: width of the q(z₂|z₁) network. Default value: `64`.
       min_scale: lower bound on every σ. Default value: `1e-5`.
+      seed: seed of the q(z₂|z₁) network's initial weights. Default value:
+        `None` (Keras's global random state).
     """
 
     layer_names = ("z1", "z2")
     dreg_unbiased = False  # q(z2|z1) has weights of its own
 
-    def __init__(self, latent_dims, hidden_units=64, min_scale=1e-5, **kwargs):
+    def __init__(self, latent_dims, hidden_units=64, min_scale=1e-5, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.latent_dims = _check_latent_dims(latent_dims)
         self.hidden_units = _checks.positive_int("hidden_units", hidden_units)
         self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
         self.latent_dim = sum(self.latent_dims)
         self.event_shape = (self.latent_dim,)
         d1, d2 = self.latent_dims
-        self.top = _ConditionalGaussian(d1, d2, self.hidden_units, self.min_scale,
+        self.top = _ConditionalGaussian(d1, d2, self.hidden_units, self.min_scale, seed=self.seed,
                                         name="q_z2_given_z1", dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -214,6 +220,7 @@ class HierarchicalPosterior(heads.Posterior):
             "latent_dims": list(self.latent_dims),
             "hidden_units": self.hidden_units,
             "min_scale": self.min_scale,
+            "seed": self.seed,
         }
 
 
@@ -227,17 +234,21 @@ class HierarchicalPrior(priors.Prior):
       latent_dims: `(d1, d2)`, the sizes of z₁ and z₂.
       hidden_units: width of the p(z₁|z₂) network. Default value: `64`.
       min_scale: lower bound on s. Default value: `1e-5`.
+      seed: seed of the p(z₁|z₂) network's initial weights. Default value:
+        `None` (Keras's global random state).
     """
 
-    def __init__(self, latent_dims, hidden_units=64, min_scale=1e-5, **kwargs):
+    def __init__(self, latent_dims, hidden_units=64, min_scale=1e-5, seed=None, **kwargs):
         dims = _check_latent_dims(latent_dims)
         super().__init__(sum(dims), **kwargs)
         self.latent_dims = dims
         self.hidden_units = _checks.positive_int("hidden_units", hidden_units)
         self.min_scale = _checks.non_negative_float("min_scale", min_scale)
+        self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
         d1, d2 = dims
         self.bottom = _ConditionalGaussian(d2, d1, self.hidden_units, self.min_scale,
-                                           name="p_z1_given_z2", dtype=self.dtype_policy)
+                                           seed=self.seed, name="p_z1_given_z2",
+                                           dtype=self.dtype_policy)
 
     can_reparameterize = True
 
@@ -282,4 +293,5 @@ class HierarchicalPrior(priors.Prior):
             "latent_dims": list(self.latent_dims),
             "hidden_units": self.hidden_units,
             "min_scale": self.min_scale,
+            "seed": self.seed,
         }

@@ -13,10 +13,32 @@ data in `build`, so nothing assumes 28×28.
 import math
 
 import keras
+import numpy as np
 
 from tfvae import _checks
 
 _register = keras.saving.register_keras_serializable(package="tfvae")
+
+
+def derive_seed(seed, *keys):
+    """A seed for one part of a seeded whole: distinct `keys` give unrelated seeds.
+
+    Returns `None` for `seed=None` (unseeded: Keras draws its own). Uses no
+    global random state.
+    """
+    if seed is None:
+        return None
+    state = np.random.SeedSequence([int(seed), *[int(k) for k in keys]]).generate_state(1)
+    return int(state[0]) % (2**31)
+
+
+def kernel_initializer(seed):
+    """Keras's default kernel initializer (Glorot uniform), seeded with `seed` unless `None`."""
+    return "glorot_uniform" if seed is None else keras.initializers.GlorotUniform(seed=seed)
+
+
+def _check_seed(seed):
+    return None if seed is None else _checks.non_negative_int("seed", seed)
 
 
 @_register
@@ -27,18 +49,25 @@ class MLP(keras.layers.Layer):
       output_units: width of the final linear layer.
       hidden_units: widths of the hidden layers. Default value: `(256,)`.
       activation: hidden activation. Default value: `"relu"`.
+      seed: seed of the initial weights (each layer derives its own from it).
+        Default value: `None` (Keras's global random state).
 
     Input shape: `[batch, ...]`. Output shape: `[batch, output_units]`.
     """
 
-    def __init__(self, output_units, hidden_units=(256,), activation="relu", **kwargs):
+    def __init__(self, output_units, hidden_units=(256,), activation="relu", seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.output_units = _checks.positive_int("output_units", output_units)
         self.hidden_units = _checks.int_tuple("hidden_units", hidden_units)
         self.activation = activation
+        self.seed = _check_seed(seed)
         self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
-        self.hidden = _dense_stack(self.hidden_units, activation, self.dtype_policy)
-        self.out = keras.layers.Dense(self.output_units, name="output", dtype=self.dtype_policy)
+        self.hidden = _dense_stack(self.hidden_units, activation, self.dtype_policy, self.seed)
+        self.out = keras.layers.Dense(
+            self.output_units, name="output", dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer(derive_seed(self.seed, 0)),
+        )
 
     def build(self, input_shape):
         _build_chain([self.flatten, *self.hidden, self.out], input_shape)
@@ -55,13 +84,19 @@ class MLP(keras.layers.Layer):
             "output_units": self.output_units,
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
+            "seed": self.seed,
         }
 
 
-def _dense_stack(units, activation, dtype):
+# Per-layer seed keys: the output layer is 0, the others count from these bases.
+_HIDDEN, _CONV, _DECONV, _PROJECT = 1000, 2000, 3000, 4000
+
+
+def _dense_stack(units, activation, dtype, seed=None):
     """Hidden `Dense` layers of the given widths."""
     return [
-        keras.layers.Dense(u, activation=activation, name=f"hidden_{i}", dtype=dtype)
+        keras.layers.Dense(u, activation=activation, name=f"hidden_{i}", dtype=dtype,
+                           kernel_initializer=kernel_initializer(derive_seed(seed, _HIDDEN + i)))
         for i, u in enumerate(units)
     ]
 
@@ -104,6 +139,8 @@ class ConvEncoder(keras.layers.Layer):
       dense_units: widths of hidden linear layers after flattening.
         Default value: `()`.
       activation: hidden activation. Default value: `"relu"`.
+      seed: seed of the initial weights (each layer derives its own from it).
+        Default value: `None` (Keras's global random state).
 
     Input shape: `[batch, H, W, C]`. Output shape: `[batch, output_units]`.
     """
@@ -115,6 +152,7 @@ class ConvEncoder(keras.layers.Layer):
         kernel_size=3,
         dense_units=(),
         activation="relu",
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -123,16 +161,21 @@ class ConvEncoder(keras.layers.Layer):
         self.kernel_size = _checks.positive_int("kernel_size", kernel_size)
         self.dense_units = _checks.int_tuple("dense_units", dense_units)
         self.activation = activation
+        self.seed = _check_seed(seed)
         self.convs = [
             keras.layers.Conv2D(
                 f, self.kernel_size, strides=2, padding="same", activation=activation,
                 name=f"conv_{i}", dtype=self.dtype_policy,
+                kernel_initializer=kernel_initializer(derive_seed(self.seed, _CONV + i)),
             )
             for i, f in enumerate(self.filters)
         ]
         self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
-        self.hidden = _dense_stack(self.dense_units, activation, self.dtype_policy)
-        self.out = keras.layers.Dense(self.output_units, name="output", dtype=self.dtype_policy)
+        self.hidden = _dense_stack(self.dense_units, activation, self.dtype_policy, self.seed)
+        self.out = keras.layers.Dense(
+            self.output_units, name="output", dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer(derive_seed(self.seed, 0)),
+        )
 
     def build(self, input_shape):
         _check_image_shape(self, input_shape)
@@ -152,6 +195,7 @@ class ConvEncoder(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "dense_units": list(self.dense_units),
             "activation": self.activation,
+            "seed": self.seed,
         }
 
 
@@ -171,6 +215,8 @@ class ConvDecoder(keras.layers.Layer):
       dense_units: widths of hidden linear layers before the feature map.
         Default value: `()`.
       activation: hidden activation. Default value: `"relu"`.
+      seed: seed of the initial weights (each layer derives its own from it).
+        Default value: `None` (Keras's global random state).
 
     Input shape: `[batch, latent_dim]`. Output shape: `[batch, H, W, C]`.
     """
@@ -182,6 +228,7 @@ class ConvDecoder(keras.layers.Layer):
         kernel_size=3,
         dense_units=(),
         activation="relu",
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -195,26 +242,30 @@ class ConvDecoder(keras.layers.Layer):
         self.kernel_size = _checks.positive_int("kernel_size", kernel_size)
         self.dense_units = _checks.int_tuple("dense_units", dense_units)
         self.activation = activation
+        self.seed = _check_seed(seed)
         height, width, channels = self.target_shape
         n = len(self.filters)
         self._start = (math.ceil(height / 2**n), math.ceil(width / 2**n))
-        self.hidden = _dense_stack(self.dense_units, activation, self.dtype_policy)
+        self.hidden = _dense_stack(self.dense_units, activation, self.dtype_policy, self.seed)
         self.project = keras.layers.Dense(
             self._start[0] * self._start[1] * self.filters[0],
             activation=activation,
             name="project",
             dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer(derive_seed(self.seed, _PROJECT)),
         )
         self.reshape = keras.layers.Reshape(self._start + (self.filters[0],), dtype=self.dtype_policy)
         self.deconvs = [
             keras.layers.Conv2DTranspose(
                 f, self.kernel_size, strides=2, padding="same", activation=activation,
                 name=f"deconv_{i}", dtype=self.dtype_policy,
+                kernel_initializer=kernel_initializer(derive_seed(self.seed, _DECONV + i)),
             )
             for i, f in enumerate(self.filters)
         ]
         self.out = keras.layers.Conv2D(
-            channels, self.kernel_size, padding="same", name="output", dtype=self.dtype_policy
+            channels, self.kernel_size, padding="same", name="output", dtype=self.dtype_policy,
+            kernel_initializer=kernel_initializer(derive_seed(self.seed, 0)),
         )
 
     def build(self, input_shape):
@@ -238,4 +289,5 @@ class ConvDecoder(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "dense_units": list(self.dense_units),
             "activation": self.activation,
+            "seed": self.seed,
         }

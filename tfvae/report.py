@@ -1,13 +1,16 @@
-"""Figures and a markdown report for a trained model (matplotlib, headless)."""
+"""Figures and a markdown report for a trained model (matplotlib, headless).
+
+Figures are `matplotlib.figure.Figure` objects saved directly, never through
+pyplot: nothing here selects a backend or touches pyplot's global state.
+"""
 
 import logging
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from tfvae import evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +41,14 @@ def _show(ax, image):
 
 def _save(fig, path):
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     logger.info("wrote %s", path)
     return path
 
 
 def plot_curves(history, path):
     """Per-epoch ELBO, reconstruction and KL, train and validation."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     for ax, key in zip(axes, _TERMS):
         if key in history:
@@ -64,7 +67,8 @@ def plot_grid(images, path, title, columns=8):
     images = np.asarray(images)
     n = len(images)
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.4), squeeze=False)
+    fig = Figure(figsize=(columns * 1.1, rows * 1.1 + 0.4))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < n and _is_image(images.shape[1:]):
             _show(ax, images[i])
@@ -134,7 +138,8 @@ def plot_latent_space(model, x, labels, path):
         points, axis_name = means, "z"
     else:
         points, axis_name = np.concatenate([means, np.zeros_like(means)], 1), "z"
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     if labels is not None:
         scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=8)
         fig.colorbar(scatter, ax=ax, label="label")
@@ -175,11 +180,7 @@ def write_markdown(path, config, metrics, figures):
         "| quantity | value |",
         "| --- | --- |",
     ]
-    for key in ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
-                "bits_per_dim", "active_units"):
-        if key in metrics:
-            value = metrics[key]
-            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += [f"| {key} | {text} |" for key, text in evaluation.summary(metrics)]
     lines += [
         "",
         f"`log_px` is importance-sampled with K = {metrics.get('num_samples')} samples; "

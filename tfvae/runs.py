@@ -26,6 +26,7 @@ from tfvae import _checks
 from tfvae import builders
 from tfvae import data as data_lib
 from tfvae import evaluation
+from tfvae import options
 from tfvae import report as report_lib
 from tfvae.callbacks import KLWarmup
 
@@ -96,70 +97,68 @@ class RunConfig:
     conditional: bool = False  # condition encoder and decoder on the dataset's labels
 
     def validate(self):
+        """Checks every field, and the option rules of `tfvae.options`, before anything is built.
+
+        Returns:
+          `self` (with `hidden_units` and `filters` as tuples).
+        """
         _checks.one_of("architecture", self.architecture, builders.ARCHITECTURES)
         _checks.one_of("likelihood", self.likelihood, tuple(builders.LIKELIHOODS))
         _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
-        _checks.one_of("prior", self.prior, builders.PRIORS)
+        _checks.one_of("prior", self.prior, tuple(builders.PRIORS))
+        _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
+        _checks.one_of("strategy", self.strategy, STRATEGIES)
+        _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
                      "steps_per_execution", "k"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("top_latent_dim", "free_bits_groups"):
             _checks.non_negative_int(name, getattr(self, name))
-        if self.top_latent_dim and self.posterior != "hierarchical":
-            raise ValueError(
-                "Received an invalid value for `top_latent_dim`: it sets z2's size, so it needs "
-                f"posterior='hierarchical'. Received: top_latent_dim={self.top_latent_dim}, "
-                f"posterior={self.posterior!r}"
-            )
-        if self.objective == "iwae" and (self.beta != 1.0 or self.free_bits > 0
-                                         or self.warmup_epochs > 0):
-            raise ValueError(
-                "Received an invalid value for `objective`: the IWAE bound has no KL term for β, "
-                "KL warm-up or free bits to act on. Received: objective='iwae', "
-                f"beta={self.beta}, warmup_epochs={self.warmup_epochs}, free_bits={self.free_bits}"
-            )
-        if self.free_bits_groups and (self.free_bits == 0 or self.objective != "elbo"):
-            raise ValueError(
-                "Received an invalid value for `free_bits_groups`: it says how --free-bits "
-                "applies to the ELBO's KL, so it needs free_bits > 0 and objective='elbo'. "
-                f"Received: free_bits_groups={self.free_bits_groups}, free_bits={self.free_bits}, "
-                f"objective={self.objective!r}"
-            )
-        if self.posterior == "hierarchical" and self.prior != "standard_normal":
-            raise ValueError(
-                "Received an invalid value for `prior`: a hierarchical model's prior is "
-                "p(z2) p(z1|z2) with a standard normal p(z2); use prior='standard_normal'. "
-                f"Received: prior={self.prior!r}"
-            )
-        if self.free_bits_groups and (
-            self.posterior not in ("diagonal", "hierarchical") or self.prior != "standard_normal"
-        ):
-            raise ValueError(
-                "Received an invalid value for `free_bits_groups`: the KL splits into groups only "
-                "for a diagonal Gaussian posterior and a standard normal prior, or a hierarchy. "
-                f"Received: free_bits_groups={self.free_bits_groups} with posterior="
-                f"{self.posterior!r}, prior={self.prior!r}"
-            )
-        if self.conditional and self.prior == "vamp":
-            raise ValueError(
-                "Received an invalid value for `conditional`: a VampPrior's pseudo-inputs carry "
-                "no labels. Use another prior. Received: conditional=True, prior='vamp'"
-            )
+        for name in ("beta", "warmup_epochs", "free_bits"):
+            _checks.non_negative_float(name, getattr(self, name))
+        _checks.positive_float("learning_rate", self.learning_rate)
+        _checks.non_negative_int("seed", self.seed)
         if not isinstance(self.conditional, bool):
             raise ValueError(
                 f"Received an invalid value for `conditional`, expected True or False. "
                 f"Received: conditional={self.conditional!r}"
             )
-        for name in ("beta", "warmup_epochs", "free_bits"):
-            _checks.non_negative_float(name, getattr(self, name))
-        _checks.positive_float("learning_rate", self.learning_rate)
-        _checks.non_negative_int("seed", self.seed)
-        _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
-        _checks.one_of("strategy", self.strategy, STRATEGIES)
-        _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         self.hidden_units = _checks.int_tuple("hidden_units", self.hidden_units)
         self.filters = _checks.int_tuple("filters", self.filters, allow_empty=False)
+        # The rules that relate options, stated once in tfvae.options (as for build_vae).
+        # RunConfig writes 0 for "none" in top_latent_dim and free_bits_groups.
+        options.check_prior_name(self.posterior, self.prior)
+        options.check_top_latent_dim(self.top_latent_dim or None, self.posterior)
+        posterior, prior = builders.part_classes(self.posterior, self.prior)
+        options.check_objective(self.objective, self.beta, self.free_bits, self.warmup_epochs)
+        options.check_gradient_estimator(self.gradient_estimator, self.objective, posterior, prior)
+        options.check_free_bits_groups(self.free_bits_groups or None, self.free_bits,
+                                       self.objective, posterior, prior, self.latent_dim)
+        # The number of classes is known only once the data are loaded; any
+        # positive size stands in for it here (the rule is on the prior).
+        options.check_condition_dim(1 if self.conditional else None, prior)
         return self
+
+    def model_kwargs(self, input_shape, condition_dim=None):
+        """`tfvae.build_vae`'s arguments for this run, on data of shape `input_shape`.
+
+        Under a KL warm-up β starts at 0 (`KLWarmup` raises it to `beta`).
+        `condition_dim` is the number of classes of a conditional run.
+        """
+        return {
+            "input_shape": tuple(input_shape),
+            **{name: getattr(self, name) for name in _MODEL_FIELDS},
+            "beta": self.beta if self.warmup_epochs == 0 else 0.0,
+            "top_latent_dim": self.top_latent_dim or None,
+            "free_bits_groups": self.free_bits_groups or None,
+            "condition_dim": condition_dim,
+        }
+
+
+# RunConfig fields passed to build_vae as they are.
+_MODEL_FIELDS = ("latent_dim", "likelihood", "architecture", "hidden_units", "filters",
+                 "posterior", "prior", "free_bits", "num_samples", "seed", "objective", "k",
+                 "gradient_estimator")
 
 
 def prepare_output(directory, overwrite=False, resume=False):
@@ -270,6 +269,8 @@ def _train(config, output, strategy, resume, verbose, report):
     (x_train, y_train), (x_val, y_val) = load_dataset(config)
     num_classes = condition_dim(config, y_train, y_val)
     conditions = (None, None) if num_classes is None else (y_train, y_val)
+    # The application layer seeds the process (data pipeline, Keras's global
+    # state); build_vae itself seeds only the model's own weights and noise.
     keras.utils.set_random_seed(config.seed)
     history_path = os.path.join(output, "history.csv")
     last_path = os.path.join(output, "last.keras")
@@ -282,26 +283,7 @@ def _train(config, output, strategy, resume, verbose, report):
             logger.info("resuming %s from epoch %d", output, initial_epoch)
         else:
             initial_epoch = 0
-            model = builders.build_vae(
-                x_train.shape[1:],
-                config.latent_dim,
-                likelihood=config.likelihood,
-                architecture=config.architecture,
-                hidden_units=config.hidden_units,
-                filters=config.filters,
-                posterior=config.posterior,
-                prior=config.prior,
-                beta=config.beta if config.warmup_epochs == 0 else 0.0,
-                free_bits=config.free_bits,
-                num_samples=config.num_samples,
-                seed=config.seed,
-                objective=config.objective,
-                k=config.k,
-                gradient_estimator=config.gradient_estimator,
-                top_latent_dim=config.top_latent_dim or None,
-                free_bits_groups=config.free_bits_groups or None,
-                condition_dim=num_classes,
-            )
+            model = builders.build_vae(**config.model_kwargs(x_train.shape[1:], num_classes))
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
             # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but
