@@ -12,6 +12,7 @@ import os
 import sys
 
 from tfvae import builders
+from tfvae import data
 
 logger = logging.getLogger("tfvae")
 
@@ -29,7 +30,6 @@ def _train_arguments(train):
     Choices come from the registries the library checks names against, and
     defaults from `RunConfig`, so `RunConfig(**fields of args)` is the run.
     """
-    from tfvae import data
     from tfvae import options
     from tfvae import runs
 
@@ -89,6 +89,10 @@ def _train_arguments(train):
            help="networks in low precision, densities and KL in float32; float16 adds loss "
            "scaling (default: %(default)s)")
     option("eval_samples", type=int, help="importance samples for the held-out log p(x)")
+    option("decompose_gap", action="store_true",
+           help="split the held-out ELBO gap into amortization and approximation gaps "
+           "(optimises q per example; see --gap-examples)")
+    option("gap_examples", type=int, help="held-out examples for --decompose-gap")
 
 
 def _config(args):
@@ -117,8 +121,19 @@ def _parser():
                               description="ELBO, reconstruction, KL, importance-sampled log p(x), "
                               "the ELBO gap and active units on the run's validation split.")
     evaluate.add_argument("run", help="a run directory written by `tfvae train`")
+    evaluate.add_argument("--dataset", default=None,
+                          help="evaluate on this dataset (a TFDS name or a .npy/.npz file or "
+                          "image folder) instead of the run's own (default: the run's)")
+    evaluate.add_argument("--split", choices=data.SPLITS, default="validation",
+                          help="which split of the dataset (default: %(default)s; test needs "
+                          "a TFDS name or a .npz with x_test)")
     evaluate.add_argument("--num-samples", type=int, default=1000,
                           help="importance samples K for log p(x) (default: %(default)s)")
+    evaluate.add_argument("--decompose-gap", action="store_true",
+                          help="also split the gap into amortization and approximation gaps "
+                          "(writes OUTPUT_gap.png)")
+    evaluate.add_argument("--gap-examples", type=int, default=500,
+                          help="examples for --decompose-gap (default: %(default)s)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output", help="JSON file (default: RUN/evaluation.json)")
     evaluate.add_argument("--overwrite", action="store_true")
@@ -170,16 +185,24 @@ def _print_table(metrics):
 
 
 def _evaluate(args):
-    from tfvae import evaluation, runs
+    from tfvae import evaluation, report, runs
 
     output = args.output or os.path.join(args.run, "evaluation.json")
+    figure = os.path.splitext(output)[0] + "_gap.png"
     _refuse_existing(output, args.overwrite)
+    if args.decompose_gap:
+        _refuse_existing(figure, args.overwrite)
     config, model = runs.load_run(args.run)
-    x_val, y_val = runs.held_out(config)
-    metrics = evaluation.evaluate_model(
-        model, x_val, num_samples=args.num_samples, seed=args.seed,
-        y=None if model.condition_dim is None else y_val,
-    )
+    x, y = runs.held_out(config, dataset=args.dataset, split=args.split)
+    y = None if model.condition_dim is None else y
+    metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples, seed=args.seed,
+                                        y=y)
+    metrics.update(dataset=args.dataset or config.dataset, split=args.split)
+    if args.decompose_gap:
+        metrics.update(evaluation.gap_decomposition(model, x, y=y, num_examples=args.gap_examples,
+                                                    seed=args.seed))
+        report.plot_gap({os.path.basename(os.path.normpath(args.run)): metrics}, figure)
+        print(f"wrote {figure}")
     with open(output, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     _print_table(metrics)

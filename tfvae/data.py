@@ -23,6 +23,10 @@ TFDS_NAMES = {
     "binarized_mnist": "validation",
     "cifar10": "test",
 }
+# The splits a dataset can be asked for (`load_split`, `tfvae evaluate --split`).
+SPLITS = ("train", "validation", "test")
+# `.npz` keys of predefined splits; the validation split may have any of these names.
+_NPZ_VALIDATION_KEYS = ("x_valid", "x_val", "x_validation")
 LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
 BINARIZE = ("none", "static", "dynamic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -49,41 +53,73 @@ def load_digits(validation_fraction=0.2, seed=0):
 def load_array_file(path, validation_fraction=0.2, seed=0):
     """Loads the user's own data from a `.npy` or `.npz` file.
 
-    A `.npz` needs an array `x` (and may hold labels `y`). Images `[n, H, W]`
-    get a channel axis; `uint8` data is scaled to [0, 1].
+    A `.npz` holds either one array `x` (and optional labels `y`), split at
+    random, or predefined splits used as given: `x_train` with `x_valid` (or
+    `x_val`, `x_validation`), optional `x_test`, and optional labels `y_*`
+    named like their images (a file with `x_train` but no validation split
+    has one carved from `x_train` at random). Images `[n, H, W]` get a
+    channel axis; `uint8` intensities are scaled to [0, 1] (0/1 arrays are kept).
 
     Returns:
       `((x_train, y_train), (x_val, y_val))`; `y` is None without labels.
     """
+    splits = _array_file_splits(path)
+    if "validation" in splits:
+        return splits["train"], splits["validation"]
+    return _split(*splits["train"], validation_fraction, seed)
+
+
+def _array_file_splits(path):
+    """`{split: (x, y)}` of an array file: `train` (all of `x`), or its predefined splits."""
     if not os.path.exists(path):
         raise ValueError(f"Received an invalid value for `dataset`: no such file {path!r}. "
                          "Use 'digits' or a path to a .npy/.npz file.")
-    if path.endswith(".npz"):
-        with np.load(path) as archive:
-            if "x" not in archive:
-                raise ValueError(f"{path!r} holds no array named 'x'. Received: {list(archive)}")
-            x, y = archive["x"], archive["y"] if "y" in archive else None
-    elif path.endswith(".npy"):
-        x, y = np.load(path), None
-    else:
+    if path.endswith(".npy"):
+        return {"train": (_as_images(np.load(path)), None)}
+    if not path.endswith(".npz"):
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not a .npy or "
                          ".npz file.")
+    with np.load(path) as archive:
+        keys = list(archive)
+        if "x_train" in keys:
+            names = {"train": "x_train", "test": "x_test"}
+            names["validation"] = next((k for k in _NPZ_VALIDATION_KEYS if k in keys), None)
+            return {split: (_as_images(archive[key]), _labels(archive, "y" + key[1:]))
+                    for split, key in names.items() if key in keys}
+        if "x" not in keys:
+            raise ValueError(
+                f"{path!r} holds neither an array named 'x' nor predefined splits ('x_train' "
+                f"with 'x_valid' / 'x_val' / 'x_validation', 'x_test'). Received: {keys}")
+        return {"train": (_as_images(archive["x"]), _labels(archive, "y"))}
+
+
+def _labels(archive, key):
+    return archive[key] if key in archive else None
+
+
+def _as_images(x):
+    """`[n, H, W]` gets a channel axis; 8-bit intensities are scaled to [0, 1] (0/1 arrays,
+    e.g. binarised MNIST stored as uint8, are kept)."""
     if x.ndim == 3:
         x = x[..., None]
-    x = x.astype("float32") / 255.0 if x.dtype == np.uint8 else x.astype("float32")
-    return _split(x, y, validation_fraction, seed)
+    if x.dtype == np.uint8 and x.size and x.max() > 1:
+        return x.astype("float32") / 255.0
+    return x.astype("float32")
 
 
-def load_tfds(name, data_dir=None):
+def load_tfds(name, data_dir=None, splits=("train", "validation")):
     """Loads a TensorFlow Datasets image dataset into memory.
 
     Args:
       name: one of `TFDS_NAMES` (`mnist`, `fashion_mnist`, `binarized_mnist`, `cifar10`).
       data_dir: TFDS data directory. Default value: TFDS's default.
+      splits: names from `SPLITS`; `validation` is the dataset's own validation
+        split where it has one (`binarized_mnist`), else its test split.
+        Default value: `("train", "validation")`.
 
     Returns:
-      `((x_train, y_train), (x_val, y_val))`: `x` float32 in [0, 1] of shape
-      `[n, H, W, C]` (binarized_mnist is already 0/1), `y` int64 labels or None.
+      One `(x, y)` per split: `x` float32 in [0, 1] of shape `[n, H, W, C]`
+      (binarized_mnist is already 0/1), `y` int64 labels or None.
     """
     if name not in TFDS_NAMES:
         raise ValueError(
@@ -93,8 +129,10 @@ def load_tfds(name, data_dir=None):
         )
     import tensorflow_datasets as tfds
 
-    splits = []
-    for split in ("train", TFDS_NAMES[name]):
+    loaded = []
+    for split in splits:
+        split = TFDS_NAMES[name] if split == "validation" else _checks.one_of(
+            "split", split, SPLITS)
         dataset = tfds.load(name, split=split, data_dir=data_dir)
         images, labels = [], []
         for batch in tfds.as_numpy(dataset.batch(4096)):
@@ -105,9 +143,9 @@ def load_tfds(name, data_dir=None):
         # binarized_mnist stores 0/1 pixels; everything else 8-bit intensities.
         x = (x > 0).astype("float32") if name == "binarized_mnist" else x.astype("float32") / 255.0
         y = np.concatenate(labels).astype("int64") if labels else None
-        splits.append((x, y))
+        loaded.append((x, y))
         logger.info("loaded %s[%s]: %s", name, split, x.shape)
-    return tuple(splits)
+    return tuple(loaded)
 
 
 def load_image_folder(path, validation_fraction=0.2, seed=0):
@@ -140,9 +178,7 @@ def load_image_folder(path, validation_fraction=0.2, seed=0):
                 f"{file!r} is {array.shape}."
             )
         images.append(array)
-    x = np.stack(images).astype("float32") / 255.0
-    if x.ndim == 3:
-        x = x[..., None]
+    x = _as_images(np.stack(images))
     y = None if any(label is None for label in labels) else np.asarray(labels, "int64")
     return _split(x, y, validation_fraction, seed)
 
@@ -158,7 +194,12 @@ def _split(x, y, validation_fraction, seed):
 
 
 def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
-    """Loads `dataset`: 'digits', a TFDS name, a .npy/.npz file or a folder of images."""
+    """Loads `dataset`: 'digits', a TFDS name, a .npy/.npz file or a folder of images.
+
+    Returns:
+      `((x_train, y_train), (x_val, y_val))`: predefined splits where the
+      dataset has them, else a random split of `validation_fraction`.
+    """
     if dataset == "digits":
         return load_digits(validation_fraction, seed)
     if dataset in TFDS_NAMES:
@@ -168,6 +209,27 @@ def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
     if dataset.endswith((".npy", ".npz")) or os.path.sep in dataset:
         return load_array_file(dataset, validation_fraction, seed)
     return load_tfds(dataset)  # raises, listing the known names
+
+
+def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, data_dir=None):
+    """One split `(x, y)` of `dataset` (see `load`): `train`, `validation` or `test`.
+
+    `train` and `validation` are the two halves `load` returns (the same
+    random split for the same `seed`); `test` needs a dataset that has one: a
+    TFDS name, or a `.npz` with `x_test`.
+    """
+    split = _checks.one_of("split", split, SPLITS)
+    if dataset in TFDS_NAMES:
+        return load_tfds(dataset, data_dir=data_dir, splits=(split,))[0]
+    if split == "test":
+        splits = _array_file_splits(dataset) if str(dataset).endswith(".npz") else {}
+        if "test" not in splits:
+            raise ValueError(
+                f"Received an invalid value for `split`: {dataset!r} has no test split (a TFDS "
+                "name or a .npz with 'x_test' has one). Received: split='test'")
+        return splits["test"]
+    train, validation = load(dataset, validation_fraction, seed, data_dir)
+    return train if split == "train" else validation
 
 
 def prepare(x, likelihood, binarize="none", seed=0):

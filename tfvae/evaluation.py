@@ -7,7 +7,7 @@ from tfvae import _checks
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
 SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
-                "bits_per_dim", "active_units")
+                "approximation_gap", "amortization_gap", "bits_per_dim", "active_units")
 
 
 def summary(metrics):
@@ -105,4 +105,37 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None):
         pass  # not defined for this posterior / prior pair
     result["num_examples"] = int(n)
     result["num_samples"] = num_samples
+    return result
+
+
+def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
+    """The ELBO gap split into approximation and amortization parts (`tfvae.gap`), as means.
+
+    Optimises q per example for the first `num_examples` of `x` (the
+    optimisation costs hundreds of ELBO evaluations per example).
+
+    Args:
+      model: a `tfvae.VAE`.
+      x: held-out data; y: their conditions, for a conditional model.
+      num_examples: how many examples (from the start of `x`). Default value: `500`.
+      seed: noise seed. Default value: `0`.
+      **kwargs: passed to `tfvae.gap.decompose_gap` (`steps`, `eval_samples`, ...).
+
+    Returns:
+      A dict of floats: `approximation_gap`, `amortization_gap`, `gap_log_px`,
+      `gap_elbo`, `elbo_optimized` (means over the examples, nats), their
+      standard errors `*_stderr` over examples, `gap_last_improvement` and
+      `gap_examples`.
+    """
+    from tfvae import gap
+
+    n = min(_checks.positive_int("num_examples", num_examples), len(x))
+    parts = gap.decompose_gap(model, x[:n], y=None if y is None else y[:n], seed=seed, **kwargs)
+    result = {"gap_examples": n, "gap_last_improvement": parts["last_improvement"]}
+    for key, name in (("approximation_gap", "approximation_gap"),
+                      ("amortization_gap", "amortization_gap"), ("log_px", "gap_log_px"),
+                      ("elbo", "gap_elbo"), ("elbo_optimized", "elbo_optimized")):
+        values = np.asarray(parts[key], np.float64)
+        result[name] = float(values.mean())
+        result[name + "_stderr"] = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return result

@@ -95,6 +95,8 @@ class RunConfig:
     top_latent_dim: int = 0  # z2's size for posterior="hierarchical" (0: latent_dim // 2)
     free_bits_groups: int = 0  # 0: free bits per example on the total KL
     conditional: bool = False  # condition encoder and decoder on the dataset's labels
+    decompose_gap: bool = False  # split the held-out gap into amortization + approximation
+    gap_examples: int = 500  # held-out examples whose q is optimised for that split
 
     def validate(self):
         """Checks every field, and the option rules of `tfvae.options`, before anything is built.
@@ -110,7 +112,7 @@ class RunConfig:
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
-                     "steps_per_execution", "k"):
+                     "steps_per_execution", "k", "gap_examples"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("top_latent_dim", "free_bits_groups"):
             _checks.non_negative_int(name, getattr(self, name))
@@ -118,11 +120,12 @@ class RunConfig:
             _checks.non_negative_float(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
-        if not isinstance(self.conditional, bool):
-            raise ValueError(
-                f"Received an invalid value for `conditional`, expected True or False. "
-                f"Received: conditional={self.conditional!r}"
-            )
+        for name in ("conditional", "decompose_gap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"Received an invalid value for `{name}`, expected True or False. "
+                    f"Received: {name}={getattr(self, name)!r}"
+                )
         self.hidden_units = _checks.int_tuple("hidden_units", self.hidden_units)
         self.filters = _checks.int_tuple("filters", self.filters, allow_empty=False)
         # The rules that relate options, stated once in tfvae.options (as for build_vae).
@@ -339,8 +342,15 @@ def _train(config, output, strategy, resume, verbose, report):
     metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples,
                                         seed=config.seed, y=conditions[1])
     metrics["epochs_trained"] = len(history.get("loss", []))
+    if config.decompose_gap:
+        metrics.update(evaluation.gap_decomposition(best, x_val, y=conditions[1],
+                                                    num_examples=config.gap_examples,
+                                                    seed=config.seed))
     _write_json(os.path.join(output, "metrics.json"), metrics)
     figures = report_lib.write_figures(best, history, x_val, y_val, output, seed=config.seed)
+    if config.decompose_gap:
+        figures["gap"] = os.path.basename(
+            report_lib.plot_gap({"this run": metrics}, os.path.join(output, "gap.png")))
     report_lib.write_markdown(
         os.path.join(output, "report.md"), dataclasses.asdict(config), metrics, figures
     )
@@ -360,6 +370,16 @@ def load_run(directory):
     return config, keras.saving.load_model(model_path)
 
 
-def held_out(config):
-    """The run's validation split `(x, y)`."""
-    return load_dataset(config)[1]
+def held_out(config, dataset=None, split="validation"):
+    """A split `(x, y)` for evaluating the run, prepared as the run's held-out data.
+
+    Args:
+      config: the run's `RunConfig`.
+      dataset: a dataset name or path (see `tfvae.data.load`). Default value:
+        the run's own.
+      split: `"train"`, `"validation"` or `"test"`. Default value: `"validation"`.
+    """
+    dataset = config.dataset if dataset is None else dataset
+    x, y = data_lib.load_split(dataset, split, seed=config.seed)
+    mode = "static" if config.binarize != "none" else "none"
+    return data_lib.prepare(x, config.likelihood, mode, seed=config.seed + 1), y
