@@ -33,6 +33,7 @@ def trained(tmp_path_factory):
     return {"root": root, "run": run, "model": model, "x": x}
 
 
+@pytest.mark.slow
 def test_cli_exports_both_formats_from_a_trained_run(trained, capsys):
     run, root = trained["run"], trained["root"]
     assert cli.main(["export", run, "--format", "saved_model", "--output", str(root / "models")]) == 0
@@ -59,6 +60,7 @@ def _run_without_tensorflow(script, args, cwd):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_onnx_runner_works_without_tensorflow(trained):
     root, model, x = trained["root"], trained["model"], trained["x"]
     onnx_dir = root / "onnx_runner"
@@ -108,6 +110,7 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_tfserving_client_sends_a_predict_request(trained):
     root, model, x = trained["root"], trained["model"], trained["x"]
     path = tfvae.export.export_saved_model(model, str(root / "serving"), "tfvae")
