@@ -7,6 +7,7 @@ Full command runs are marked `slow`; argument errors fail before training and ar
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,9 +78,9 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_overwrite_and_resume(tmp_path):
+def test_overwrite_and_resume(run_dir, tmp_path):
     output = str(tmp_path / "run")
-    assert cli.main(["train", "--output", output, *TINY]) == 0
+    shutil.copytree(run_dir, output)  # a finished run of the same settings
     assert cli.main(["train", "--output", output, "--overwrite", *TINY]) == 0
     assert len(_history(output)) == 2
     # Resuming continues the saved run up to its configured epochs; with more
@@ -220,8 +221,6 @@ def test_variant_flags_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_label_needs_a_conditional_run(tmp_path, capsys):
-    plain = str(tmp_path / "plain")
-    assert cli.main(["train", "--output", plain, *TINY]) == 0
-    assert cli.main(["sample", plain, "--label", "1"]) == 2
+def test_label_needs_a_conditional_run(run_dir, capsys):
+    assert cli.main(["sample", run_dir, "--label", "1"]) == 2
     assert "--label needs a conditional run" in capsys.readouterr().err
