@@ -1,8 +1,9 @@
-"""The ELBO mathematics against closed forms.
+"""tfvae.objectives: the ELBO mathematics against closed forms.
 
 `log p(x) = ELBO(q) + KL(q(z|x) ‖ p(z|x))`: checked in one dimension and on a
 linear-Gaussian model, where log p(x), the exact posterior and every KL have
-closed forms computed here independently with numpy/scipy.
+closed forms computed here independently with numpy/scipy. Also: free bits per
+group, the IWAE objective and the DReG estimator, and the argument checks.
 """
 
 import numpy as np
