@@ -12,6 +12,19 @@ _SLOW_ELSEWHERE = {
 }
 
 
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A finished `tfvae train` run on the built-in digits with tiny settings, shared by the
+    command-line and deployment tests. Read-only: copy it to change it."""
+    from tfvae import cli
+
+    from helpers import TINY_RUN
+
+    output = str(tmp_path_factory.mktemp("runs") / "digits")
+    assert cli.main(["train", "--output", output, *TINY_RUN]) == 0
+    return output
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in _SLOW_ELSEWHERE:

@@ -43,6 +43,11 @@ def out_of_unit_range():
     return x
 
 
+# `tfvae train` settings for tiny end-to-end runs on the built-in digits.
+TINY_RUN = ["--epochs", "2", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "5",
+            "--batch-size", "128", "--quiet"]
+
+
 # The public methods that take data x, each called on a model and an x.
 X_METHODS = {
     "encode": lambda m, x: m.encode(x),

@@ -18,16 +18,16 @@ import pytest
 from tfvae import cli
 from tfvae import runs
 
-TINY = ["--epochs", "2", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "5",
-        "--batch-size", "128", "--quiet"]
+from helpers import TINY_RUN
+
+TINY = TINY_RUN
 FIGURES = ("curves.png", "reconstructions.png", "samples.png", "traversal.png", "latent_space.png")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    output = str(tmp_path_factory.mktemp("runs") / "digits")
-    assert cli.main(["train", "--output", output, *TINY]) == 0
-    return output
+def run_dir(digits_run):
+    """The shared finished run (conftest.py), trained with `TINY`."""
+    return digits_run
 
 
 def _history(path):
