@@ -1,8 +1,13 @@
-"""`tfvae` command end to end on tiny settings: train, report, refuse to overwrite, resume, evaluate, sample."""
+"""tfvae.cli: the `tfvae` command end to end on tiny settings (train, report, refuse to
+overwrite, resume, evaluate, sample, export) and its one-line argument errors.
+
+Full command runs are marked `slow`; argument errors fail before training and are fast.
+"""
 
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,16 +18,16 @@ import pytest
 from tfvae import cli
 from tfvae import runs
 
-TINY = ["--epochs", "2", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "5",
-        "--batch-size", "128", "--quiet"]
+from helpers import TINY_RUN
+
+TINY = TINY_RUN
 FIGURES = ("curves.png", "reconstructions.png", "samples.png", "traversal.png", "latent_space.png")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    output = str(tmp_path_factory.mktemp("runs") / "digits")
-    assert cli.main(["train", "--output", output, *TINY]) == 0
-    return output
+def run_dir(digits_run):
+    """The shared finished run (conftest.py), trained with `TINY`."""
+    return digits_run
 
 
 def _history(path):
@@ -30,6 +35,7 @@ def _history(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_writes_model_metrics_history_figures_and_report(run_dir):
     for name in ("run.json", "model.keras", "last.keras", "metrics.json", "history.csv",
                  "report.md", *FIGURES):
@@ -52,6 +58,7 @@ def test_train_writes_model_metrics_history_figures_and_report(run_dir):
     assert f"{metrics['elbo']:.4f}" in report
 
 
+@pytest.mark.slow
 def test_train_refuses_to_overwrite_an_earlier_run(run_dir, capsys):
     before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
     assert cli.main(["train", "--output", run_dir, *TINY]) == 2
@@ -70,9 +77,10 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys)
     assert (precious / "thesis.txt").read_text() == "do not delete"
 
 
-def test_overwrite_and_resume(tmp_path):
+@pytest.mark.slow
+def test_overwrite_and_resume(run_dir, tmp_path):
     output = str(tmp_path / "run")
-    assert cli.main(["train", "--output", output, *TINY]) == 0
+    shutil.copytree(run_dir, output)  # a finished run of the same settings
     assert cli.main(["train", "--output", output, "--overwrite", *TINY]) == 0
     assert len(_history(output)) == 2
     # Resuming continues the saved run up to its configured epochs; with more
@@ -118,6 +126,7 @@ def test_help_on_every_command(command, capsys):
     assert "usage: tfvae " + command in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluate_writes_json_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
     output = str(tmp_path / "eval.json")
     assert cli.main(["evaluate", run_dir, "--num-samples", "10", "--output", output]) == 0
@@ -134,6 +143,7 @@ def test_evaluate_rejects_a_directory_without_a_run(tmp_path, capsys):
     assert "not a tfvae run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sample_writes_png_and_npy(run_dir, tmp_path):
     png, npy = str(tmp_path / "s.png"), str(tmp_path / "s.npy")
     assert cli.main(["sample", run_dir, "-n", "6", "--output", png]) == 0
@@ -144,6 +154,7 @@ def test_sample_writes_png_and_npy(run_dir, tmp_path):
     assert cli.main(["sample", run_dir, "--output", npy]) == 2
 
 
+@pytest.mark.slow
 def test_console_entry_point_runs():
     result = subprocess.run(
         [sys.executable, "-m", "tfvae.cli", "--help"], capture_output=True, text=True, timeout=120
@@ -151,6 +162,7 @@ def test_console_entry_point_runs():
     assert result.returncode == 0 and "train" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_with_bound_tightening_variants(tmp_path):
     output = str(tmp_path / "iwae_iaf_vamp")
     assert cli.main(["train", "--output", output, *TINY, "--objective", "iwae", "--k", "3",
@@ -163,6 +175,7 @@ def test_train_with_bound_tightening_variants(tmp_path):
     assert "iwae" in rows[0] and "val_iwae" in rows[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, extra_metrics", [
     (["--posterior", "hierarchical", "--top-latent-dim", "2"], {"kl_z1", "kl_z2"}),
     (["--conditional", "--free-bits", "0.2", "--free-bits-groups", "2"], set()),
@@ -205,7 +218,9 @@ def test_variant_flags_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
         assert cli.main(["train", "--output", str(tmp_path / "x"), *TINY, *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
-    plain = str(tmp_path / "plain")
-    assert cli.main(["train", "--output", plain, *TINY]) == 0
-    assert cli.main(["sample", plain, "--label", "1"]) == 2
+
+
+@pytest.mark.slow
+def test_label_needs_a_conditional_run(run_dir, capsys):
+    assert cli.main(["sample", run_dir, "--label", "1"]) == 2
     assert "--label needs a conditional run" in capsys.readouterr().err

@@ -4,18 +4,26 @@ Each variant (β-VAE, IWAE and IWAE + DReG, IAF, planar-flow and full-covariance
 mixture and Vamp priors, a two-layer hierarchy, conditional MLP and conv
 models, free bits per group) is checked for
 
-* serialisation: `.keras` save / load keeps the config, the weights, the
-  ELBO terms at a fixed seed and `predict`;
+* serialisation: `.keras` save / load keeps the config, the weights, and
+  exactly the ELBO terms and training objective at a fixed seed and `predict`;
 * `jit_compile`: training under XLA gives the same weights and history as
   training in a plain graph (tfvae's noise is identical on both paths);
 * SavedModel export: every signature computes, at two batch sizes, what the
-  Keras model computes through its TFP distributions;
-* ONNX export: every graph the model supports runs in onnxruntime and agrees
-  with the same references; the graphs that cannot be exported are refused
-  with a clear `ValueError` before anything is written.
+  Keras model computes through its TFP distributions (rtol 1e-5; atol 1e-6, 2e-5
+  for the Monte Carlo `elbo` terms);
+* ONNX export: every graph the model supports passes the ONNX checker at
+  tfvae's opset, runs in onnxruntime and agrees with the same references
+  (rtol, atol 1e-5); the graphs that cannot be exported are refused with a
+  clear `ValueError` before anything is written.
 
 Models are tiny (binary data `(8,)` or `(4, 4, 1)`, latent size 2 to 5,
 hidden width 8) and each variant is built and fitted once per module.
+
+The checks on fitted models are `slow` (a fit per variant, exports, XLA); the
+inner loop (`-m "not slow"`) builds every variant and rebuilds it from its config.
+
+A property that every variant must have belongs here, as a test over `NAMES`,
+not in a feature's test file.
 """
 
 import dataclasses
@@ -24,6 +32,7 @@ from typing import Callable, Optional
 
 import keras
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
@@ -291,6 +300,32 @@ def _expected_graphs(name, available):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_variant_builds_and_rebuilds_from_its_config(name):
+    """The inner loop's check of every variant: built (not fitted) as specified, and
+    `from_config` + the same weights computes the same ELBO terms."""
+    model = VARIANTS[name].build()
+    variant = VARIANTS[name]
+    assert type(model.posterior) is variant.posterior
+    assert type(model.prior) is variant.prior
+    assert type(model.encoder) is variant.encoder
+    config = model.get_config()
+    for key, value in variant.config.items():
+        assert config[key] == value, key
+    assert {metric.name for metric in model.metrics} == _metric_names(model)
+    rebuilt = tfvae.VAE.from_config(config)
+    assert _normalised(rebuilt.get_config()) == _normalised(config)
+    rebuilt.set_weights(model.get_weights())
+    x, labels = _data(model, 5, seed=2)
+    condition = {} if labels is None else {"y": labels}
+    expected = model.elbo(x, seed=0, **condition)
+    got = rebuilt.elbo(x, seed=0, **condition)
+    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
 def test_variant_is_built_as_specified(zoo, name):
     model, _, history = zoo.fitted(name)
     variant = VARIANTS[name]
@@ -310,6 +345,7 @@ def test_variant_is_built_as_specified(zoo, name):
 # a. Serialisation.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     model, _, _ = zoo.fitted(name)
@@ -330,7 +366,7 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     got = loaded.elbo(x, seed=0, **condition)
     assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
     for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     # The training objective too (its loss carries β, free bits, IWAE's k).
     seed = tfvae.random.make_seed(3)
     y = None if labels is None else tf.one_hot(labels, NUM_CLASSES)
@@ -338,8 +374,7 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     got_terms = loaded.objective_terms(tf.constant(x), y, seed=seed)
     assert set(got_terms) == set(expected_terms) and "loss" in got_terms
     for key in expected_terms:
-        np.testing.assert_allclose(got_terms[key], expected_terms[key], rtol=1e-6, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_array_equal(got_terms[key], expected_terms[key], err_msg=key)
     # The fixed seed is what makes them equal: another seed gives other noise.
     other = model.elbo(x, seed=1, **condition)["reconstruction"]
     assert not np.allclose(other, expected["reconstruction"])
@@ -347,7 +382,7 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     inputs = x if labels is None else (x, labels)
     predicted = loaded.predict(inputs, verbose=0)
     assert predicted.shape == x.shape
-    np.testing.assert_allclose(predicted, model.predict(inputs, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(predicted, model.predict(inputs, verbose=0))
     np.testing.assert_allclose(predicted, model(inputs), rtol=1e-6, atol=1e-6)
 
 
@@ -355,6 +390,7 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
 # b. jit_compile.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_training_under_xla_matches_training_without(zoo, name):
     reference, initial, history = zoo.fitted(name)
@@ -378,6 +414,7 @@ def test_training_under_xla_matches_training_without(zoo, name):
 # c. SavedModel.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_saved_model_signatures_match_keras(zoo, name, tmp_path):
     model, _, _ = zoo.fitted(name)
@@ -396,9 +433,11 @@ def test_saved_model_signatures_match_keras(zoo, name, tmp_path):
             feeds = _feeds(model, signature, inputs)
             outputs = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feeds.items()})
             _assert_outputs_match(outputs, reference[signature], batch,
-                                  f"{name} {signature} batch {batch}", atol=2e-5)
+                                  f"{name} {signature} batch {batch}",
+                                  atol=2e-5 if signature == "elbo" else 1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in NAMES if VARIANTS[n].sample_refused_by])
 def test_sample_export_is_refused_for_priors_without_noise_sampling(zoo, name, tmp_path):
     model, _, _ = zoo.fitted(name)
@@ -416,6 +455,7 @@ def test_sample_export_is_refused_for_priors_without_noise_sampling(zoo, name, t
 # d. ONNX. (The IWAE-objective and VampPrior models are variants here like any other.)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_graphs_match_keras(zoo, name, tmp_path):
     model, _, _ = zoo.fitted(name)
@@ -432,6 +472,11 @@ def test_onnx_graphs_match_keras(zoo, name, tmp_path):
     assert metadata["latent_dim"] == model.latent_dim
     assert metadata["condition_dim"] == model.condition_dim
     assert set(metadata["graphs"]) == expected_graphs
+    assert metadata["opset"] == export.ONNX_OPSET
+    for path in written.values():
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto)
+        assert proto.opset_import[0].version == export.ONNX_OPSET
 
     sessions = {graph: ort.InferenceSession(path, providers=["CPUExecutionProvider"])
                 for graph, path in written.items()}
@@ -444,4 +489,4 @@ def test_onnx_graphs_match_keras(zoo, name, tmp_path):
             names = [o.name for o in session.get_outputs()]
             outputs = dict(zip(names, session.run(None, feeds)))
             _assert_outputs_match(outputs, reference[graph], batch,
-                                  f"{name} {graph} batch {batch}", atol=1e-4)
+                                  f"{name} {graph} batch {batch}", atol=1e-5)

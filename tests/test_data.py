@@ -1,5 +1,7 @@
 """tfvae.data: built-in digits, TFDS by name (mocked: no downloads), user files, pipelines."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +12,8 @@ from sklearn import datasets as sk_datasets
 import tfvae
 from tfvae import cli
 from tfvae import data
+
+from helpers import invalid
 
 
 def test_digits_are_the_real_sklearn_digits_scaled_with_a_fixed_split():
@@ -130,6 +134,7 @@ def test_data_that_does_not_suit_the_likelihood_is_refused(tmp_path, capsys):
     assert code == 2 and "BernoulliLikelihood expects values in [0.0, 1.0]" in err
 
 
+@pytest.mark.slow
 def test_cli_trains_on_mocked_tfds_with_dynamic_binarisation(tmp_path):
     with tfds.testing.mock_data(num_examples=24):
         code = cli.main(["train", "--dataset", "mnist", "--binarize", "dynamic", "--epochs", "1",
@@ -138,3 +143,22 @@ def test_cli_trains_on_mocked_tfds_with_dynamic_binarisation(tmp_path):
     assert code == 0
     config, model = tfvae.runs.load_run(str(tmp_path / "mnist"))
     assert model.event_shape == (28, 28, 1) and config.binarize == "dynamic"
+
+
+@pytest.mark.parametrize(
+    "validation_fraction", [1.5, 0, 1, 1.0, -0.1, math.nan, True, None, "abc", "0.5"]
+)
+def test_load_digits_bad_validation_fraction(validation_fraction):
+    with invalid("validation_fraction", validation_fraction, "(0, 1)"):
+        tfvae.data.load_digits(validation_fraction=validation_fraction)
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, None, "abc"])
+def test_load_digits_bad_seed(seed):
+    with invalid("seed", seed):
+        tfvae.data.load_digits(seed=seed)
+
+
+def test_load_digits_validation_fraction():
+    (x_train, _), (x_val, _) = tfvae.data.load_digits(validation_fraction=0.5)
+    assert abs(len(x_train) - len(x_val)) <= 1

@@ -18,21 +18,20 @@ import tfvae
 from tfvae import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--latent-dim", "3", "--hidden-units", "16", "--eval-samples", "2",
-        "--batch-size", "256", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, digits_run):
+    """The shared finished run (conftest.py); everything this module writes goes in `root`."""
     root = tmp_path_factory.mktemp("deploy")
-    run = str(root / "run")
-    assert cli.main(["train", "--output", run, *TINY]) == 0
+    run = digits_run
     _, model = tfvae.runs.load_run(run)
     x = tfvae.data.load_digits()[1][0][:5]
     np.save(root / "x.npy", x)
     return {"root": root, "run": run, "model": model, "x": x}
 
 
+@pytest.mark.slow
 def test_cli_exports_both_formats_from_a_trained_run(trained, capsys):
     run, root = trained["run"], trained["root"]
     assert cli.main(["export", run, "--format", "saved_model", "--output", str(root / "models")]) == 0
@@ -59,6 +58,7 @@ def _run_without_tensorflow(script, args, cwd):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_onnx_runner_works_without_tensorflow(trained):
     root, model, x = trained["root"], trained["model"], trained["x"]
     onnx_dir = root / "onnx_runner"
@@ -71,7 +71,7 @@ def test_onnx_runner_works_without_tensorflow(trained):
     result = _run_without_tensorflow(
         script, [str(onnx_dir), "sample", "-n", "6", "--seed", "4", "--save", "s.npy"], root)
     assert result.returncode == 0, result.stderr[-3000:]
-    eps = np.random.default_rng(4).standard_normal((6, 3)).astype(np.float32)
+    eps = np.random.default_rng(4).standard_normal((6, model.latent_dim)).astype(np.float32)
     expected = model.decode(eps).mean().numpy()
     np.testing.assert_allclose(np.load(root / "s.npy"), expected, rtol=1e-5, atol=2e-5)
     result = _run_without_tensorflow(
@@ -108,6 +108,7 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_tfserving_client_sends_a_predict_request(trained):
     root, model, x = trained["root"], trained["model"], trained["x"]
     path = tfvae.export.export_saved_model(model, str(root / "serving"), "tfvae")
@@ -124,7 +125,7 @@ def test_tfserving_client_sends_a_predict_request(trained):
                                       str(root / "x.npy"), "--save", str(root / "enc.npz")]) == 0
         encoded = np.load(root / "enc.npz")
         np.testing.assert_allclose(encoded["mean"], model.encode(x).mean(), rtol=1e-5, atol=1e-5)
-        outputs = tfserving_client.predict(url, "reconstruct", {"x": x, "eps": np.zeros((5, 3))})
+        outputs = tfserving_client.predict(url, "reconstruct", {"x": x, "eps": np.zeros((5, model.latent_dim))})
         np.testing.assert_allclose(outputs["output"], model.reconstruct(x), rtol=1e-5, atol=1e-5)
         request_path, body = _FakeServing.requests[0]
         assert request_path == "/v1/models/tfvae:predict"

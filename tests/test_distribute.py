@@ -13,6 +13,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "distributed_job.py"
+# Subprocesses and multi-worker jobs: the whole module is slow.
+pytestmark = pytest.mark.slow
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 

@@ -51,6 +51,7 @@ def test_script_has_docstring_main_and_fresh_output_dirs(name, tmp_path):
         assert f.read() == "earlier result"
 
 
+@pytest.mark.slow
 def test_keras_workflow(tmp_path):
     r = run("keras_workflow", tmp_path)
     assert math.isfinite(r["elbo_before"]) and math.isfinite(r["elbo_after"])
@@ -66,6 +67,7 @@ def test_keras_workflow(tmp_path):
     assert r["log_likelihood"] > r["elbo_seed0"] - 0.05
 
 
+@pytest.mark.slow
 def test_custom_networks(tmp_path):
     r = run("custom_networks", tmp_path)
     assert r["posterior_params_size"] == 2 * 4
@@ -109,6 +111,7 @@ def test_elbo_identity_numpy_helpers():
     np.testing.assert_allclose(zero, 0.0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_elbo_identity(tmp_path):
     r = run("elbo_identity", tmp_path)
     epochs = len(r["epoch"])
@@ -152,6 +155,7 @@ def test_em_vs_vae_numpy_helpers():
     assert max(curve) <= best + 1e-9
 
 
+@pytest.mark.slow
 def test_em_vs_vae(tmp_path):
     r = run("em_vs_vae", tmp_path)
     em, vae, best = r["em_log_likelihood"], r["vae_log_likelihood"], r["closed_form_log_likelihood"]

@@ -69,8 +69,9 @@ def _tolerance(model):
 # SavedModel.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("likelihood, architecture, extra", [
-    ("bernoulli", "mlp", {}),
+    # (bernoulli / mlp / diagonal / standard normal: test_conformance.py, variant "plain".)
     ("discretized_logistic", "conv", {"posterior": "full"}),
     ("gaussian_predicted", "mlp", {"prior": "mixture", "num_components": 2}),
 ])
@@ -94,6 +95,7 @@ def test_saved_model_signatures_match_keras_at_two_batch_sizes(tmp_path, likelih
             assert outputs[next(iter(outputs))].shape[0] == batch
 
 
+@pytest.mark.slow
 def test_saved_model_decode_exposes_likelihood_parameters(tmp_path):
     model = _model("gaussian_predicted")
     loaded = tf.saved_model.load(export.export_saved_model(model, str(tmp_path), "vae"))
@@ -104,6 +106,7 @@ def test_saved_model_decode_exposes_likelihood_parameters(tmp_path):
     np.testing.assert_allclose(outputs["scale"], dist.scale, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_every_signature(tmp_path):
     model = _model()
     path = export.export_saved_model(model, str(tmp_path), "vae", version=3)
@@ -118,6 +121,7 @@ def test_saved_model_cli_lists_every_signature(tmp_path):
     assert "outputs['reconstruction'] tensor_info" in result.stdout
 
 
+@pytest.mark.slow
 def test_saved_model_versions_are_never_overwritten(tmp_path):
     model = _model()
     first = export.export_saved_model(model, str(tmp_path), "vae")
@@ -138,10 +142,14 @@ def test_sample_signature_with_a_mixture_prior_is_a_clear_error(tmp_path):
 # ---------------------------------------------------------------------------
 # ONNX.
 
+# Every likelihood with both architectures, except bernoulli / mlp / diagonal: that is the
+# conformance registry's variant "plain" (test_conformance.py).
 ONNX_CASES = [(likelihood, architecture)
-              for likelihood in tfvae.builders.LIKELIHOODS for architecture in ("mlp", "conv")]
+              for likelihood in tfvae.builders.LIKELIHOODS for architecture in ("mlp", "conv")
+              if (likelihood, architecture) != ("bernoulli", "mlp")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("likelihood, architecture", ONNX_CASES)
 def test_onnx_graphs_match_keras_at_two_batch_sizes(tmp_path, likelihood, architecture):
     posterior = "full" if architecture == "conv" else "diagonal"

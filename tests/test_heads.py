@@ -1,9 +1,12 @@
-"""Tests for tfvae.heads: every head against independent numpy/scipy formulas.
+"""Tests for tfvae.heads: every head against independent numpy/scipy formulas, the
+posterior capabilities, constructor checks, and the data each likelihood refuses.
 
 Each head is described once in `CASES` together with an independent numpy
 reference for its log-density (and mean) written from the parametrisation in
 the head's docstring, so every test below runs over every head.
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +16,12 @@ import scipy.stats as st
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tfvae
 from tfvae import heads
+from tfvae import priors
+
+import helpers
+from helpers import invalid, raises
 
 tfd = tfp.distributions
 
@@ -667,3 +675,253 @@ def test_posterior_reparameterize_matches_distribution_moments(head):
     for b in range(2):
         np.testing.assert_allclose(z[:, b].mean(0), dist.mean().numpy()[b], atol=0.03)
         np.testing.assert_allclose(np.cov(z[:, b].T), dist.covariance().numpy()[b], atol=0.05)
+
+
+# ---------------------------------------------------------------------------
+# Posterior capabilities: what tfvae.VAE and tfvae.options ask a posterior.
+
+
+def _np_kl_per_dimension(loc, scale):
+    """KL(N(μ_j, σ_j²) ‖ N(0, 1)) per dimension, in float64."""
+    loc, scale = np.asarray(loc, np.float64), np.asarray(scale, np.float64)
+    return 0.5 * (loc**2 + scale**2 - 1.0) - np.log(scale)
+
+
+@pytest.mark.parametrize("latent_dim, num_groups, sizes", [
+    (5, 1, [5]), (5, 2, [3, 2]), (5, 3, [2, 2, 1]), (5, 5, [1] * 5), (4, 2, [2, 2]),
+])
+def test_kl_groups_are_sums_of_the_numpy_per_dimension_kl(latent_dim, num_groups, sizes):
+    head = heads.DiagonalGaussianPosterior(latent_dim)
+    rng = np.random.default_rng(latent_dim + num_groups)
+    parameters = head.parameters(tf.constant(rng.normal(size=(6, head.params_size)), tf.float32))
+    prior = priors.StandardNormalPrior(latent_dim)
+    groups = head.kl_groups(parameters, prior, num_groups)
+    z = tf.constant(rng.normal(size=(2, 6, latent_dim)), tf.float32)
+    got = groups(z).numpy()
+    assert got.shape == (6, num_groups)
+    per_dim = _np_kl_per_dimension(parameters["loc"], parameters["scale"])
+    bounds = np.cumsum([0] + sizes)  # contiguous groups, the first ones one larger
+    expected = np.stack([per_dim[:, a:b].sum(-1) for a, b in zip(bounds[:-1], bounds[1:])], -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # The groups add up to the analytic KL of q to the prior, and ignore z (analytic).
+    q = head.distribution(parameters)
+    np.testing.assert_allclose(got.sum(-1), tfd.kl_divergence(q, prior.distribution()),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(groups(None), got)
+    assert head.kl_groups(parameters, prior, None) is None
+
+
+def test_posterior_capabilities():
+    diagonal, full = heads.DiagonalGaussianPosterior(3), heads.FullCovarianceGaussianPosterior(3)
+    assert diagonal.independent_dimensions and not full.independent_dimensions
+    for head in (diagonal, full):
+        assert isinstance(head, heads.Posterior)
+        assert head.layer_names == () and head.dreg_unbiased
+        prior = head.default_prior()
+        assert type(prior) is priors.StandardNormalPrior and prior.latent_dim == 3
+        assert head.check_prior(priors.MixtureOfGaussiansPrior(3, num_components=2)) is None
+    # The base class leaves reparameterisation to each posterior.
+    with pytest.raises(NotImplementedError):
+        heads.Posterior().reparameterize({}, tf.zeros([1, 3]))
+
+
+@pytest.mark.parametrize("prior", [priors.StandardNormalPrior(2), "standard_normal", None,
+                                   heads.DiagonalGaussianPosterior(3)],
+                         ids=["wrong_latent_dim", "name", "none", "not_a_prior"])
+def test_check_prior_refuses_what_cannot_pair(prior):
+    with raises("`prior`", "expected a tfvae prior with latent_dim=3", "latent_dim="):
+        heads.DiagonalGaussianPosterior(3).check_prior(prior)
+
+
+def test_vae_prior_latent_dim_mismatch():
+    posterior = heads.DiagonalGaussianPosterior(2)
+    likelihood = heads.BernoulliLikelihood((4,))
+    parts = (tfvae.MLP(posterior.params_size, (8,)), tfvae.MLP(likelihood.params_size, (8,)),
+             posterior, likelihood)
+    with raises("`prior`", "latent_dim=2"):
+        tfvae.VAE(*parts, prior=tfvae.StandardNormalPrior(3))
+
+
+def test_vae_prior_latent_dim_mismatch_shows_received_latent_dim():
+    # The repr of a Keras layer does not show its latent_dim, so the message
+    # must say what the received prior's latent_dim was.
+    posterior = heads.DiagonalGaussianPosterior(2)
+    likelihood = heads.BernoulliLikelihood((4,))
+    parts = (tfvae.MLP(posterior.params_size, (8,)), tfvae.MLP(likelihood.params_size, (8,)),
+             posterior, likelihood)
+    with raises("`prior`", "latent_dim=2", "latent_dim=3"):
+        tfvae.VAE(*parts, prior=tfvae.StandardNormalPrior(3))
+
+
+# ---------------------------------------------------------------------------
+# Constructor arguments.
+
+BAD_POSITIVE_INTS = helpers.BAD_POSITIVE_INTS
+
+
+@pytest.mark.parametrize(
+    "head", [heads.DiagonalGaussianPosterior, heads.FullCovarianceGaussianPosterior]
+)
+@pytest.mark.parametrize("latent_dim", BAD_POSITIVE_INTS)
+def test_posterior_bad_latent_dim(head, latent_dim):
+    with invalid("latent_dim", latent_dim):
+        head(latent_dim=latent_dim)
+
+
+@pytest.mark.parametrize("min_scale", [-1.0, math.nan, None])
+def test_posterior_bad_min_scale(min_scale):
+    with invalid("min_scale", min_scale):
+        heads.DiagonalGaussianPosterior(2, min_scale=min_scale)
+
+
+@pytest.mark.parametrize("scale", [-1.0, 0.0, math.nan, math.inf, None, True])
+def test_gaussian_likelihood_bad_numeric_scale(scale):
+    with invalid("scale", scale):
+        heads.GaussianLikelihood(event_shape=(4,), scale=scale)
+
+
+@pytest.mark.parametrize("scale", ["learned", "Shared", ""])
+def test_gaussian_likelihood_unknown_scale_mode(scale):
+    with invalid("scale", scale, "'shared'", "'per_dimension'", "'predicted'"):
+        heads.GaussianLikelihood(event_shape=(4,), scale=scale)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        heads.BernoulliLikelihood,
+        heads.ContinuousBernoulliLikelihood,
+        heads.GaussianLikelihood,
+        heads.CategoricalPixelLikelihood,
+        heads.DiscretizedLogisticLikelihood,
+    ],
+)
+@pytest.mark.parametrize("event_shape", [(), (0, 4), "abc", None])
+def test_likelihood_bad_event_shape(head, event_shape):
+    with invalid("event_shape", event_shape):
+        head(event_shape)
+
+
+@pytest.mark.parametrize(
+    "head", [heads.CategoricalPixelLikelihood, heads.DiscretizedLogisticLikelihood]
+)
+@pytest.mark.parametrize("num_levels", BAD_POSITIVE_INTS)
+def test_integer_likelihood_bad_num_levels(head, num_levels):
+    with invalid("num_levels", num_levels):
+        head((4,), num_levels=num_levels)
+
+
+@pytest.mark.parametrize(
+    "head", [heads.CategoricalPixelLikelihood, heads.DiscretizedLogisticLikelihood]
+)
+def test_integer_likelihood_needs_two_levels(head):
+    # With one level, encoder_input divides by num_levels - 1 = 0 and the
+    # encoder sees NaN; a 1-level likelihood is meaningless anyway.
+    with invalid("num_levels", 1):
+        head((4,), num_levels=1)
+
+
+def test_good_head_arguments_pass():
+    assert heads.DiagonalGaussianPosterior(latent_dim=1).params_size == 2
+    assert heads.GaussianLikelihood((4,), scale=0.5).scale == 0.5
+    assert heads.GaussianLikelihood((4,), scale="shared").scale == "shared"
+    assert heads.CategoricalPixelLikelihood((4,), num_levels=2).params_size == 8
+
+
+# ---------------------------------------------------------------------------
+# Data values a likelihood cannot score, refused by every method that takes x.
+
+
+@pytest.fixture(scope="module")
+def likelihood_models():
+    """One tiny (4,)-data model per likelihood whose data checks differ."""
+    models = {}
+    for name in (
+        "bernoulli",
+        "continuous_bernoulli",
+        "gaussian",
+        "categorical",
+        "discretized_logistic",
+    ):
+        model = tfvae.build_vae((4,), 2, likelihood=name, hidden_units=(8,), seed=0)
+        model.compile(optimizer="adam")
+        models[name] = model
+    return models
+
+
+X_METHODS = helpers.X_METHODS
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("method", ["encode", "elbo", "reconstruct", "fit", "evaluate"])
+def test_unit_interval_likelihood_rejects_values_outside_0_1(
+    likelihood_models, likelihood, method
+):
+    model = likelihood_models[likelihood]
+    head = type(model.likelihood).__name__
+    with raises("`x`", head, "[0.0, 1.0]", "-0.5", "2.0"):
+        X_METHODS[method](model, helpers.out_of_unit_range())
+
+
+def test_bernoulli_rejects_unscaled_8bit_pixels(likelihood_models):
+    x = np.random.default_rng(0).integers(0, 256, (8, 4)).astype("uint8")
+    x[0, 0], x[0, 1] = 0, 255
+    model = likelihood_models["bernoulli"]
+    with raises("`x`", "BernoulliLikelihood", "[0.0, 1.0]", "255"):
+        model.fit(x, epochs=1, verbose=0)
+    with raises("`x`", "BernoulliLikelihood", "[0.0, 1.0]", "255"):
+        model.elbo(x)
+
+
+def test_bernoulli_rejects_out_of_range_validation_data(likelihood_models):
+    model = likelihood_models["bernoulli"]
+    with raises("`validation_data`", "BernoulliLikelihood", "2.0"):
+        model.fit(
+            helpers.unit_data(), validation_data=(helpers.out_of_unit_range(),), epochs=1,
+            verbose=0
+        )
+
+
+def test_bernoulli_rejects_out_of_range_tensor_in_fit():
+    # An eager tf.Tensor is as concrete as a NumPy array, so fit can check it.
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), seed=0)
+    model.compile(optimizer="adam")
+    with raises("`x`", "BernoulliLikelihood", "-0.5", "2.0"):
+        model.fit(tf.constant(helpers.out_of_unit_range()), epochs=1, batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "discretized_logistic"])
+@pytest.mark.parametrize("method", ["encode", "elbo", "fit", "evaluate"])
+def test_integer_likelihood_rejects_data_scaled_to_0_1(likelihood_models, likelihood, method):
+    model = likelihood_models[likelihood]
+    head = type(model.likelihood).__name__
+    with raises("`x`", head, "integer levels", "0..255"):
+        X_METHODS[method](model, helpers.unit_data())
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "discretized_logistic"])
+@pytest.mark.parametrize("bad", [-1.0, 256.0])
+def test_integer_likelihood_rejects_levels_out_of_range(likelihood_models, likelihood, bad):
+    x = np.full((8, 4), 7.0, "float32")
+    x[3, 2] = bad
+    head = type(likelihood_models[likelihood].likelihood).__name__
+    with raises("`x`", head, "[0, 255]", repr(bad)):
+        likelihood_models[likelihood].elbo(x)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("method", ["encode", "elbo", "fit", "evaluate"])
+def test_gaussian_likelihood_rejects_non_finite_data(likelihood_models, bad, method):
+    x = helpers.unit_data()
+    x[2, 3] = bad
+    with raises("`x`", "GaussianLikelihood", "NaN or infinity"):
+        X_METHODS[method](likelihood_models["gaussian"], x)
+
+
+def test_good_integer_and_gaussian_data_pass(likelihood_models):
+    levels = np.random.default_rng(0).integers(0, 256, (4, 4)).astype("float32")
+    levels[0, :2] = [0, 255]
+    for name in ("categorical", "discretized_logistic"):
+        assert np.all(np.isfinite(likelihood_models[name].elbo(levels)["elbo"].numpy()))
+    gaussian = np.random.default_rng(0).normal(size=(4, 4)).astype("float32") * 10
+    assert likelihood_models["gaussian"].elbo(gaussian)["elbo"].shape == (4,)

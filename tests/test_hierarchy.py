@@ -106,6 +106,7 @@ def _quadrature(model, x, half_width=8.0, n=321):
     return np.array(results).T
 
 
+@pytest.mark.slow
 def test_elbo_iwae_and_log_px_agree_with_quadrature():
     model = _model()
     x = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 1]], np.float32)
@@ -154,7 +155,8 @@ def test_top_layer_kl_is_the_expected_analytic_kl_of_q_z2_given_z1():
     assert abs(samples.mean() - expected) < 5 * samples.std() / np.sqrt(len(samples))
 
 
-def test_hierarchical_model_trains_reports_layers_and_round_trips(tmp_path):
+@pytest.mark.slow
+def test_hierarchical_model_trains_and_reports_layers():
     import keras
 
     rng = np.random.default_rng(0)
@@ -169,13 +171,7 @@ def test_hierarchical_model_trains_reports_layers_and_round_trips(tmp_path):
     np.testing.assert_allclose(np.add(history["kl_z1"], history["kl_z2"]), history["kl"],
                                rtol=1e-4, atol=1e-4)
     assert model.sample(5, seed=0).shape == (5, 6)
-    path = str(tmp_path / "h.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.prior, HierarchicalPrior)
-    for key in ("elbo", "kl_z1", "kl_z2"):
-        np.testing.assert_allclose(loaded.elbo(x[:8], seed=1)[key], model.elbo(x[:8], seed=1)[key],
-                                   rtol=1e-5, atol=1e-5)
+    # (Saving and loading: test_conformance.py, variant "hierarchical".)
 
 
 def test_the_decoder_sees_z1_only():
@@ -202,3 +198,42 @@ def test_mismatched_hierarchies_are_clear_errors(kwargs, match):
 def test_latent_dims_are_checked(latent_dims):
     with pytest.raises(ValueError, match="latent_dims"):
         HierarchicalPosterior(latent_dims)
+
+
+def test_a_hierarchy_clamps_the_total_kl_per_example_unless_grouped():
+    x = (np.random.default_rng(1).uniform(size=(6, 5)) > 0.5).astype("float32")
+    losses = {}
+    for groups in (None, 2):
+        model = tfvae.build_vae((5,), 3, hidden_units=(8,), posterior="hierarchical",
+                                free_bits=4.0, free_bits_groups=groups, seed=0)
+        terms = model.elbo_terms(tf.constant(x), seed=3)
+        losses[groups] = terms["loss"].numpy()
+        kl_groups = np.stack([terms["kl_z1"].numpy(), terms["kl_z2"].numpy()], -1)
+        reconstruction = terms["reconstruction"].numpy()
+    np.testing.assert_allclose(losses[None], -reconstruction + np.maximum(kl_groups.sum(-1), 4.0),
+                               rtol=1e-5)
+    active = kl_groups.mean(0) > 4.0
+    expected = -reconstruction + np.where(active, kl_groups, 4.0).sum(-1)
+    np.testing.assert_allclose(losses[2], expected, rtol=1e-5)
+
+
+def test_hierarchy_capabilities_and_layer_kl_terms():
+    posterior = HierarchicalPosterior((2, 1), hidden_units=4)
+    assert posterior.layer_names == ("z1", "z2") and not posterior.dreg_unbiased
+    assert not posterior.independent_dimensions
+    prior = posterior.default_prior()
+    assert type(prior) is HierarchicalPrior and prior.latent_dims == (2, 1)
+    assert prior.can_reparameterize and not prior.has_kl_per_dimension and not prior.uses_encoder
+    assert prior.decoder_latent_dim == 2
+    model = _model(dims=(2, 1), data_dim=3)
+    x = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
+    parameters = model.posterior_parameters(tf.constant(x))
+    z = tf.constant(np.random.default_rng(3).normal(size=(4, 2, 3)), tf.float32)
+    # kl_groups gives [KL_z1, KL_z2] on the given samples, whatever the number of groups.
+    for groups in (None, 2):
+        got = model.posterior.kl_groups(parameters, model.prior, groups)(z).numpy()
+        log_q = model.posterior.layer_log_probs(parameters, z)
+        log_p = model.prior.layer_log_probs(z)
+        expected = np.stack([np.mean(q - p, axis=0) for q, p in zip(log_q, log_p)], -1)
+        assert got.shape == (2, 2)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -8,6 +8,9 @@ import tensorflow as tf
 import tfvae
 
 
+# Multi-epoch training on the digits in three precisions: the whole module is slow.
+pytestmark = pytest.mark.slow
+
 @pytest.fixture
 def policy(request):
     previous = keras.mixed_precision.global_policy()

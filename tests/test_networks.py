@@ -1,5 +1,5 @@
 """Tests for tfvae.networks: shapes, an independent numpy forward pass, config round
-trips and gradient flow."""
+trips, gradient flow and constructor checks."""
 
 import math
 
@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from tfvae import heads
 from tfvae import networks
+
+from helpers import BAD_POSITIVE_INTS, invalid
 
 BATCH = 3
 
@@ -180,3 +182,45 @@ def test_gradients_reach_every_trainable_variable(make, input_shape):
     for v, g in zip(variables, grads):
         assert g is not None, v.path
         assert np.any(g.numpy() != 0), v.path
+
+
+# ---------------------------------------------------------------------------
+# Constructor arguments.
+
+
+@pytest.mark.parametrize("network", [networks.MLP, networks.ConvEncoder])
+@pytest.mark.parametrize("output_units", BAD_POSITIVE_INTS)
+def test_network_bad_output_units(network, output_units):
+    with invalid("output_units", output_units):
+        network(output_units=output_units)
+
+
+@pytest.mark.parametrize("hidden_units", [(0,), (8, -1), "abc"])
+def test_mlp_bad_hidden_units(hidden_units):
+    with invalid("hidden_units", hidden_units):
+        networks.MLP(4, hidden_units=hidden_units)
+
+
+@pytest.mark.parametrize("output_shape", [(8, 8), (8, 8, 1, 1), (8,)])
+def test_conv_decoder_output_shape_must_be_hwc(output_shape):
+    with invalid("output_shape", output_shape, "(height, width, channels)"):
+        networks.ConvDecoder(output_shape=output_shape)
+
+
+@pytest.mark.parametrize("output_shape", [(8, 8, 0), (), "abc", None])
+def test_conv_decoder_bad_output_shape(output_shape):
+    with invalid("output_shape", output_shape):
+        networks.ConvDecoder(output_shape=output_shape)
+
+
+@pytest.mark.parametrize("kernel_size", BAD_POSITIVE_INTS)
+def test_conv_networks_bad_kernel_size(kernel_size):
+    with invalid("kernel_size", kernel_size):
+        networks.ConvEncoder(4, kernel_size=kernel_size)
+    with invalid("kernel_size", kernel_size):
+        networks.ConvDecoder((8, 8, 1), kernel_size=kernel_size)
+
+
+def test_good_network_arguments_pass():
+    assert networks.MLP(output_units=1).output_units == 1
+    assert networks.ConvDecoder(output_shape=(8, 8, 1)).target_shape == (8, 8, 1)

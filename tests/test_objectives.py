@@ -1,8 +1,9 @@
-"""The ELBO mathematics against closed forms.
+"""tfvae.objectives: the ELBO mathematics against closed forms.
 
 `log p(x) = ELBO(q) + KL(q(z|x) ‖ p(z|x))`: checked in one dimension and on a
 linear-Gaussian model, where log p(x), the exact posterior and every KL have
-closed forms computed here independently with numpy/scipy.
+closed forms computed here independently with numpy/scipy. Also: free bits per
+group, the IWAE objective and the DReG estimator, and the argument checks.
 """
 
 import numpy as np
@@ -13,6 +14,8 @@ from scipy import stats
 
 import tfvae
 from tfvae import objectives
+
+from helpers import BAD_POSITIVE_INTS, invalid, raises, unit_data
 
 tfd = tfp.distributions
 
@@ -395,3 +398,194 @@ def test_explicit_noise_is_never_silently_replaced():
     # With a seed it falls back to the distribution's own (seeded) sampler.
     a = objectives.posterior_sample(mixture, 4, seed=3).numpy()
     np.testing.assert_array_equal(a, objectives.posterior_sample(mixture, 4, seed=3).numpy())
+
+
+# ---------------------------------------------------------------------------
+# Free bits per group of latents (Kingma et al., 2016), against numpy.
+
+
+def _kl_per_dim(loc, scale):
+    return 0.5 * (loc**2 + scale**2 - 1.0) - np.log(scale)
+
+
+def test_group_penalty_is_the_sum_of_clamped_batch_means_and_stops_inactive_gradients():
+    rng = np.random.default_rng(0)
+    loc = tf.Variable((rng.normal(size=(6, 4)) * [[2.0, 2.0, 0.05, 0.05]]).astype("float32"))
+    scale = tf.constant(np.full((6, 4), 0.9, "float32"))
+    x = tf.constant((rng.uniform(size=(6, 3)) > 0.5).astype("float32"))
+    kernel = tf.constant(rng.normal(size=(4, 3)).astype("float32"))
+
+    def decode(z):
+        return tfvae.BernoulliLikelihood((3,))(z @ kernel)
+
+    def groups(z):  # two groups: dims {0, 1} (informative) and {2, 3} (nearly collapsed)
+        per_dim = 0.5 * (loc**2 + scale**2 - 1.0) - tf.math.log(scale)
+        return tf.stack([tf.reduce_sum(per_dim[:, :2], -1), tf.reduce_sum(per_dim[:, 2:], -1)], -1)
+
+    prior = tfvae.StandardNormalPrior(4).distribution()
+    free_bits = 0.5
+    with tf.GradientTape() as tape:
+        q = tfvae.DiagonalGaussianPosterior(4).distribution({"loc": loc, "scale": scale})
+        terms = objectives.elbo(x, q, decode, prior, free_bits=free_bits, group_kl=groups, seed=0)
+        loss = tf.reduce_mean(terms["loss"])
+    kl_groups = np.stack([_kl_per_dim(loc.numpy(), 0.9)[:, :2].sum(-1),
+                          _kl_per_dim(loc.numpy(), 0.9)[:, 2:].sum(-1)], -1)
+    np.testing.assert_allclose(terms["kl_groups"], kl_groups, rtol=1e-5)
+    group_means = kl_groups.mean(0)
+    assert group_means[0] > free_bits > group_means[1]  # one active, one clamped group
+    expected = -terms["reconstruction"].numpy().mean() + np.maximum(group_means, free_bits).sum()
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(terms["kl"], kl_groups.sum(-1), rtol=1e-5)  # the reported KL
+    # The clamped group's KL gets no gradient: only the likelihood pulls dims 2, 3.
+    gradient = tape.gradient(loss, loc).numpy()
+    with tf.GradientTape() as tape:
+        q = tfvae.DiagonalGaussianPosterior(4).distribution({"loc": loc, "scale": scale})
+        reconstruction_only = -tf.reduce_mean(
+            objectives.elbo(x, q, decode, prior, seed=0)["reconstruction"])
+    reference = tape.gradient(reconstruction_only, loc).numpy()
+    np.testing.assert_allclose(gradient[:, 2:], reference[:, 2:], rtol=1e-5, atol=1e-7)
+    assert np.max(np.abs(gradient[:, :2] - reference[:, :2])) > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# IWAE training: the objective and the DReG gradient estimator.
+
+
+def _iwae_linear_gaussian(rng, dx=4, d=2, sigma=0.5):
+    w = tf.constant(rng.normal(size=(dx, d)), tf.float32)
+    b = tf.constant(rng.normal(size=dx), tf.float32)
+
+    def decode(z):
+        return tfd.Independent(tfd.Normal(tf.linalg.matvec(w, z) + b, sigma), 1)
+
+    return decode
+
+
+def _gradient_samples(estimator, replicates=600, k=16):
+    """Per-replicate gradients of the IWAE objective w.r.t. q's parameters.
+
+    Row r of the batch is the same example with its own copy of q's parameters,
+    so the gradient w.r.t. row r is the r-th independent estimate.
+    """
+    rng = np.random.default_rng(0)
+    decode = _iwae_linear_gaussian(rng)
+    x = tf.constant(np.tile(rng.normal(size=(1, 4)) * 2, (replicates, 1)), tf.float32)
+    loc = tf.Variable(np.tile([[0.3, -0.2]], (replicates, 1)), dtype=tf.float32)
+    raw_scale = tf.Variable(np.zeros((replicates, 2)), dtype=tf.float32)
+    prior = tfvae.StandardNormalPrior(2).distribution()
+    with tf.GradientTape() as tape:
+        q = tfd.MultivariateNormalDiag(loc, tf.nn.softplus(raw_scale))
+        stopped = None
+        if estimator == "dreg":
+            stopped = tfd.MultivariateNormalDiag(
+                tf.stop_gradient(loc), tf.stop_gradient(tf.nn.softplus(raw_scale)))
+        terms = objectives.iwae(x, q, decode, prior, k, seed=3, stopped_posterior=stopped)
+        loss = tf.reduce_sum(terms["loss_encoder" if estimator == "dreg" else "loss"])
+    grads = tape.gradient(loss, [loc, raw_scale])
+    return np.concatenate([g.numpy() for g in grads], axis=1).astype(np.float64)
+
+
+def test_dreg_encoder_gradient_is_unbiased_with_lower_variance():
+    standard = _gradient_samples("standard")
+    dreg = _gradient_samples("dreg")
+    n = len(standard)
+    # Same expectation: the difference of the means is within 5 standard errors.
+    standard_error = np.sqrt(standard.var(0) / n + dreg.var(0) / n)
+    assert np.all(np.abs(standard.mean(0) - dreg.mean(0)) < 5 * standard_error)
+    # DReG removes the score-function term, so its variance is clearly smaller.
+    assert np.all(dreg.std(0) < 0.7 * standard.std(0))
+
+
+def test_iwae_terms_agree_with_the_bound_and_elbo_functions():
+    rng = np.random.default_rng(1)
+    decode = _iwae_linear_gaussian(rng)
+    x = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    q = tfd.MultivariateNormalDiag(tf.constant(rng.normal(size=(3, 2)), tf.float32),
+                                   tf.constant([[0.5, 0.8]] * 3, tf.float32))
+    prior = tfvae.StandardNormalPrior(2).distribution()
+    terms = objectives.iwae(x, q, decode, prior, 10, seed=5)
+    log_w = objectives.log_importance_weights(x, q, decode, prior, 10, seed=5).numpy()
+    expected = np.log(np.mean(np.exp(log_w.astype(np.float64)), axis=0))
+    np.testing.assert_allclose(terms["iwae"], expected, rtol=1e-5)
+    np.testing.assert_allclose(terms["loss"], -terms["iwae"], rtol=1e-6)
+    np.testing.assert_allclose(terms["elbo"], terms["reconstruction"] - terms["kl"], rtol=1e-6)
+    np.testing.assert_allclose(terms["kl"], tfd.kl_divergence(q, prior), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Bad arguments.
+
+
+@pytest.fixture(scope="module")
+def vec_model():
+    return tfvae.build_vae((4,), 2, hidden_units=(8,), seed=0)
+
+
+def _posterior_and_decode(model, n=3):
+    x = tf.constant(unit_data(n=n))
+    return x, model.encode(x), model.likelihood_fn()
+
+
+def test_kl_analytic_without_registered_kl(vec_model):
+    x, q, _ = _posterior_and_decode(vec_model)
+    mixture = tfvae.MixtureOfGaussiansPrior(2, num_components=3).distribution()
+    with raises("`kl`", "kl='analytic'", "kl='auto'", "kl='mc'"):
+        tfvae.kl_divergence(q, mixture, kl="analytic")
+
+
+@pytest.mark.parametrize("kl", ["exact", None])
+def test_kl_divergence_unknown_method(vec_model, kl):
+    _, q, _ = _posterior_and_decode(vec_model)
+    with invalid("kl", kl, "'auto'", "'analytic'", "'mc'"):
+        tfvae.kl_divergence(q, vec_model.prior.distribution(), kl=kl)
+
+
+def test_kl_mc_needs_samples(vec_model):
+    _, q, _ = _posterior_and_decode(vec_model)
+    with raises("`z`", "z=None"):
+        tfvae.kl_divergence(q, vec_model.prior.distribution(), kl="mc")
+
+
+def test_mixture_prior_with_analytic_kl_fails_clearly():
+    model = tfvae.build_vae((4,), 2, prior="mixture", num_components=2, hidden_units=(8,),
+                            kl="analytic")
+    with raises("`kl`", "kl='auto'", "kl='mc'"):
+        model.elbo(unit_data(n=2))
+
+
+@pytest.mark.parametrize("k", BAD_POSITIVE_INTS)
+def test_iwae_bound_bad_k(vec_model, k):
+    x, q, decode = _posterior_and_decode(vec_model)
+    with invalid("k", k):
+        tfvae.iwae_bound(x, q, decode, vec_model.prior.distribution(), k=k)
+    with invalid("k", k):
+        vec_model.iwae_bound(x, k=k)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, "64"])
+def test_iwae_bound_bad_chunk_size(vec_model, chunk_size):
+    x, q, decode = _posterior_and_decode(vec_model)
+    with invalid("chunk_size", chunk_size):
+        tfvae.iwae_bound(x, q, decode, vec_model.prior.distribution(), k=4, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, "64"])
+def test_log_likelihood_bad_chunk_size(vec_model, chunk_size):
+    with invalid("chunk_size", chunk_size):
+        vec_model.log_likelihood(unit_data(n=2), num_samples=4, chunk_size=chunk_size)
+
+
+def test_log_likelihood_chunk_size_none_means_one_chunk(vec_model):
+    x = unit_data(n=2)
+    one_chunk = vec_model.log_likelihood(x, num_samples=4, chunk_size=None, seed=1)
+    np.testing.assert_allclose(one_chunk, vec_model.iwae_bound(x, k=4, seed=1), rtol=1e-6)
+
+
+def test_good_objective_arguments_pass(vec_model):
+    x, q, decode = _posterior_and_decode(vec_model)
+    mixture = tfvae.MixtureOfGaussiansPrior(2, num_components=3).distribution()
+    z = tfvae.objectives.posterior_sample(q, 2, seed=0)
+    assert tfvae.kl_divergence(q, mixture, z=z, kl="auto").shape == (3,)
+    assert tfvae.kl_divergence(q, vec_model.prior.distribution(), kl="analytic").shape == (3,)
+    bound = tfvae.iwae_bound(x, q, decode, vec_model.prior.distribution(), k=3, chunk_size=2)
+    assert bound.shape == (3,)

@@ -1,4 +1,5 @@
-"""Tests for tfvae.priors against independent numpy/scipy formulas."""
+"""Tests for tfvae.priors against independent numpy/scipy formulas: densities, capabilities,
+constructor checks, and the VampPrior."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,11 @@ import scipy.stats as st
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import tfvae
 from tfvae import heads
 from tfvae import priors
+
+from helpers import BAD_POSITIVE_INTS, invalid
 
 tfd = tfp.distributions
 
@@ -223,3 +227,143 @@ def test_priors_stay_float32_under_mixed_precision(dtype):
             assert dist.log_prob(tf.zeros([BATCH, 2])).dtype == tf.float32
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+# ---------------------------------------------------------------------------
+# Capabilities: what tfvae.VAE, tfvae.options and tfvae.export ask a prior.
+
+
+def test_standard_normal_capabilities_and_kl_per_dimension():
+    prior = priors.StandardNormalPrior(3)
+    assert prior.can_reparameterize and prior.has_kl_per_dimension and not prior.uses_encoder
+    rng = np.random.default_rng(11)
+    loc = rng.normal(size=(BATCH, 3))
+    scale = rng.uniform(0.2, 2.0, size=(BATCH, 3))
+    got = prior.kl_per_dimension(tf.constant(loc, tf.float32), tf.constant(scale, tf.float32))
+    # KL(N(μ, σ²) ‖ N(0, 1)) = log(1/σ) + (σ² + μ²)/2 − 1/2, per dimension.
+    expected = np.log(1.0 / scale) + (scale**2 + loc**2) / 2.0 - 0.5
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # One dimension at a time, scipy-free: the 1-D analytic KL from TFP.
+    one_d = tfd.kl_divergence(tfd.Normal(loc.astype("float32"), scale.astype("float32")),
+                              tfd.Normal(0.0, 1.0)).numpy()
+    np.testing.assert_allclose(got, one_d, rtol=1e-5, atol=1e-6)
+    eps = tf.constant(rng.normal(size=(2, 3)), tf.float32)
+    np.testing.assert_array_equal(prior.reparameterize(eps), eps)
+    assert prior.decoder_latent_dim == 3
+    np.testing.assert_array_equal(prior.decoder_input(eps), eps)
+    assert prior.check_posterior(heads.FullCovarianceGaussianPosterior(3)) is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: priors.MixtureOfGaussiansPrior(2, num_components=3),
+    lambda: priors.VampPrior(2, (4,), num_pseudo_inputs=3),
+], ids=["mixture", "vamp"])
+def test_priors_without_noise_sampling_or_per_dimension_kl_say_so(make):
+    prior = make()
+    assert not prior.can_reparameterize and not prior.has_kl_per_dimension
+    assert prior.uses_encoder == isinstance(prior, priors.VampPrior)
+    with pytest.raises(NotImplementedError, match="cannot be sampled from standard normal noise"):
+        prior.reparameterize(tf.zeros([1, 2]))
+    with pytest.raises(NotImplementedError, match="has no per-dimension KL"):
+        prior.kl_per_dimension(tf.zeros([1, 2]), tf.ones([1, 2]))
+
+
+def test_attach_binds_the_vamp_prior_to_the_model_s_encoder():
+    prior = priors.VampPrior(2, (4,), num_pseudo_inputs=3)
+    posterior, likelihood = heads.DiagonalGaussianPosterior(2), heads.BernoulliLikelihood((4,))
+    model = tfvae.VAE(tfvae.MLP(4, (8,)), tfvae.MLP(4, (8,)), posterior, likelihood, prior)
+    # p(z) is the mean of q(z|u_k) at the pseudo-inputs, through the model's own encoder.
+    q = model.encode(prior.pseudo_inputs.numpy())
+    z = tf.constant(np.random.default_rng(0).normal(size=(5, 2)), tf.float32)
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    per_component = st.norm.logpdf(z.numpy()[:, None, :], mu[None], sigma[None]).sum(-1)
+    expected = sp.logsumexp(per_component, axis=1) - np.log(3)
+    np.testing.assert_allclose(prior.distribution().log_prob(z), expected, rtol=1e-5, atol=1e-5)
+    # The base prior needs no binding.
+    assert priors.StandardNormalPrior(2).attach(model) is None
+
+
+# ---------------------------------------------------------------------------
+# Constructor arguments.
+
+
+@pytest.mark.parametrize("num_components", BAD_POSITIVE_INTS)
+def test_mixture_prior_bad_num_components(num_components):
+    with invalid("num_components", num_components):
+        priors.MixtureOfGaussiansPrior(2, num_components=num_components)
+
+
+@pytest.mark.parametrize("seed", [-1, None, "abc", 2.5])
+def test_mixture_prior_bad_seed(seed):
+    with invalid("seed", seed):
+        priors.MixtureOfGaussiansPrior(2, num_components=2, seed=seed)
+
+
+@pytest.mark.parametrize("prior", [priors.StandardNormalPrior, priors.MixtureOfGaussiansPrior])
+@pytest.mark.parametrize("latent_dim", BAD_POSITIVE_INTS)
+def test_prior_bad_latent_dim(prior, latent_dim):
+    with invalid("latent_dim", latent_dim):
+        prior(latent_dim)
+
+
+def test_good_prior_arguments_pass():
+    assert priors.MixtureOfGaussiansPrior(2, num_components=1).num_components == 1
+
+
+# ---------------------------------------------------------------------------
+# The VampPrior.
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return tfvae.data.load_digits()
+
+
+def _vamp_model(num=7):
+    return tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), prior="vamp", num_components=num, seed=0)
+
+
+def test_vamp_prior_is_the_mean_of_posteriors_at_the_pseudo_inputs():
+    model = _vamp_model()
+    u = model.prior.pseudo_inputs.numpy()
+    q = model.encode(u)  # the pseudo-inputs are in [0, 1], a valid encoder input here
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    z = np.random.default_rng(0).normal(size=(11, 3))
+    # log (1/K) Σ_k Π_j N(z_j; μ_kj, σ_kj), independently with scipy.
+    per_component = st.norm.logpdf(z[:, None, :], mu[None], sigma[None]).sum(-1)
+    expected = sp.logsumexp(per_component, axis=1) - np.log(len(u))
+    log_p = model.prior.distribution().log_prob(tf.constant(z, tf.float32)).numpy()
+    np.testing.assert_allclose(log_p, expected, rtol=1e-5)
+
+
+def test_vamp_prior_kl_is_monte_carlo_and_trains_the_pseudo_inputs(digits):
+    model = _vamp_model()
+    x = digits[1][0][:32]
+    with tf.GradientTape() as tape:
+        kl = tf.reduce_mean(model.elbo(x, seed=1)["kl"])
+    grad = tape.gradient(kl, model.prior.pseudo_inputs)
+    assert grad is not None and np.any(grad.numpy() != 0)
+    with pytest.raises(ValueError, match="no analytic KL"):
+        tfvae.kl_divergence(model.encode(x), model.prior.distribution(), kl="analytic")
+
+
+@pytest.mark.slow
+def test_vamp_model_fits(digits):
+    (x_train, _), (x_val, _) = digits
+    model = _vamp_model(num=10)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    before = model.evaluate(x_val, verbose=0, return_dict=True)
+    history = model.fit(x_train, epochs=3, batch_size=64, verbose=0).history
+    after = model.evaluate(x_val, verbose=0, return_dict=True)
+    assert after["elbo"] > before["elbo"] + 5
+    np.testing.assert_allclose(history["loss"], -np.asarray(history["elbo"]), rtol=1e-5)
+    # (Saving and SavedModel export without `sample`: test_conformance.py, variant "vamp".)
+
+
+def test_unbound_vamp_prior_and_wrong_shape_are_clear_errors():
+    prior = priors.VampPrior(3, (8, 8, 1), num_pseudo_inputs=4)
+    with pytest.raises(ValueError, match="not bound to an encoder"):
+        prior.distribution()
+    with pytest.raises(ValueError, match="input_shape must be the data shape"):
+        tfvae.VAE(tfvae.MLP(6), tfvae.MLP(16), tfvae.DiagonalGaussianPosterior(3),
+                  tfvae.BernoulliLikelihood((16,)), prior)

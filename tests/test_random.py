@@ -7,6 +7,8 @@ from scipy import stats
 
 from tfvae import random as tfvae_random
 
+from helpers import raises
+
 
 def test_moments_match_standard_normal():
     n = 400_000
@@ -57,3 +59,23 @@ def test_fold_in_gives_distinct_reproducible_seeds():
 def test_make_seed_accepts_python_ints(seed):
     s = tfvae_random.make_seed(seed)
     assert s.shape == (2,) and s.dtype == tf.int32
+
+
+@pytest.mark.parametrize(
+    "seed, shape",
+    [
+        (tf.constant([1, 2, 3]), "(3,)"),
+        (np.array([[1, 2], [3, 4]]), "(2, 2)"),
+        (tf.constant(7), "()"),
+        (2.5, "()"),
+    ],
+    ids=["shape3", "shape2x2", "scalar_tensor", "float"],
+)
+def test_make_seed_bad_shape(seed, shape):
+    with raises("`seed`", "[2]", shape):
+        tfvae_random.make_seed(seed)
+
+
+def test_make_seed_accepts_a_seed_pair():
+    assert tfvae_random.make_seed(tf.constant([1, 2])).shape == (2,)
+    assert tfvae_random.make_seed(5).shape == (2,)

@@ -8,6 +8,8 @@ import os
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _python_blocks():
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_example_runs(tmp_path, monkeypatch):
     blocks = _python_blocks()
     assert blocks, "README has no python example"

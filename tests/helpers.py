@@ -1,0 +1,64 @@
+"""Shared helpers for tfvae's tests (not a test module).
+
+Bad-input tests check the project's error rule: a Keras-style `ValueError` whose
+message names the argument (in backticks) and shows the value received, e.g.::
+
+    Received an invalid value for `latent_dim`, expected a positive integer.
+    Received: latent_dim=-3
+"""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+# Values that are not positive integers (0 and negatives, a float, None, a
+# numeric string and a bool, which Python treats as an int).
+BAD_POSITIVE_INTS = [0, -3, 2.5, None, "64", True]
+# Values that are not finite numbers >= 0.
+BAD_NON_NEGATIVE_FLOATS = [-1.0, -1e-9, math.nan, math.inf, None, "1.0", True]
+
+
+def raises(*fragments):
+    """`pytest.raises(ValueError)` whose message contains every fragment, in any order."""
+    pattern = "(?s)" + "".join(f"(?=.*{re.escape(str(f))})" for f in fragments)
+    return pytest.raises(ValueError, match=pattern)
+
+
+def invalid(name, value, *more):
+    """A ValueError naming `name` in backticks and showing `name=repr(value)`."""
+    return raises(f"`{name}`", f"{name}={value!r}", *more)
+
+
+def unit_data(n=8, d=4, seed=0):
+    """Uniform [0, 1) float32 data `[n, d]` (valid for the Bernoulli likelihoods)."""
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (n, d)).astype("float32")
+
+
+def out_of_unit_range():
+    """`unit_data()` with -0.5 at [0, 0] and 2.0 at [1, 1]."""
+    x = unit_data()
+    x[0, 0], x[1, 1] = -0.5, 2.0
+    return x
+
+
+# `tfvae train` settings for tiny end-to-end runs on the built-in digits.
+TINY_RUN = ["--epochs", "2", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "5",
+            "--batch-size", "128", "--quiet"]
+
+
+# The public methods that take data x, each called on a model and an x.
+X_METHODS = {
+    "encode": lambda m, x: m.encode(x),
+    "elbo": lambda m, x: m.elbo(x),
+    "reconstruct": lambda m, x: m.reconstruct(x),
+    "iwae_bound": lambda m, x: m.iwae_bound(x, k=2),
+    "log_likelihood": lambda m, x: m.log_likelihood(x, num_samples=2),
+    "fit": lambda m, x: m.fit(x, epochs=1, batch_size=4, verbose=0),
+    "evaluate": lambda m, x: m.evaluate(x, batch_size=4, verbose=0),
+    "predict": lambda m, x: m.predict(x, batch_size=4, verbose=0),
+}
+# Those implemented by tfvae.model (the rest by the tfvae.training mixin).
+MODEL_METHODS = ("encode", "elbo", "reconstruct", "iwae_bound", "log_likelihood")
+TRAINING_METHODS = ("fit", "evaluate", "predict")

@@ -1,0 +1,67 @@
+"""tfvae.evaluation: held-out numbers, KL per dimension and active units (posterior collapse)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfvae
+from tfvae import evaluation
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return tfvae.data.load_digits()
+
+
+def test_kl_per_dimension_sums_to_the_kl_and_matches_numpy(digits):
+    x = digits[1][0][:50]
+    model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(16,), seed=3)
+    per_dim = evaluation.kl_per_dimension(model, x, batch_size=16)
+    q = model.encode(x)
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    expected = np.mean(0.5 * (mu**2 + sigma**2 - 1 - np.log(sigma**2)), axis=0)
+    np.testing.assert_allclose(per_dim, expected, rtol=1e-6)
+    np.testing.assert_allclose(per_dim.sum(), model.elbo(x, seed=0)["kl"].numpy().mean(), rtol=1e-5)
+    vamp = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), prior="vamp", num_components=7, seed=0)
+    with pytest.raises(ValueError, match="diagonal Gaussian posterior and a standard normal"):
+        evaluation.kl_per_dimension(vamp, x)
+
+
+def test_collapsed_dimensions_are_inactive():
+    # A model whose last two latent dimensions ignore x: zero their encoder weights.
+    model = tfvae.build_vae((6,), 4, hidden_units=(8,), seed=0)
+    kernel, bias = model.encoder.out.kernel, model.encoder.out.bias
+    k, b = kernel.numpy(), bias.numpy()
+    k[:, [2, 3, 6, 7]] = 0.0  # μ_3, μ_4 and their scales: constant in x
+    b[[2, 3]] = 0.0
+    b[[6, 7]] = np.log(np.expm1(1.0))  # σ = 1: exactly the prior
+    kernel.assign(k)
+    bias.assign(b)
+    x = np.random.default_rng(0).uniform(size=(200, 6)).astype("float32")
+    count, variances = evaluation.active_units(model, x)
+    per_dim = evaluation.kl_per_dimension(model, x)
+    assert count == 2 and np.all(variances[2:] == 0)
+    np.testing.assert_allclose(per_dim[2:], 0.0, atol=1e-5)
+    assert np.all(per_dim[:2] > 1e-3)
+
+
+def test_evaluate_model_is_the_batchwise_mean_of_the_model_s_own_estimates():
+    model = tfvae.build_vae((6,), 3, hidden_units=(8,), seed=1)
+    x = (np.random.default_rng(2).uniform(size=(20, 6)) > 0.5).astype("float32")
+    result = evaluation.evaluate_model(model, x, num_samples=7, seed=4, batch_size=8)
+    # Batches of 8, 8 and 4; batch i uses seed + i (ELBO) and seed + 7919 + i (log p(x)).
+    batches = [x[0:8], x[8:16], x[16:20]]
+    terms = [model.elbo(b, seed=4 + i) for i, b in enumerate(batches)]
+    log_px = np.concatenate([model.log_likelihood(b, num_samples=7, seed=4 + 7919 + i).numpy()
+                             for i, b in enumerate(batches)])
+    for key in ("elbo", "reconstruction", "kl"):
+        expected = np.concatenate([t[key].numpy() for t in terms]).mean()
+        assert result[key] == pytest.approx(expected, rel=1e-5, abs=1e-5), key
+    assert result["log_px"] == pytest.approx(log_px.mean(), rel=1e-5)
+    assert result["elbo_gap"] == pytest.approx(result["log_px"] - result["elbo"], rel=1e-6)
+    assert result["bits_per_dim"] == pytest.approx(-log_px.mean() / (6 * np.log(2.0)), rel=1e-5)
+    # Active units from the posterior means (the raw encoder's first 3 outputs here).
+    means = model.encoder(tf.constant(x)).numpy()[:, :3]
+    assert result["active_units"] == int(np.sum(means.var(0) > 0.01))
+    assert sum(result["kl_per_dimension"]) == pytest.approx(result["kl"], rel=1e-4)
+    assert (result["num_examples"], result["num_samples"]) == (20, 7)

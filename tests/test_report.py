@@ -1,0 +1,46 @@
+"""tfvae.report: the figures and report.md of a run, from a tiny model (matplotlib, headless)."""
+
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import tfvae
+from tfvae import report
+
+FIGURES = ("curves", "reconstructions", "samples", "traversal", "latent_space")
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])
+def test_write_figures_and_markdown(tmp_path, conditional):
+    _, (x_val, y_val) = tfvae.data.load_digits()
+    x_val, y_val = x_val[:40], y_val[:40]
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(8,), seed=0,
+                            condition_dim=10 if conditional else None)
+    history = {"loss": [3.0, 2.0], "elbo": [-3.0, -2.0], "val_elbo": [-3.5, -2.5], "kl": [1, 2]}
+    figures = report.write_figures(model, history, x_val, y_val, str(tmp_path), seed=0)
+    assert figures == {name: f"{name}.png" for name in FIGURES}
+    for filename in figures.values():
+        image = matplotlib.image.imread(tmp_path / filename)
+        assert image.ndim == 3 and image.shape[0] > 50 and image.std() > 0.01, filename
+    metrics = {"elbo": -2.5, "reconstruction": -2.0, "kl": 0.5, "log_px": -2.25,
+               "elbo_gap": 0.25, "active_units": 2, "num_samples": 7, "epochs_trained": 2}
+    config = {"dataset": "digits", "architecture": "mlp", "latent_dim": 3,
+              "likelihood": "bernoulli", "prior": "standard_normal", "beta": 1.0}
+    path = report.write_markdown(str(tmp_path / "report.md"), config, metrics, figures)
+    text = open(path).read()
+    assert "latent size 3" in text and "diagonal posterior" in text and "2 epochs" in text
+    assert "| elbo | -2.5000 |" in text and "| active_units | 2 |" in text
+    assert "K = 7 samples" in text and "kl_z1" not in text
+    for name, filename in figures.items():
+        assert f"![{name}]({filename})" in text
+
+
+def test_integer_levels_are_scaled_for_display(tmp_path):
+    model = tfvae.build_vae((2, 2, 1), 1, likelihood="categorical", hidden_units=(4,), seed=0)
+    shown = report._to_display(model, np.array([[0.0, 255.0, 510.0, -3.0]]))
+    np.testing.assert_allclose(shown, [[0.0, 1.0, 1.0, 0.0]])
+    vectors = np.random.default_rng(0).uniform(size=(3, 5))  # vectors are drawn as lines
+    path = report.plot_grid(vectors, str(tmp_path / "v.png"), "vectors", columns=2)
+    assert os.path.getsize(path) > 0
