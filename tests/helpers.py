@@ -62,3 +62,21 @@ X_METHODS = {
 # Those implemented by tfvae.model (the rest by the tfvae.training mixin).
 MODEL_METHODS = ("encode", "elbo", "reconstruct", "iwae_bound", "log_likelihood")
 TRAINING_METHODS = ("fit", "evaluate", "predict")
+
+
+def splits_npz(path, valid_key="x_valid", test=True, labels=True, n=(40, 12, 10)):
+    """Writes a .npz with predefined splits (train/valid/test), each marked in pixels 0 and 1."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, key, size in zip(("train", "valid", "test"), ("x_train", valid_key, "x_test"), n):
+        if key == "x_test" and not test:
+            continue
+        # Each split has its own constant marker in pixel 0, so tests can tell them apart.
+        x = (rng.uniform(size=(size, 4, 4)) > 0.5).astype("uint8")
+        x[:, 0, 0] = {"train": 0, "valid": 1, "test": 1}[split]
+        x[:, 0, 1] = {"train": 0, "valid": 0, "test": 1}[split]
+        arrays[key] = x
+        if labels:
+            arrays["y" + key[1:]] = np.arange(size) % 3
+    np.savez(path, **arrays)
+    return arrays

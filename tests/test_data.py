@@ -14,6 +14,7 @@ from tfvae import cli
 from tfvae import data
 
 from helpers import invalid
+from helpers import splits_npz
 
 
 def test_digits_are_the_real_sklearn_digits_scaled_with_a_fixed_split():
@@ -162,3 +163,39 @@ def test_load_digits_bad_seed(seed):
 def test_load_digits_validation_fraction():
     (x_train, _), (x_val, _) = tfvae.data.load_digits(validation_fraction=0.5)
     assert abs(len(x_train) - len(x_val)) <= 1
+
+
+# ---------------------------------------------------------------------------
+# Datasets with their own splits (.npz x_train / x_valid / x_test), load_split.
+
+
+@pytest.mark.parametrize("valid_key", ["x_valid", "x_val", "x_validation"])
+def test_npz_with_splits_is_used_as_given(tmp_path, valid_key):
+    arrays = splits_npz(tmp_path / "d.npz", valid_key)
+    (x_train, y_train), (x_val, y_val) = data.load(str(tmp_path / "d.npz"))
+    # uint8 0/1 pixels stay binary; the given splits are kept whole and in order.
+    np.testing.assert_array_equal(x_train[..., 0], arrays["x_train"])
+    np.testing.assert_array_equal(x_val[..., 0], arrays[valid_key])
+    np.testing.assert_array_equal(y_val, arrays["y" + valid_key[1:]])
+    x_test, y_test = data.load_split(str(tmp_path / "d.npz"), "test")
+    np.testing.assert_array_equal(x_test[..., 0], arrays["x_test"])
+    np.testing.assert_array_equal(y_test, arrays["y_test"])
+
+
+def test_npz_train_only_is_split_at_random_and_test_is_refused(tmp_path):
+    splits_npz(tmp_path / "d.npz", valid_key="x_none", test=False)
+    (x_train, _), (x_val, _) = data.load(str(tmp_path / "d.npz"), validation_fraction=0.25)
+    assert (len(x_train), len(x_val)) == (30, 10)
+    train, val = data.load_split(str(tmp_path / "d.npz"), "train"), data.load_split(
+        str(tmp_path / "d.npz"), "validation")
+    assert len(train[0]) + len(val[0]) == 40
+    with pytest.raises(ValueError, match="has no test split"):
+        data.load_split(str(tmp_path / "d.npz"), "test")
+    with pytest.raises(ValueError, match="split"):
+        data.load_split(str(tmp_path / "d.npz"), "valid")
+
+
+def test_uint8_intensities_are_still_scaled(tmp_path):
+    np.savez(tmp_path / "g.npz", x=np.full((5, 2, 2), 255, "uint8"))
+    (x_train, _), _ = data.load(str(tmp_path / "g.npz"))
+    assert x_train.max() == 1.0

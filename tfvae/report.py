@@ -207,7 +207,7 @@ def write_markdown(path, config, metrics, figures):
         "`elbo_gap = log_px − elbo` estimates KL(q(z|x) ‖ p(z|x)).",
         "",
     ]
-    if "amortization_gap" in metrics:
+    if "gap_examples" in metrics:
         lines += [
             f"On the first {metrics['gap_examples']} held-out examples, q was also optimised "
             "per example (q*, decoder frozen): `amortization_gap = ELBO(q*) − ELBO(q_φ)` is "
