@@ -39,6 +39,7 @@ def _python(code):
 # `import tfvae` loads the library only.
 
 
+@pytest.mark.slow
 def test_import_tfvae_loads_neither_matplotlib_nor_the_command_layer():
     out = _python("""
         import sys
@@ -60,6 +61,7 @@ def test_import_tfvae_loads_neither_matplotlib_nor_the_command_layer():
     assert out.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_import_tfvae_needs_no_matplotlib():
     out = _python("""
         import sys
@@ -71,6 +73,7 @@ def test_import_tfvae_needs_no_matplotlib():
     assert out.strip().endswith("ok 2")
 
 
+@pytest.mark.slow
 def test_the_runs_attribute_loads_lazily():
     out = _python("""
         import sys
@@ -87,6 +90,7 @@ def test_the_runs_attribute_loads_lazily():
     assert out.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_figures_choose_no_backend_and_leave_no_pyplot_figures(tmp_path):
     out = _python(f"""
         import matplotlib
@@ -318,6 +322,10 @@ def test_run_config_refuses_what_build_vae_refuses_with_the_same_message(name):
         # build_vae has no warm-up; the run builds with β = 0 and KLWarmup raises it.
         assert from_config.split("Received:")[0] == from_builder.split("Received:")[0]
         assert "warmup_epochs=5.0" in from_config
+    elif name == "conditional+vamp":
+        # The same rule and words, naming the argument each caller's user set.
+        assert from_config == from_builder.replace("`condition_dim`", "`conditional`").replace(
+            "condition_dim=1", "conditional=True")
     else:
         assert from_config == from_builder
 

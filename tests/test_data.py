@@ -104,7 +104,7 @@ def test_array_files(tmp_path):
     (x_train, y_train), _ = data.load(str(tmp_path / "v.npy"))
     assert x_train.shape == (8, 3) and y_train is None
     np.savez(tmp_path / "bad.npz", images=x)
-    with pytest.raises(ValueError, match="no array named 'x'"):
+    with pytest.raises(ValueError, match="neither an array named 'x' nor predefined splits"):
         data.load(str(tmp_path / "bad.npz"))
     with pytest.raises(ValueError, match="no such file"):
         data.load(str(tmp_path / "missing.npz"))

@@ -45,6 +45,7 @@ def _linear_gaussian(posterior):
     return model, x.astype("float32"), means, cov, precision, log_px
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["full", "diagonal"])
 def test_gap_parts_match_the_closed_forms(family):
     head = (tfvae.FullCovarianceGaussianPosterior(D_LATENT) if family == "full"
@@ -97,6 +98,7 @@ def test_optimized_posterior_beats_the_encoder_on_every_example():
     assert trace[-1] > trace[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [{"posterior": "iaf"}, {"posterior": "hierarchical"},
                                     {"condition_dim": 3}])
 def test_every_tensor_parameterised_family_decomposes(kwargs):

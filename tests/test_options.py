@@ -262,7 +262,7 @@ def test_condition_needs_a_prior_without_an_encoder(form, prior):
     outcome = _outcome(lambda: options.check_condition_dim(2, _part(prior, form), (4,)))
     if prior is priors.VampPrior:
         assert outcome[0] == "error"
-        assert "VampPrior's pseudo-inputs carry no y" in outcome[1]
+        assert "VampPrior's pseudo-inputs carry no labels y" in outcome[1]
         assert "condition_dim=2" in outcome[1]
     else:
         assert outcome == ("ok", 2)
@@ -271,7 +271,7 @@ def test_condition_needs_a_prior_without_an_encoder(form, prior):
 
 
 def test_condition_rules_through_build_vae_and_vae():
-    with pytest.raises(ValueError, match="pseudo-inputs carry no y"):
+    with pytest.raises(ValueError, match="pseudo-inputs carry no labels y"):
         tfvae.build_vae((6,), 2, hidden_units=(4,), prior="vamp", condition_dim=3)
     with pytest.raises(ValueError, match="condition_dim"):
         tfvae.build_vae((6,), 2, hidden_units=(4,), condition_dim=0)
@@ -293,9 +293,8 @@ def test_a_hierarchy_takes_only_the_standard_normal_prior_name(prior):
 
 
 def test_top_latent_dim_needs_a_hierarchy():
-    for unset in (None, 0):
-        assert options.check_top_latent_dim(unset, "diagonal") is None
-        assert options.check_top_latent_dim(unset, "hierarchical") is None
+    assert options.check_top_latent_dim(None, "diagonal") is None
+    assert options.check_top_latent_dim(None, "hierarchical") is None
     assert options.check_top_latent_dim(2, "hierarchical") == 2
     with raises("`top_latent_dim`", "needs posterior='hierarchical'", "top_latent_dim=2",
                 "posterior='iaf'"):

@@ -30,10 +30,10 @@ def test_the_default_configuration_is_valid():
      ["`free_bits_groups`", "objective='elbo'", "objective='iwae'"]),
     ({"posterior": "hierarchical", "prior": "mixture"}, ["`prior`", "use prior='standard_normal'"]),
     ({"free_bits_groups": 2, "free_bits": 0.5, "posterior": "full"},
-     ["`free_bits_groups`", "diagonal Gaussian posterior", "posterior='full'"]),
+     ["`free_bits_groups`", "diagonal Gaussian posterior", "FullCovarianceGaussianPosterior"]),
     ({"free_bits_groups": 2, "free_bits": 0.5, "prior": "vamp"},
-     ["`free_bits_groups`", "standard normal prior", "prior='vamp'"]),
-    ({"conditional": True, "prior": "vamp"}, ["`conditional`", "pseudo-inputs carry no labels"]),
+     ["`free_bits_groups`", "standard normal prior", "VampPrior"]),
+    ({"conditional": True, "prior": "vamp"}, ["`conditional`", "pseudo-inputs carry no labels", "conditional=True"]),
     ({"conditional": "yes"}, ["`conditional`", "True or False", "conditional='yes'"]),
 ])
 def test_options_that_do_not_go_together_are_refused(kwargs, fragments):

@@ -72,6 +72,14 @@ class DistributionHead(keras.layers.Layer):
     def call(self, params):
         return self.distribution(self.parameters(params))
 
+    def log_prob(self, parameters, x):
+        """`distribution(parameters).log_prob(x)`, one number per example.
+
+        Subclasses may compute it from the tensors directly, with the same
+        numbers and fewer graph ops (no TFP object on the training path).
+        """
+        return self.distribution(parameters).log_prob(x)
+
     def mean(self, distribution):
         """The distribution's mean, `[batch] + event_shape` (override if TFP lacks it)."""
         return distribution.mean()
@@ -115,6 +123,11 @@ class Posterior(DistributionHead):
 
     def reparameterize(self, parameters, eps):
         raise NotImplementedError
+
+    def analytic_kl(self, parameters, prior):
+        """KL(q ‖ p) per example in closed form from q's `parameters`, or None when this
+        head does not write it out (then the model uses TFP's objects)."""
+        return None
 
     def default_prior(self):
         """The prior a model uses when none is given: N(0, I) over `latent_dim`."""
@@ -225,6 +238,9 @@ class DiagonalGaussianPosterior(GaussianPosterior):
         """z = μ + σ ⊙ ε for standard normal `eps` `[..., latent_dim]`."""
         return parameters["loc"] + parameters["scale"] * eps
 
+    def analytic_kl(self, parameters, prior):
+        return prior.kl_from_diagonal_gaussian(parameters["loc"], parameters["scale"])
+
 
 @_register
 class FullCovarianceGaussianPosterior(GaussianPosterior):
@@ -305,6 +321,15 @@ class LikelihoodHead(DistributionHead):
         """`[batch, params_size]` -> `[batch] + event_shape + [k]`."""
         return tf.reshape(params, [-1, *self.event_shape, self.params_per_element])
 
+    def _element_param(self, params):
+        """`[batch, params_size]` -> `[batch] + event_shape`, one parameter per element
+        (a reshape: no slice to copy forward and back)."""
+        return tf.reshape(params, [-1, *self.event_shape])
+
+    def _sum_event(self, values):
+        """Sums `[batch] + event_shape` element terms over the event, as `tfd.Independent`."""
+        return tf.reduce_sum(values, axis=[-(i + 1) for i in range(len(self.event_shape))])
+
     def encoder_input(self, x):
         """What the encoder sees for data `x` (identity; integer-level heads rescale to [0, 1])."""
         return x
@@ -344,18 +369,35 @@ class LikelihoodHead(DistributionHead):
         return {**super().get_config(), "event_shape": list(self.event_shape)}
 
 
-class _Bernoulli(tfd.Bernoulli):
-    """`tfd.Bernoulli` whose log-density is one fused cross-entropy kernel.
+@tf.custom_gradient
+def _bernoulli_log_prob(logits, event):
+    """Element-wise `log Bernoulli(event; sigmoid(logits))` for `event` in [0, 1].
 
-    Mathematical details: `log p(x) = −[softplus(η) − x η]` for logits η and
-    x in [0, 1] (TFP's own formula, `−(1 − x) softplus(η) − x softplus(−η)`,
-    evaluates two softplus terms per element; both are the same function).
+    Mathematical details: `−(1 − x) softplus(η) − x softplus(−η)` (TFP's
+    formula, the same numbers); for binary x one term is 0, so one softplus
+    suffices. The gradient is written out, `x − sigmoid(η)` (autodiff's to
+    the last bit or so, in fewer ops).
     """
+    binary = tf.reduce_all(tf.equal(event * (1.0 - event), 0.0))
+    value = tf.cond(
+        binary,
+        lambda: -tf.math.softplus(tf.where(event > 0, -logits, logits)),
+        lambda: (tf.math.multiply_no_nan(-tf.math.softplus(logits), 1.0 - event)
+                 + tf.math.multiply_no_nan(-tf.math.softplus(-logits), event)),
+    )
+
+    def grad(dy):
+        return dy * (event - tf.sigmoid(logits)), None
+
+    return value, grad
+
+
+class _Bernoulli(tfd.Bernoulli):
+    """`tfd.Bernoulli` with tfvae's log-density (`_bernoulli_log_prob`): the same numbers."""
 
     def _log_prob(self, event):
         logits = tf.convert_to_tensor(self.logits)
-        return -tf.nn.sigmoid_cross_entropy_with_logits(
-            labels=tf.cast(event, logits.dtype), logits=logits)
+        return _bernoulli_log_prob(logits, tf.cast(event, logits.dtype))
 
 
 @_register
@@ -367,10 +409,14 @@ class BernoulliLikelihood(LikelihoodHead):
     """
 
     def _parameters(self, flat):
-        return {"logits": self._element_params(flat)[..., 0]}
+        return {"logits": self._element_param(flat)}
 
     def distribution(self, parameters):
         return self._independent(_Bernoulli(logits=parameters["logits"], dtype=tf.float32))
+
+    def log_prob(self, parameters, x):
+        logits = parameters["logits"]
+        return self._sum_event(_bernoulli_log_prob(logits, tf.cast(x, logits.dtype)))
 
     def mean_of(self, parameters):
         return tf.sigmoid(parameters["logits"])
@@ -386,7 +432,7 @@ class ContinuousBernoulliLikelihood(LikelihoodHead):
     (Loaiza-Ganem & Cunningham, 2019)."""
 
     def _parameters(self, flat):
-        return {"logits": self._element_params(flat)[..., 0]}
+        return {"logits": self._element_param(flat)}
 
     def distribution(self, parameters):
         return self._independent(tfd.ContinuousBernoulli(logits=parameters["logits"]))

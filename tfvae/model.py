@@ -200,15 +200,27 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
     def elbo_terms(self, x, y=None, training=False, seed=None, num_samples=None, noise=None,
                    offset=0):
         """The ELBO's per-example terms `[batch]`: `loss`, `elbo`, `reconstruction`, `kl`
-        (and `kl_<layer>`), from explicit `noise` `[L, batch, latent_dim]` or a `seed`."""
+        (and `kl_<layer>`), from explicit `noise` `[L, batch, latent_dim]` or a `seed`.
+
+        When the posterior writes out its KL to the prior (`analytic_kl`), the
+        terms come from tensors (`objectives.tensor_elbo`), else from TFP's
+        objects (`objectives.elbo`): the same numbers either way.
+        """
         parameters = self.posterior_parameters(x, y, training)
-        return self._with_layer_terms(objectives.elbo(
-            x, self.posterior.distribution(parameters), self.likelihood_fn(y, training),
-            self.prior.distribution(), num_samples=num_samples or self.num_samples,
-            kl=self.kl_method, beta=tf.convert_to_tensor(self.beta), free_bits=self.free_bits,
-            seed=seed, noise=noise, offset=offset, group_kl=self._kl_groups(parameters),
-            free_bits_by_group=self.free_bits_groups is not None,
-        ))
+        samples = dict(num_samples=num_samples or self.num_samples, seed=seed, noise=noise,
+                       offset=offset)
+        penalty = dict(beta=tf.convert_to_tensor(self.beta), free_bits=self.free_bits,
+                       group_kl=self._kl_groups(parameters),
+                       free_bits_by_group=self.free_bits_groups is not None)
+        kl = None if self.kl_method == "mc" else self.posterior.analytic_kl(parameters, self.prior)
+        if kl is None:
+            return self._with_layer_terms(objectives.elbo(
+                x, self.posterior.distribution(parameters), self.likelihood_fn(y, training),
+                self.prior.distribution(), kl=self.kl_method, **samples, **penalty))
+        return self._with_layer_terms(objectives.tensor_elbo(
+            x, lambda eps: self.posterior.reparameterize(parameters, eps),
+            lambda z, xs: self.likelihood.log_prob(self.decoder_parameters(z, y, training), xs),
+            kl, self.latent_dim, **samples, **penalty))
 
     def objective_terms(self, x, y=None, training=False, seed=None, offset=0):
         """The training objective's per-example terms (ELBO or IWAE, see `objective`)."""

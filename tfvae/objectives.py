@@ -99,6 +99,18 @@ def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
     return z
 
 
+def standard_noise(batch_size, num_samples, event_size, seed=None, offset=0):
+    """The ε `[L, batch, d]` that `posterior_sample` draws for a posterior with batch
+    shape `[batch]` and event shape `[d]` (same seed, same offset: same numbers)."""
+    noise = tfvae_random.standard_normal(
+        [batch_size, num_samples, event_size], tfvae_random.make_seed(seed),
+        offset=offset * num_samples * event_size,
+    )
+    if isinstance(num_samples, int) and num_samples == 1:
+        return tf.reshape(noise, [1, batch_size, event_size])  # the same layout
+    return tf.transpose(noise, [1, 0, 2])
+
+
 def kl_divergence(posterior, prior, z=None, kl="auto"):
     """KL(q(z|x) ‖ p(z)) per example.
 
@@ -200,6 +212,40 @@ def elbo(
     z = posterior_sample(posterior, num_samples, seed=seed, noise=noise, offset=offset)
     reconstruction = tf.reduce_mean(log_likelihood_of_samples(x, z, decode), axis=0)
     kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
+    return elbo_from_terms(reconstruction, kl_term, z, beta=beta, free_bits=free_bits,
+                           group_kl=group_kl, free_bits_by_group=free_bits_by_group)
+
+
+def tensor_elbo(x, reparameterize, log_likelihood, kl_term, latent_dim, *, num_samples=1,
+                seed=None, noise=None, offset=0, **penalty):
+    """`elbo` from tensors, for a posterior whose KL to the prior is analytic.
+
+    The same numbers as `elbo` with the same noise, without building TFP
+    objects on the training path: `z = reparameterize(ε)` (`ε [L, batch, d]`),
+    `log_likelihood(z [L·batch, d], x [L·batch, ...]) -> [L·batch]`, and the
+    closed-form `kl_term` `[batch]`. `penalty`: `beta`, `free_bits`,
+    `group_kl`, `free_bits_by_group` as in `elbo`.
+    """
+    batch_size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+    if noise is None:
+        noise = standard_noise(batch_size, num_samples, latent_dim, seed, offset)
+    else:
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        num_samples = noise.shape[0] if noise.shape[0] is not None else tf.shape(noise)[0]
+    z = reparameterize(noise)
+    single = isinstance(num_samples, int) and num_samples == 1
+    x = tf.cast(x, tf.float32)
+    log_px_z = log_likelihood(tf.reshape(z, [num_samples * batch_size, latent_dim]),
+                              x if single else _tile_data(x, num_samples))
+    reconstruction = log_px_z if single else tf.reduce_mean(
+        tf.reshape(log_px_z, [num_samples, batch_size]), axis=0)
+    return elbo_from_terms(reconstruction, kl_term, z, **penalty)
+
+
+def elbo_from_terms(reconstruction, kl_term, z, *, beta=1.0, free_bits=0.0, group_kl=None,
+                    free_bits_by_group=True):
+    """`elbo`'s result from its per-example `reconstruction` and `kl` (`[batch]`) and the
+    samples `z` `[L, batch, d]` (for `group_kl`); see `elbo` for the arguments."""
     kl_penalty = kl_term
     extra = {}
     has_free_bits = tf.is_tensor(free_bits) or free_bits > 0

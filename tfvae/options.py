@@ -82,8 +82,10 @@ def check_free_bits_groups(groups, free_bits, objective, posterior, prior, laten
     return groups
 
 
-def check_condition_dim(condition_dim, prior, event_shape=None):
+def check_condition_dim(condition_dim, prior, event_shape=None, name="condition_dim"):
     """A conditional model needs vector or image data and a prior that carries no encoder.
+
+    `name` is the argument the caller's user set (`RunConfig` says `conditional`).
 
     Returns:
       `condition_dim` checked, or `None`.
@@ -98,9 +100,10 @@ def check_condition_dim(condition_dim, prior, event_shape=None):
             f"{condition_dim} for data of shape {tuple(event_shape)}"
         )
     if prior.uses_encoder:
+        shown = True if name == "conditional" else condition_dim
         raise ValueError(
-            f"Received an invalid value for `condition_dim`: a {_name(prior)}'s pseudo-inputs "
-            f"carry no y. Use another prior. Received: condition_dim={condition_dim}"
+            f"Received an invalid value for `{name}`: a {_name(prior)}'s pseudo-inputs "
+            f"carry no labels y. Use another prior. Received: {name}={shown}"
         )
     return condition_dim
 
@@ -116,8 +119,8 @@ def check_prior_name(posterior, prior):
 
 
 def check_top_latent_dim(top_latent_dim, posterior):
-    """`top_latent_dim` sets z2's size (`None` or 0: unset), so it needs a hierarchy."""
-    if top_latent_dim in (None, 0):
+    """`top_latent_dim` sets z2's size (`None`: unset), so it needs a hierarchy."""
+    if top_latent_dim is None:
         return None
     if posterior != "hierarchical":
         raise ValueError(

@@ -46,6 +46,11 @@ class Prior(keras.layers.Layer):
     def attach(self, model):
         """Called once by the `tfvae.VAE` that holds this prior (nothing to do by default)."""
 
+    def kl_from_diagonal_gaussian(self, loc, scale):
+        """KL(N(loc, diag(scale²)) ‖ p) per example in closed form, with the numbers of
+        `tfd.kl_divergence`; or None (then the model uses the TFP objects)."""
+        return None
+
     def kl_per_dimension(self, loc, scale):
         """KL(N(loc_j, scale_j²) ‖ p(z_j)) per latent dimension, `[..., latent_dim]`.
 
@@ -87,6 +92,15 @@ class StandardNormalPrior(Prior):
 
     can_reparameterize = True
     has_kl_per_dimension = True
+
+    def kl_from_diagonal_gaussian(self, loc, scale):
+        # TFP's KL between two `MultivariateNormalDiag`s (`mvn_linear_operator.
+        # _kl_brute_force`) with p's σ = 1, μ = 0 folded in: the same numbers (also
+        # under XLA) and gradients, without TFP's linear-operator ops.
+        log_det = tf.reduce_sum(tf.math.log(tf.abs(scale)), axis=-1)
+        return -log_det + 0.5 * (
+            (-float(self.latent_dim) + tf.reduce_sum(tf.square(scale), axis=-1))
+            + tf.reduce_sum(tf.square(loc), axis=-1))
 
     def kl_per_dimension(self, loc, scale):
         """Mathematical details: `½ (μ_j² + σ_j² − 1) − log σ_j`."""

@@ -89,12 +89,12 @@ def standard_normal(shape, seed, offset=0, dtype=tf.float32):
     """
     k0, k1 = _keys(seed)
     n = tf.reduce_prod(tf.convert_to_tensor(shape, tf.int32))
-    index = tf.cast(tf.range(n) + tf.cast(offset, tf.int32), _U32)
-    even = index * tf.constant(2, _U32)
-    bits1 = tf.bitwise.right_shift(_hash(even, k0, k1), tf.constant(8, _U32))
-    bits2 = tf.bitwise.right_shift(_hash(even + tf.constant(1, _U32), k0, k1), tf.constant(8, _U32))
-    scale = 2.0**-24
-    u1 = (tf.cast(bits1, tf.float32) + 0.5) * scale
-    u2 = (tf.cast(bits2, tf.float32) + 0.5) * scale
+    index = tf.range(n)
+    if not (isinstance(offset, int) and offset == 0):
+        index = index + tf.cast(offset, tf.int32)
+    # Counters 2i and 2i + 1 side by side, hashed in one pass: [n, 2].
+    counters = tf.cast(index, _U32)[:, None] * tf.constant(2, _U32) + tf.constant([0, 1], _U32)
+    bits = tf.bitwise.right_shift(_hash(counters, k0, k1), tf.constant(8, _U32))
+    u1, u2 = tf.unstack((tf.cast(bits, tf.float32) + 0.5) * 2.0**-24, axis=1)
     z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos((2.0 * np.pi) * u2)
     return tf.cast(tf.reshape(z, shape), dtype)

@@ -139,7 +139,7 @@ class RunConfig:
                                        self.objective, posterior, prior, self.latent_dim)
         # The number of classes is known only once the data are loaded; any
         # positive size stands in for it here (the rule is on the prior).
-        options.check_condition_dim(1 if self.conditional else None, prior)
+        options.check_condition_dim(1 if self.conditional else None, prior, name="conditional")
         return self
 
     def model_kwargs(self, input_shape, condition_dim=None):

@@ -77,6 +77,19 @@ def _multi_worker(strategy):
     return bool(in_multi_worker_mode()) if in_multi_worker_mode else True
 
 
+def _average_loss(per_example_loss, sample_weight=None):
+    """`tf.nn.compute_average_loss`'s numbers (sum over the global batch), without its
+    runtime assert in the unweighted case."""
+    if sample_weight is not None:
+        return tf.nn.compute_average_loss(per_example_loss, sample_weight=sample_weight)
+    batch = per_example_loss.shape[0]
+    if batch is None:
+        batch = tf.shape(per_example_loss)[0]
+    global_batch = batch * tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example_loss),
+                                 tf.cast(global_batch, per_example_loss.dtype))
+
+
 class Trainer:
     """The `fit` / `evaluate` / `predict` side of `tfvae.VAE` (a mixin before `keras.Model`).
 
@@ -166,16 +179,20 @@ class Trainer:
         every replica's trackers hold the global sums, so the reported epoch
         means are exact per-example means whatever the strategy or batch split.
         """
-        weights = tf.ones_like(terms["loss"]) if sample_weight is None else tf.cast(
-            tf.reshape(sample_weight, [-1]), terms["loss"].dtype
-        )
-        sums = [tf.reduce_sum(terms[tracker.name] * weights) for tracker in self._trackers]
-        count = tf.reduce_sum(weights)
+        values = tf.stack([terms[tracker.name] for tracker in self._trackers])  # [N, batch]
+        if sample_weight is None:
+            sums = tf.reduce_sum(values, axis=1)
+            count = tf.cast(tf.shape(values)[1], values.dtype)
+        else:
+            weights = tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
+            sums, count = tf.reduce_sum(values * weights, axis=1), tf.reduce_sum(weights)
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
-            *sums, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, [*sums, count])
-        for tracker, total in zip(self._trackers, sums):
-            tracker.update_state(tf.math.divide_no_nan(total, count), sample_weight=count)
+            sums, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, [sums, count])
+        # Each tracker is a `keras.metrics.Mean`: add the step's sum and weight directly.
+        for tracker, total in zip(self._trackers, tf.unstack(sums)):
+            tracker.total.assign_add(total)
+            tracker.count.assign_add(count)
         results = {tracker.name: tracker.result() for tracker in self._trackers}
         if _multi_worker(self.distribute_strategy):
             # Keras reduces multi-worker step outputs with a mean over axis 0,
@@ -191,7 +208,7 @@ class Trainer:
             scaled = {}
             for key in ("loss", "loss_encoder"):
                 if key in terms:
-                    loss = tf.nn.compute_average_loss(terms[key], sample_weight=sample_weight)
+                    loss = _average_loss(terms[key], sample_weight)
                     if self.losses:
                         loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
                     scaled[key] = self.optimizer.scale_loss(loss)
