@@ -131,13 +131,14 @@ def _keras_io_models(input_shape, latent_dim, kind):
     return encoder, decoder
 
 
-def run_keras_io(x_train, x_test, args):
+def keras_io_vae(input_shape, latent_dim, kind):
+    """keras.io's VAE example (custom `train_step`, mean losses), uncompiled."""
     import keras
     import tensorflow as tf
     from keras import ops
 
     keras.utils.set_random_seed(0)
-    encoder, decoder = _keras_io_models(x_train.shape[1:], args.latent_dim, args.model_kind)
+    encoder, decoder = _keras_io_models(input_shape, latent_dim, kind)
 
     class VAE(keras.Model):
         def __init__(self, encoder, decoder, **kwargs):
@@ -172,7 +173,13 @@ def run_keras_io(x_train, x_test, args):
             self.kl_loss_tracker.update_state(kl_loss)
             return {m.name: m.result() for m in self.metrics}
 
-    vae = VAE(encoder, decoder)
+    return VAE(encoder, decoder)
+
+
+def run_keras_io(x_train, x_test, args):
+    import keras
+
+    vae = keras_io_vae(x_train.shape[1:], args.latent_dim, args.model_kind)
     flags = {}
     if args.baseline_same_flags:
         flags = dict(jit_compile=args.jit, steps_per_execution=args.steps_per_execution)
