@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import bounds
 from tfvae import heads as heads_lib
 from tfvae import objectives
 from tfvae import options
@@ -22,7 +23,7 @@ _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class VAE(training.Trainer, signatures.Signatures, keras.Model):
+class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
     """A variational autoencoder trained on the ELBO with `compile()` + `fit()`.
 
     `encoder(x)` gives the parameters of q(z|x) through the `posterior` head;
@@ -297,39 +298,6 @@ class VAE(training.Trainer, signatures.Signatures, keras.Model):
             _checks.positive_int("num_samples", num_samples)
         terms = self.elbo_terms(x, y, seed=seed, num_samples=num_samples)
         return {k: v for k, v in terms.items() if k != "loss"}
-
-    def iwae_bound(self, x, k=50, seed=None, chunk_size=None, y=None):
-        """The IWAE bound with `k` importance samples, per example (`[batch]`)."""
-        k = _checks.positive_int("k", k)
-        chunk = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
-        return self._bound(x, y, seed, k, min(chunk, k))
-
-    def log_likelihood(self, x, num_samples=1000, seed=None, chunk_size=100, y=None):
-        """Importance-sampled estimate of `log p(x)` (or `log p(x|y)`) per example (`[batch]`).
-
-        Runs as one compiled graph per `(num_samples, chunk_size)`: the encoder
-        once, then a loop over chunks of `chunk_size` samples per example
-        (memory `batch × chunk_size` decoder outputs), the same numbers as
-        `objectives.log_likelihood` eagerly.
-        """
-        k = _checks.positive_int("num_samples", num_samples)
-        chunk = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
-        return self._bound(x, y, seed, k, min(chunk, k))
-
-    def _bound(self, x, y, seed, k, chunk_size):
-        x, y = self.prepare_inputs(x, y)
-        key = (k, chunk_size)
-        functions = self.__dict__.setdefault("_bound_functions", {})
-        if key not in functions:
-            def bound(x, y, seed):
-                posterior = self.posterior.distribution(self.posterior_parameters(x, y))
-                return objectives.iwae_bound(x, posterior, self.likelihood_fn(y),
-                                             self.prior.distribution(), k, seed=seed,
-                                             chunk_size=chunk_size)
-
-            # (No XLA: on CPU oneDNN's matmuls beat XLA's; benchmarks/bench_log_likelihood.py.)
-            functions[key] = tf.function(bound, reduce_retracing=True)
-        return functions[key](x, y, tfvae_random.make_seed(seed))
 
     def sample(self, n, seed=None, mean=True, y=None):
         """Generates `n` examples `[n] + event_shape`: z ~ p(z), then the likelihood's
