@@ -39,7 +39,7 @@ def test_write_figures_and_markdown(tmp_path, conditional):
 
 def test_integer_levels_are_scaled_for_display(tmp_path):
     model = tfvae.build_vae((2, 2, 1), 1, likelihood="categorical", hidden_units=(4,), seed=0)
-    shown = report._to_display(model, np.array([[0.0, 255.0, 510.0, -3.0]]))
+    shown = report.to_display(model, np.array([[0.0, 255.0, 510.0, -3.0]]))
     np.testing.assert_allclose(shown, [[0.0, 1.0, 1.0, 0.0]])
     vectors = np.random.default_rng(0).uniform(size=(3, 5))  # vectors are drawn as lines
     path = report.plot_grid(vectors, str(tmp_path / "v.png"), "vectors", columns=2)

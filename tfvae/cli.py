@@ -228,7 +228,7 @@ def _sample(args):
     if output.endswith(".npy"):
         np.save(output, samples)
     else:
-        report.plot_grid(report._to_display(model, samples), output, "samples from the prior")
+        report.plot_grid(report.to_display(model, samples), output, "samples from the prior")
     print(f"wrote {output}")
 
 

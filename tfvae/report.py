@@ -21,7 +21,7 @@ def _is_image(shape):
     return len(shape) == 3 and shape[-1] in (1, 3) or len(shape) == 2
 
 
-def _to_display(model, x):
+def to_display(model, x):
     """Scales data to [0, 1] for display (integer-level likelihoods hold 0..K-1)."""
     x = np.asarray(x, dtype="float32")
     levels = getattr(model.likelihood, "num_levels", None)
@@ -91,19 +91,19 @@ def plot_reconstructions(model, x, path, n=8, y=None):
     """Originals (top row) above their reconstructions (bottom row)."""
     x = x[:n]
     recon = model.reconstruct(x, y=_conditions(model, y, n)).numpy()
-    pair = np.concatenate([_to_display(model, x), _to_display(model, recon)])
+    pair = np.concatenate([to_display(model, x), to_display(model, recon)])
     return plot_grid(pair, path, "originals (top) and reconstructions (bottom)", columns=len(x))
 
 
 def plot_samples(model, path, n=32, seed=0):
     """Means of p(x|z) at z drawn from the prior (a conditional model: one row per label)."""
     if model.condition_dim is None:
-        return plot_grid(_to_display(model, model.sample(n, seed=seed).numpy()), path,
+        return plot_grid(to_display(model, model.sample(n, seed=seed).numpy()), path,
                          "samples from the prior (decoder means)")
     per_label = 8
     labels = np.repeat(np.arange(model.condition_dim), per_label)
     samples = model.sample(len(labels), seed=seed, y=labels).numpy()
-    return plot_grid(_to_display(model, samples), path,
+    return plot_grid(to_display(model, samples), path,
                      "samples from the prior (rows: labels 0, 1, …)", columns=per_label)
 
 
@@ -123,7 +123,7 @@ def plot_traversal(model, x, path, steps=9, max_dims=8, y=None):
         z[row * steps : (row + 1) * steps, dim] = values
     condition = None if model.condition_dim is None else y[0]
     images = model.likelihood.mean(model.decode(z.astype("float32"), y=condition)).numpy()
-    return plot_grid(_to_display(model, images), path,
+    return plot_grid(to_display(model, images), path,
                      "latent traversal (rows: latents by activity; −3 … 3)", columns=steps)
 
 
