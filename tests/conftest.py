@@ -5,6 +5,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import tfvae  # noqa: E402  (after the TF environment variables)
+
 # test_compat.py is kept exactly as it was written against the 0.1.0 golden files, so
 # its one full command-line run (resume a run, then evaluate) is marked slow here.
 _SLOW_ELSEWHERE = {
@@ -29,3 +31,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in _SLOW_ELSEWHERE:
             item.add_marker(pytest.mark.slow)
+
+
+# Shared by test_model.py and test_training.py.
+
+@pytest.fixture(scope="module")
+def digits():
+    return tfvae.data.load_digits()
+
+
+@pytest.fixture(scope="module")
+def vec_model():
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), seed=0)
+    model.compile(optimizer="adam")
+    return model
+
+
+@pytest.fixture(scope="module")
+def img_model():
+    model = tfvae.build_vae((3, 3, 1), 2, hidden_units=(8,), seed=0)
+    model.compile(optimizer="adam")
+    return model

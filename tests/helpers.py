@@ -13,6 +13,8 @@ import re
 import numpy as np
 import pytest
 
+import tfvae
+
 # Values that are not positive integers (0 and negatives, a float, None, a
 # numeric string and a bool, which Python treats as an int).
 BAD_POSITIVE_INTS = [0, -3, 2.5, None, "64", True]
@@ -80,3 +82,25 @@ def splits_npz(path, valid_key="x_valid", test=True, labels=True, n=(40, 12, 10)
             arrays["y" + key[1:]] = np.arange(size) % 3
     np.savez(path, **arrays)
     return arrays
+
+
+def tiny_model(likelihood="bernoulli", architecture="mlp", **kwargs):
+    """A small built VAE on (6, 5, 1) data."""
+    kwargs.setdefault("hidden_units", (16,))
+    kwargs.setdefault("filters", (4, 8))
+    kwargs.setdefault("seed", 0)
+    return tfvae.build_vae((6, 5, 1), 3, likelihood=likelihood, architecture=architecture, **kwargs)
+
+
+def data_for(likelihood, n=8, seed=0):
+    """Uniform (6, 5, 1) data a `likelihood` can score (8-bit levels for the level heads)."""
+    x = np.random.default_rng(seed).uniform(size=(n, 6, 5, 1)).astype("float32")
+    if likelihood in ("categorical", "discretized_logistic"):
+        return np.round(x * 255)
+    return x
+
+
+def assert_wrong_x_shape_refused(call, model, shape, event_text):
+    """`call(model, x)` with x of `shape` raises the `x` shape error naming the event shape."""
+    with raises("`x`", event_text, repr(shape)):
+        call(model, np.full(shape, 0.5, "float32"))

@@ -299,42 +299,47 @@ def _expected_graphs(name, available):
 # The variants are what they claim to be.
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_variant_builds_and_rebuilds_from_its_config(name):
-    """The inner loop's check of every variant: built (not fitted) as specified, and
-    `from_config` + the same weights computes the same ELBO terms."""
-    model = VARIANTS[name].build()
-    variant = VARIANTS[name]
+def _assert_same_elbo(got_model, model, n, seed):
+    """Both models give exactly the same ELBO terms on `n` examples; returns `(x, labels)`."""
+    x, labels = _data(model, n, seed=seed)
+    condition = {} if labels is None else {"y": labels}
+    expected = model.elbo(x, seed=0, **condition)
+    got = got_model.elbo(x, seed=0, **condition)
+    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    return x, labels
+
+
+def _assert_built_as_specified(model, variant):
+    """The model's parts and config are the variant's; returns the config."""
     assert type(model.posterior) is variant.posterior
     assert type(model.prior) is variant.prior
     assert type(model.encoder) is variant.encoder
     config = model.get_config()
     for key, value in variant.config.items():
         assert config[key] == value, key
+    return config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_variant_builds_and_rebuilds_from_its_config(name):
+    """The inner loop's check of every variant: built (not fitted) as specified, and
+    `from_config` + the same weights computes the same ELBO terms."""
+    model = VARIANTS[name].build()
+    config = _assert_built_as_specified(model, VARIANTS[name])
     assert {metric.name for metric in model.metrics} == _metric_names(model)
     rebuilt = tfvae.VAE.from_config(config)
     assert _normalised(rebuilt.get_config()) == _normalised(config)
     rebuilt.set_weights(model.get_weights())
-    x, labels = _data(model, 5, seed=2)
-    condition = {} if labels is None else {"y": labels}
-    expected = model.elbo(x, seed=0, **condition)
-    got = rebuilt.elbo(x, seed=0, **condition)
-    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    _assert_same_elbo(rebuilt, model, n=5, seed=2)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_variant_is_built_as_specified(zoo, name):
     model, _, history = zoo.fitted(name)
-    variant = VARIANTS[name]
-    assert type(model.posterior) is variant.posterior
-    assert type(model.prior) is variant.prior
-    assert type(model.encoder) is variant.encoder
-    config = model.get_config()
-    for key, value in variant.config.items():
-        assert config[key] == value, key
+    _assert_built_as_specified(model, VARIANTS[name])
     assert set(history) == _metric_names(model)
     assert all(np.isfinite(v).all() for v in history.values())
     if model.hierarchical:  # the decoder sees z1 only
@@ -360,13 +365,7 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     for got, want in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(got, want)
 
-    x, labels = _data(model, 7, seed=1)
-    condition = {} if labels is None else {"y": labels}
-    expected = model.elbo(x, seed=0, **condition)
-    got = loaded.elbo(x, seed=0, **condition)
-    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    x, labels = _assert_same_elbo(loaded, model, n=7, seed=1)
     # The training objective too (its loss carries β, free bits, IWAE's k).
     seed = tfvae.random.make_seed(3)
     y = None if labels is None else tf.one_hot(labels, NUM_CLASSES)

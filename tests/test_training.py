@@ -11,40 +11,8 @@ import tensorflow as tf
 import tfvae
 from tfvae.training import BetaSchedule
 
+from helpers import assert_wrong_x_shape_refused, data_for as _data_for, tiny_model as _tiny
 from helpers import TRAINING_METHODS, X_METHODS, invalid, raises, unit_data
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return tfvae.data.load_digits()
-
-
-def _tiny(likelihood="bernoulli", architecture="mlp", **kwargs):
-    kwargs.setdefault("hidden_units", (16,))
-    kwargs.setdefault("filters", (4, 8))
-    kwargs.setdefault("seed", 0)
-    return tfvae.build_vae((6, 5, 1), 3, likelihood=likelihood, architecture=architecture, **kwargs)
-
-
-def _data_for(likelihood, n=8, seed=0):
-    x = np.random.default_rng(seed).uniform(size=(n, 6, 5, 1)).astype("float32")
-    if likelihood in ("categorical", "discretized_logistic"):
-        return np.round(x * 255)
-    return x
-
-
-@pytest.fixture(scope="module")
-def vec_model():
-    model = tfvae.build_vae((4,), 2, hidden_units=(8,), seed=0)
-    model.compile(optimizer="adam")
-    return model
-
-
-@pytest.fixture(scope="module")
-def img_model():
-    model = tfvae.build_vae((3, 3, 1), 2, hidden_units=(8,), seed=0)
-    model.compile(optimizer="adam")
-    return model
 
 
 def _fresh_vec_model():
@@ -235,17 +203,13 @@ def test_beta_zero_makes_the_loss_the_negative_reconstruction():
 @pytest.mark.parametrize("method", TRAINING_METHODS)
 @pytest.mark.parametrize("shape", [(8, 5), (8,), (8, 4, 1), (8, 2, 2)])
 def test_vector_model_wrong_x_shape(vec_model, method, shape):
-    x = np.full(shape, 0.5, "float32")
-    with raises("`x`", "(4,)", repr(shape)):
-        X_METHODS[method](vec_model, x)
+    assert_wrong_x_shape_refused(X_METHODS[method], vec_model, shape, "(4,)")
 
 
 @pytest.mark.parametrize("method", TRAINING_METHODS)
 @pytest.mark.parametrize("shape", [(8, 3, 3), (8, 9), (8, 3, 3, 2), (8, 4, 4, 1), (3, 3, 1)])
 def test_image_model_wrong_x_shape(img_model, method, shape):
-    x = np.full(shape, 0.5, "float32")
-    with raises("`x`", "(3, 3, 1)", repr(shape)):
-        X_METHODS[method](img_model, x)
+    assert_wrong_x_shape_refused(X_METHODS[method], img_model, shape, "(3, 3, 1)")
 
 
 @pytest.mark.parametrize("method", ["fit", "evaluate"])
