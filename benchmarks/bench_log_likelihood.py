@@ -95,7 +95,7 @@ def main(argv=None):
     if args.full:
         start = time.perf_counter()
         estimates = tfvae.evaluation.evaluate_model(model, x[:10000], num_samples=5000, seed=0,
-                                                    batch_size=args.batch)
+                                                    batch_size=args.batch, verbose=1)
         result["full_k5000_10k_seconds"] = time.perf_counter() - start
         result["full_log_px"] = estimates["log_px"]
         print(f"K = 5,000 over 10,000 digits: {result['full_k5000_10k_seconds']:.0f} s")

@@ -65,3 +65,13 @@ def test_evaluate_model_is_the_batchwise_mean_of_the_model_s_own_estimates():
     assert result["active_units"] == int(np.sum(means.var(0) > 0.01))
     assert sum(result["kl_per_dimension"]) == pytest.approx(result["kl"], rel=1e-4)
     assert (result["num_examples"], result["num_samples"]) == (20, 7)
+
+
+def test_progress_bar_shows_the_examples_and_leaves_the_numbers_alone(capsys):
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,), seed=0)
+    x = (np.random.default_rng(0).uniform(size=(30, 4)) > 0.5).astype("float32")
+    quiet = tfvae.evaluation.evaluate_model(model, x, num_samples=5, batch_size=8)
+    capsys.readouterr()
+    loud = tfvae.evaluation.evaluate_model(model, x, num_samples=5, batch_size=8, verbose=1)
+    assert "30/30" in capsys.readouterr().out
+    assert loud == quiet

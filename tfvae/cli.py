@@ -196,7 +196,7 @@ def _evaluate(args):
     x, y = runs.held_out(config, dataset=args.dataset, split=args.split)
     y = None if model.condition_dim is None else y
     metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples, seed=args.seed,
-                                        y=y)
+                                        y=y, verbose=int(sys.stdout.isatty()))
     metrics.update(dataset=args.dataset or config.dataset, split=args.split)
     if args.decompose_gap:
         metrics.update(evaluation.gap_decomposition(model, x, y=y, num_examples=args.gap_examples,

@@ -1,5 +1,6 @@
 """Held-out evaluation: ELBO terms, importance-sampled log p(x), the gap, active units."""
 
+import keras
 import numpy as np
 
 from tfvae import _checks
@@ -63,7 +64,7 @@ def kl_per_dimension(model, x, batch_size=256, y=None):
     return total / len(x)
 
 
-def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None):
+def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, verbose=0):
     """Per-example means of the ELBO terms and of the log-likelihood estimate.
 
     Args:
@@ -74,6 +75,8 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None):
       batch_size: examples per batch. Default value: `256`.
       y: the conditions of `x`, for a conditional model (then `log_px` is
         `log p(x|y)`). Default value: `None`.
+      verbose: 1 shows a progress bar over the examples (for long evaluations,
+        e.g. K = 5,000 on 10,000 digits). Default value: `0`.
 
     Returns:
       A dict of floats (nats per example): `elbo`, `reconstruction`, `kl`
@@ -84,6 +87,7 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None):
     num_samples = _checks.positive_int("num_samples", num_samples)
     batch_size = _checks.positive_int("batch_size", batch_size)
     totals = {"log_px": 0.0}
+    progress = keras.utils.Progbar(len(x), unit_name="example") if verbose else None
     for i, start in enumerate(range(0, len(x), batch_size)):
         batch, condition = x[start : start + batch_size], _condition(y, start, batch_size)
         terms = model.elbo(batch, seed=seed + i, y=condition)
@@ -92,6 +96,8 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None):
         log_px = model.log_likelihood(batch, num_samples=num_samples, seed=seed + 7919 + i,
                                       y=condition)
         totals["log_px"] += float(np.sum(log_px.numpy()))
+        if progress is not None:
+            progress.add(len(batch))
     n = len(x)
     result = {key: value / n for key, value in totals.items()}
     result["elbo_gap"] = result["log_px"] - result["elbo"]
