@@ -10,6 +10,7 @@ import importlib
 from tfvae import data
 from tfvae import evaluation
 from tfvae import export
+from tfvae import gap
 from tfvae import objectives
 from tfvae import random
 from tfvae.builders import build_vae

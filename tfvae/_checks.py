@@ -11,6 +11,11 @@ import numbers
 import numpy as np
 
 
+def type_name(obj):
+    """The class name of `obj`, or of `obj` itself if it is a class."""
+    return obj.__name__ if isinstance(obj, type) else type(obj).__name__
+
+
 def _fail(name, expected, value):
     raise ValueError(
         f"Received an invalid value for `{name}`, expected {expected}. "

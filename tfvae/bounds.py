@@ -18,9 +18,7 @@ class Bounds:
 
     def iwae_bound(self, x, k=50, seed=None, chunk_size=None, y=None):
         """The IWAE bound with `k` importance samples, per example (`[batch]`)."""
-        k = _checks.positive_int("k", k)
-        chunk = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
-        return self._bound(x, y, seed, k, min(chunk, k))
+        return self._bound(x, y, seed, "k", k, chunk_size)
 
     def log_likelihood(self, x, num_samples=1000, seed=None, chunk_size=100, y=None):
         """Importance-sampled estimate of `log p(x)` (or `log p(x|y)`) per example (`[batch]`).
@@ -30,11 +28,12 @@ class Bounds:
         (memory `batch × chunk_size` decoder outputs), the same numbers as
         `objectives.log_likelihood` eagerly.
         """
-        k = _checks.positive_int("num_samples", num_samples)
-        chunk = k if chunk_size is None else _checks.positive_int("chunk_size", chunk_size)
-        return self._bound(x, y, seed, k, min(chunk, k))
+        return self._bound(x, y, seed, "num_samples", num_samples, chunk_size)
 
-    def _bound(self, x, y, seed, k, chunk_size):
+    def _bound(self, x, y, seed, k_name, k, chunk_size):
+        k = _checks.positive_int(k_name, k)
+        chunk_size = k if chunk_size is None else min(
+            _checks.positive_int("chunk_size", chunk_size), k)
         x, y = self.prepare_inputs(x, y)
         key = (k, chunk_size)
         functions = self.__dict__.setdefault("_bound_functions", {})  # not tracked

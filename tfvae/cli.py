@@ -119,7 +119,8 @@ def _parser():
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on held-out data",
                               description="ELBO, reconstruction, KL, importance-sampled log p(x), "
-                              "the ELBO gap and active units on the run's validation split.")
+                              "the ELBO gap and active units on the run's validation split, or on --dataset "
+                              "/ --split.")
     evaluate.add_argument("run", help="a run directory written by `tfvae train`")
     evaluate.add_argument("--dataset", default=None,
                           help="evaluate on this dataset (a TFDS name or a .npy/.npz file or "

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from tfvae import _checks
+from tfvae import gap
 
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
@@ -133,8 +134,6 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
       standard errors `*_stderr` over examples, `gap_last_improvement` and
       `gap_examples`.
     """
-    from tfvae import gap
-
     n = min(_checks.positive_int("num_examples", num_examples), len(x))
     parts = gap.decompose_gap(model, x[:n], y=None if y is None else y[:n], seed=seed, **kwargs)
     result = {"gap_examples": n, "gap_last_improvement": parts["last_improvement"]}

@@ -163,7 +163,7 @@ class Posterior(DistributionHead):
             raise ValueError(
                 "Received an invalid value for `free_bits_groups`: the KL splits over latent "
                 "dimensions only for a diagonal Gaussian posterior and a standard normal prior. "
-                f"Received: free_bits_groups={num_groups} with {_name(cls)} and {_name(prior)}"
+                f"Received: free_bits_groups={num_groups} with {_checks.type_name(cls)} and {_checks.type_name(prior)}"
             )
         if num_groups > latent_dim:
             raise ValueError(
@@ -186,10 +186,6 @@ class Posterior(DistributionHead):
         groups = tf.stack([tf.reduce_sum(per_dimension[:, a:b], axis=-1)
                            for a, b in zip(bounds[:-1], bounds[1:])], -1)
         return lambda z: groups
-
-
-def _name(obj):
-    return obj.__name__ if isinstance(obj, type) else type(obj).__name__
 
 
 class GaussianPosterior(Posterior):
@@ -373,23 +369,16 @@ class LikelihoodHead(DistributionHead):
 def _bernoulli_log_prob(logits, event):
     """Element-wise `log Bernoulli(event; sigmoid(logits))` for `event` in [0, 1].
 
-    Mathematical details: `−(1 − x) softplus(η) − x softplus(−η)` (TFP's
-    formula, the same numbers); for binary x one term is 0, so one softplus
-    suffices. The gradient is written out, `x − sigmoid(η)` (autodiff's to
-    the last bit or so, in fewer ops).
+    Mathematical details: `x η − softplus(η)`, which is TFP's
+    `−(1 − x) softplus(η) − x softplus(−η)` (as `softplus(−η) = softplus(η) − η`)
+    with one softplus per element instead of two; the gradient is written
+    out, `x − sigmoid(η)`.
     """
-    binary = tf.reduce_all(tf.equal(event * (1.0 - event), 0.0))
-    value = tf.cond(
-        binary,
-        lambda: -tf.math.softplus(tf.where(event > 0, -logits, logits)),
-        lambda: (tf.math.multiply_no_nan(-tf.math.softplus(logits), 1.0 - event)
-                 + tf.math.multiply_no_nan(-tf.math.softplus(-logits), event)),
-    )
 
     def grad(dy):
         return dy * (event - tf.sigmoid(logits)), None
 
-    return value, grad
+    return event * logits - tf.math.softplus(logits), grad
 
 
 class _Bernoulli(tfd.Bernoulli):

@@ -196,7 +196,8 @@ class HierarchicalPosterior(heads.Posterior):
                 _normal_log_prob(z2, loc2, scale2)]
 
     def default_prior(self):
-        return HierarchicalPrior(self.latent_dims)
+        seed = None if self.seed is None else networks.derive_seed(self.seed, 1)
+        return HierarchicalPrior(self.latent_dims, hidden_units=self.hidden_units, seed=seed)
 
     def check_prior(self, prior):
         if getattr(prior, "latent_dims", None) != self.latent_dims:

@@ -1,7 +1,5 @@
 """`tfvae.VAE`: a Keras model whose encoder and decoder produce TFP distributions."""
 
-import logging
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -15,8 +13,6 @@ from tfvae import random as tfvae_random
 from tfvae import signatures
 from tfvae import training
 from tfvae.conditioning import Conditioning
-
-logger = logging.getLogger(__name__)
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")

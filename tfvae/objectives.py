@@ -147,13 +147,18 @@ def _tile_data(x, num_samples):
     return tf.tile(x, multiples)
 
 
-def log_likelihood_of_samples(x, z, decode):
-    """`log p(x | z_l)` for samples `z` of shape `[L, batch, d]`; returns `[L, batch]`."""
+def log_likelihood_of_samples(x, z, decode, tiled_x=None):
+    """`log p(x | z_l)` for samples `z` of shape `[L, batch, d]`; returns `[L, batch]`.
+
+    `tiled_x`: x already repeated L times (`[L · batch, ...]`, sample-major),
+    when a caller scores many chunks of L samples. Default value: `None`.
+    """
     num_samples, batch = tf.shape(z)[0], tf.shape(z)[1]
     z_flat = tf.reshape(z, tf.concat([[num_samples * batch], tf.shape(z)[2:]], 0))
     likelihood = decode(z_flat)
-    x = tf.cast(x, tf.float32)
-    log_px_z = likelihood.log_prob(_tile_data(x, num_samples))
+    if tiled_x is None:
+        tiled_x = _tile_data(tf.cast(x, tf.float32), num_samples)
+    log_px_z = likelihood.log_prob(tiled_x)
     return tf.reshape(log_px_z, [num_samples, batch])
 
 
@@ -342,10 +347,12 @@ def iwae(
     return terms
 
 
-def log_importance_weights(x, posterior, decode, prior, num_samples, seed=None, noise=None):
-    """`log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)`, `z_k ~ q`; shape `[K, batch]`."""
+def log_importance_weights(x, posterior, decode, prior, num_samples, seed=None, noise=None,
+                           tiled_x=None):
+    """`log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)`, `z_k ~ q`; shape `[K, batch]`
+    (`tiled_x`: see `log_likelihood_of_samples`)."""
     z = posterior_sample(posterior, num_samples, seed=seed, noise=noise)
-    log_px_z = log_likelihood_of_samples(x, z, decode)
+    log_px_z = log_likelihood_of_samples(x, z, decode, tiled_x)
     return log_px_z + prior.log_prob(z) - posterior.log_prob(z)
 
 
@@ -371,10 +378,14 @@ def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
     chunk_size = min(chunk_size, k)
     seed = tfvae_random.make_seed(seed)
 
+    # x repeated for a full chunk once, not once per chunk.
+    tiled_x = _tile_data(tf.cast(x, tf.float32), chunk_size)
+
     def chunk(start, n):
         """`log Σ_{k in chunk} w_k` `[batch]` for the `n` samples from `start` on."""
         chunk_seed = tfvae_random.fold_in(seed, start)
-        log_w = log_importance_weights(x, posterior, decode, prior, n, seed=chunk_seed)
+        log_w = log_importance_weights(x, posterior, decode, prior, n, seed=chunk_seed,
+                                       tiled_x=tiled_x if n == chunk_size else None)
         return tf.reduce_logsumexp(log_w, axis=0)
 
     full, rest = divmod(k, chunk_size)
@@ -405,8 +416,6 @@ def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, 
       `[batch]` estimate in nats.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
-    if chunk_size is not None:
-        chunk_size = min(_checks.positive_int("chunk_size", chunk_size), num_samples)
     return iwae_bound(x, posterior, decode, prior, num_samples, seed=seed, chunk_size=chunk_size)
 
 

@@ -14,10 +14,6 @@ OBJECTIVES = ("elbo", "iwae")
 GRADIENT_ESTIMATORS = ("standard", "dreg")
 
 
-def _name(part):
-    return part.__name__ if isinstance(part, type) else type(part).__name__
-
-
 def check_objective(objective, beta=1.0, free_bits=0.0, warmup_epochs=0.0):
     """The IWAE bound has no KL term: β, free bits and KL warm-up need the ELBO.
 
@@ -56,7 +52,7 @@ def check_gradient_estimator(gradient_estimator, objective, posterior, prior):
         raise ValueError(
             "Received an invalid value for `gradient_estimator`: 'dreg' stops gradients "
             "through q's parameters only, so it is biased when q or p(z) has weights of its "
-            f"own (here {_name(posterior)} / {_name(prior)}). Use "
+            f"own (here {_checks.type_name(posterior)} / {_checks.type_name(prior)}). Use "
             "gradient_estimator='standard'. Received: gradient_estimator='dreg'"
         )
     return gradient_estimator
@@ -95,14 +91,14 @@ def check_condition_dim(condition_dim, prior, event_shape=None, name="condition_
     condition_dim = _checks.positive_int("condition_dim", condition_dim)
     if event_shape is not None and len(event_shape) not in (1, 3):
         raise ValueError(
-            "Received an invalid value for `condition_dim`: conditioning needs vectors "
-            "(d,) or images (height, width, channels). Received: condition_dim="
+            f"Received an invalid value for `{name}`: conditioning needs vectors "
+            f"(d,) or images (height, width, channels). Received: {name}="
             f"{condition_dim} for data of shape {tuple(event_shape)}"
         )
     if prior.uses_encoder:
         shown = True if name == "conditional" else condition_dim
         raise ValueError(
-            f"Received an invalid value for `{name}`: a {_name(prior)}'s pseudo-inputs "
+            f"Received an invalid value for `{name}`: a {_checks.type_name(prior)}'s pseudo-inputs "
             f"carry no labels y. Use another prior. Received: {name}={shown}"
         )
     return condition_dim

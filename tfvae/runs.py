@@ -201,10 +201,14 @@ def load_dataset(config):
     """
     (x_train, y_train), (x_val, y_val) = data_lib.load(config.dataset, seed=config.seed)
     train_mode = "none" if config.binarize == "dynamic" else config.binarize
-    val_mode = "static" if config.binarize != "none" else "none"
     x_train = data_lib.prepare(x_train, config.likelihood, train_mode, seed=config.seed)
-    x_val = data_lib.prepare(x_val, config.likelihood, val_mode, seed=config.seed + 1)
-    return (x_train, y_train), (x_val, y_val)
+    return (x_train, y_train), (_prepare_held_out(config, x_val), y_val)
+
+
+def _prepare_held_out(config, x):
+    """Held-out data as the run scores it: one fixed binarisation draw if it binarises."""
+    mode = "static" if config.binarize != "none" else "none"
+    return data_lib.prepare(x, config.likelihood, mode, seed=config.seed + 1)
 
 
 def _read_history(path):
@@ -381,5 +385,4 @@ def held_out(config, dataset=None, split="validation"):
     """
     dataset = config.dataset if dataset is None else dataset
     x, y = data_lib.load_split(dataset, split, seed=config.seed)
-    mode = "static" if config.binarize != "none" else "none"
-    return data_lib.prepare(x, config.likelihood, mode, seed=config.seed + 1), y
+    return _prepare_held_out(config, x), y

@@ -13,7 +13,7 @@ A training step: `fit` → `_check_data` (arrays, tensors, datasets, before
 Keras traces) → `train_step` → `_unpack` (x, y prepared by the model's
 `Conditioning`) → `_update_beta` (the warm-up, in-graph) → `_step_terms` (the
 per-step seed and the replica's noise offset) → `objective_terms` (the model)
-→ `tf.nn.compute_average_loss` → gradients (DReG swaps in the encoder's own
+→ the mean over the global batch → gradients (DReG swaps in the encoder's own
 surrogate) → `_update_metrics` (exact epoch means, all-reduced across
 replicas).
 """
@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,8 @@ class Trainer:
         distribution strategies, and survives save/load. `steps=0` turns it off.
         """
         schedule = BetaSchedule(start, end, steps, first_step)
+        if schedule.active:
+            options.check_objective(self.objective, warmup_epochs=steps)
         self.beta_schedule.assign(schedule.as_vector())
         if schedule.active:
             self.beta.assign(start)
@@ -205,23 +208,18 @@ class Trainer:
         self._update_beta()
         with tf.GradientTape(persistent=self.gradient_estimator == "dreg") as tape:
             terms = self._step_terms(x, training=True, y=y)
-            scaled = {}
-            for key in ("loss", "loss_encoder"):
-                if key in terms:
-                    loss = _average_loss(terms[key], sample_weight)
-                    if self.losses:
-                        loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
-                    scaled[key] = self.optimizer.scale_loss(loss)
+            regularization = (tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+                              if self.losses else 0.0)
+            scaled = {key: self.optimizer.scale_loss(
+                _average_loss(terms[key], sample_weight) + regularization)
+                for key in ("loss", "loss_encoder") if key in terms}
         variables = self.trainable_variables
         gradients = tape.gradient(scaled["loss"], variables)
         if "loss_encoder" in scaled:
             # DReG: the encoder's gradient comes from its own surrogate.
-            encoder_ids = {id(v) for v in self.encoder_variables}
-            encoder_gradients = tape.gradient(scaled["loss_encoder"], variables)
-            gradients = [
-                ge if id(v) in encoder_ids else g
-                for v, g, ge in zip(variables, gradients, encoder_gradients)
-            ]
+            encoder = self.encoder_variables
+            own = dict(zip(map(id, encoder), tape.gradient(scaled["loss_encoder"], encoder)))
+            gradients = [own.get(id(v), g) for v, g in zip(variables, gradients)]
             del tape
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(terms, sample_weight)
