@@ -300,7 +300,8 @@ def _expected_graphs(name, available):
 
 
 def _assert_same_elbo(got_model, model, n, seed):
-    """Both models give exactly the same ELBO terms on `n` examples; returns `(x, labels)`."""
+    """Both models give exactly the same ELBO terms on `n` examples; returns `(x, labels,
+    terms)`."""
     x, labels = _data(model, n, seed=seed)
     condition = {} if labels is None else {"y": labels}
     expected = model.elbo(x, seed=0, **condition)
@@ -308,7 +309,7 @@ def _assert_same_elbo(got_model, model, n, seed):
     assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    return x, labels
+    return x, labels, expected
 
 
 def _assert_built_as_specified(model, variant):
@@ -365,7 +366,8 @@ def test_keras_save_and_load_round_trips(zoo, name, tmp_path):
     for got, want in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(got, want)
 
-    x, labels = _assert_same_elbo(loaded, model, n=7, seed=1)
+    x, labels, expected = _assert_same_elbo(loaded, model, n=7, seed=1)
+    condition = {} if labels is None else {"y": labels}
     # The training objective too (its loss carries β, free bits, IWAE's k).
     seed = tfvae.random.make_seed(3)
     y = None if labels is None else tf.one_hot(labels, NUM_CLASSES)
