@@ -337,6 +337,29 @@ class LikelihoodHead(DistributionHead):
     def _independent(self, distribution):
         return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
 
+    # The data range this likelihood scores: `(low, high)` and whether values
+    # must be integers. `validate_data` (numpy, eager) raises on values outside
+    # it; `support_mask` (tensors, any graph, XLA too) marks the rows inside it.
+    data_range = (-np.inf, np.inf)
+    integer_data = False
+
+    def support_mask(self, x):
+        """Whether each example of `x` `[batch] + event_shape` is data this likelihood scores.
+
+        A graph-safe check (no asserts, which XLA drops): `True` where every
+        element is finite, within `data_range` and (for level likelihoods) an
+        integer. The model turns the other rows' outputs into NaN.
+
+        Returns:
+          A boolean tensor `[batch]`.
+        """
+        x = tf.convert_to_tensor(x)
+        low, high = self.data_range
+        ok = tf.math.is_finite(x) & (x >= low) & (x <= high)
+        if self.integer_data:
+            ok &= tf.equal(tf.floor(x), x)
+        return tf.reduce_all(ok, axis=[-(i + 1) for i in range(len(self.event_shape))])
+
     def validate_data(self, x, name="x"):
         """Raises `ValueError` if the numpy array `x` has values this likelihood cannot score."""
         x = np.asarray(x)
@@ -397,6 +420,8 @@ class BernoulliLikelihood(LikelihoodHead):
     (the usual "binary cross-entropy" VAE loss).
     """
 
+    data_range = (0.0, 1.0)
+
     def _parameters(self, flat):
         return {"logits": self._element_param(flat)}
 
@@ -412,13 +437,15 @@ class BernoulliLikelihood(LikelihoodHead):
 
     def validate_data(self, x, name="x"):
         super().validate_data(x, name)
-        self._check_range(x, name, 0.0, 1.0)
+        self._check_range(x, name, *self.data_range)
 
 
 @_register
 class ContinuousBernoulliLikelihood(LikelihoodHead):
     """p(x|z) = Π ContinuousBernoulli(x_i; logit_i), a normalised density on [0, 1]
     (Loaiza-Ganem & Cunningham, 2019)."""
+
+    data_range = (0.0, 1.0)
 
     def _parameters(self, flat):
         return {"logits": self._element_param(flat)}
@@ -437,7 +464,7 @@ class ContinuousBernoulliLikelihood(LikelihoodHead):
 
     def validate_data(self, x, name="x"):
         super().validate_data(x, name)
-        self._check_range(x, name, 0.0, 1.0)
+        self._check_range(x, name, *self.data_range)
 
 
 @_register
@@ -521,12 +548,18 @@ class LevelLikelihood(LikelihoodHead):
                 f"Received: num_levels={num_levels!r}"
             )
 
+    integer_data = True
+
+    @property
+    def data_range(self):
+        return (0, self.num_levels - 1)
+
     def encoder_input(self, x):
         return x / float(self.num_levels - 1)
 
     def validate_data(self, x, name="x"):
         super().validate_data(x, name)
-        self._check_range(x, name, 0, self.num_levels - 1, integers=True)
+        self._check_range(x, name, *self.data_range, integers=True)
 
     def get_config(self):
         return {**super().get_config(), "num_levels": self.num_levels}
