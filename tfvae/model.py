@@ -181,6 +181,14 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         """The posterior head's named parameters (a dict of tensors) for data `x`."""
         return self.posterior.parameters(self.encoder_output(x, y, training))
 
+    def posterior_outputs(self, x, y=None):
+        """q(z|x)'s parameters under their exported names (the `encode` graph's outputs):
+        `mean` and `scale` (the head's `loc` and `scale`: std devs `[batch, d]` or a
+        Cholesky factor `[batch, d, d]`) and any further parameters of flows and
+        hierarchies as the head names them."""
+        parameters = dict(self.posterior_parameters(x, y))
+        return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
+
     def decoder_parameters(self, z, y=None, training=False):
         """The likelihood head's named parameters at latents `z` `[batch, latent_dim]`."""
         return self.likelihood.parameters(self.decoder(self._decoder_input(z, y), training=training))
