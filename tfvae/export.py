@@ -55,6 +55,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from tfvae.model import where_valid
+
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
@@ -143,24 +145,10 @@ def _check_y_format(y_format):
 
 
 def data_range(likelihood):
-    """`(low, high, integers)`: the x values `likelihood.validate_data` accepts.
-
-    Levels heads (with `num_levels` K) take integers 0..K−1; heads whose
-    `validate_data` refuses values outside [0, 1] take [0, 1]; the others (the
-    Gaussian) any finite value. A likelihood may declare its own `data_range`.
-    """
-    declared = getattr(likelihood, "data_range", None)
-    if declared is not None:
-        low, high, integers = declared
-        return float(low), float(high), bool(integers)
-    levels = getattr(likelihood, "num_levels", None)
-    if levels:
-        return 0.0, float(levels - 1), True
-    try:  # Unit-interval heads refuse values outside [0, 1]; the Gaussian only non-finite ones.
-        likelihood.validate_data(np.array([-1.0, 2.0], "float32"), name="x")
-    except ValueError:
-        return 0.0, 1.0, False
-    return -math.inf, math.inf, False
+    """`(low, high, integers)`: the x values the likelihood scores (its `data_range`
+    and `integer_data`; `validate_data` refuses the others, `support_mask` marks them)."""
+    low, high = likelihood.data_range
+    return float(low), float(high), bool(likelihood.integer_data)
 
 
 # ---------------------------------------------------------------------------
@@ -186,17 +174,7 @@ def _rows(condition):
 
 def _input_checks(model, y_format):
     """`{input name: tensor → [B] bool}`: which rows of each input the model accepts."""
-    low, high, integers = data_range(model.likelihood)
-
-    def x_rows(x):
-        ok = tf.math.is_finite(x)
-        if math.isfinite(low):
-            ok = tf.logical_and(ok, x >= low)
-        if math.isfinite(high):
-            ok = tf.logical_and(ok, x <= high)
-        if integers:
-            ok = tf.logical_and(ok, tf.equal(tf.floor(x), x))
-        return _rows(ok)
+    x_rows = model.likelihood.support_mask  # the model's own rule (`VAE.valid_rows`)
 
     def finite_rows(v):
         return _rows(tf.math.is_finite(v))
@@ -236,16 +214,10 @@ def graph_functions(model, y_format="one_hot"):
             if value is not None:
                 rows = checks[name](value)
                 valid = rows if valid is None else tf.logical_and(valid, rows)
-        guarded = {}
-        for key, value in outputs.items():
-            mask = tf.reshape(valid, [-1] + [1] * (value.shape.rank - 1))
-            guarded[key] = tf.where(mask, value, tf.constant(math.nan, value.dtype))
-        return guarded
+        return where_valid(valid, outputs)
 
     def encode(x, y=None):
-        parameters = dict(model.posterior_parameters(x, y))
-        outputs = {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
-        return guard(outputs, x=x, y=y)
+        return guard(model.posterior_outputs(x, y), x=x, y=y)
 
     def decode(z, y=None):
         parameters = model.decoder_parameters(z, y)

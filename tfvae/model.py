@@ -264,7 +264,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         groups = terms.pop("kl_groups", None)
         for index, layer in enumerate(self.posterior.layer_names):
             terms[f"kl_{layer}"] = groups[:, index]
-        return _where_valid(self.valid_rows(x, y), terms)
+        return where_valid(self.valid_rows(x, y), terms)
 
     # ------------------------------------------------------------------
     # Distributions and generation.
@@ -294,7 +294,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         x = tf.cast(x, tf.float32)
         y = self.conditioning.prepare(y, tf.shape(x)[0])
         mean = self.decode_mean(self._latent_code(x, y, training), y, training)
-        return _where_valid(self.valid_rows(x, y), mean)
+        return where_valid(self.valid_rows(x, y), mean)
 
     def _latent_code(self, x, y=None, training=False):
         eps = tf.zeros(tf.stack([tf.shape(x)[0], self.latent_dim]))
@@ -359,8 +359,10 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         return cls(**config)
 
 
-def _where_valid(valid, values):
-    """`values` (a tensor `[batch, ...]` or a structure of them) with NaN where not `valid`."""
+def where_valid(valid, values):
+    """`values` (a tensor `[batch, ...]` or a structure of them) with NaN rows where the
+    boolean `valid` `[batch]` is false: "invalid in, NaN out" (`VAE.valid_rows`, export
+    graphs)."""
 
     def mask(value):
         shape = tf.concat([tf.shape(valid), tf.ones([value.shape.rank - 1], tf.int32)], 0)
