@@ -59,6 +59,7 @@ def test_evaluate_model_is_the_batchwise_mean_of_the_model_s_own_estimates():
         assert result[key] == pytest.approx(expected, rel=1e-5, abs=1e-5), key
     assert result["log_px"] == pytest.approx(log_px.mean(), rel=1e-5)
     assert result["elbo_gap"] == pytest.approx(result["log_px"] - result["elbo"], rel=1e-6)
+    assert result["likelihood_score"] == "mass"  # binary data under a Bernoulli
     assert result["bits_per_dim"] == pytest.approx(-log_px.mean() / (6 * np.log(2.0)), rel=1e-5)
     # Active units from the posterior means (the raw encoder's first 3 outputs here).
     means = model.encoder(tf.constant(x)).numpy()[:, :3]
@@ -131,3 +132,20 @@ def test_score_examples_are_per_example_and_in_input_order(digits):
     means = evaluation.evaluate_model(model, x, num_samples=20, batch_size=4, seed=5)
     for key in ("elbo", "reconstruction", "kl", "log_px"):
         assert means[key] == pytest.approx(scores[key].mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("likelihood, x, kind", [
+    ("bernoulli", np.array([[0.0, 1.0, 1.0]]), "mass"),
+    ("bernoulli", np.array([[0.0, 0.5, 1.0]]), "cross_entropy"),  # grey values: not normalised
+    ("continuous_bernoulli", np.array([[0.0, 0.5, 1.0]]), "density"),
+    ("gaussian", np.array([[-2.0, 0.5, 3.0]]), "density"),
+    ("categorical", np.array([[0.0, 7.0, 255.0]]), "mass"),
+    ("discretized_logistic", np.array([[0.0, 7.0, 255.0]]), "mass"),
+])
+def test_bits_per_dim_only_for_discrete_data(likelihood, x, kind):
+    model = tfvae.build_vae((3,), 2, hidden_units=(4,), likelihood=likelihood, seed=0)
+    x = np.repeat(x, 4, axis=0).astype("float32")
+    assert model.likelihood.score_kind(x) == kind
+    result = evaluation.evaluate_model(model, x, num_samples=3)
+    assert result["likelihood_score"] == kind
+    assert ("bits_per_dim" in result) == (kind == "mass")

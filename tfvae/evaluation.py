@@ -152,8 +152,11 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     Returns:
       A dict of floats (nats per example): `elbo`, `reconstruction`, `kl`
       (and `kl_z1`, `kl_z2` for a hierarchy), `log_px`, `elbo_gap`,
-      `bits_per_dim` (from `log_px`), and `active_units`, `num_examples`,
-      `num_samples`. The means of `score_examples` (same seeds).
+      `active_units`, `num_examples`, `num_samples`; the means of
+      `score_examples` (same seeds). `likelihood_score` says what `log_px`
+      is (`LikelihoodHead.score_kind`: `"mass"`, `"density"` or
+      `"cross_entropy"`), and `bits_per_dim` (from `log_px`) is given only
+      for a mass, i.e. discrete data.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     scores = score_examples(model, x, y=y, num_samples=num_samples, seed=seed,
@@ -161,7 +164,9 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     scores.pop("squared_error")
     result = {key: float(values.mean()) for key, values in scores.items()}
     result["elbo_gap"] = result["log_px"] - result["elbo"]
-    result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
+    result["likelihood_score"] = model.likelihood.score_kind(x)
+    if result["likelihood_score"] == "mass":  # bits only mean something for discrete data
+        result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
     result["active_units"] = active_units(model, x, y=y)[0]
     try:
         result["kl_per_dimension"] = [

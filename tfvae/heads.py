@@ -360,6 +360,20 @@ class LikelihoodHead(DistributionHead):
             ok &= tf.equal(tf.floor(x), x)
         return tf.reduce_all(ok, axis=[-(i + 1) for i in range(len(self.event_shape))])
 
+    # What `log_prob` is: "density" (continuous data) or "mass" (discrete data).
+    score = "density"
+
+    def score_kind(self, x):
+        """What `log p(x)` means for the numpy data `x`.
+
+        Returns:
+          `"mass"`: a log-probability of discrete data (bits per dimension are
+          meaningful); `"density"`: a log-density of continuous data (not
+          comparable with masses); `"cross_entropy"`: not a normalised
+          likelihood of `x` at all (a Bernoulli scoring grey values).
+        """
+        return self.score
+
     def validate_data(self, x, name="x"):
         """Raises `ValueError` if the numpy array `x` has values this likelihood cannot score."""
         x = np.asarray(x)
@@ -470,6 +484,11 @@ class BernoulliLikelihood(LikelihoodHead):
     """
 
     data_range = (0.0, 1.0)
+    score = "mass"
+
+    def score_kind(self, x):
+        x = np.asarray(x)
+        return "mass" if np.all((x == 0) | (x == 1)) else "cross_entropy"
 
     def _parameters(self, flat):
         return {"logits": self._element_param(flat)}
@@ -598,6 +617,7 @@ class LevelLikelihood(LikelihoodHead):
             )
 
     integer_data = True
+    score = "mass"
 
     @property
     def data_range(self):
