@@ -149,3 +149,79 @@ def test_bits_per_dim_only_for_discrete_data(likelihood, x, kind):
     result = evaluation.evaluate_model(model, x, num_samples=3)
     assert result["likelihood_score"] == kind
     assert ("bits_per_dim" in result) == (kind == "mass")
+
+
+def _linear_gaussian_encoder(n=4000, seed=0):
+    """Gaussian data x ~ N(μ, Σ) in 3-D and a linear encoder q(z|x) = N(Ax + c, diag s²):
+    the aggregate posterior is N(Aμ + c, AΣAᵀ + S), so both surgery terms have closed forms."""
+    rng = np.random.default_rng(seed)
+    big, small = 3, 2
+    a, c, s = rng.normal(size=(small, big)), 0.3 * rng.normal(size=small), np.array([0.2, 0.3])
+    mu, root = rng.normal(size=big), 0.5 * rng.normal(size=(big, big))
+    cov_x = root @ root.T + 0.2 * np.eye(big)
+    x = rng.multivariate_normal(mu, cov_x, size=n).astype("float32")
+    posterior = tfvae.DiagonalGaussianPosterior(small)
+    encoder = tfvae.MLP(posterior.params_size, (), name="encoder")
+    model = tfvae.VAE(encoder, tfvae.MLP(big, (), name="decoder"), posterior,
+                      tfvae.GaussianLikelihood((big,), scale=1.0), seed=0)
+    kernel, bias = np.zeros((big, 2 * small)), np.zeros(2 * small)
+    kernel[:, :small], bias[:small] = a.T, c
+    bias[small:] = np.log(np.expm1(s - posterior.min_scale))  # σ = softplus(raw) + min_scale
+    encoder.weights[0].assign(kernel.astype("float32"))
+    encoder.weights[1].assign(bias.astype("float32"))
+    q_cov = np.diag(s**2)
+    agg_mean, agg_cov = a @ mu + c, a @ cov_x @ a.T + q_cov
+    mutual_information = 0.5 * np.log(np.linalg.det(agg_cov) / np.linalg.det(q_cov))
+    marginal_kl = 0.5 * (np.trace(agg_cov) + agg_mean @ agg_mean - small
+                         - np.log(np.linalg.det(agg_cov)))
+    return model, x, mutual_information, marginal_kl
+
+
+def test_elbo_surgery_matches_the_closed_forms_of_a_linear_gaussian_encoder():
+    model, x, mutual_information, marginal_kl = _linear_gaussian_encoder()
+    assert mutual_information > 1.0  # the code carries real information here
+    got = evaluation.elbo_surgery(model, x, num_samples=2, seed=0)
+    # Closed forms are population values; the 4,000 data points add O(1/√N) noise.
+    for key, expected in (("mutual_information", mutual_information),
+                          ("marginal_kl", marginal_kl)):
+        assert abs(got[key] - expected) < 4 * got[key + "_stderr"] + 0.03, (key, got[key], expected)
+    # The two terms add up to the mean KL, which the model computes analytically.
+    kl = model.elbo(x, seed=0)["kl"].numpy().mean()
+    assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_stderr"]
+    assert got["kl_estimate"] == pytest.approx(got["mutual_information"] + got["marginal_kl"])
+    assert got["mi_upper_bound"] == pytest.approx(np.log(4000)) and got["surgery_examples"] == 4000
+
+
+def test_the_information_estimate_is_bounded_by_log_n(digits):
+    model, x, _, _ = _linear_gaussian_encoder(n=12)
+    bias = model.encoder.weights[1].numpy()
+    bias[2:] = -30.0  # σ ≈ min_scale: each code identifies its example
+    model.encoder.weights[1].assign(bias)
+    got = evaluation.elbo_surgery(model, x, num_samples=3)
+    assert got["mutual_information"] <= np.log(12) + 1e-6
+    assert got["mutual_information"] == pytest.approx(np.log(12), abs=1e-3)
+
+
+@pytest.mark.parametrize("posterior", ["diagonal", "full", "iaf", "planar"])
+def test_aggregate_log_density_is_the_mixture_of_the_examples_posteriors(digits, posterior):
+    x = digits[1][0][:6]
+    model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(16,), posterior=posterior, seed=0)
+    z = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    hierarchy = tfvae.build_vae((8, 8, 1), 4, hidden_units=(16,), posterior="hierarchical", seed=0)
+    with pytest.raises(ValueError, match="scores any z under every example's q"):
+        evaluation.aggregate_log_density(hierarchy, x, z)  # its q scores its own batch only
+    # Independently: each example's q on its own, evaluated at every z.
+    per_example = np.stack([model.encode(x[n : n + 1]).log_prob(z).numpy() for n in range(6)], 1)
+    expected = np.log(np.mean(np.exp(per_example.astype(np.float64)), axis=1))
+    got = evaluation.aggregate_log_density(model, x, z, chunk_size=2)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_elbo_surgery_terms_add_up_to_the_mean_kl_on_a_full_covariance_model(digits):
+    x = digits[1][0][:40]
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), posterior="full", seed=0)
+    got = evaluation.elbo_surgery(model, x, num_samples=8)
+    kl = model.elbo(x, seed=0)["kl"].numpy().mean()
+    assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_stderr"] + 1e-3
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        evaluation.elbo_surgery(model, x[:1])

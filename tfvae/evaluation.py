@@ -2,9 +2,11 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import gap
+from tfvae import random as tfvae_random
 
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
@@ -207,4 +209,92 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
         values = np.asarray(parts[key], np.float64)
         result[name] = float(values.mean())
         result[name + "_stderr"] = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return result
+
+
+def aggregate_log_density(model, x, z, y=None, chunk_size=256):
+    """`log q(z)` of the aggregate posterior `q(z) = (1/N) Σ_n q(z|x_n)` over the N examples of `x`.
+
+    Args:
+      model: a `tfvae.VAE`; its posterior's `log_prob` must score any z under
+        every example's q at once (it broadcasts over examples).
+      x: data `[N] + event_shape`; y: their conditions, for a conditional model.
+      z: latents `[M, latent_dim]`.
+      chunk_size: latents scored against all N posteriors at a time (memory
+        `chunk_size × N`). Default value: `256`.
+
+    Returns:
+      A float32 tensor `[M]`: `logsumexp_n log q(z_m|x_n) − log N`.
+    """
+    chunk_size = _checks.positive_int("chunk_size", chunk_size)
+    posterior = model.posterior.distribution(model.posterior_parameters(*model.prepare_inputs(x, y)))
+    z = tf.convert_to_tensor(z, tf.float32)
+    try:
+        chunks = [tf.reduce_logsumexp(posterior.log_prob(z[i : i + chunk_size, None, :]), axis=1)
+                  for i in range(0, int(z.shape[0]), chunk_size)]
+    except (ValueError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(
+            "The aggregate posterior needs a posterior whose log_prob scores any z under "
+            f"every example's q. Received: {type(model.posterior).__name__} "
+            f"({error.__class__.__name__})"
+        ) from None
+    return tf.concat(chunks, 0) - np.log(len(x))
+
+
+def elbo_surgery(model, x, y=None, num_samples=1, seed=0, chunk_size=256):
+    """The mean KL split into index-code information and the aggregate posterior's KL.
+
+    Mathematical details (Hoffman & Johnson, "ELBO surgery", 2016): with the
+    aggregate posterior `q(z) = (1/N) Σ_n q(z|x_n)` over the N examples of `x`,
+
+        E_n KL(q(z|x_n) ‖ p(z)) = I_q(x; z) + KL(q(z) ‖ p(z)),
+
+    `I_q(x; z) = E_n E_{q(z|x_n)}[log q(z|x_n) − log q(z)]`. Both are
+    estimated with `num_samples` draws `z ~ q(z|x_m)` per example and
+    `log q(z) = logsumexp_n log q(z|x_n) − log N`, a batched log-mean-exp
+    over the whole set (cost N² · num_samples posterior densities, in chunks
+    of `chunk_size` draws). Since `log q(z) ≥ log q(z|x_m) − log N`, the
+    information estimate is at most `log N` (returned as `mi_upper_bound`): on
+    small sets a code can carry more than the estimate can show. The two
+    terms add up to a Monte Carlo estimate of the mean KL (`kl_estimate`).
+
+    Args:
+      model: a `tfvae.VAE` (see `aggregate_log_density`).
+      x: data `[N] + event_shape`, N ≥ 2; y: their conditions, for a
+        conditional model.
+      num_samples: draws per example. Default value: `1`.
+      seed: noise seed. Default value: `0`.
+      chunk_size: draws scored against all N posteriors at a time. Default
+        value: `256`.
+
+    Returns:
+      A dict of floats in nats: `mutual_information`, `marginal_kl`,
+      `kl_estimate` (their sum) and their standard errors `*_stderr` over
+      the draws, `mi_upper_bound` (`log N`) and `surgery_examples` (N).
+    """
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    chunk_size = _checks.positive_int("chunk_size", chunk_size)
+    n = len(x)
+    if n < 2:
+        raise ValueError(
+            "Received an invalid value for `x`, expected at least 2 examples (the aggregate "
+            f"posterior is a mixture over them). Received: x with {n} examples"
+        )
+    parameters = model.posterior_parameters(*model.prepare_inputs(x, y))
+    noise = tf.random.stateless_normal([num_samples, n, model.latent_dim],
+                                       seed=tfvae_random.make_seed(seed))
+    z = model.posterior.reparameterize(parameters, noise)  # [S, N, d]
+    own = tf.reshape(model.posterior.distribution(parameters).log_prob(z), [-1])  # log q(z|x_m)
+    z = tf.reshape(z, [-1, model.latent_dim])
+    log_q = aggregate_log_density(model, x, z, y=y, chunk_size=chunk_size)
+    prior = model.prior.distribution()
+    parts = {
+        "mutual_information": (own - log_q).numpy().astype(np.float64),
+        "marginal_kl": (log_q - prior.log_prob(z)).numpy().astype(np.float64),
+    }
+    parts["kl_estimate"] = parts["mutual_information"] + parts["marginal_kl"]
+    result = {"mi_upper_bound": float(np.log(n)), "surgery_examples": n}
+    for key, values in parts.items():
+        result[key] = float(values.mean())
+        result[key + "_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
     return result
