@@ -227,6 +227,12 @@ def _check_writable_folder(folder, path, argument):
                          f"is not writable. Received: {argument}={path!r}")
 
 
+def _check_run_directory(path):
+    """Refuses a `run` argument that is not a folder (before its default outputs are checked)."""
+    if not os.path.isdir(path):
+        raise ValueError(f"`{path}` is not a tfvae run directory (not an existing folder).")
+
+
 def _check_output_directory(path, argument="--output"):
     """Refuses an output directory that is empty or names an existing file."""
     if not path:
@@ -329,6 +335,7 @@ def _print_table(metrics):
 def _evaluate(args, argv):
     from tfvae import evaluation, report, runs
 
+    _check_run_directory(args.run)
     output = os.path.join(args.run, "evaluation.json") if args.output is None else args.output
     _check_output_file(output, args.overwrite)
     figure = os.path.splitext(output)[0] + "_gap.png"
@@ -362,6 +369,7 @@ def _sample(args, argv):
 
     from tfvae import report, runs
 
+    _check_run_directory(args.run)
     output = os.path.join(args.run, f"samples-{args.seed}.png") if args.output is None \
         else args.output
     if not output.endswith((".png", ".npy")):
@@ -418,6 +426,7 @@ _EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx}
 def _export(args, argv):
     from tfvae import runs
 
+    _check_run_directory(args.run)
     output = os.path.join(args.run, "export", args.format) if args.output is None else args.output
     _check_output_directory(output)
     _, model = runs.load_run(args.run)
