@@ -529,14 +529,13 @@ def test_a_cli_error_is_one_line_without_tensorflow_log_noise(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(tfvae.__file__)),
                                          env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "tfvae.cli", "train", "--dataset", "missing.npz",
-               "--output", str(tmp_path / "run")]
+    command = [sys.executable, "-m", "tfvae.cli", "train", "--dataset", "missing.npz"]
 
-    def run(*extra):
-        return subprocess.run(command + list(extra), capture_output=True, text=True,
-                              timeout=300, env=env, cwd=tmp_path)
+    def run(output, *extra):
+        return subprocess.run(command + ["--output", str(tmp_path / output), *extra],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
-    quiet, verbose = run(), run("--verbose")
+    quiet, verbose = run("quiet"), run("verbose", "--verbose")
     assert quiet.returncode == 2 and quiet.stderr.count("\n") == 1, quiet.stderr
     assert quiet.stderr.startswith("tfvae train: error: ") and "missing.npz" in quiet.stderr
     # The same run with --verbose shows what the plain one hides (so the test can fail).
