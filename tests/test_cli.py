@@ -546,3 +546,18 @@ def test_a_cli_error_is_one_line_without_tensorflow_log_noise(tmp_path):
                             "print('tensorflow' in sys.modules)"], capture_output=True,
                            text=True, timeout=300, env=env)
     assert check.stdout.strip() == "False", check.stderr
+
+
+@pytest.mark.slow
+def test_import_tfvae_after_keras_still_registers_the_model_classes(conditional_run):
+    # The command needs `import tfvae` not to load TensorFlow; a program that has loaded it
+    # (`import keras`) gets the library at once, so load_model finds tfvae's classes.
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(tfvae.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys, keras, tfvae; "
+            f"model = keras.saving.load_model({os.path.join(conditional_run, 'model.keras')!r}); "
+            "print(type(model).__name__, model.condition_dim)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.stdout.strip() == "VAE 10", result.stderr[-2000:]

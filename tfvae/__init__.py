@@ -1,16 +1,18 @@
 """tfvae: variational autoencoders in Keras 3 whose networks output TFP distributions.
 
-`import tfvae` is cheap: it imports neither TensorFlow nor the library, so a
-program (such as the `tfvae` command) can configure TensorFlow's logging before
-TensorFlow loads. The first use of a public name (`tfvae.VAE`,
-`from tfvae import build_vae`, ...) loads the whole library, which registers
-its Keras classes; after that `keras.saving.load_model` reads tfvae models.
-Submodules load on first use: `tfvae.data`, `from tfvae import runs`. The
-command's layer (`tfvae.runs`, `tfvae.report`, `tfvae.cli`; matplotlib) is not
-part of the library and loads only when asked for.
+`import tfvae` loads the library (and registers its Keras classes, so that
+`keras.saving.load_model` reads tfvae models) when TensorFlow is already loaded,
+as it is after `import keras` or `import tensorflow`. Before TensorFlow is
+loaded, `import tfvae` imports neither, so that a program such as the `tfvae`
+command can configure TensorFlow's logging first; the library then loads on
+the first use of a public name (`tfvae.VAE`, `from tfvae import build_vae`, ...),
+and a submodule on first access (`tfvae.data`). The command's layer
+(`tfvae.runs`, `tfvae.report`, `tfvae.cli`; matplotlib) is not part of the
+library and loads only when asked for.
 """
 
 import importlib
+import sys
 
 __version__ = "0.2.0"
 
@@ -76,3 +78,8 @@ def __dir__():
 
 
 __all__ = sorted([*_NAMES, "data", "evaluation", "export", "objectives", "random"])
+
+
+# Deferring the library spares work only while TensorFlow is not loaded yet.
+if "tensorflow" in sys.modules:
+    _load_library()
