@@ -455,10 +455,7 @@ def main(argv=None):
 def _reason(error, args):
     """One line saying what went wrong, naming the file where the error has one."""
     if isinstance(error, json.JSONDecodeError):
-        run = getattr(args, "run", None) or (args.output if getattr(args, "resume", False)
-                                             else None)
-        where = f"{os.path.join(run, 'run.json')!r}" if run else "a JSON file"
-        text = f"{where} is not valid JSON ({error})"
+        text = f"{_json_source(error, args)} is not valid JSON ({error})"
     elif isinstance(error, OSError) and error.strerror and error.filename is not None:
         files = " -> ".join(repr(os.fspath(name)) for name in (error.filename, error.filename2)
                             if name is not None)
@@ -466,6 +463,19 @@ def _reason(error, args):
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split())
+
+
+def _json_source(error, args):
+    """What held the JSON text that failed to parse: TF_CONFIG, or the run's run.json."""
+    if error.doc == os.environ.get("TF_CONFIG"):
+        return "the environment variable TF_CONFIG"
+    for folder in (getattr(args, "run", None), getattr(args, "output", None)):
+        path = os.path.join(folder, "run.json") if folder else None
+        if path and os.path.isfile(path):
+            with contextlib.suppress(OSError, UnicodeDecodeError), open(path) as f:
+                if f.read() == error.doc:
+                    return repr(path)
+    return "a JSON document"
 
 
 def _configure_logging(verbose):
