@@ -22,6 +22,8 @@ logger = logging.getLogger("tfvae")
 
 # `tfvae train` options that `--resume` honours; it takes every other setting from run.json.
 _RESUME_OPTIONS = ("epochs", "quiet", "verbose", "output", "resume")
+# `tfvae train` options whose flag is not `--` + the field name with dashes.
+_FLAGS = {"jit_compile": "--jit"}
 # The exceptions that are the user's or the machine's, not tfvae's: a bad value or file
 # (ValueError, including json.JSONDecodeError and UnicodeDecodeError), and any OSError
 # (permissions, missing or full disks, PIL's UnidentifiedImageError, network errors).
@@ -51,7 +53,7 @@ def _train_arguments(train, defaults=True):
     config = runs.RunConfig()
 
     def option(name, *flags, **kwargs):
-        flags = flags or ("--" + name.replace("_", "-"),)
+        flags = flags or (_flag(name),)
         default = getattr(config, name) if defaults else argparse.SUPPRESS
         train.add_argument(*flags, dest=name, default=default, **kwargs)
 
@@ -93,7 +95,7 @@ def _train_arguments(train, defaults=True):
     option("learning_rate", type=float)
     option("patience", type=int, help="early-stopping patience in epochs")
     option("seed", type=int)
-    option("jit_compile", "--jit", action=argparse.BooleanOptionalAction,
+    option("jit_compile", _FLAGS["jit_compile"], action=argparse.BooleanOptionalAction,
            help="compile the train step with XLA (default: on for mlp, and for "
            "conv on a GPU; on a CPU XLA's convolutions are slower)")
     option("steps_per_execution", type=int,
@@ -295,18 +297,7 @@ def _check_resume_options(args, argv):
 
 def _flag(dest):
     """The option string of `tfvae train`'s option `dest` (`jit_compile` -> `--jit`)."""
-    train = _subparser(_parser(), "train")
-    for action in train._actions:  # argparse offers no public view of its options
-        if action.dest == dest and action.option_strings:
-            return action.option_strings[0]
-    return "--" + dest.replace("_", "-")
-
-
-def _subparser(parser, name):
-    for action in parser._actions:  # argparse offers no public view of its subparsers
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]
-    raise KeyError(name)
+    return _FLAGS.get(dest, "--" + dest.replace("_", "-"))
 
 
 def _train(args, argv):
