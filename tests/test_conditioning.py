@@ -91,6 +91,35 @@ def test_labels_out_of_range_fail_in_a_graph_too():
         prepare(tf.constant([-1, 0]))
 
 
+def test_labels_out_of_range_get_nan_rows_under_xla_where_asserts_are_dropped():
+    prepare = tf.function(lambda y: Conditioning(C).prepare(y, 4), jit_compile=True)
+    y = prepare(tf.constant([2, 3, -1, 0])).numpy()
+    np.testing.assert_array_equal(y[[0, 3]], [[0, 0, 1], [1, 0, 0]])
+    assert np.isnan(y[1]).all() and np.isnan(y[2]).all()  # not one_hot's silent zero rows
+    np.testing.assert_array_equal(Conditioning.valid_rows(y), [True, False, False, True])
+    assert Conditioning.valid_rows(None) is None
+
+
+def test_a_user_pipeline_with_a_bad_label_gives_nan_terms_for_that_row_under_xla():
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), condition_dim=C, seed=0)
+    model.compile(optimizer="adam", jit_compile=True)
+    x = np.random.default_rng(0).uniform(size=(6, 4)).astype("float32")
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    good = model.evaluate(tf.data.Dataset.from_tensor_slices((x, labels)).batch(6),
+                          verbose=0, return_dict=True)
+    assert np.isfinite(good["loss"])
+    bad = labels.copy()
+    bad[4] = 7  # a label the model has no class for
+    result = model.evaluate(tf.data.Dataset.from_tensor_slices((x, bad)).batch(6), verbose=0,
+                            return_dict=True)
+    assert np.isnan(result["loss"]) and np.isnan(result["elbo"])
+    # The same row through the tensor seams: only that row's terms are NaN.
+    step = tf.function(lambda x, y: model.elbo_terms(x, model.conditioning.prepare(y, 6),
+                                                     seed=0)["elbo"], jit_compile=True)
+    elbo = step(tf.constant(x), tf.constant(bad)).numpy()
+    assert np.isnan(elbo[4]) and np.isfinite(np.delete(elbo, 4)).all()
+
+
 @pytest.mark.parametrize("shape, dtype", [((), "int32"), ((5,), "int64"), ((3,), "float32"),
                                           ((None, 3), "float32"), ((5, 3), "float64")])
 def test_check_spec_accepts_labels_and_vectors(shape, dtype):

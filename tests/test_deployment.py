@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,8 @@ import tensorflow as tf
 
 import tfvae
 from tfvae import cli
+
+from helpers import data_for, tiny_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -84,55 +87,281 @@ def test_onnx_runner_works_without_tensorflow(trained):
 
 
 class _FakeServing(http.server.BaseHTTPRequestHandler):
-    """Answers TF Serving's REST `:predict` (columnar format) from a loaded SavedModel."""
+    """TF Serving's REST API (`/metadata`, columnar `:predict`, `{"error": ...}` answers) over
+    SavedModels loaded in this process: `models` maps a model name to a loaded SavedModel."""
 
-    saved_model = None
+    models = {}
     requests = []
+    _PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata|:predict)$")
+
+    def _answer(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _model(self, action):
+        match = self._PATH.match(self.path)
+        if not match or match.group(3) != action:
+            self._answer(404, {"error": f"Malformed request: {self.command} {self.path}"})
+            return None
+        name = match.group(1)
+        if name not in self.models:
+            self._answer(404, {"error": f"Servable not found for request: Latest({name})"})
+            return None
+        return self.models[name]
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        loaded = self._model("/metadata")
+        if loaded is None:
+            return
+        defs = {}
+        for name, fn in loaded.signatures.items():
+            def info(spec):
+                dims = [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape]
+                return {"dtype": "DT_FLOAT", "tensor_shape": {"dim": dims, "unknown_rank": False},
+                        "name": f"{name}_{spec.name}:0"}
+            defs[name] = {"inputs": {k: info(v) for k, v in fn.structured_input_signature[1].items()},
+                          "outputs": {k: info(v) for k, v in fn.structured_outputs.items()},
+                          "method_name": "tensorflow/serving/predict", "defaults": {}}
+        defs["__saved_model_init_op"] = {"inputs": {}, "outputs": {}, "method_name": "",
+                                         "defaults": {}}
+        self._answer(200, {"model_spec": {"name": "tfvae", "signature_name": "", "version": "1"},
+                           "metadata": {"signature_def": {"signature_def": defs}}})
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append((self.path, body))
-        signature = self.saved_model.signatures[body.get("signature_name", "serving_default")]
-        inputs = {k: tf.constant(v, tf.float32) for k, v in body["inputs"].items()}
-        outputs = {k: v.numpy().tolist() for k, v in signature(**inputs).items()}
+        loaded = self._model(":predict")
+        if loaded is None:
+            return
+        name = body.get("signature_name", "serving_default")
+        if name not in loaded.signatures:
+            self._answer(400, {"error": f'Serving signature name: "{name}" not found in signature def'})
+            return
+        signature = loaded.signatures[name]
+        try:
+            inputs = {k: tf.constant(v, tf.float32) for k, v in body["inputs"].items()}
+            outputs = {k: v.numpy().tolist() for k, v in signature(**inputs).items()}
+        except (TypeError, ValueError, tf.errors.OpError) as error:
+            self._answer(400, {"error": str(error)})  # (multi-line, as TF Serving's can be)
+            return
         if len(outputs) == 1:  # TF Serving unwraps a single output
             outputs = next(iter(outputs.values()))
-        payload = json.dumps({"outputs": outputs}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._answer(200, {"outputs": outputs})
 
     def log_message(self, *args):
         pass
 
 
-@pytest.mark.slow
-def test_tfserving_client_sends_a_predict_request(trained):
-    root, model, x = trained["root"], trained["model"], trained["x"]
-    path = tfvae.export.export_saved_model(model, str(root / "serving"), "tfvae")
-    _FakeServing.saved_model = tf.saved_model.load(path)
+@pytest.fixture()
+def serving():
+    """A fake TF Serving on 127.0.0.1; yields `(models dict to fill, base URL)`."""
+    _FakeServing.models, _FakeServing.requests = {}, []
     server = http.server.HTTPServer(("127.0.0.1", 0), _FakeServing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    sys.path.insert(0, str(ROOT / "export"))
     try:
-        url = f"http://127.0.0.1:{server.server_port}/v1/models/tfvae:predict"
-        sys.path.insert(0, str(ROOT / "export"))
-        import tfserving_client
-
-        assert tfserving_client.main(["--url", url, "--signature", "encode", "--x",
-                                      str(root / "x.npy"), "--save", str(root / "enc.npz")]) == 0
-        encoded = np.load(root / "enc.npz")
-        np.testing.assert_allclose(encoded["mean"], model.encode(x).mean(), rtol=1e-5, atol=1e-5)
-        outputs = tfserving_client.predict(url, "reconstruct", {"x": x, "eps": np.zeros((5, model.latent_dim))})
-        np.testing.assert_allclose(outputs["output"], model.reconstruct(x), rtol=1e-5, atol=1e-5)
-        request_path, body = _FakeServing.requests[0]
-        assert request_path == "/v1/models/tfvae:predict"
-        assert body["signature_name"] == "encode" and np.shape(body["inputs"]["x"]) == x.shape
+        yield _FakeServing.models, f"http://127.0.0.1:{server.server_port}/v1/models"
     finally:
         server.shutdown()
+        server.server_close()
         sys.path.remove(str(ROOT / "export"))
+
+
+def _serve(models, name, model, root):
+    models[name] = tf.saved_model.load(
+        tfvae.export.export_saved_model(model, str(root), name))
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.mark.slow
+def test_tfserving_client_sends_a_predict_request(trained, serving):
+    root, model, x = trained["root"], trained["model"], trained["x"]
+    models, base = serving
+    _serve(models, "tfvae", model, root / "serving")
+    import tfserving_client
+
+    assert tfserving_client.main(["--url", f"{base}/tfvae:predict", "--signature", "encode",
+                                  "--x", str(root / "x.npy"), "--save", str(root / "enc.npz")]) == 0
+    encoded = np.load(root / "enc.npz")
+    np.testing.assert_allclose(encoded["mean"], model.encode(x).mean(), rtol=1e-5, atol=1e-5)
+    outputs = tfserving_client.predict(f"{base}/tfvae", "reconstruct",
+                                       {"x": x, "eps": np.zeros((5, model.latent_dim))},
+                                       output_names=["reconstruction"])
+    np.testing.assert_allclose(outputs["reconstruction"], model.reconstruct(x), rtol=1e-5, atol=1e-5)
+    request_path, body = _FakeServing.requests[0]
+    assert request_path == "/v1/models/tfvae:predict"
+    assert body["signature_name"] == "encode" and np.shape(body["inputs"]["x"]) == x.shape
+
+
+def _hierarchical_vae():
+    from tfvae import hierarchy
+
+    posterior = hierarchy.HierarchicalPosterior((3, 2), hidden_units=8, seed=0)
+    likelihood = tfvae.BernoulliLikelihood((8,))
+    encoder = tfvae.MLP(posterior.params_size, (8,), name="encoder")
+    decoder = tfvae.MLP(likelihood.params_size, (8,), name="decoder")
+    return tfvae.VAE(encoder, decoder, posterior, likelihood, seed=0)
+
+
+@pytest.mark.slow
+def test_tfserving_client_takes_y_and_reads_widths_from_the_metadata(tmp_path, serving, capsys):
+    import tfserving_client
+
+    models, base = serving
+    conditional = tiny_model(architecture="conv", condition_dim=3)
+    hierarchical = _hierarchical_vae()
+    _serve(models, "cond", conditional, tmp_path)
+    _serve(models, "hier", hierarchical, tmp_path)
+    x = data_for("bernoulli", n=4)
+    labels = np.array([0, 2, 1, 2])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", labels)
+    np.save(tmp_path / "y_onehot.npy", np.eye(3, dtype="float32")[labels])
+    for y_file in ("y.npy", "y_onehot.npy"):  # labels or one-hot rows
+        assert tfserving_client.main([
+            "--url", f"{base}/cond", "--signature", "encode", "--x", str(tmp_path / "x.npy"),
+            "--y", str(tmp_path / y_file), "--save", str(tmp_path / "enc.npz")]) == 0
+        q = conditional.encode(x, y=labels)
+        np.testing.assert_allclose(np.load(tmp_path / "enc.npz")["mean"], q.mean(), rtol=1e-5,
+                                   atol=1e-5)
+    # sample: the batch is --y's, eps's width the signature's (latent_dim 3).
+    assert tfserving_client.main(["--url", f"{base}/cond", "--signature", "sample", "--seed", "3",
+                                  "--y", str(tmp_path / "y.npy"),
+                                  "--save", str(tmp_path / "s.npz")]) == 0
+    eps = np.random.default_rng(3).standard_normal((4, 3)).astype("float32")
+    expected = conditional.likelihood.mean(conditional.decode(eps, y=labels))
+    np.testing.assert_allclose(np.load(tmp_path / "s.npz")["samples"], expected, rtol=1e-5, atol=1e-5)
+    assert tfserving_client.main(["--url", f"{base}/cond", "--signature", "encode",
+                                  "--x", str(tmp_path / "x.npy")]) == 2
+    _one_line_error(capsys, "conditional", "--y")
+    # The hierarchy's z is [z1, z2] (3 + 2 = 5 wide), read from its metadata.
+    assert tfserving_client.main(["--url", f"{base}/hier", "--signature", "sample", "--batch", "6",
+                                  "--seed", "1", "--save", str(tmp_path / "h.npz")]) == 0
+    eps = np.random.default_rng(1).standard_normal((6, 5)).astype("float32")
+    z = hierarchical.prior.reparameterize(tf.constant(eps))
+    np.testing.assert_allclose(np.load(tmp_path / "h.npz")["samples"],
+                               hierarchical.decode_mean(z), rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert tfserving_client.main(["--url", f"{base}/hier", "--signature", "sample",
+                                  "--y", str(tmp_path / "y.npy")]) == 2
+    _one_line_error(capsys, "not conditional")
+
+
+@pytest.mark.slow
+def test_tfserving_client_errors_are_one_line(tmp_path, serving, capsys):
+    import tfserving_client
+
+    models, base = serving
+    mixture = tiny_model(prior="mixture", num_components=2)
+    _serve(models, "mix", mixture, tmp_path)
+    np.save(tmp_path / "x.npy", data_for("bernoulli", n=2))
+    capsys.readouterr()
+    # A signature that was not exported, and why.
+    assert tfserving_client.main(["--url", f"{base}/mix", "--signature", "sample"]) == 2
+    _one_line_error(capsys, "no `sample` signature", "VampPrior", "standard normal")
+    # TF Serving's own error text (404 for an unknown model).
+    assert tfserving_client.main(["--url", f"{base}/nosuch", "--signature", "encode",
+                                  "--x", str(tmp_path / "x.npy")]) == 2
+    _one_line_error(capsys, "HTTP 404", "Servable not found for request: Latest(nosuch)")
+    # A 400 answer: its `error` text, not a bare HTTPError.
+    with pytest.raises(tfserving_client.ClientError, match="HTTP 400") as error:
+        tfserving_client.predict(f"{base}/mix", "decode", {"z": np.zeros((2, 7))})
+    assert "\n" not in str(error.value) and re.search("shape|size", str(error.value)), error.value
+    with pytest.raises(tfserving_client.ClientError, match='HTTP 400 .*: Serving signature name: "sample" not found'):
+        tfserving_client.predict(f"{base}/mix", "sample", {"eps": np.zeros((2, 3))})
+    # x of the wrong shape is caught from the metadata, before the request.
+    np.save(tmp_path / "bad.npy", np.zeros((2, 4, 4, 1), "float32"))
+    assert tfserving_client.main(["--url", f"{base}/mix", "--signature", "encode",
+                                  "--x", str(tmp_path / "bad.npy")]) == 2
+    _one_line_error(capsys, "x of shape (-1, 6, 5, 1)")
+    # Nobody listening.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    assert tfserving_client.main(["--url", f"http://127.0.0.1:{closed}/v1/models/tfvae",
+                                  "--signature", "encode", "--x", str(tmp_path / "x.npy")]) == 2
+    _one_line_error(capsys, "cannot reach TF Serving")
+
+
+def _runner():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("onnx_runner", ROOT / "export" / "onnx_runner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_onnx_runner_serves_conditional_and_hierarchical_models(tmp_path, capsys):
+    runner = _runner()
+    conditional = tiny_model(architecture="conv", condition_dim=3)
+    hierarchical = _hierarchical_vae()
+    tfvae.export.export_onnx(conditional, str(tmp_path / "cond"))
+    tfvae.export.export_onnx(hierarchical, str(tmp_path / "hier"))
+    x = data_for("bernoulli", n=4)
+    labels = np.array([1, 0, 2, 2])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", labels)
+    cond = str(tmp_path / "cond")
+    assert runner.main([cond, "encode", "--x", str(tmp_path / "x.npy"), "--y",
+                        str(tmp_path / "y.npy"), "--save", str(tmp_path / "e.npz")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npz")["mean"],
+                               conditional.encode(x, y=labels).mean(), rtol=1e-5, atol=1e-5)
+    assert runner.main([cond, "sample", "--y", str(tmp_path / "y.npy"), "--seed", "2",
+                        "--save", str(tmp_path / "s.npy")]) == 0
+    eps = np.random.default_rng(2).standard_normal((4, 3)).astype("float32")
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"),
+                               conditional.likelihood.mean(conditional.decode(eps, y=labels)),
+                               rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert runner.main([cond, "reconstruct", "--x", str(tmp_path / "x.npy")]) == 2
+    _one_line_error(capsys, "conditional", "--y")
+
+    hier = str(tmp_path / "hier")
+    vae = runner.OnnxVAE(hier)
+    assert vae.width("sample", "eps") == 5 and vae.width("decode", "z") == 5
+    assert vae.inputs("encode") == {"x": [-1, 8]}
+    xh = data_for("bernoulli", n=3)[:, :, 0, 0].reshape(3, -1)[:, :1].repeat(8, 1)
+    np.save(tmp_path / "xh.npy", xh)
+    assert runner.main([hier, "reconstruct", "--x", str(tmp_path / "xh.npy"),
+                        "--save", str(tmp_path / "r.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), hierarchical.reconstruct(xh),
+                               rtol=1e-5, atol=1e-5)
+    assert runner.main([hier, "sample", "-n", "5", "--seed", "7", "--save",
+                        str(tmp_path / "hs.npy")]) == 0
+    eps = np.random.default_rng(7).standard_normal((5, 5)).astype("float32")
+    expected = hierarchical.decode_mean(hierarchical.prior.reparameterize(tf.constant(eps)))
+    np.testing.assert_allclose(np.load(tmp_path / "hs.npy"), expected, rtol=1e-5, atol=1e-5)
+    encoded = vae.encode(xh)
+    assert encoded["mean"].shape == (3, 3)  # z1's width
+
+    capsys.readouterr()
+    assert runner.main([hier, "sample", "--y", str(tmp_path / "y.npy")]) == 2
+    _one_line_error(capsys, "not conditional")
+
+
+@pytest.mark.slow
+def test_onnx_runner_says_why_a_graph_was_not_exported(tmp_path, capsys):
+    runner = _runner()
+    tfvae.export.export_onnx(tiny_model(prior="vamp", num_components=2), str(tmp_path / "vamp"))
+    capsys.readouterr()
+    assert runner.main([str(tmp_path / "vamp"), "sample", "-n", "2"]) == 2
+    _one_line_error(capsys, "no `sample` graph", "VampPrior cannot be sampled from standard normal")
+    assert runner.main([str(tmp_path / "missing"), "sample"]) == 2
+    _one_line_error(capsys, "not a tfvae ONNX export")
 
 
 def test_dockerfile_references_exist_and_images_are_pinned():

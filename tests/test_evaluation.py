@@ -59,6 +59,7 @@ def test_evaluate_model_is_the_batchwise_mean_of_the_model_s_own_estimates():
         assert result[key] == pytest.approx(expected, rel=1e-5, abs=1e-5), key
     assert result["log_px"] == pytest.approx(log_px.mean(), rel=1e-5)
     assert result["elbo_gap"] == pytest.approx(result["log_px"] - result["elbo"], rel=1e-6)
+    assert result["likelihood_score"] == "mass"  # binary data under a Bernoulli
     assert result["bits_per_dim"] == pytest.approx(-log_px.mean() / (6 * np.log(2.0)), rel=1e-5)
     # Active units from the posterior means (the raw encoder's first 3 outputs here).
     means = model.encoder(tf.constant(x)).numpy()[:, :3]
@@ -75,3 +76,76 @@ def test_progress_bar_shows_the_examples_and_leaves_the_numbers_alone(capsys):
     loud = tfvae.evaluation.evaluate_model(model, x, num_samples=5, batch_size=8, verbose=1)
     assert "30/30" in capsys.readouterr().out
     assert loud == quiet
+
+
+@pytest.mark.parametrize("posterior, extra", [("diagonal", set()), ("full", set()),
+                                              ("iaf", None), ("hierarchical", None)])
+def test_encode_dataset_gives_every_examples_posterior_in_input_order(digits, posterior, extra):
+    x = digits[1][0][:11]
+    model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(16,), posterior=posterior, seed=1)
+    codes = evaluation.encode_dataset(model, x, batch_size=4)  # 3 batches, the last partial
+    assert all(len(value) == 11 for value in codes.values())
+    np.testing.assert_allclose(codes["code"], model.latent_code(x).numpy(), rtol=1e-5, atol=1e-6)
+    if extra is not None:  # Gaussian q: the TFP distribution's own mean and scale
+        q = model.encode(x)
+        np.testing.assert_allclose(codes["mean"], q.mean().numpy(), rtol=1e-5, atol=1e-6)
+        scale = codes["scale"]
+        covariance = scale @ np.swapaxes(scale, -1, -2) if scale.ndim == 3 else None
+        if covariance is None:
+            np.testing.assert_allclose(scale, q.stddev().numpy(), rtol=1e-5)
+        else:
+            np.testing.assert_allclose(covariance, q.covariance().numpy(), rtol=1e-4, atol=1e-6)
+        assert set(codes) == {"mean", "scale", "code"} | extra
+    else:  # flows and hierarchies: the head's own parameters, in order
+        parameters = model.posterior_outputs(*model.prepare_inputs(x))
+        assert set(codes) == set(parameters) | {"code"}
+        for key, value in parameters.items():
+            np.testing.assert_allclose(codes[key], value.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_score_examples_are_per_example_and_in_input_order(digits):
+    x = digits[1][0][:9]
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), seed=2)
+    scores = evaluation.score_examples(model, x, num_samples=20, batch_size=4, seed=5)
+    assert set(scores) == {"elbo", "reconstruction", "kl", "squared_error", "log_px"}
+    # The deterministic scores against independent computations.
+    q = model.encode(x)
+    np.testing.assert_allclose(
+        scores["kl"], q.kl_divergence(model.prior.distribution()).numpy(), rtol=1e-5)
+    error = ((x - model.reconstruct(x).numpy()) ** 2).reshape(9, -1).sum(axis=1)
+    np.testing.assert_allclose(scores["squared_error"], error, rtol=1e-5)
+    np.testing.assert_allclose(scores["elbo"], scores["reconstruction"] - scores["kl"], rtol=1e-6)
+    # Input order: the deterministic scores follow a permutation of the examples.
+    order = np.random.default_rng(0).permutation(9)
+    permuted = evaluation.score_examples(model, x[order], batch_size=4)
+    assert "log_px" not in permuted
+    for key in ("kl", "squared_error"):
+        np.testing.assert_allclose(permuted[key], scores[key][order], rtol=1e-5)
+    # The sampled ones: batch i uses seed + i (ELBO) and seed + 7919 + i (log p(x)).
+    for i, start in enumerate(range(0, 9, 4)):
+        batch = x[start : start + 4]
+        np.testing.assert_allclose(scores["elbo"][start : start + 4],
+                                   model.elbo(batch, seed=5 + i)["elbo"].numpy(), rtol=1e-5)
+        np.testing.assert_allclose(scores["log_px"][start : start + 4],
+                                   model.log_likelihood(batch, num_samples=20,
+                                                        seed=5 + 7919 + i).numpy(), rtol=1e-5)
+    means = evaluation.evaluate_model(model, x, num_samples=20, batch_size=4, seed=5)
+    for key in ("elbo", "reconstruction", "kl", "log_px"):
+        assert means[key] == pytest.approx(scores[key].mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("likelihood, x, kind", [
+    ("bernoulli", np.array([[0.0, 1.0, 1.0]]), "mass"),
+    ("bernoulli", np.array([[0.0, 0.5, 1.0]]), "cross_entropy"),  # grey values: not normalised
+    ("continuous_bernoulli", np.array([[0.0, 0.5, 1.0]]), "density"),
+    ("gaussian", np.array([[-2.0, 0.5, 3.0]]), "density"),
+    ("categorical", np.array([[0.0, 7.0, 255.0]]), "mass"),
+    ("discretized_logistic", np.array([[0.0, 7.0, 255.0]]), "mass"),
+])
+def test_bits_per_dim_only_for_discrete_data(likelihood, x, kind):
+    model = tfvae.build_vae((3,), 2, hidden_units=(4,), likelihood=likelihood, seed=0)
+    x = np.repeat(x, 4, axis=0).astype("float32")
+    assert model.likelihood.score_kind(x) == kind
+    result = evaluation.evaluate_model(model, x, num_samples=3)
+    assert result["likelihood_score"] == kind
+    assert ("bits_per_dim" in result) == (kind == "mass")

@@ -15,7 +15,7 @@ import tensorflow_probability as tfp
 import tfvae
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-NAMES = ("keras_workflow", "custom_networks", "elbo_identity", "em_vs_vae")
+NAMES = ("keras_workflow", "custom_networks", "elbo_identity", "em_vs_vae", "anomaly_scores")
 
 
 @functools.cache
@@ -173,3 +173,24 @@ def test_em_vs_vae(tmp_path):
     with open(r["plot_path"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(r["plot_path"]) > 10_000
+
+
+@pytest.mark.slow
+def test_anomaly_scores(tmp_path):
+    r = run("anomaly_scores", tmp_path)
+    anomalous = np.asarray(r["anomalous"])
+    (_, _), (_, y_val) = tfvae.data.load_digits()
+    np.testing.assert_array_equal(anomalous, ~np.isin(y_val, (0, 1, 2, 3, 4)))
+    for key, sign in (("log_px", -1.0), ("elbo", -1.0), ("squared_error", 1.0)):
+        score = sign * np.asarray(r["scores"][key])
+        # The AUC independently: Mann–Whitney's U over n1 n2 (scipy).
+        u = scipy.stats.mannwhitneyu(score[anomalous], score[~anomalous]).statistic
+        auc = u / (anomalous.sum() * (~anomalous).sum())
+        assert r["auc"][key] == pytest.approx(auc, abs=1e-12)
+    # Above chance by more than 4 standard deviations of an uninformative score's AUC
+    # (Hanley & McNeil's null variance, from the class counts).
+    n1, n2 = int((~anomalous).sum()), int(anomalous.sum())
+    sd = math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+    assert r["chance_sd"] == pytest.approx(sd)
+    assert r["auc"]["log_px"] > 0.5 + 4 * sd
+    assert os.path.getsize(r["figure"]) > 0

@@ -15,6 +15,8 @@ import tfvae
 from tfvae import export
 from tfvae import objectives
 
+from helpers import invalid
+
 LEVELS = ("categorical", "discretized_logistic")
 
 
@@ -184,3 +186,275 @@ def test_onnx_refuses_a_non_empty_directory_and_names_graphs_it_cannot_export(tm
         export.export_onnx(model, str(tmp_path / "e"), graphs=("elbo",))
     with pytest.raises(ValueError, match="has no \\['loss'\\]"):
         export.export_onnx(model, str(tmp_path / "f"), graphs=("loss",))
+
+
+# ---------------------------------------------------------------------------
+# Arguments: a plain model name, a supported opset.
+
+BAD_MODEL_NAMES = ["", ".", "..", "../../escaped", "a/b", "/abs", "a\\b", ".hidden", "a b",
+                   "naïve", "x" * 256, None, 3]
+
+
+@pytest.mark.parametrize("model_name", BAD_MODEL_NAMES)
+def test_model_name_must_be_a_plain_name(tmp_path, model_name):
+    base = tmp_path / "models"
+    base.mkdir()
+    with invalid("model_name", model_name, "plain name"):
+        export.export_saved_model(_model(), str(base), model_name)
+    assert not list(tmp_path.rglob("*"))[1:], list(tmp_path.rglob("*"))  # only `models/`, empty
+    assert not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize("model_name", ["tfvae", "vae-2", "my_model.v1", "A0"])
+def test_plain_model_names_are_accepted(model_name):
+    assert export.check_model_name(model_name) == model_name
+
+
+def test_opset_must_be_one_the_installed_converters_support(tmp_path):
+    from tf2onnx import constants
+
+    low, high = export.supported_opsets()
+    # The bounds come from the installed packages: tf2onnx knows an IR version for each,
+    # onnx knows the opset, and the default lies inside.
+    assert {low, high} <= set(constants.OPSET_TO_IR_VERSION)
+    assert high <= onnx.defs.onnx_opset_version() and low <= export.ONNX_OPSET <= high
+    model = _model()
+    for opset in (0, -5, low - 1, high + 1, 2.5, "17", True):
+        with invalid("opset", opset, f"[{low}, {high}]"):
+            export.export_onnx(model, str(tmp_path / "onnx"), opset=opset)
+    assert not list(tmp_path.iterdir())
+    assert export.check_opset(None) == export.ONNX_OPSET
+
+
+@pytest.mark.slow
+def test_onnx_export_runs_at_the_lowest_and_highest_supported_opset(tmp_path):
+    model = _model("gaussian_predicted", posterior="full")
+    x, _, _ = _inputs(model, 3)
+    q = model.encode(x)
+    reference = {"mean": q.mean(), "scale": q.scale.to_dense()}
+    for opset in export.supported_opsets():
+        written = export.export_onnx(model, str(tmp_path / str(opset)), graphs=("encode",),
+                                     opset=opset)
+        proto = onnx.load(written["encode"])
+        assert proto.opset_import[0].version == opset
+        session = ort.InferenceSession(written["encode"], providers=["CPUExecutionProvider"])
+        mean, scale = session.run(["mean", "scale"], {"x": x})
+        np.testing.assert_allclose(mean, reference["mean"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(scale, reference["scale"], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The bad-input contract: a NaN output row exactly where the Keras model refuses the input row.
+
+
+def _bad_x_rows(model, seed=0):
+    """Rows of x the likelihood accepts and rows it refuses (NaN, inf, out of range, scaled
+    wrongly, non-integer levels), in one batch."""
+    x, _, _ = _inputs(model, 8, seed)
+    levels = getattr(model.likelihood, "num_levels", None)
+    x[1].flat[0] = np.nan
+    x[2].flat[3] = np.inf
+    x[3].flat[2] = -0.5
+    x[4] = x[4] * 255 if not levels else x[4] / 255  # 0..255 for [0, 1] heads; [0, 1] for levels
+    x[5].flat[1] = 256.0 if levels else 1.5
+    x[6].flat[0] = 0.0  # still valid
+    return x
+
+
+def _refused_by_keras(model, x):
+    """Per row: does the likelihood's own `validate_data` refuse it? (the independent answer)"""
+    refused = []
+    for row in x:
+        try:
+            model.likelihood.validate_data(row[None])
+            refused.append(False)
+        except ValueError:
+            refused.append(True)
+    return np.array(refused)
+
+
+def _traced(functions, name):
+    """Graph `name` traced as the exporters trace it (eager calls would hit eager-only checks)."""
+    fn, input_signature = functions[name]
+    return tf.function(fn, input_signature=input_signature, autograph=False)
+
+
+def _nan_rows(value):
+    value = np.asarray(value).reshape(len(value), -1)
+    assert np.all(np.isnan(value).all(1) | np.isfinite(value).all(1))  # whole rows or none
+    return np.isnan(value).all(1)
+
+
+@pytest.mark.parametrize("likelihood", list(tfvae.builders.LIKELIHOODS))
+def test_every_graph_gives_nan_rows_exactly_where_the_likelihood_refuses_x(likelihood):
+    model = _model(likelihood)
+    x = _bad_x_rows(model)
+    refused = _refused_by_keras(model, x)
+    assert refused[1] and refused[2] and not refused[0] and not refused[6]
+    _, eps, z = _inputs(model, len(x))
+    functions = export.graph_functions(model)
+    for name in ("serving_default", "encode", "reconstruct", "elbo"):
+        fn = _traced(functions, name)
+        outputs = fn(*[tf.constant({"x": x, "eps": eps}[key]) for key in export.GRAPH_INPUTS[name]])
+        for key, value in outputs.items():
+            np.testing.assert_array_equal(_nan_rows(value), refused, err_msg=f"{name}/{key}")
+    # Valid rows are the Keras model's answers.
+    good = ~refused
+    encoded = _traced(functions, "encode")(tf.constant(x))
+    np.testing.assert_allclose(encoded["mean"].numpy()[good], model.encode(x[good]).mean(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_noise_and_latents_give_nan_rows():
+    model = _model(prior="mixture", num_components=2, posterior="full")
+    x, eps, z = _inputs(model, 4)
+    eps[1, 0], eps[3, 2], z[2, 1] = np.nan, -np.inf, np.inf
+    functions = export.graph_functions(model)
+    reconstruction = _traced(functions, "reconstruct")(tf.constant(x), tf.constant(eps))
+    np.testing.assert_array_equal(_nan_rows(reconstruction["reconstruction"]), [0, 1, 0, 1])
+    decoded = _traced(functions, "decode")(tf.constant(z))
+    for key, value in decoded.items():
+        np.testing.assert_array_equal(_nan_rows(value), [0, 0, 1, 0], err_msg=key)
+    terms = _traced(functions, "elbo")(tf.constant(x), tf.constant(eps))
+    np.testing.assert_array_equal(_nan_rows(terms["kl"]), [0, 1, 0, 1])
+
+
+def _bad_y(condition_dim, batch):
+    """One-hot rows, then rows that are not one-hot: two ones, none, a 0.5, a NaN."""
+    y = np.eye(condition_dim, dtype="float32")[np.arange(batch) % condition_dim]
+    y[1, :2] = 1.0
+    y[2] = 0.0
+    y[3, 0], y[3, 1] = 0.5, 0.5
+    y[4, 0] = np.nan
+    return y, np.array([i in (1, 2, 3, 4) for i in range(batch)])
+
+
+@pytest.mark.parametrize("y_format", ["one_hot", "vectors"])
+def test_y_rows_that_are_not_one_hot_give_nan_rows(y_format):
+    model = _model(condition_dim=3)
+    x, eps, z = _inputs(model, 6)
+    y, not_one_hot = _bad_y(3, 6)
+    expected = not_one_hot if y_format == "one_hot" else ~np.isfinite(y).all(1)
+    functions = export.graph_functions(model, y_format=y_format)
+    feeds = {"x": x, "eps": eps, "z": z}
+    for name in ("serving_default", "encode", "decode", "reconstruct", "sample"):
+        fn = _traced(functions, name)
+        args = [tf.constant(feeds[key]) for key in export.GRAPH_INPUTS[name]] + [tf.constant(y)]
+        for key, value in fn(*args).items():
+            np.testing.assert_array_equal(_nan_rows(value), expected, err_msg=f"{name}/{key}")
+    with invalid("y_format", "labels"):
+        export.graph_functions(model, y_format="labels")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("likelihood, architecture", [("bernoulli", "conv"),
+                                                      ("discretized_logistic", "mlp")])
+def test_saved_model_and_onnx_agree_on_bad_inputs(tmp_path, likelihood, architecture):
+    """Both formats obey one contract: the same NaN rows, and the same (Keras) values elsewhere."""
+    model = _model(likelihood, architecture, condition_dim=3)
+    x = _bad_x_rows(model)
+    batch = len(x)
+    _, eps, z = _inputs(model, batch, seed=1)
+    y, bad_y = _bad_y(3, batch)
+    y[5:] = np.eye(3, dtype="float32")[[0, 1, 2]]  # rows 5.. have one-hot y (and maybe bad x)
+    bad_y[5:] = False
+    eps[7, 0] = np.nan
+    z[6, 1] = np.inf
+    bad_x = _refused_by_keras(model, x)
+    bad_noise, bad_z = ~np.isfinite(eps).all(1), ~np.isfinite(z).all(1)
+    expected = {
+        "serving_default": bad_x | bad_y, "encode": bad_x | bad_y, "decode": bad_z | bad_y,
+        "reconstruct": bad_x | bad_noise | bad_y, "sample": bad_noise | bad_y,
+    }
+    loaded = tf.saved_model.load(export.export_saved_model(model, str(tmp_path), "vae"))
+    written = export.export_onnx(model, str(tmp_path / "onnx"))
+    labels = np.argmax(np.nan_to_num(y), 1)
+    feeds = {"x": x, "eps": eps, "z": z, "y": y}
+    for name, nan_rows in expected.items():
+        inputs = {key: feeds[key] for key in export.GRAPH_INPUTS[name] + ("y",)}
+        if name == "sample":
+            inputs["eps"] = eps
+        saved = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        session = ort.InferenceSession(written.get(name, written["reconstruct"]),
+                                       providers=["CPUExecutionProvider"]) if name in written else None
+        ran = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs))) if session else {}
+        for key, value in saved.items():
+            value = value.numpy()
+            np.testing.assert_array_equal(_nan_rows(value), nan_rows, err_msg=f"SavedModel {name}/{key}")
+            if key in ran:
+                np.testing.assert_array_equal(_nan_rows(ran[key]), nan_rows, err_msg=f"ONNX {name}/{key}")
+                np.testing.assert_allclose(ran[key][~nan_rows], value[~nan_rows], rtol=1e-5,
+                                           atol=_tolerance(model), err_msg=f"{name}/{key}")
+    # Valid rows are the Keras model's answers.
+    good = ~expected["reconstruct"]
+    recon = loaded.signatures["reconstruct"](**{k: tf.constant(feeds[k]) for k in ("x", "eps", "y")})
+    q = model.encode(x[good], y=labels[good])
+    z_q = objectives.posterior_sample(q, 1, noise=eps[good][None])[0]
+    np.testing.assert_allclose(recon["reconstruction"].numpy()[good],
+                               model.likelihood.mean(model.decode(z_q, y=labels[good])),
+                               rtol=1e-5, atol=_tolerance(model))
+
+
+# ---------------------------------------------------------------------------
+# Writes: all or nothing; metadata; skipped graphs said out loud.
+
+
+def test_a_failed_onnx_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    calls = []
+
+    def convert(name, fn, input_signature, path, opset):
+        calls.append(name)
+        if len(calls) == 2:
+            raise ValueError(f"Cannot export the `{name}` graph to ONNX: injected")
+        with open(path, "wb") as f:
+            f.write(b"graph")
+
+    monkeypatch.setattr(export, "_convert_to_onnx", convert)
+    with pytest.raises(ValueError, match="injected"):
+        export.export_onnx(_model(), str(tmp_path / "onnx"))
+    assert calls and not list(tmp_path.iterdir())  # no directory, no hidden leftovers
+    (tmp_path / "empty").mkdir()  # an empty directory stays as it was
+    with pytest.raises(ValueError, match="injected"):
+        calls.clear()
+        export.export_onnx(_model(), str(tmp_path / "empty"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert not list((tmp_path / "empty").iterdir())
+
+
+@pytest.mark.slow
+def test_a_failed_saved_model_export_leaves_no_version_behind(tmp_path, monkeypatch):
+    def write_file(path, data):  # the disk fills up after the SavedModel, at the metadata
+        with open(path, "wb") as f:
+            f.write(data[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_file", write_file)
+    with pytest.raises(OSError, match="No space left"):
+        export.export_saved_model(_model(), str(tmp_path), "vae")
+    assert [p.name for p in tmp_path.rglob("*")] == ["vae"]  # no version 1, no hidden leftovers
+    assert export.next_version(str(tmp_path), "vae") == 1
+
+
+@pytest.mark.slow
+def test_skipped_graphs_are_warned_about_and_recorded(tmp_path, caplog):
+    model = _model(prior="mixture", num_components=2)
+    with caplog.at_level("WARNING", logger="tfvae.export"):
+        export.export_onnx(model, str(tmp_path / "onnx"), graphs=None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("`sample`" in m and "MixtureOfGaussiansPrior" in m for m in warnings), warnings
+    with open(tmp_path / "onnx" / "metadata.json") as f:
+        metadata = json.load(f)
+    assert "MixtureOfGaussiansPrior" in metadata["skipped"]["sample"]
+    assert "elbo" in metadata["skipped"] and set(metadata["graphs"]) == {"encode", "decode",
+                                                                        "reconstruct"}
+    assert metadata["inputs"]["reconstruct"] == {"x": [-1, 6, 5, 1], "eps": [-1, 3]}
+    assert metadata["data_range"] == {"low": 0.0, "high": 1.0, "integers": False}
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfvae.export"):
+        path = export.export_saved_model(model, str(tmp_path / "models"), "vae")
+    assert any("`sample`" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    with open(os.path.join(path, "assets.extra", "tfvae.json")) as f:
+        saved = json.load(f)
+    assert "MixtureOfGaussiansPrior" in saved["skipped"]["sample"] and "elbo" in saved["inputs"]
+    assert set(tf.saved_model.load(path).signatures) == set(saved["inputs"])

@@ -21,7 +21,7 @@ from tfvae import heads
 from tfvae import priors
 
 import helpers
-from helpers import invalid, raises
+from helpers import invalid, raises, tiny_model
 
 tfd = tfp.distributions
 
@@ -925,3 +925,32 @@ def test_good_integer_and_gaussian_data_pass(likelihood_models):
         assert np.all(np.isfinite(likelihood_models[name].elbo(levels)["elbo"].numpy()))
     gaussian = np.random.default_rng(0).normal(size=(4, 4)).astype("float32") * 10
     assert likelihood_models["gaussian"].elbo(gaussian)["elbo"].shape == (4,)
+
+
+@pytest.mark.parametrize("likelihood, rows", [
+    # Each row of x below, and whether the likelihood scores it.
+    ("bernoulli", [True, True, False, False, False, False]),
+    ("continuous_bernoulli", [True, True, False, False, False, False]),
+    ("gaussian", [True, True, True, True, False, False]),
+    ("categorical", [True, False, True, False, False, False]),
+    ("discretized_logistic", [True, False, True, False, False, False]),
+])
+def test_support_mask_marks_the_rows_a_likelihood_scores(likelihood, rows):
+    """Rows: zeros; 0.5s; 3s; one element 300; one NaN; one -inf. The mask must agree
+    with `validate_data` (the eager check) row by row, inside an XLA-compiled graph."""
+    model = tiny_model(likelihood)
+    x = np.zeros((6, 6, 5, 1), "float32")
+    x[1] = 0.5
+    x[2] = 3.0
+    x[3, 2, 2, 0] = 300.0
+    x[4, 0, 1, 0] = np.nan
+    x[5, 5, 4, 0] = -np.inf
+    mask = tf.function(model.likelihood.support_mask, jit_compile=True)(tf.constant(x)).numpy()
+    np.testing.assert_array_equal(mask, rows)
+    for row, expected in zip(x, rows):
+        try:
+            model.likelihood.validate_data(row[None])
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == expected

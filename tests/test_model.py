@@ -386,3 +386,27 @@ def test_vae_trains_on_the_iwae_bound(digits, estimator):
     assert history["val_iwae"][-1] > before["iwae"] + 10
     np.testing.assert_allclose(history["loss"], -np.asarray(history["iwae"]), rtol=1e-5)
     # (Saving, and training under XLA: test_conformance.py, variants "iwae", "iwae_dreg".)
+
+
+@pytest.mark.parametrize("bad", ["nan", "levels"])
+def test_in_a_graph_invalid_rows_give_nan_outputs_and_the_rest_is_unchanged(bad):
+    """Inside a graph (XLA), where eager checks cannot run: a row with NaN, or 8-bit
+    levels given to a Bernoulli model, gets NaN reconstructions and ELBO terms; the
+    other rows equal what the model gives for them alone."""
+    model = _tiny("bernoulli")
+    x = _data_for("bernoulli", n=5)
+    broken = x.copy()
+    broken[2, 1, 1, 0] = np.nan if bad == "nan" else 255.0
+    call = tf.function(lambda x: model(x), jit_compile=True)
+    terms = tf.function(lambda x: model.elbo_terms(x, noise=tf.zeros((1, 5, 3))),
+                        jit_compile=True)
+    out, expected = call(tf.constant(broken)).numpy(), call(tf.constant(x)).numpy()
+    assert np.isnan(out[2]).all()
+    np.testing.assert_allclose(np.delete(out, 2, 0), np.delete(expected, 2, 0), rtol=1e-6)
+    got, want = terms(tf.constant(broken)), terms(tf.constant(x))
+    for key in ("loss", "elbo", "reconstruction", "kl"):
+        assert np.isnan(got[key][2].numpy())
+        np.testing.assert_allclose(np.delete(got[key].numpy(), 2), np.delete(want[key].numpy(), 2),
+                                   rtol=1e-6)
+    np.testing.assert_array_equal(model.valid_rows(tf.constant(broken)).numpy(),
+                                  [True, True, False, True, True])

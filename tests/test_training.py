@@ -91,6 +91,29 @@ def test_the_model_stores_its_schedule_and_fit_follows_it():
     assert float(model.beta.numpy()) == pytest.approx(0.6)
 
 
+@pytest.mark.parametrize("steps_per_execution, jit_compile", [(1, False), (3, True)])
+def test_history_records_beta_and_the_learning_rate_at_each_epochs_last_step(
+        steps_per_execution, jit_compile):
+    """Without any callback: the in-graph β warm-up and a learning-rate schedule, read back
+    from `history` at each epoch's end against their closed forms."""
+    x = _data_for("bernoulli", n=20)  # 4 steps of 5 per epoch
+    model = _tiny()
+    model.set_beta_schedule(0.0, 1.0, 10, first_step=0)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=4, decay_rate=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=jit_compile,
+                  steps_per_execution=steps_per_execution)
+    history = model.fit(x, epochs=3, batch_size=5, verbose=0, shuffle=False).history
+    # After epoch e the last step was t = 4e + 3 (β set before it); the optimizer has
+    # then taken 4(e + 1) steps, and the learning rate is the schedule's at that count.
+    np.testing.assert_allclose(history["beta"], [_closed_form(0.0, 1.0, 10.0, 0.0, 4 * e + 3)
+                                                 for e in range(3)], atol=1e-6)
+    np.testing.assert_allclose(history["learning_rate"], [0.01 * 0.5 ** (e + 1) for e in range(3)],
+                               rtol=1e-6)
+    iwae = _tiny(objective="iwae", k=2)
+    iwae.compile(optimizer="adam")
+    assert "beta" not in iwae.fit(x, epochs=1, batch_size=5, verbose=0).history  # no KL term
+
+
 # ---------------------------------------------------------------------------
 # fit / evaluate.
 

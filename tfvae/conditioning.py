@@ -88,7 +88,7 @@ class Conditioning:
                     f"Received an invalid value for `{name}`, expected labels in [0, {c}). "
                     f"Received: {name} with values in [{values.min()}, {values.max()}]"
                 )
-        else:  # (XLA drops asserts; the data pipelines check labels before training)
+        else:
             checks = [
                 tf.debugging.assert_non_negative(y, message=f"`{name}`: labels must be >= 0"),
                 tf.debugging.assert_less(
@@ -96,7 +96,12 @@ class Conditioning:
             ]
             with tf.control_dependencies(checks):
                 y = tf.identity(y)
-        return tf.one_hot(tf.cast(y, tf.int32), c)
+        # XLA drops asserts: an out-of-range label also gets a NaN row (not
+        # one_hot's all-zero row), so that the model's outputs for it are NaN
+        # (`valid_rows`) and a training run stops on the non-finite loss.
+        in_range = (y >= 0) & (y < tf.cast(c, y.dtype))
+        nan = tf.where(in_range, 0.0, float("nan"))
+        return tf.one_hot(tf.cast(y, tf.int32), c) + nan[..., None]
 
     @staticmethod
     def _vectors(y, name):
@@ -107,6 +112,16 @@ class Conditioning:
                 f"vectors. Received: {name} with NaN or infinite values"
             )
         return y
+
+    @staticmethod
+    def valid_rows(y):
+        """Whether each prepared condition row `[batch, C]` is finite (`None` for no y).
+
+        Out-of-range labels were given NaN rows by `prepare`, so this marks them too.
+        """
+        if y is None:
+            return None
+        return tf.reduce_all(tf.math.is_finite(y), axis=-1)
 
     def check_spec(self, shape, dtype, name="y"):
         """Checks the shape and dtype of a condition: labels `()`/`(batch,)` or vectors."""

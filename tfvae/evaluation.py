@@ -65,6 +65,76 @@ def kl_per_dimension(model, x, batch_size=256, y=None):
     return total / len(x)
 
 
+def _batches(x, y, batch_size, verbose):
+    """`(start, x_batch, y_batch)` over `x`, with a progress bar when `verbose`."""
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    progress = keras.utils.Progbar(len(x), unit_name="example") if verbose else None
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        yield start, batch, _condition(y, start, batch_size)
+        if progress is not None:
+            progress.add(len(batch))
+
+
+def encode_dataset(model, x, y=None, batch_size=256, verbose=0):
+    """The posterior q(z|x) of every example, as arrays in input order.
+
+    Args:
+      model: a `tfvae.VAE`.
+      x: data `[n] + event_shape`; y: their conditions, for a conditional model.
+      batch_size: examples per batch. Default value: `256`.
+      verbose: 1 shows a progress bar. Default value: `0`.
+
+    Returns:
+      A dict of numpy arrays with `n` rows: the posterior's parameters under
+      the names of the `encode` export graph (`VAE.posterior_outputs`: `mean`,
+      `scale` and the flow or hierarchy parameters) and `code`, the
+      deterministic code `latent_code(x)` `[n, latent_dim]`.
+    """
+    parts = {}
+    for _, batch, condition in _batches(x, y, batch_size, verbose):
+        inputs = model.prepare_inputs(batch, condition)
+        outputs = dict(model.posterior_outputs(*inputs), code=model.latent_code(batch, condition))
+        for key, value in outputs.items():
+            parts.setdefault(key, []).append(np.asarray(value))
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, verbose=0):
+    """Per-example scores for anomaly detection, in input order.
+
+    Args:
+      model: a `tfvae.VAE`.
+      x: data `[n] + event_shape`; y: their conditions, for a conditional model.
+      num_samples: importance samples K for `log_px`; `None` skips it.
+        Default value: `None`.
+      seed: noise seed (batch `i` uses `seed + i` for the ELBO and
+        `seed + 7919 + i` for log p(x)). Default value: `0`.
+      batch_size: examples per batch. Default value: `256`.
+      verbose: 1 shows a progress bar. Default value: `0`.
+
+    Returns:
+      A dict of float64 arrays `[n]`: `elbo`, `reconstruction`, `kl` (and
+      `kl_z1`, `kl_z2` for a hierarchy) in nats, `squared_error` (the squared
+      distance between x and its deterministic reconstruction, summed over
+      the event), and `log_px` when `num_samples` is given.
+    """
+    if num_samples is not None:
+        num_samples = _checks.positive_int("num_samples", num_samples)
+    parts = {}
+    for i, (_, batch, condition) in enumerate(_batches(x, y, batch_size, verbose)):
+        scores = dict(model.elbo(batch, seed=seed + i, y=condition))
+        error = np.square(np.asarray(batch, np.float64)
+                          - np.asarray(model.reconstruct(batch, y=condition), np.float64))
+        scores["squared_error"] = error.reshape(len(batch), -1).sum(axis=1)
+        if num_samples is not None:
+            scores["log_px"] = model.log_likelihood(batch, num_samples=num_samples,
+                                                    seed=seed + 7919 + i, y=condition)
+        for key, value in scores.items():
+            parts.setdefault(key, []).append(np.asarray(value, np.float64))
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
 def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, verbose=0):
     """Per-example means of the ELBO terms and of the log-likelihood estimate.
 
@@ -82,27 +152,21 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     Returns:
       A dict of floats (nats per example): `elbo`, `reconstruction`, `kl`
       (and `kl_z1`, `kl_z2` for a hierarchy), `log_px`, `elbo_gap`,
-      `bits_per_dim` (from `log_px`), and `active_units`, `num_examples`,
-      `num_samples`.
+      `active_units`, `num_examples`, `num_samples`; the means of
+      `score_examples` (same seeds). `likelihood_score` says what `log_px`
+      is (`LikelihoodHead.score_kind`: `"mass"`, `"density"` or
+      `"cross_entropy"`), and `bits_per_dim` (from `log_px`) is given only
+      for a mass, i.e. discrete data.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
-    batch_size = _checks.positive_int("batch_size", batch_size)
-    totals = {"log_px": 0.0}
-    progress = keras.utils.Progbar(len(x), unit_name="example") if verbose else None
-    for i, start in enumerate(range(0, len(x), batch_size)):
-        batch, condition = x[start : start + batch_size], _condition(y, start, batch_size)
-        terms = model.elbo(batch, seed=seed + i, y=condition)
-        for key, value in terms.items():
-            totals[key] = totals.get(key, 0.0) + float(np.sum(value.numpy()))
-        log_px = model.log_likelihood(batch, num_samples=num_samples, seed=seed + 7919 + i,
-                                      y=condition)
-        totals["log_px"] += float(np.sum(log_px.numpy()))
-        if progress is not None:
-            progress.add(len(batch))
-    n = len(x)
-    result = {key: value / n for key, value in totals.items()}
+    scores = score_examples(model, x, y=y, num_samples=num_samples, seed=seed,
+                            batch_size=batch_size, verbose=verbose)
+    scores.pop("squared_error")
+    result = {key: float(values.mean()) for key, values in scores.items()}
     result["elbo_gap"] = result["log_px"] - result["elbo"]
-    result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
+    result["likelihood_score"] = model.likelihood.score_kind(x)
+    if result["likelihood_score"] == "mass":  # bits only mean something for discrete data
+        result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
     result["active_units"] = active_units(model, x, y=y)[0]
     try:
         result["kl_per_dimension"] = [
@@ -110,7 +174,7 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
         ]
     except ValueError:
         pass  # not defined for this posterior / prior pair
-    result["num_examples"] = int(n)
+    result["num_examples"] = int(len(x))
     result["num_samples"] = num_samples
     return result
 

@@ -181,6 +181,14 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         """The posterior head's named parameters (a dict of tensors) for data `x`."""
         return self.posterior.parameters(self.encoder_output(x, y, training))
 
+    def posterior_outputs(self, x, y=None):
+        """q(z|x)'s parameters under their exported names (the `encode` graph's outputs):
+        `mean` and `scale` (the head's `loc` and `scale`: std devs `[batch, d]` or a
+        Cholesky factor `[batch, d, d]`) and any further parameters of flows and
+        hierarchies as the head names them."""
+        parameters = dict(self.posterior_parameters(x, y))
+        return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
+
     def decoder_parameters(self, z, y=None, training=False):
         """The likelihood head's named parameters at latents `z` `[batch, latent_dim]`."""
         return self.likelihood.parameters(self.decoder(self._decoder_input(z, y), training=training))
@@ -193,6 +201,20 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         """The map `z [n, latent_dim] -> p(x|z)` the objectives take as `decode`
         (`z` may hold several samples per example, sample-major)."""
         return lambda z: self.likelihood.distribution(self.decoder_parameters(z, y, training))
+
+    def valid_rows(self, x, y=None):
+        """Whether each example can be scored: a boolean `[batch]`.
+
+        `x` must be finite and in the likelihood's data range (its
+        `support_mask`), and the prepared `y` finite (labels in range). Graph-
+        safe, so it holds under XLA and in exported graphs, where the per-
+        example terms and reconstructions of the other rows are NaN: invalid
+        in, NaN out (eager entry points refuse such data with a `ValueError`
+        first).
+        """
+        valid = self.likelihood.support_mask(x)
+        y_valid = self.conditioning.valid_rows(y)
+        return valid if y_valid is None else valid & y_valid
 
     def elbo_terms(self, x, y=None, training=False, seed=None, num_samples=None, noise=None,
                    offset=0):
@@ -211,13 +233,13 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
                        free_bits_by_group=self.free_bits_groups is not None)
         kl = None if self.kl_method == "mc" else self.posterior.analytic_kl(parameters, self.prior)
         if kl is None:
-            return self._with_layer_terms(objectives.elbo(
+            return self._finish_terms(objectives.elbo(
                 x, self.posterior.distribution(parameters), self.likelihood_fn(y, training),
-                self.prior.distribution(), kl=self.kl_method, **samples, **penalty))
-        return self._with_layer_terms(objectives.tensor_elbo(
+                self.prior.distribution(), kl=self.kl_method, **samples, **penalty), x, y)
+        return self._finish_terms(objectives.tensor_elbo(
             x, lambda eps: self.posterior.reparameterize(parameters, eps),
             lambda z, xs: self.likelihood.log_prob(self.decoder_parameters(z, y, training), xs),
-            kl, self.latent_dim, **samples, **penalty))
+            kl, self.latent_dim, **samples, **penalty), x, y)
 
     def objective_terms(self, x, y=None, training=False, seed=None, offset=0):
         """The training objective's per-example terms (ELBO or IWAE, see `objective`)."""
@@ -227,21 +249,22 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         stopped = None
         if self.gradient_estimator == "dreg":
             stopped = self.posterior.distribution(tf.nest.map_structure(tf.stop_gradient, parameters))
-        return self._with_layer_terms(objectives.iwae(
+        return self._finish_terms(objectives.iwae(
             x, self.posterior.distribution(parameters), self.likelihood_fn(y, training),
             self.prior.distribution(), self.k, kl=self.kl_method, seed=seed, offset=offset,
             stopped_posterior=stopped, group_kl=self._kl_groups(parameters),
-        ))
+        ), x, y)
 
     def _kl_groups(self, parameters):
         return self.posterior.kl_groups(parameters, self.prior, self.free_bits_groups)
 
-    def _with_layer_terms(self, terms):
-        """Adds `kl_<layer>` (hierarchies) and drops the `kl_groups` matrix."""
+    def _finish_terms(self, terms, x, y):
+        """Adds `kl_<layer>` (hierarchies), drops the `kl_groups` matrix, and makes
+        the terms of rows that are not `valid_rows` NaN."""
         groups = terms.pop("kl_groups", None)
         for index, layer in enumerate(self.posterior.layer_names):
             terms[f"kl_{layer}"] = groups[:, index]
-        return terms
+        return where_valid(self.valid_rows(x, y), terms)
 
     # ------------------------------------------------------------------
     # Distributions and generation.
@@ -270,7 +293,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         self._check_x(x, name="inputs", values=False)
         x = tf.cast(x, tf.float32)
         y = self.conditioning.prepare(y, tf.shape(x)[0])
-        return self.decode_mean(self._latent_code(x, y, training), y, training)
+        mean = self.decode_mean(self._latent_code(x, y, training), y, training)
+        return where_valid(self.valid_rows(x, y), mean)
 
     def _latent_code(self, x, y=None, training=False):
         eps = tf.zeros(tf.stack([tf.shape(x)[0], self.latent_dim]))
@@ -333,3 +357,15 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         for key in _PARTS:
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def where_valid(valid, values):
+    """`values` (a tensor `[batch, ...]` or a structure of them) with NaN rows where the
+    boolean `valid` `[batch]` is false: "invalid in, NaN out" (`VAE.valid_rows`, export
+    graphs)."""
+
+    def mask(value):
+        shape = tf.concat([tf.shape(valid), tf.ones([value.shape.rank - 1], tf.int32)], 0)
+        return tf.where(tf.reshape(valid, shape), value, tf.constant(float("nan"), value.dtype))
+
+    return tf.nest.map_structure(mask, values)

@@ -222,7 +222,17 @@ class Trainer:
             gradients = [own.get(id(v), g) for v, g in zip(variables, gradients)]
             del tape
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(terms, sample_weight)
+        return {**self._update_metrics(terms, sample_weight), **self._schedule_logs()}
+
+    def _schedule_logs(self):
+        """The scheduled quantities after this step, for the epoch logs (`history`,
+        `CSVLogger`, TensorBoard): `beta` (ELBO objectives) and `learning_rate`."""
+        logs = {"learning_rate": tf.cast(self.optimizer.learning_rate, tf.float32)}
+        if self.objective == "elbo":
+            logs["beta"] = tf.identity(self.beta)
+        if _multi_worker(self.distribute_strategy):
+            logs = {name: value[None] for name, value in logs.items()}  # see _update_metrics
+        return logs
 
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
