@@ -433,6 +433,13 @@ _ONE_LINE_CASES = [
     ("export-output-is-a-file",
      lambda t, m, r: ["export", r, "--format", "onnx", "--output", _file(t / "f")],
      ["`--output`", "is a file"]),
+    ("export-opset-zero",
+     lambda t, m, r: ["export", r, "--format", "onnx", "--opset", "0", "--output", str(t / "o")],
+     ["`opset`", "opset=0"]),
+    ("export-model-name-escapes",
+     lambda t, m, r: ["export", r, "--format", "saved_model", "--model-name", "../../x",
+                      "--output", str(t / "o")],
+     ["`model_name`", "model_name='../../x'"]),
     ("export-output-empty",
      lambda t, m, r: ["export", r, "--format", "saved_model", "--output", ""], ["--output=''"]),
 ]
