@@ -574,3 +574,11 @@ def test_import_tfvae_after_keras_still_registers_the_model_classes(conditional_
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, env=env)
     assert result.stdout.strip() == "VAE 10", result.stderr[-2000:]
+
+
+def test_written_files_get_the_usual_permissions(conditional_run, tmp_path):
+    output = tmp_path / "s.npy"
+    assert cli.main(["sample", conditional_run, "-n", "2", "--output", str(output)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 
@@ -254,10 +255,11 @@ def _write_atomically(path, write):
     name (a full disk) is raised again naming `path`.
     """
     folder, name = os.path.split(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1],
-                                         dir=folder)
-    os.close(handle)
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+                                     f"{os.path.splitext(name)[1]}")
     try:
+        with open(temporary, "xb"):  # a new file, with the permissions the umask gives
+            pass
         write(temporary)
         with open(temporary, "rb+") as f:
             os.fsync(f.fileno())
