@@ -4,7 +4,10 @@ overwrite, resume, evaluate, sample, export) and its one-line argument errors.
 Full command runs are marked `slow`; argument errors fail before training and are fast.
 """
 
+import builtins
 import csv
+import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -14,6 +17,7 @@ import sys
 import matplotlib.image
 import numpy as np
 import pytest
+from PIL import Image
 
 import tfvae
 from tfvae import cli
@@ -272,3 +276,309 @@ def test_evaluate_decompose_gap_writes_the_parts_and_a_figure(tmp_path):
     assert got["gap_examples"] == 4 and (tmp_path / "e_gap.png").exists()
     # A second evaluation refuses to overwrite the figure or the JSON.
     assert cli.main(["evaluate", str(run), "--decompose-gap", "--output", str(out)]) == 2
+
+
+# ---------------------------------------------------------------------------
+# One line for every expected failure: bad paths, unreadable or unwritable files,
+# broken data and run files. Each case fails before any training.
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """A run directory holding an untrained conditional model (10 classes) on 8×8 data:
+    enough for the commands that load a run. Read-only: copy it to change it."""
+    path = tmp_path_factory.mktemp("conditional")
+    config = runs.RunConfig(conditional=True, latent_dim=2, hidden_units=(8,))
+    (path / runs.RUN_FILE).write_text(json.dumps(dataclasses.asdict(config)))
+    model = tfvae.build_vae((8, 8, 1), 2, hidden_units=(8,), condition_dim=10, seed=0)
+    model.save(path / "model.keras")
+    return str(path)
+
+
+def _deny(monkeypatch, path):
+    """Takes away read and write access to `path` (a file or a folder and what it holds).
+
+    chmod does not stop root, so as root Python's file functions refuse `path` too.
+    """
+    path = os.path.abspath(path)
+    os.chmod(path, 0)
+    if os.geteuid() != 0:
+        return
+
+    def denied(name):
+        name = os.path.abspath(os.fspath(name)) if isinstance(name, (str, os.PathLike)) else ""
+        return name == path or name.startswith(path + os.sep)
+
+    def refuse(real):
+        def call(name, *args, **kwargs):
+            if denied(name):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fspath(name))
+            return real(name, *args, **kwargs)
+        return call
+
+    for module, name in ((builtins, "open"), (os, "mkdir"), (os, "listdir")):
+        monkeypatch.setattr(module, name, refuse(getattr(module, name)))
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda name, mode, **kw: not denied(name)
+                        and access(name, mode, **kw))
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _image_folder(path, junk=False):
+    path.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path / f"{i}.png")
+    if junk:
+        (path / "notes.png").write_text("a text file renamed .png")
+    return str(path)
+
+
+def _file(path, text="x"):
+    path.write_text(text)
+    return str(path)
+
+
+def _folder(path):
+    path.mkdir()
+    return str(path)
+
+
+def _denied(monkeypatch, path):
+    _deny(monkeypatch, path)
+    return str(path)
+
+
+def _run_with(path, run_json):
+    path.mkdir()
+    (path / "run.json").write_text(run_json)
+    return str(path)
+
+
+_X = np.full((20, 8, 8), 0.5, "float32")
+# (id, command line from (tmp_path, monkeypatch, conditional_run), fragments of the one line)
+_ONE_LINE_CASES = [
+    ("train-output-is-a-file", lambda t, m, r: ["train", "--output", _file(t / "f")],
+     ["`--output`", "is a file"]),
+    ("train-output-empty", lambda t, m, r: ["train", "--output", ""], ["--output=''"]),
+    ("train-output-in-read-only-folder",
+     lambda t, m, r: ["train", "--output", os.path.join(_denied(m, _folder(t / "ro")), "run")],
+     ["Permission denied", "ro"]),
+    ("train-unreadable-dataset",
+     lambda t, m, r: ["train", "--dataset", _denied(m, _npz(t / "d.npz", x=_X))],
+     ["Permission denied", "d.npz"]),
+    ("train-unreadable-image-folder",
+     lambda t, m, r: ["train", "--dataset", _denied(m, _image_folder(t / "images"))],
+     ["Permission denied", "images"]),
+    ("train-no-examples", lambda t, m, r: ["train", "--dataset", _npz(t / "d.npz", x=_X[:0])],
+     ["`dataset`", "holds 0 example"]),
+    ("train-one-example", lambda t, m, r: ["train", "--dataset", _npz(t / "d.npz", x=_X[:1])],
+     ["`dataset`", "holds 1 example"]),
+    ("train-text-renamed-png",
+     lambda t, m, r: ["train", "--dataset", _image_folder(t / "images", junk=True)],
+     ["notes.png", "not an image file"]),
+    ("train-labels-of-the-wrong-length",
+     lambda t, m, r: ["train", "--dataset", _npz(t / "d.npz", x_train=_X, y_train=np.arange(19),
+                                                  x_valid=_X)],
+     ["'y_train'", "one label per example"]),
+    ("train-random-bytes-npz",
+     lambda t, m, r: ["train", "--dataset", str(t / "d.npz")] if (t / "d.npz").write_bytes(
+         np.random.default_rng(0).bytes(999)) else [],
+     ["d.npz", "not a valid NumPy"]),
+    ("train-nan-in-validation-split",
+     lambda t, m, r: ["train", "--dataset", _npz(t / "d.npz", x_train=_X,
+                                                  x_valid=np.where(_X > 0, np.nan, _X))],
+     ["'x_valid'", "validation split", "non-finite"]),
+    ("train-resume-with-options-it-would-ignore",
+     lambda t, m, r: ["train", "--resume", "--output", r, "--latent-dim", "3", "--beta", "2",
+                      "--no-jit"],
+     ["--resume", "--beta, --jit, --latent-dim"]),
+    ("evaluate-output-folder-missing",
+     lambda t, m, r: ["evaluate", _folder(t / "not_a_run"), "--output", str(t / "no" / "e.json")],
+     ["`--output`", "does not exist"]),
+    ("evaluate-output-is-a-folder",
+     lambda t, m, r: ["evaluate", r, "--output", _folder(t / "e.json")], ["is a directory"]),
+    ("evaluate-output-empty", lambda t, m, r: ["evaluate", r, "--output", ""], ["--output=''"]),
+    ("evaluate-output-folder-read-only",
+     lambda t, m, r: ["evaluate", r, "--output",
+                      os.path.join(_denied(m, _folder(t / "ro")), "e.json")],
+     ["`--output`", "is not writable"]),
+    ("evaluate-run-json-garbage",
+     lambda t, m, r: ["evaluate", _run_with(t / "run", "{not json")],
+     ["run.json'", "not valid JSON"]),
+    ("train-bad-tf-config",
+     lambda t, m, r: m.setenv("TF_CONFIG", "{cluster: none}") or ["train"],
+     ["the environment variable TF_CONFIG is not valid JSON"]),
+    ("train-resume-run-json-garbage",
+     lambda t, m, r: ["train", "--resume", "--output", _run_with(t / "run", "[1, 2")],
+     ["run.json'", "not valid JSON"]),
+    ("evaluate-run-json-unreadable",
+     lambda t, m, r: ["evaluate", os.path.dirname(_denied(m, _file(t / "run.json", "{}")))],
+     ["Permission denied", "run.json"]),
+    ("evaluate-run-is-a-file", lambda t, m, r: ["evaluate", _file(t / "f")],
+     ["not a tfvae run directory"]),
+    ("sample-num-zero", lambda t, m, r: ["sample", r, "--num", "0"], ["--num=0"]),
+    ("sample-num-negative", lambda t, m, r: ["sample", r, "-n", "-3"], ["--num=-3"]),
+    ("sample-label-negative", lambda t, m, r: ["sample", r, "--label", "-1"], ["--label=-1"]),
+    ("sample-label-huge", lambda t, m, r: ["sample", r, "--label", "1000000000", "--output",
+                                           str(t / "s.npy")],
+     ["`--label`", "10 classes", "--label=1000000000"]),
+    ("sample-output-folder-missing",
+     lambda t, m, r: ["sample", r, "--output", str(t / "no" / "s.png")], ["does not exist"]),
+    ("sample-output-not-png-or-npy", lambda t, m, r: ["sample", r, "--output", str(t / "s.txt")],
+     [".png or .npy"]),
+    ("export-output-is-a-file",
+     lambda t, m, r: ["export", r, "--format", "onnx", "--output", _file(t / "f")],
+     ["`--output`", "is a file"]),
+    ("export-opset-zero",
+     lambda t, m, r: ["export", r, "--format", "onnx", "--opset", "0", "--output", str(t / "o")],
+     ["`opset`", "opset=0"]),
+    ("export-model-name-escapes",
+     lambda t, m, r: ["export", r, "--format", "saved_model", "--model-name", "../../x",
+                      "--output", str(t / "o")],
+     ["`model_name`", "model_name='../../x'"]),
+    ("export-output-empty",
+     lambda t, m, r: ["export", r, "--format", "saved_model", "--output", ""], ["--output=''"]),
+]
+
+
+@pytest.mark.parametrize("make_args, fragments", [case[1:] for case in _ONE_LINE_CASES],
+                         ids=[case[0] for case in _ONE_LINE_CASES])
+def test_expected_failures_end_in_one_line(tmp_path, monkeypatch, capsys, conditional_run,
+                                           make_args, fragments):
+    args = make_args(tmp_path, monkeypatch, conditional_run)
+    if args[0] == "train" and "--output" not in args:
+        args += ["--output", str(tmp_path / "run")]
+    if args[0] == "train" and "--resume" not in args:
+        args += TINY
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"tfvae {args[0]}: error: ")
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in tfvae")
+
+    monkeypatch.setattr(runs, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug in tfvae"):
+        cli.main(["train", "--output", str(tmp_path / "run")])
+
+
+def _record_train(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runs, "train", lambda *args, **kwargs: calls.append((args, kwargs)) or {})
+    return calls
+
+
+def test_resume_passes_epochs_on_and_takes_the_rest_from_the_run(tmp_path, monkeypatch):
+    # Until runs.train(..., epochs=N) lands, the wiring is checked on a recording stand-in.
+    calls = _record_train(monkeypatch)
+    output = str(tmp_path / "run")
+    assert cli.main(["train", "--resume", "--output", output, "--epochs", "7", "--quiet",
+                     "--verbose"]) == 0
+    assert cli.main(["--verbose", "train", "--resume", "--output", output]) == 0
+    (config, path), kwargs = calls[0]
+    assert path == output and kwargs == {"overwrite": False, "resume": True, "verbose": 0,
+                                         "epochs": 7}
+    assert calls[1][1] == {"overwrite": False, "resume": True, "verbose": 1}
+    # --epochs without --resume is the new run's setting, as before.
+    assert cli.main(["train", "--output", output, "--epochs", "4"]) == 0
+    assert calls[2][0][0].epochs == 4 and "epochs" not in calls[2][1]
+
+
+def test_export_passes_opset_and_model_name_as_given(conditional_run, tmp_path, monkeypatch):
+    from tfvae import export
+
+    seen = {}
+    monkeypatch.setattr(export, "export_onnx",
+                        lambda model, output, opset: seen.update(opset=opset) or {})
+    monkeypatch.setattr(export, "export_saved_model",
+                        lambda model, output, name, version=None: seen.update(name=name) or output)
+    for opset in ("0", "-5", "13"):
+        assert cli.main(["export", conditional_run, "--format", "onnx", "--opset", opset,
+                         "--output", str(tmp_path)]) == 0
+        assert seen["opset"] == int(opset)
+    assert cli.main(["export", conditional_run, "--format", "onnx", "--output",
+                     str(tmp_path)]) == 0
+    assert seen["opset"] == export.ONNX_OPSET
+    assert cli.main(["export", conditional_run, "--format", "saved_model", "--model-name",
+                     "../x", "--output", str(tmp_path)]) == 0
+    assert seen["name"] == "../x"
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_earlier_one(conditional_run, tmp_path,
+                                                              monkeypatch, capsys):
+    output = tmp_path / "s.npy"
+    np.save(output, np.arange(3))
+    save = np.save
+
+    def full_disk(path, array):
+        with open(path, "wb") as f:
+            f.write(b"\x93NUMPY partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    args = ["sample", conditional_run, "-n", "3", "--label", "9", "--output", str(output),
+            "--overwrite"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tfvae sample: error: No space left on device: {str(output)!r}"
+    np.testing.assert_array_equal(np.load(output), np.arange(3))  # the earlier file, whole
+    assert os.listdir(tmp_path) == ["s.npy"]  # no temporary file left behind
+    monkeypatch.setattr(np, "save", save)
+    assert cli.main(args) == 0
+    assert np.load(output).shape == (3, 8, 8, 1) and os.listdir(tmp_path) == ["s.npy"]
+
+
+@pytest.mark.slow
+def test_a_cli_error_is_one_line_without_tensorflow_log_noise(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(tfvae.__file__)),
+                                         env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "tfvae.cli", "train", "--dataset", "missing.npz"]
+
+    def run(output, *extra):
+        return subprocess.run(command + ["--output", str(tmp_path / output), *extra],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+    quiet, verbose = run("quiet"), run("verbose", "--verbose")
+    assert quiet.returncode == 2 and quiet.stderr.count("\n") == 1, quiet.stderr
+    assert quiet.stderr.startswith("tfvae train: error: ") and "missing.npz" in quiet.stderr
+    # The same run with --verbose shows what the plain one hides (so the test can fail).
+    assert verbose.returncode == 2 and verbose.stderr.count("\n") > 1
+    assert verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
+    # Importing the command's module leaves TensorFlow unloaded, so main can quiet it.
+    check = subprocess.run([sys.executable, "-c", "import sys, tfvae.cli; "
+                            "print('tensorflow' in sys.modules)"], capture_output=True,
+                           text=True, timeout=300, env=env)
+    assert check.stdout.strip() == "False", check.stderr
+
+
+@pytest.mark.slow
+def test_import_tfvae_after_keras_still_registers_the_model_classes(conditional_run):
+    # The command needs `import tfvae` not to load TensorFlow; a program that has loaded it
+    # (`import keras`) gets the library at once, so load_model finds tfvae's classes.
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(tfvae.__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys, keras, tfvae; "
+            f"model = keras.saving.load_model({os.path.join(conditional_run, 'model.keras')!r}); "
+            "print(type(model).__name__, model.condition_dim)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.stdout.strip() == "VAE 10", result.stderr[-2000:]
+
+
+def test_written_files_get_the_usual_permissions(conditional_run, tmp_path):
+    output = tmp_path / "s.npy"
+    assert cli.main(["sample", conditional_run, "-n", "2", "--output", str(output)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask

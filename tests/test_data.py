@@ -1,6 +1,7 @@
 """tfvae.data: built-in digits, TFDS by name (mocked: no downloads), user files, pipelines."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -199,3 +200,138 @@ def test_uint8_intensities_are_still_scaled(tmp_path):
     np.savez(tmp_path / "g.npz", x=np.full((5, 2, 2), 255, "uint8"))
     (x_train, _), _ = data.load(str(tmp_path / "g.npz"))
     assert x_train.max() == 1.0
+
+
+# ---------------------------------------------------------------------------
+# Files that are not what they claim to be, and datasets too small to split.
+
+
+@pytest.mark.parametrize("name", ["junk.npy", "junk.npz"])
+def test_random_bytes_are_not_a_numpy_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="not a valid NumPy") as error:
+        data.load(str(path))
+    assert repr(str(path)) in str(error.value) and "pickle" not in str(error.value)
+
+
+def test_a_truncated_npz_names_the_file(tmp_path):
+    path = tmp_path / "cut.npz"
+    np.savez(path, x=np.zeros((50, 4, 4), "uint8"))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be read as NumPy data") as error:
+        data.load(str(path))
+    assert repr(str(path)) in str(error.value)
+
+
+@pytest.mark.parametrize("arrays, array", [
+    ({"x_train": np.zeros((10, 2, 2)), "y_train": np.arange(9), "x_valid": np.zeros((4, 2, 2))},
+     "'y_train'"),
+    ({"x_train": np.zeros((10, 2, 2)), "x_valid": np.zeros((4, 2, 2)), "y_valid": np.arange(5)},
+     "'y_valid'"),
+    ({"x": np.zeros((10, 2, 2)), "y": np.arange(11)}, "'y'"),
+])
+def test_labels_of_the_wrong_length_name_the_array(tmp_path, arrays, array):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match=f"`dataset`.*{array}.*one label per example"):
+        data.load(str(tmp_path / "d.npz"))
+
+
+@pytest.mark.parametrize("key, split", [("x_valid", "validation"), ("x_train", "train"),
+                                        ("x_test", "test")])
+def test_non_finite_values_name_the_array_and_its_split(tmp_path, key, split):
+    arrays = {k: np.full((6, 2, 2), 0.5, "float32") for k in ("x_train", "x_valid", "x_test")}
+    arrays[key][3, 1, 0] = np.nan
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(ValueError, match=f"'{key}' \\({split} split\\) holds 1 non-finite"):
+        data.load_split(str(tmp_path / "d.npz"), split)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_a_dataset_too_small_to_split_is_refused(tmp_path, n):
+    np.savez(tmp_path / "x.npz", x=np.zeros((n, 3, 3), "float32"))
+    np.save(tmp_path / "x.npy", np.zeros((n, 3, 3), "float32"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.zeros((3, 3), np.uint8)).save(folder / f"{i}.png")
+    for path in (tmp_path / "x.npz", tmp_path / "x.npy", *([folder] if n else [])):
+        with pytest.raises(ValueError, match=f"`dataset`.*holds {n} example.*at least 2"):
+            data.load(str(path))
+    # Two examples are enough: one to train on, one to validate on.
+    np.save(tmp_path / "two.npy", np.zeros((2, 3, 3), "float32"))
+    (x_train, _), (x_val, _) = data.load(str(tmp_path / "two.npy"), validation_fraction=0.9)
+    assert (len(x_train), len(x_val)) == (1, 1)
+
+
+def test_an_empty_predefined_split_is_refused(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((5, 2, 2)), x_valid=np.zeros((0, 2, 2)))
+    with pytest.raises(ValueError, match="validation split\\) holds 0 example"):
+        data.load(str(tmp_path / "d.npz"))
+
+
+def test_a_text_file_named_png_is_refused_by_name(tmp_path):
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_text("not an image")
+    with pytest.raises(ValueError, match="`dataset`.*b.png.*not an image file"):
+        data.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("dataset", ["", None, 3])
+def test_a_dataset_that_is_not_a_name_or_path_is_refused(dataset):
+    with invalid("dataset", dataset):
+        data.load(dataset)
+
+
+# ---------------------------------------------------------------------------
+# The TFDS download path, up to the network.
+
+
+def _block_network(monkeypatch):
+    """Every connection attempt (and name lookup) fails as it does on a machine offline."""
+    import socket
+
+    def unreachable(*args, **kwargs):
+        raise OSError(101, "Network is unreachable (blocked by the test)")
+
+    for target, name in ((socket, "getaddrinfo"), (socket, "create_connection"),
+                         (socket.socket, "connect")):
+        monkeypatch.setattr(target, name, unreachable)
+    # TFDS retries a failed request 10 times with exponential back-off (minutes).
+    from tensorflow_datasets.core.download import downloader
+
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
+
+
+def test_the_download_path_s_imports_are_installed_and_declared():
+    import importlib
+    import tomllib
+
+    # Imported lazily by TFDS's dataset builder and downloader (tfds.load(download=True)).
+    for module in ("importlib_resources", "termcolor", "promise", "etils.epath"):
+        importlib.import_module(module)
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "pyproject.toml"), "rb") as f:
+        dependencies = tomllib.load(f)["project"]["dependencies"]
+    assert any(d.startswith("importlib_resources") for d in dependencies)
+
+
+def test_an_offline_tfds_download_fails_with_one_line(tmp_path, monkeypatch):
+    _block_network(monkeypatch)
+    with pytest.raises(ValueError) as error:
+        data.load_tfds("mnist", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "could not download TFDS dataset 'mnist'" in message and "\n" not in message
+    assert "Network is unreachable (blocked by the test)" in message  # it reached the network
+    assert message.endswith("pass a local .npz/.npy file or image folder with --dataset.")
+
+
+def test_the_cli_says_an_offline_download_failed_in_one_line(tmp_path, monkeypatch, capsys):
+    _block_network(monkeypatch)
+    load = tfds.load
+    monkeypatch.setattr(tfds, "load", lambda name, split, data_dir=None:
+                        load(name, split=split, data_dir=str(tmp_path / "tfds")))
+    code = cli.main(["train", "--dataset", "mnist", "--output", str(tmp_path / "run"),
+                     "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("tfvae train: error: ") and "could not download TFDS dataset" in err

@@ -1,20 +1,34 @@
 """The `tfvae` command: `train`, `evaluate`, `sample`, `export`.
 
-The command only parses arguments and calls library functions; a bad argument
-ends with a one-line reason on stderr and exit status 2.
+The command only parses arguments and calls library functions. Every expected
+failure (a bad argument, a file that cannot be read or written, a failed
+download) ends with a one-line reason on stderr and exit status 2; anything
+else is a bug and keeps its traceback.
+
+Importing this module imports neither TensorFlow nor the library: `main` first
+quiets TensorFlow's native log lines (unless `--verbose`), then loads them.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import secrets
 import sys
-
-from tfvae import builders
-from tfvae import data
+import tempfile
 
 logger = logging.getLogger("tfvae")
+
+# `tfvae train` options that `--resume` honours; it takes every other setting from run.json.
+_RESUME_OPTIONS = ("epochs", "quiet", "verbose", "output", "resume")
+# `tfvae train` options whose flag is not `--` + the field name with dashes.
+_FLAGS = {"jit_compile": "--jit"}
+# The exceptions that are the user's or the machine's, not tfvae's: a bad value or file
+# (ValueError, including json.JSONDecodeError and UnicodeDecodeError), and any OSError
+# (permissions, missing or full disks, PIL's UnidentifiedImageError, network errors).
+_EXPECTED_ERRORS = (ValueError, OSError)
 
 
 def _units(text):
@@ -24,20 +38,25 @@ def _units(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
-def _train_arguments(train):
+def _train_arguments(train, defaults=True):
     """`tfvae train`'s options: one per `RunConfig` field, `--field-name` with `dest` the field.
 
     Choices come from the registries the library checks names against, and
     defaults from `RunConfig`, so `RunConfig(**fields of args)` is the run.
+    With `defaults=False` an option the user did not pass is left out of the
+    parsed namespace (see `_passed_options`).
     """
+    from tfvae import builders
+    from tfvae import data
     from tfvae import options
     from tfvae import runs
 
-    defaults = runs.RunConfig()
+    config = runs.RunConfig()
 
     def option(name, *flags, **kwargs):
-        flags = flags or ("--" + name.replace("_", "-"),)
-        train.add_argument(*flags, dest=name, default=getattr(defaults, name), **kwargs)
+        flags = flags or (_flag(name),)
+        default = getattr(config, name) if defaults else argparse.SUPPRESS
+        train.add_argument(*flags, dest=name, default=default, **kwargs)
 
     option("dataset", help="'digits' (built in, offline), a TensorFlow Datasets name (mnist, "
            "fashion_mnist, binarized_mnist, cifar10), a .npy/.npz file, or a folder "
@@ -77,7 +96,7 @@ def _train_arguments(train):
     option("learning_rate", type=float)
     option("patience", type=int, help="early-stopping patience in epochs")
     option("seed", type=int)
-    option("jit_compile", "--jit", action=argparse.BooleanOptionalAction,
+    option("jit_compile", _FLAGS["jit_compile"], action=argparse.BooleanOptionalAction,
            help="compile the train step with XLA (default: on for mlp, and for "
            "conv on a GPU; on a CPU XLA's convolutions are slower)")
     option("steps_per_execution", type=int,
@@ -103,21 +122,40 @@ def _config(args):
                              for f in dataclasses.fields(runs.RunConfig)})
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="tfvae", description=__doc__.splitlines()[0])
+def _parser(defaults=True):
+    """The command's parser; `defaults=False` leaves `train`'s unpassed options out."""
+    from tfvae import data
+
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    # `--verbose` is accepted before the command and after it (`tfvae train --verbose`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show TensorFlow's native log lines and other libraries' log "
+                        "messages and progress bars")
+    parser = argparse.ArgumentParser(prog="tfvae", description=__doc__.splitlines()[0],
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a VAE and write a report",
+    train = sub.add_parser("train", help="train a VAE and write a report", parents=[common],
                            description="Train a VAE, evaluate it on held-out data, write figures "
                            "and report.md into --output.")
-    _train_arguments(train)
-    train.add_argument("--output", default="runs/digits", help="run directory (default: %(default)s)")
+    _train_arguments(train, defaults)
+    train.add_argument("--output", default=default("runs/digits"),
+                       help="run directory (default: runs/digits)")
     mode = train.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output")
-    mode.add_argument("--resume", action="store_true", help="continue the run in --output")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    mode.add_argument("--overwrite", action="store_true", default=default(False),
+                      help="replace an earlier run in --output")
+    mode.add_argument("--resume", action="store_true", default=default(False),
+                      help="continue the run in --output with its saved settings; only "
+                      "--epochs (train up to this many epochs in all), --quiet and --verbose "
+                      "may be given with it")
+    train.add_argument("--quiet", action="store_true", default=default(False),
+                       help="no progress bars")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on held-out data",
+                              parents=[common],
                               description="ELBO, reconstruction, KL, importance-sampled log p(x), "
                               "the ELBO gap and active units on the run's validation split, or on --dataset "
                               "/ --split.")
@@ -139,7 +177,7 @@ def _parser():
     evaluate.add_argument("--output", help="JSON file (default: RUN/evaluation.json)")
     evaluate.add_argument("--overwrite", action="store_true")
 
-    export = sub.add_parser("export", help="export a trained run for serving",
+    export = sub.add_parser("export", help="export a trained run for serving", parents=[common],
                             description="Write a SavedModel in TF Serving's layout "
                             "(OUTPUT/MODEL_NAME/VERSION) or ONNX graphs (OUTPUT/*.onnx).")
     export.add_argument("run", help="a run directory written by `tfvae train`")
@@ -149,7 +187,7 @@ def _parser():
     export.add_argument("--version", type=int, help="SavedModel version (default: next free)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
 
-    sample = sub.add_parser("sample", help="generate data from the prior",
+    sample = sub.add_parser("sample", help="generate data from the prior", parents=[common],
                             description="Decode z ~ p(z): an image grid (.png) or an array (.npy).")
     sample.add_argument("run", help="a run directory written by `tfvae train`")
     sample.add_argument("-n", "--num", type=int, default=64)
@@ -167,11 +205,113 @@ def _refuse_existing(path, overwrite):
         raise ValueError(f"{path} exists; pass --overwrite to replace it.")
 
 
-def _train(args):
+def _check_output_file(path, overwrite, argument="--output"):
+    """Refuses an output file that could not be written, before any work is done.
+
+    The file must not be a directory, its folder must exist and be writable,
+    and an existing file needs `--overwrite`.
+    """
+    if not path:
+        raise ValueError(f"Received an invalid value for `{argument}`, expected a file path. "
+                         f"Received: {argument}={path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"Received an invalid value for `{argument}`: {path!r} is a directory, "
+                         "expected a file path.")
+    _refuse_existing(path, overwrite)
+    _check_writable_folder(os.path.dirname(os.path.abspath(path)), path, argument)
+
+
+def _check_writable_folder(folder, path, argument):
+    if not os.path.isdir(folder):
+        raise ValueError(f"Received an invalid value for `{argument}`: the folder {folder!r} "
+                         f"does not exist. Received: {argument}={path!r}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"Received an invalid value for `{argument}`: the folder {folder!r} "
+                         f"is not writable. Received: {argument}={path!r}")
+
+
+def _check_run_directory(path):
+    """Refuses a `run` argument that is not a folder (before its default outputs are checked)."""
+    if not os.path.isdir(path):
+        raise ValueError(f"`{path}` is not a tfvae run directory (not an existing folder).")
+
+
+def _check_output_directory(path, argument="--output"):
+    """Refuses an output directory that is empty or names an existing file."""
+    if not path:
+        raise ValueError(f"Received an invalid value for `{argument}`, expected a directory "
+                         f"path. Received: {argument}={path!r}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"Received an invalid value for `{argument}`: {path!r} is a file, "
+                         "expected a directory.")
+
+
+def _write_atomically(path, write):
+    """Writes `path` with `write(temporary_path)`, then fsyncs and renames it into place.
+
+    The temporary file sits in the same folder with the same extension (so
+    writers that go by the extension pick the right format); an interrupted or
+    failed write leaves any earlier `path` untouched. An OSError without a file
+    name (a full disk) is raised again naming `path`.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+                                     f"{os.path.splitext(name)[1]}")
+    try:
+        with open(temporary, "xb"):  # a new file, with the permissions the umask gives
+            pass
+        write(temporary)
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        if error.filename in (None, temporary):
+            raise OSError(error.errno, error.strerror or str(error), path) from error
+        raise
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _passed_options(argv):
+    """The `dest`s of the options the user actually gave (defaults left out)."""
+    return set(vars(_parser(defaults=False).parse_args(argv))) - {"command"}
+
+
+def _check_resume_options(args, argv):
+    """Refuses `train --resume` with options it would ignore (it reads them from run.json)."""
+    if not args.resume:
+        return
+    ignored = sorted(_passed_options(argv) - set(_RESUME_OPTIONS))
+    if ignored:
+        flags = ", ".join(_flag(name) for name in ignored)
+        raise ValueError(
+            f"--resume continues the run in {args.output!r} with the settings in its run.json; "
+            f"it would ignore {flags}. Pass only --epochs (to train up to more epochs), "
+            "--quiet and --verbose with --resume, or start a new run.")
+
+
+def _flag(dest):
+    """The option string of `tfvae train`'s option `dest` (`jit_compile` -> `--jit`)."""
+    return _FLAGS.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _train(args, argv):
     from tfvae import runs
 
+    _check_output_directory(args.output)
+    _check_resume_options(args, argv)
+    kwargs = {}
+    if args.resume and "epochs" in _passed_options(argv):
+        kwargs["epochs"] = args.epochs  # train the resumed run up to this many epochs
     metrics = runs.train(_config(args), args.output, overwrite=args.overwrite,
-                         resume=args.resume, verbose=0 if args.quiet else 1)
+                         resume=args.resume, verbose=0 if args.quiet else 1, **kwargs)
     if metrics:  # empty on multi-worker workers other than the chief
         _print_table(metrics)
         print(f"report: {os.path.join(args.output, 'report.md')}")
@@ -185,14 +325,15 @@ def _print_table(metrics):
         print(f"{key:<16}{text:>14}")
 
 
-def _evaluate(args):
+def _evaluate(args, argv):
     from tfvae import evaluation, report, runs
 
-    output = args.output or os.path.join(args.run, "evaluation.json")
+    _check_run_directory(args.run)
+    output = os.path.join(args.run, "evaluation.json") if args.output is None else args.output
+    _check_output_file(output, args.overwrite)
     figure = os.path.splitext(output)[0] + "_gap.png"
-    _refuse_existing(output, args.overwrite)
     if args.decompose_gap:
-        _refuse_existing(figure, args.overwrite)
+        _check_output_file(figure, args.overwrite)
     config, model = runs.load_run(args.run)
     x, y = runs.held_out(config, dataset=args.dataset, split=args.split)
     y = None if model.condition_dim is None else y
@@ -202,34 +343,55 @@ def _evaluate(args):
     if args.decompose_gap:
         metrics.update(evaluation.gap_decomposition(model, x, y=y, num_examples=args.gap_examples,
                                                     seed=args.seed))
-        report.plot_gap({os.path.basename(os.path.normpath(args.run)): metrics}, figure)
+        name = os.path.basename(os.path.normpath(args.run))
+        _write_atomically(figure, lambda path: report.plot_gap({name: metrics}, path))
         print(f"wrote {figure}")
-    with open(output, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    _write_atomically(output, lambda path: _write_text(path, text))
     _print_table(metrics)
     print(f"wrote {output}")
 
 
-def _sample(args):
+def _write_text(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _sample(args, argv):
     import numpy as np
 
     from tfvae import report, runs
 
-    output = args.output or os.path.join(args.run, f"samples-{args.seed}.png")
+    _check_run_directory(args.run)
+    output = os.path.join(args.run, f"samples-{args.seed}.png") if args.output is None \
+        else args.output
     if not output.endswith((".png", ".npy")):
-        raise ValueError(f"--output must end in .png or .npy. Received: {output}")
-    _refuse_existing(output, args.overwrite)
+        raise ValueError(f"--output must end in .png or .npy. Received: {output!r}")
+    _check_output_file(output, args.overwrite)
+    if args.num < 1:
+        raise ValueError("Received an invalid value for `--num`, expected a positive integer. "
+                         f"Received: --num={args.num}")
+    if args.label is not None and args.label < 0:
+        raise ValueError("Received an invalid value for `--label`, expected a class index >= 0. "
+                         f"Received: --label={args.label}")
     _, model = runs.load_run(args.run)
     labels = None
     if model.condition_dim is not None:
+        if args.label is not None and args.label >= model.condition_dim:
+            raise ValueError(
+                "Received an invalid value for `--label`: the run conditions on "
+                f"{model.condition_dim} classes, expected 0..{model.condition_dim - 1}. "
+                f"Received: --label={args.label}")
         labels = np.arange(args.num) % model.condition_dim if args.label is None else args.label
     elif args.label is not None:
         raise ValueError("--label needs a conditional run (trained with --conditional).")
     samples = model.sample(args.num, seed=args.seed, y=labels).numpy()
     if output.endswith(".npy"):
-        np.save(output, samples)
+        _write_atomically(output, lambda path: np.save(path, samples))
     else:
-        report.plot_grid(report.to_display(model, samples), output, "samples from the prior")
+        images = report.to_display(model, samples)
+        _write_atomically(output, lambda path: report.plot_grid(images, path,
+                                                                 "samples from the prior"))
     print(f"wrote {output}")
 
 
@@ -243,7 +405,9 @@ def _export_saved_model(model, output, args):
 def _export_onnx(model, output, args):
     from tfvae import export
 
-    written = export.export_onnx(model, output, opset=args.opset or export.ONNX_OPSET)
+    # A given --opset goes to the library as it is (it refuses bad values).
+    opset = export.ONNX_OPSET if args.opset is None else args.opset
+    written = export.export_onnx(model, output, opset=opset)
     for name, path in written.items():
         print(f"wrote {name}: {path}")
 
@@ -252,25 +416,124 @@ def _export_onnx(model, output, args):
 _EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx}
 
 
-def _export(args):
+def _export(args, argv):
     from tfvae import runs
 
-    output = args.output or os.path.join(args.run, "export", args.format)
+    _check_run_directory(args.run)
+    output = os.path.join(args.run, "export", args.format) if args.output is None else args.output
+    _check_output_directory(output)
     _, model = runs.load_run(args.run)
     _EXPORTERS[args.format](model, output, args)
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Runs the `tfvae` command; returns its exit status (0, or 2 for an expected failure)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Known before parsing: the parser's choices come from the library, which loads TensorFlow.
+    verbose = "--verbose" in argv[:argv.index("--")] if "--" in argv else "--verbose" in argv
+    _configure_logging(verbose)
+    _load_tensorflow(verbose)
     args = _parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
     try:
-        handlers[args.command](args)
-    except ValueError as error:
-        print(f"tfvae {args.command}: error: {error}", file=sys.stderr)
+        if args.command in ("train", "evaluate"):
+            _quiet_dataset_downloads(verbose)
+        handlers[args.command](args, argv)
+    except _EXPECTED_ERRORS as error:
+        print(f"tfvae {args.command}: error: {_reason(error, args)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _reason(error, args):
+    """One line saying what went wrong, naming the file where the error has one."""
+    if isinstance(error, json.JSONDecodeError):
+        text = f"{_json_source(error, args)} is not valid JSON ({error})"
+    elif isinstance(error, OSError) and error.strerror and error.filename is not None:
+        files = " -> ".join(repr(os.fspath(name)) for name in (error.filename, error.filename2)
+                            if name is not None)
+        text = f"{error.strerror}: {files}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _json_source(error, args):
+    """What held the JSON text that failed to parse: TF_CONFIG, or the run's run.json."""
+    if error.doc == os.environ.get("TF_CONFIG"):
+        return "the environment variable TF_CONFIG"
+    for folder in (getattr(args, "run", None), getattr(args, "output", None)):
+        path = os.path.join(folder, "run.json") if folder else None
+        if path and os.path.isfile(path):
+            with contextlib.suppress(OSError, UnicodeDecodeError), open(path) as f:
+                if f.read() == error.doc:
+                    return repr(path)
+    return "a JSON document"
+
+
+def _configure_logging(verbose):
+    """tfvae's own messages at INFO; other libraries' only when `verbose` (else errors only)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+
+
+def _load_tensorflow(verbose):
+    """Imports TensorFlow and finds its devices, native log lines hidden unless `verbose`.
+
+    `TF_CPP_MIN_LOG_LEVEL` (2: errors only) must be set before TensorFlow
+    loads, and even then its shared libraries print a few lines (oneDNN, CUDA)
+    while they load, whatever the level, so the import runs with the process's
+    stderr (file descriptor 2) sent to a temporary file. If the import fails,
+    what it printed is shown.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _native_stderr_captured() as captured:
+        try:
+            import tensorflow as tf
+
+            # Looking for devices here, not at the first op, keeps a machine without
+            # a GPU from printing CUDA's "failed call to cuInit" error line.
+            tf.config.list_physical_devices()
+        except BaseException:
+            captured.replay = True
+            raise
+
+
+class _Captured:
+    replay = False
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Sends file descriptor 2 to a temporary file; replays it if `.replay` is set."""
+    captured = _Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if captured.replay:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+
+
+def _quiet_dataset_downloads(verbose):
+    """TFDS's download progress bars only with `--verbose` (a failure is one line anyway)."""
+    if not verbose:
+        import tensorflow_datasets as tfds
+
+        tfds.display_progress_bar(False)
 
 
 if __name__ == "__main__":

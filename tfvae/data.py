@@ -9,6 +9,8 @@
 
 import logging
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -30,6 +32,11 @@ _NPZ_VALIDATION_KEYS = ("x_valid", "x_val", "x_validation")
 LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
 BINARIZE = ("none", "static", "dynamic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# The first bytes of a .npy file, and of a .npz (a zip archive; the second is an empty one).
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# Examples a dataset needs for a train/validation split: one in each.
+MIN_EXAMPLES = 2
 
 
 def load_digits(validation_fraction=0.2, seed=0):
@@ -65,8 +72,10 @@ def load_array_file(path, validation_fraction=0.2, seed=0):
     """
     splits = _array_file_splits(path)
     if "validation" in splits:
+        for split in ("train", "validation"):
+            _check_examples(splits[split][0], f"{path!r} ({split} split)", minimum=1)
         return splits["train"], splits["validation"]
-    return _split(*splits["train"], validation_fraction, seed)
+    return _split(*splits["train"], validation_fraction, seed, source=repr(path))
 
 
 def _array_file_splits(path):
@@ -74,27 +83,82 @@ def _array_file_splits(path):
     if not os.path.exists(path):
         raise ValueError(f"Received an invalid value for `dataset`: no such file {path!r}. "
                          "Use 'digits' or a path to a .npy/.npz file.")
-    if path.endswith(".npy"):
-        return {"train": (_as_images(np.load(path)), None)}
-    if not path.endswith(".npz"):
+    if not path.endswith((".npy", ".npz")):
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not a .npy or "
                          ".npz file.")
-    with np.load(path) as archive:
-        keys = list(archive)
-        if "x_train" in keys:
-            names = {"train": "x_train", "test": "x_test"}
-            names["validation"] = next((k for k in _NPZ_VALIDATION_KEYS if k in keys), None)
-            return {split: (_as_images(archive[key]), _labels(archive, "y" + key[1:]))
-                    for split, key in names.items() if key in keys}
-        if "x" not in keys:
-            raise ValueError(
-                f"{path!r} holds neither an array named 'x' nor predefined splits ('x_train' "
-                f"with 'x_valid' / 'x_val' / 'x_validation', 'x_test'). Received: {keys}")
-        return {"train": (_as_images(archive["x"]), _labels(archive, "y"))}
+    _check_numpy_file(path)
+    if path.endswith(".npy"):
+        x = _read(path, "the array", lambda: np.load(path))
+        return {"train": (_array(x, path, "the array", "train"), None)}
+    archive = _read(path, "the archive", lambda: np.load(path))
+    with archive:
+        return _archive_splits(archive, path)
 
 
-def _labels(archive, key):
-    return archive[key] if key in archive else None
+def _read(path, name, load):
+    """`load()`, with the errors of a corrupt or unsafe NumPy file as a `dataset` error."""
+    try:
+        return load()
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"Received an invalid value for `dataset`: {name} in {path!r} cannot "
+                         f"be read as NumPy data ({type(error).__name__}: {error}).") from error
+
+
+def _check_numpy_file(path):
+    """Refuses a file that starts like neither a `.npy` nor a `.npz` (zip) file.
+
+    `np.load` would otherwise take it for a pickle and say it "contains pickled
+    (object) data".
+    """
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+    if not head.startswith((_NPY_MAGIC, *_ZIP_MAGICS)):
+        raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not a valid "
+                         "NumPy .npy/.npz file (it does not start with a .npy header or a "
+                         "zip signature).")
+
+
+def _archive_splits(archive, path):
+    keys = list(archive)
+    if "x_train" in keys:
+        names = {"train": "x_train", "test": "x_test"}
+        names["validation"] = next((k for k in _NPZ_VALIDATION_KEYS if k in keys), None)
+        return {split: _array_pair(archive, path, key, split)
+                for split, key in names.items() if key in keys}
+    if "x" not in keys:
+        raise ValueError(
+            f"{path!r} holds neither an array named 'x' nor predefined splits ('x_train' "
+            f"with 'x_valid' / 'x_val' / 'x_validation', 'x_test'). Received: {keys}")
+    return {"train": _array_pair(archive, path, "x", "train")}
+
+
+def _array_pair(archive, path, key, split):
+    """`(x, y)` of one split of an archive: images `key`, labels `y...` of the same length."""
+    x = _array(_read(path, repr(key), lambda: archive[key]), path, repr(key), split)
+    label_key = "y" + key[1:]
+    if label_key not in archive:
+        return x, None
+    y = _read(path, repr(label_key), lambda: archive[label_key])
+    if y.ndim < 1 or len(y) != len(x):
+        raise ValueError(
+            f"Received an invalid value for `dataset`: in {path!r}, {label_key!r} must hold one "
+            f"label per example of {key!r} ({len(x)}). Received: {label_key!r} of shape "
+            f"{y.shape}")
+    return x, y
+
+
+def _array(x, path, name, split):
+    """Images of a user's array file, checked to be finite numbers."""
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or x.ndim < 1:
+        raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
+                         f"({split} split) must be a numeric array [n, ...]. Received: dtype "
+                         f"{x.dtype}, shape {x.shape}")
+    x = _as_images(x)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
+                         f"({split} split) holds {int(np.sum(~np.isfinite(x)))} non-finite "
+                         "value(s) (NaN or inf).")
+    return x
 
 
 def _as_images(x):
@@ -133,7 +197,7 @@ def load_tfds(name, data_dir=None, splits=("train", "validation")):
     for split in splits:
         split = TFDS_NAMES[name] if split == "validation" else _checks.one_of(
             "split", split, SPLITS)
-        dataset = tfds.load(name, split=split, data_dir=data_dir)
+        dataset = _tfds_load(tfds, name, split, data_dir)
         images, labels = [], []
         for batch in tfds.as_numpy(dataset.batch(4096)):
             images.append(batch["image"])
@@ -148,6 +212,30 @@ def load_tfds(name, data_dir=None, splits=("train", "validation")):
     return tuple(loaded)
 
 
+def _tfds_load(tfds, name, split, data_dir):
+    """`tfds.load`, downloading and preparing the dataset on first use.
+
+    A failed download (no network, a refused or interrupted connection, files
+    that do not match their checksums) is a `ValueError` naming the dataset and
+    the way around it.
+    """
+    try:
+        return tfds.load(name, split=split, data_dir=data_dir)
+    except _download_errors(tfds) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ValueError(
+            f"Received an invalid value for `dataset`: could not download TFDS dataset {name!r} "
+            f"({reason}); pass a local .npz/.npy file or image folder with --dataset."
+        ) from error
+
+
+def _download_errors(tfds):
+    """The exceptions a failed TFDS download raises (network errors are `OSError`s)."""
+    from tensorflow_datasets.core.download import download_manager
+
+    return (OSError, tfds.download.DownloadError, download_manager.NonMatchingChecksumError)
+
+
 def load_image_folder(path, validation_fraction=0.2, seed=0):
     """Loads a folder of same-sized images (PNG, JPEG, ...), scaled to [0, 1].
 
@@ -158,6 +246,7 @@ def load_image_folder(path, validation_fraction=0.2, seed=0):
       `((x_train, y_train), (x_val, y_val))` with `x` `[n, H, W, C]` float32.
     """
     from PIL import Image
+    from PIL import UnidentifiedImageError
 
     files, labels = [], []
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
@@ -170,8 +259,13 @@ def load_image_folder(path, validation_fraction=0.2, seed=0):
         raise ValueError(f"Received an invalid value for `dataset`: no images in {path!r}.")
     images = []
     for file in files:
-        with Image.open(file) as image:
-            array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "I") else "RGB"))
+        try:
+            with Image.open(file) as image:
+                array = np.asarray(
+                    image.convert("L" if image.mode in ("1", "L", "P", "I") else "RGB"))
+        except UnidentifiedImageError as error:
+            raise ValueError(f"Received an invalid value for `dataset`: {file!r} is not an "
+                             "image file that Pillow can read.") from error
         if images and array.shape != images[0].shape:
             raise ValueError(
                 f"All images must have one size: {files[0]!r} is {images[0].shape} but "
@@ -180,13 +274,25 @@ def load_image_folder(path, validation_fraction=0.2, seed=0):
         images.append(array)
     x = _as_images(np.stack(images))
     y = None if any(label is None for label in labels) else np.asarray(labels, "int64")
-    return _split(x, y, validation_fraction, seed)
+    return _split(x, y, validation_fraction, seed, source=f"image folder {path!r}")
 
 
-def _split(x, y, validation_fraction, seed):
+def _check_examples(x, source, minimum=MIN_EXAMPLES):
+    """Refuses a dataset (or split) with fewer than `minimum` examples."""
+    if len(x) < minimum:
+        need = ("at least one example" if minimum == 1 else
+                f"at least {minimum} examples (one to train on, one to validate on)")
+        raise ValueError(f"Received an invalid value for `dataset`: {source} holds {len(x)} "
+                         f"example(s); it needs {need}.")
+
+
+def _split(x, y, validation_fraction, seed, source="the dataset"):
+    """A random train/validation split of `x` (and its labels `y`)."""
     fraction = _checks.open_fraction("validation_fraction", validation_fraction)
+    _check_examples(x, source)
     order = np.random.default_rng(_checks.non_negative_int("seed", seed)).permutation(len(x))
-    n_val = max(1, int(round(fraction * len(x))))
+    # At least one example on each side.
+    n_val = min(max(1, int(round(fraction * len(x)))), len(x) - 1)
     x = x[order]
     y = None if y is None else np.asarray(y)[order]
     pick = lambda a, s: None if a is None else a[s]  # noqa: E731
@@ -202,6 +308,11 @@ def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
     """
     if dataset == "digits":
         return load_digits(validation_fraction, seed)
+    if not isinstance(dataset, (str, os.PathLike)) or not str(dataset):
+        raise ValueError("Received an invalid value for `dataset`, expected 'digits', a TFDS "
+                         f"name, a .npy/.npz file or a folder of images. Received: "
+                         f"dataset={dataset!r}")
+    dataset = os.fspath(dataset)
     if dataset in TFDS_NAMES:
         return load_tfds(dataset, data_dir=data_dir)
     if os.path.isdir(dataset):
