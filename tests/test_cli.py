@@ -542,7 +542,7 @@ def test_a_cli_error_is_one_line_without_tensorflow_log_noise(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(tfvae.__file__)),
                                          env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "tfvae.cli", "train", "--dataset", "missing.npz"]
+    command = [sys.executable, "-m", "tfvae_main", "train", "--dataset", "missing.npz"]
 
     def run(output, *extra):
         return subprocess.run(command + ["--output", str(tmp_path / output), *extra],
@@ -554,8 +554,8 @@ def test_a_cli_error_is_one_line_without_tensorflow_log_noise(tmp_path):
     # The same run with --verbose shows what the plain one hides (so the test can fail).
     assert verbose.returncode == 2 and verbose.stderr.count("\n") > 1
     assert verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
-    # Importing the command's module leaves TensorFlow unloaded, so main can quiet it.
-    check = subprocess.run([sys.executable, "-c", "import sys, tfvae.cli; "
+    # Importing the command's entry point leaves TensorFlow unloaded, so main can quiet it.
+    check = subprocess.run([sys.executable, "-c", "import sys, tfvae_main; "
                             "print('tensorflow' in sys.modules)"], capture_output=True,
                            text=True, timeout=300, env=env)
     assert check.stdout.strip() == "False", check.stderr
@@ -563,8 +563,7 @@ def test_a_cli_error_is_one_line_without_tensorflow_log_noise(tmp_path):
 
 @pytest.mark.slow
 def test_import_tfvae_after_keras_still_registers_the_model_classes(conditional_run):
-    # The command needs `import tfvae` not to load TensorFlow; a program that has loaded it
-    # (`import keras`) gets the library at once, so load_model finds tfvae's classes.
+    # `import tfvae` registers the library's Keras classes, whatever was imported first.
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(tfvae.__file__)),
                                           os.environ.get("PYTHONPATH", "")])}

@@ -17,7 +17,6 @@ import logging
 import os
 import secrets
 import sys
-import tempfile
 
 logger = logging.getLogger("tfvae")
 
@@ -432,7 +431,6 @@ def main(argv=None):
     # Known before parsing: the parser's choices come from the library, which loads TensorFlow.
     verbose = "--verbose" in argv[:argv.index("--")] if "--" in argv else "--verbose" in argv
     _configure_logging(verbose)
-    _load_tensorflow(verbose)
     args = _parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
     try:
@@ -476,56 +474,6 @@ def _configure_logging(verbose):
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-
-
-def _load_tensorflow(verbose):
-    """Imports TensorFlow and finds its devices, native log lines hidden unless `verbose`.
-
-    `TF_CPP_MIN_LOG_LEVEL` (2: errors only) must be set before TensorFlow
-    loads, and even then its shared libraries print a few lines (oneDNN, CUDA)
-    while they load, whatever the level, so the import runs with the process's
-    stderr (file descriptor 2) sent to a temporary file. If the import fails,
-    what it printed is shown.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    if verbose:
-        import tensorflow  # noqa: F401
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_captured() as captured:
-        try:
-            import tensorflow as tf
-
-            # Looking for devices here, not at the first op, keeps a machine without
-            # a GPU from printing CUDA's "failed call to cuInit" error line.
-            tf.config.list_physical_devices()
-        except BaseException:
-            captured.replay = True
-            raise
-
-
-class _Captured:
-    replay = False
-
-
-@contextlib.contextmanager
-def _native_stderr_captured():
-    """Sends file descriptor 2 to a temporary file; replays it if `.replay` is set."""
-    captured = _Captured()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if captured.replay:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
 
 
 def _quiet_dataset_downloads(verbose):
