@@ -1,4 +1,4 @@
-"""The `tfvae` command: `train`, `evaluate`, `sample`, `export`.
+"""The `tfvae` command: `train`, `evaluate`, `encode`, `score`, `sample`, `export`.
 
 The command only parses arguments and calls library functions. Every expected
 failure (a bad argument, a file that cannot be read or written, a failed
@@ -185,6 +185,29 @@ def _parser(defaults=True):
     export.add_argument("--model-name", default="tfvae", help="TF Serving model name")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
+
+    for name, text in (("encode", "write every example's posterior q(z|x): mean, scale, code"),
+                       ("score", "write per-example ELBO terms, reconstruction error and "
+                        "log p(x) (anomaly scores)")):
+        command = sub.add_parser(name, help=text, parents=[common],
+                                 description=text[0].upper() + text[1:] + ", one row per "
+                                 "example in the dataset's order (labels too, when it has them).")
+        command.add_argument("run", help="a run directory written by `tfvae train`")
+        command.add_argument("--dataset", default=None,
+                             help="a TFDS name, a .npy/.npz file or an image folder "
+                             "(default: the run's own dataset)")
+        command.add_argument("--split", choices=data.SPLITS, default="validation",
+                             help="which split of the dataset (default: %(default)s)")
+        command.add_argument("--batch-size", type=int, default=256)
+        command.add_argument("--overwrite", action="store_true")
+    encode_parser, score_parser = sub.choices["encode"], sub.choices["score"]
+    encode_parser.add_argument("--output", help="a .npz (arrays) or .csv (one row per example) "
+                               "file (default: RUN/codes-SPLIT.npz)")
+    score_parser.add_argument("--output", help="a .csv or .npz file "
+                              "(default: RUN/scores-SPLIT.csv)")
+    score_parser.add_argument("--num-samples", type=int, default=None,
+                              help="also score log p(x) with K importance samples (default: no)")
+    score_parser.add_argument("--seed", type=int, default=0)
 
     sample = sub.add_parser("sample", help="generate data from the prior", parents=[common],
                             description="Decode z ~ p(z): an image grid (.png) or an array (.npy).")
@@ -394,6 +417,103 @@ def _sample(args, argv):
     print(f"wrote {output}")
 
 
+def _table_output(args, default_name):
+    """The checked `--output` of `encode`/`score`: a .npz or .csv file."""
+    _check_run_directory(args.run)
+    output = os.path.join(args.run, default_name) if args.output is None else args.output
+    if not output.endswith((".npz", ".csv")):
+        raise ValueError(f"Received an invalid value for `--output`, expected a .npz or .csv "
+                         f"file. Received: --output={output!r}")
+    _check_output_file(output, args.overwrite)
+    if args.batch_size < 1:
+        raise ValueError("Received an invalid value for `--batch-size`, expected a positive "
+                         f"integer. Received: --batch-size={args.batch_size}")
+    return output
+
+
+def _run_data(args):
+    """`(model, x, y, labels)`: the run's model and the requested split, prepared as the run's
+    held-out data; `y` is what the model conditions on, `labels` the dataset's labels."""
+    from tfvae import runs
+
+    config, model = runs.load_run(args.run)
+    x, labels = runs.held_out(config, dataset=args.dataset, split=args.split)
+    y = None
+    if model.condition_dim is not None:
+        if labels is None:
+            raise ValueError(f"Received an invalid value for `--dataset`: the run is conditional "
+                             f"and {args.dataset or config.dataset!r} has no labels.")
+        y = labels
+    return model, x, y, labels
+
+
+def _write_table(output, columns):
+    """Writes `{name: array [n] or [n, ...]}` as a .npz, or as a .csv of flattened columns."""
+    import numpy as np
+
+    if output.endswith(".npz"):
+        _write_atomically(output, lambda path: np.savez(path, **columns))
+        return
+    names, values = [], []
+    for name, array in columns.items():
+        array = np.asarray(array)
+        flat = array.reshape(len(array), -1)
+        if array.ndim == 1:
+            names.append(name)
+        else:
+            indices = np.ndindex(*array.shape[1:])
+            names.extend(f"{name}_{'_'.join(map(str, index))}" for index in indices)
+        values.append(flat)
+    table = np.concatenate([v.astype(np.float64) for v in values], axis=1)
+    integer = np.concatenate([np.full(v.shape[1], np.issubdtype(v.dtype, np.integer))
+                              for v in values])
+
+    def write(path):
+        with open(path, "w") as f:
+            f.write(",".join(names) + "\n")
+            for row in table:
+                f.write(",".join(str(int(v)) if is_int else repr(float(v))
+                                 for v, is_int in zip(row, integer)) + "\n")
+
+    _write_atomically(output, write)
+
+
+def _encode(args, argv):
+    import numpy as np
+
+    from tfvae import evaluation
+
+    output = _table_output(args, f"codes-{args.split}.npz")
+    model, x, y, labels = _run_data(args)
+    codes = evaluation.encode_dataset(model, x, y=y, batch_size=args.batch_size,
+                                      verbose=int(sys.stdout.isatty()))
+    columns = {"index": np.arange(len(x))}
+    if labels is not None:
+        columns["label"] = np.asarray(labels)
+    _write_table(output, {**columns, **codes})
+    print(f"wrote {output} ({len(x)} examples, latent_dim {model.latent_dim})")
+
+
+def _score(args, argv):
+    import numpy as np
+
+    from tfvae import evaluation
+
+    output = _table_output(args, f"scores-{args.split}.csv")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
+                         f"integer. Received: --num-samples={args.num_samples}")
+    model, x, y, labels = _run_data(args)
+    scores = evaluation.score_examples(model, x, y=y, num_samples=args.num_samples,
+                                       seed=args.seed, batch_size=args.batch_size,
+                                       verbose=int(sys.stdout.isatty()))
+    columns = {"index": np.arange(len(x))}
+    if labels is not None:
+        columns["label"] = np.asarray(labels)
+    _write_table(output, {**columns, **scores})
+    print(f"wrote {output} ({len(x)} examples)")
+
+
 def _export_saved_model(model, output, args):
     from tfvae import export
 
@@ -432,9 +552,10 @@ def main(argv=None):
     verbose = "--verbose" in argv[:argv.index("--")] if "--" in argv else "--verbose" in argv
     _configure_logging(verbose)
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export}
+    handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export,
+                "encode": _encode, "score": _score}
     try:
-        if args.command in ("train", "evaluate"):
+        if args.command in ("train", "evaluate", "encode", "score"):
             _quiet_dataset_downloads(verbose)
         handlers[args.command](args, argv)
     except _EXPECTED_ERRORS as error:
