@@ -2,7 +2,6 @@
 written atomically (`tfvae.files`)."""
 
 import csv
-import json
 import logging
 import os
 
@@ -148,8 +147,8 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
     """Saves the model at the end of each epoch, atomically, and never a diverged one.
 
     The model goes to a temporary file beside `path` that then replaces it
-    (`tfvae.files.save_model`); then `<path stem>.json` records the epochs
-    trained (and the monitored value), also atomically. An epoch whose logs
+    (`tfvae.files.save_model`), with the epochs trained (and the monitored
+    value) stored inside the archive, so the two cannot disagree. An epoch whose logs
     hold a NaN or infinity, or a model with non-finite weights, is not saved:
     the previous file stays as it was.
 
@@ -178,18 +177,9 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         self.saved_epochs = 0
 
     @staticmethod
-    def sidecar(path):
-        """The JSON file beside a checkpoint that records its epoch."""
-        return os.path.splitext(path)[0] + ".json"
-
-    @classmethod
-    def read_epoch(cls, path):
-        """The number of epochs recorded beside the checkpoint `path`, or None."""
-        try:
-            with open(cls.sidecar(path)) as f:
-                epoch = json.load(f)["epoch"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    def read_epoch(path):
+        """The number of epochs recorded in the checkpoint `path`, or None."""
+        epoch = (files.read_model_metadata(path) or {}).get("epoch")
         return epoch if isinstance(epoch, int) and epoch >= 0 else None
 
     def _improved(self, value):
@@ -218,12 +208,12 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
             logger.warning("epoch %d: not saving %s (non-finite weights: %s)", epoch + 1,
                            self.path, ", ".join(bad[:3]))
             return
-        files.save_model(self.model, self.path)
         record = {"epoch": epoch + 1}
         if self.monitor is not None:
             record[self.monitor] = value
+        files.save_model(self.model, self.path, metadata=record)
+        if self.monitor is not None:
             self.best = value
-        files.write_json(self.sidecar(self.path), record)
         self.saved_epochs += 1
         if self.on_save is not None:
             self.on_save(self.path)

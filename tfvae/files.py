@@ -18,8 +18,10 @@ import logging
 import math
 import numbers
 import os
+import re
 import secrets
 import socket
+import zipfile
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,25 @@ def _temporary_name(path, suffix=""):
         except FileExistsError:
             continue
         return temporary
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.keras)?$")
+
+
+def remove_temporaries(directory):
+    """Deletes temporary files an interrupted write left in `directory`; returns their names.
+
+    Call it only while holding the directory's lock (another writer's
+    temporary files are still being written).
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if _TEMPORARY.match(name):
+            _remove_quietly(os.path.join(directory, name))
+            removed.append(name)
+    if removed:
+        logger.info("removed %d unfinished temporary files in %s", len(removed), directory)
+    return removed
 
 
 def _remove_quietly(path):
@@ -139,11 +160,25 @@ def write_json(path, value):
     return write_text(path, text + "\n")
 
 
-def save_model(model, path):
-    """Saves a Keras model to `path` (a `.keras` file) atomically."""
+METADATA_ENTRY = "tfvae.json"
+
+
+def save_model(model, path, metadata=None):
+    """Saves a Keras model to `path` (a `.keras` file) atomically.
+
+    Args:
+      model: the model.
+      path: the `.keras` file.
+      metadata: a JSON-serialisable dict stored inside the archive (as
+        `tfvae.json`, which Keras ignores), so it is written atomically with
+        the weights; read it back with `read_model_metadata`. Default value: `None`.
+    """
     temporary = _temporary_name(path, suffix=".keras")
     try:
         model.save(temporary)
+        if metadata is not None:
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(METADATA_ENTRY, json.dumps(metadata, allow_nan=False))
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         commit(temporary, path)
@@ -151,6 +186,16 @@ def save_model(model, path):
         _remove_quietly(temporary)
         raise
     return path
+
+
+def read_model_metadata(path):
+    """The metadata `save_model` stored in the `.keras` file `path`, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            value = json.loads(archive.read(METADATA_ENTRY))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def save_figure(figure, path, **kwargs):

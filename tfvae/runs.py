@@ -4,9 +4,8 @@ Layout of a run directory::
 
     run.json          the run's configuration (marks the directory as a tfvae run)
     last.keras        the model after the latest finite epoch (for resuming)
-    last.json         the epochs `last.keras` has trained
     model.keras       the model with the best validation ELBO
-    model.json        its epoch and validation ELBO
+                      (both hold their epoch count in `tfvae.json` inside the archive)
     history.csv       per-epoch metrics, train and validation
     metrics.json      held-out evaluation of model.keras
     *.png, report.md  figures and the report linking them
@@ -228,7 +227,15 @@ def check_output(directory, overwrite=False, resume=False):
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"Received an invalid value for `output`: `{directory}` is a file, "
                          "not a directory. Choose another --output.")
-    if os.path.isdir(directory) and os.listdir(directory):
+    if os.path.isdir(directory):
+        owner = files.RunLock.owner(directory)
+        if owner is not None:
+            action = "resume" if resume else "overwrite" if overwrite else "write"
+            raise ValueError(
+                f"Refusing to {action} `{directory}`: it is still being trained by "
+                f"{files.RunLock.describe(owner)}."
+            )
+    if _holds_files(directory):
         is_run = os.path.exists(os.path.join(directory, RUN_FILE))
         if resume and not is_run:
             raise ValueError(f"Cannot resume: `{directory}` holds no {RUN_FILE}.")
@@ -243,14 +250,14 @@ def check_output(directory, overwrite=False, resume=False):
                 f"Refusing to delete `{directory}`: it is not a tfvae run directory "
                 f"(no {RUN_FILE}). Choose another --output."
             )
-        owner = files.RunLock.owner(directory)
-        if owner is not None:
-            raise ValueError(
-                f"Refusing to {'resume' if resume else 'overwrite'} `{directory}`: it is still "
-                f"being trained by {files.RunLock.describe(owner)}."
-            )
     elif resume:
         raise ValueError(f"Cannot resume: `{directory}` does not exist or is empty.")
+
+
+def _holds_files(directory):
+    """Whether `directory` exists and holds anything but a (stale) lock file."""
+    return os.path.isdir(directory) and any(
+        name != files.LOCK_FILE for name in os.listdir(directory))
 
 
 class RunOutput:
@@ -285,8 +292,9 @@ class RunOutput:
         directory = self.directory
         if self.resume:
             self._lock = files.RunLock(directory).acquire()
+            files.remove_temporaries(directory)
             return self
-        if os.path.isdir(directory) and os.listdir(directory):
+        if _holds_files(directory):
             self._old_lock = files.RunLock(directory).acquire()
             parent, name = os.path.split(os.path.normpath(directory))
             self.aside = os.path.join(parent, f".{name}.old-{os.getpid()}")
