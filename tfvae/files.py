@@ -63,6 +63,11 @@ def _temporary_name(path, suffix=""):
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.keras)?$")
 
 
+def is_leftover(name):
+    """Whether a file name in a run directory is the lock or an unfinished temporary file."""
+    return name == LOCK_FILE or bool(_TEMPORARY.match(name))
+
+
 def remove_temporaries(directory):
     """Deletes temporary files an interrupted write left in `directory`; returns their names.
 

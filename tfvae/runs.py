@@ -44,6 +44,7 @@ from tfvae import report as report_lib
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+MAX_CLASSES = 65_536  # a conditional run's one-hot width limit
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -255,9 +256,9 @@ def check_output(directory, overwrite=False, resume=False):
 
 
 def _holds_files(directory):
-    """Whether `directory` exists and holds anything but a (stale) lock file."""
-    return os.path.isdir(directory) and any(
-        name != files.LOCK_FILE for name in os.listdir(directory))
+    """Whether `directory` holds anything but a (stale) lock and unfinished temporary files."""
+    return os.path.isdir(directory) and not all(
+        files.is_leftover(name) for name in os.listdir(directory))
 
 
 class RunOutput:
@@ -304,6 +305,7 @@ class RunOutput:
         self.created = not os.path.isdir(directory)
         os.makedirs(directory, exist_ok=True)
         self._lock = files.RunLock(directory).acquire()
+        files.remove_temporaries(directory)
         return self
 
     def commit(self, *unused):
@@ -582,13 +584,13 @@ def condition_dim(config, y_train, y_val=None):
         raise ValueError("Received an invalid value for `conditional`: the dataset's labels "
                          "must be non-negative class indices.")
     num_classes = max(int(np.max(y)) for y in labels) + 1
-    examples = sum(len(y) for y in labels)
-    if num_classes > examples:
-        # Labels are class indices 0..C-1; a huge index would make a huge one-hot.
+    if num_classes > MAX_CLASSES:
+        # Labels are class indices 0..C-1, one-hot encoded: a huge index would
+        # make a huge one-hot (a label of 1e9: gigabytes per batch).
         raise ValueError(
             "Received an invalid value for `conditional`: the dataset's largest label is "
-            f"{num_classes - 1}, more classes than its {examples} examples; labels must be "
-            "class indices 0..C-1.")
+            f"{num_classes - 1}; labels must be class indices 0..C-1 with at most "
+            f"{MAX_CLASSES} classes.")
     return num_classes
 
 
