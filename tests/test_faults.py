@@ -354,9 +354,17 @@ _FULL_DISK_DRIVER = """
     import resource, signal, sys
     from tfvae import runs
 
-    limit = int(sys.argv[1])
+    from tfvae import files
+
+    limit, save_model = int(sys.argv[1]), files.save_model
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    def fill_the_disk_then_save(*args, **kwargs):
+        # The disk fills up during training (after the checkpoints were read).
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return save_model(*args, **kwargs)
+
+    files.save_model = fill_the_disk_then_save
     try:
         runs.train(None, sys.argv[2], resume=True, verbose=0, epochs=3)
     except OSError as error:
@@ -382,8 +390,30 @@ def test_a_full_disk_keeps_the_previous_checkpoints(digits_run, tmp_path):
         assert after[name] == before[name], name
     assert not any(name.startswith(".") for name in after)  # no temporaries, no lock
     _assert_run_is_whole(run)
-    # With room again, the run resumes from the same checkpoint.
+    # With room again, the run resumes from the same checkpoint, to the new budget.
     assert runs.train(None, run, resume=True, verbose=0, epochs=3)["epochs_trained"] == 3
+    assert json.load(open(os.path.join(run, "run.json")))["epochs"] == 3
+    assert _epoch(run, "last.keras") == 3 and len(_history_rows(run)) == 3
+
+
+@pytest.mark.slow
+def test_resume_falls_back_to_model_keras_when_last_keras_is_truncated(digits_run, tmp_path,
+                                                                     caplog):
+    run = str(tmp_path / "run")
+    shutil.copytree(digits_run, run)
+    best_epoch = _epoch(run, "model.keras")
+    with open(os.path.join(run, "last.keras"), "r+b") as f:
+        f.truncate(3147)  # what a kill -9 mid-write left before issue 12
+    with caplog.at_level("WARNING", logger="tfvae.runs"):
+        metrics = runs.train(None, run, resume=True, verbose=0, epochs=3)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and r.name.startswith("tfvae")]
+    assert len(warnings) == 1
+    assert "from model.keras" in warnings[0] and "not a loadable Keras model" in warnings[0]
+    # Training went on from model.keras's epoch; the history was cut back to it first.
+    assert metrics["epochs_trained"] == 3 and len(_history_rows(run)) == 3
+    assert _epoch(run, "last.keras") == 3 and best_epoch <= 2
+    _assert_run_is_whole(run)
 
 
 # ---------------------------------------------------------------------------

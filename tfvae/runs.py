@@ -473,7 +473,12 @@ def load_model(path):
                          "truncated, or another kind of file).")
     try:
         return keras.saving.load_model(path)
-    except Exception as error:  # noqa: BLE001  (whatever fails, the file is unusable)
+    except OSError as error:
+        if error.errno is not None:
+            raise  # the machine's fault (a full disk, permissions), not the file's
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"`{path}` is not a loadable Keras model: {reason}") from error
+    except Exception as error:  # noqa: BLE001  (whatever else fails, the file is unusable)
         reason = " ".join(str(error).split())[:300]
         raise ValueError(f"`{path}` is not a loadable Keras model: {reason}") from error
 
@@ -505,8 +510,10 @@ def _resume_model(output):
         else:
             logger.info("resuming %s from epoch %d", output, epoch)
         return model, epoch
-    logger.warning("resuming %s from the start: no checkpoint loads (%s)", output,
-                   " ".join(reasons))
+    if any(os.path.exists(os.path.join(output, name)) for name in ("last.keras", "model.keras")):
+        raise ValueError(f"Cannot resume `{output}`: no checkpoint loads ({' '.join(reasons)}) "
+                         "Pass --overwrite to train it again from the start.")
+    logger.warning("resuming %s from the start: it has no checkpoint yet", output)
     return None, 0
 
 
