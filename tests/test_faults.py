@@ -158,9 +158,17 @@ def test_the_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, capl
     holder = json.loads((tmp_path / files.LOCK_FILE).read_text())
     assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
     assert files.RunLock.owner(directory) == holder
-    with raises(f"PID {os.getpid()}", "is being written by"):
+    with raises(f"PID {os.getpid()}", "is still being trained by"):
         files.RunLock(directory).acquire()
     lock.release()
+    # A lock file just created, its owner not yet written in: live, for a few seconds.
+    (tmp_path / files.LOCK_FILE).write_text("")
+    with raises("another process"):
+        files.RunLock(directory).acquire()
+    old = time.time() - 2 * files.FRESH_LOCK_SECONDS
+    os.utime(tmp_path / files.LOCK_FILE, (old, old))
+    assert files.RunLock.owner(directory) is None
+    files.RunLock(directory).acquire().release()
     assert not (tmp_path / files.LOCK_FILE).exists() and files.RunLock.owner(directory) is None
     pid = _dead_pid()
     _write_lock(directory, pid)

@@ -21,11 +21,13 @@ import os
 import re
 import secrets
 import socket
+import time
 import zipfile
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".tfvae.lock"
+FRESH_LOCK_SECONDS = 10.0  # an unreadable lock this young is one being written
 
 
 def _fsync_directory(directory):
@@ -211,6 +213,13 @@ def save_figure(figure, path, **kwargs):
     return path
 
 
+def _age(path):
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return float("inf")
+
+
 def _process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -250,6 +259,9 @@ class RunLock:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
+            # Created but not yet written by a starting owner, or junk left behind.
+            if _age(path) < FRESH_LOCK_SECONDS:
+                return {"pid": None, "host": None}
             logger.warning("ignoring the unreadable lock file %s", path)
             return None
         if host == socket.gethostname() and not _process_alive(pid):
@@ -259,6 +271,8 @@ class RunLock:
     @staticmethod
     def describe(owner):
         """'PID n' (with the host when it is another machine)."""
+        if owner["pid"] is None:
+            return "another process (its lock file is being written)"
         if owner["host"] == socket.gethostname():
             return f"PID {owner['pid']}"
         return f"PID {owner['pid']} on host {owner['host']}"
@@ -278,7 +292,7 @@ class RunLock:
                 if owner is not None or attempt:
                     who = self.describe(owner) if owner else "another process"
                     raise ValueError(
-                        f"`{self.directory}` is being written by {who} (lock file "
+                        f"`{self.directory}` is still being trained by {who} (lock file "
                         f"{self.path}); wait for it to finish, or choose another --output."
                     ) from None
                 logger.warning("taking over the stale lock %s (its process is gone)", self.path)
