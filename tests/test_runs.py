@@ -108,6 +108,20 @@ def test_overwrite_moves_the_old_run_aside_and_puts_it_back_on_abort(tmp_path):
     assert {name: (run / name).read_bytes() for name in os.listdir(run)} == before
 
 
+def test_a_failure_while_moving_the_old_run_aside_puts_it_back(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    before = _old_run(run)
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "makedirs", no_space)  # after the rename, before the new run
+    with pytest.raises(OSError, match="No space left"):
+        runs.RunOutput(str(run), overwrite=True).begin()
+    assert os.listdir(tmp_path) == ["run"]
+    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == before  # no lock
+
+
 def test_overwrite_deletes_the_old_run_once_the_new_one_has_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     _old_run(run)

@@ -295,17 +295,22 @@ class RunOutput:
             self._lock = files.RunLock(directory).acquire()
             files.remove_temporaries(directory)
             return self
-        if _holds_files(directory):
-            self._old_lock = files.RunLock(directory).acquire()
-            parent, name = os.path.split(os.path.normpath(directory))
-            self.aside = os.path.join(parent, f".{name}.old-{os.getpid()}")
-            os.rename(directory, self.aside)
-            self._old_lock.move_to(self.aside)
-            logger.info("moved the earlier run %s aside to %s", directory, self.aside)
-        self.created = not os.path.isdir(directory)
-        os.makedirs(directory, exist_ok=True)
-        self._lock = files.RunLock(directory).acquire()
-        files.remove_temporaries(directory)
+        try:
+            if _holds_files(directory):
+                self._old_lock = files.RunLock(directory).acquire()
+                parent, name = os.path.split(os.path.normpath(directory))
+                aside = os.path.join(parent, f".{name}.old-{os.getpid()}")
+                os.rename(directory, aside)
+                self.aside = aside
+                self._old_lock.move_to(aside)
+                logger.info("moved the earlier run %s aside to %s", directory, aside)
+            self.created = not os.path.isdir(directory)
+            os.makedirs(directory, exist_ok=True)
+            self._lock = files.RunLock(directory).acquire()
+            files.remove_temporaries(directory)
+        except BaseException:
+            self.abort()
+            raise
         return self
 
     def commit(self, *unused):
@@ -318,23 +323,27 @@ class RunOutput:
 
     def abort(self):
         """Undoes `begin` if the new run has no checkpoint yet (never on resume)."""
-        if self.resume or self.committed or self._lock is None:
+        if self.resume or self.committed:
             return
-        self._lock.release()
-        if self.created:
-            shutil.rmtree(self.directory, ignore_errors=True)
-        else:  # a directory that was empty before: everything in it is this run's
-            for name in os.listdir(self.directory):
-                path = os.path.join(self.directory, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            if self.created:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            else:  # a directory that was empty before: everything in it is this run's
+                for name in os.listdir(self.directory):
+                    path = os.path.join(self.directory, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         if self.aside is not None:
             if os.path.isdir(self.directory):
                 os.rmdir(self.directory)
             os.rename(self.aside, self.directory)
             self._old_lock.move_to(self.directory)
-            self._old_lock.release()
             logger.info("restored the earlier run in %s", self.directory)
             self.aside = None
+        if self._old_lock is not None:
+            self._old_lock.release()
+            self._old_lock = None
 
     def close(self):
         """Releases the lock."""
