@@ -1,6 +1,9 @@
-"""tfvae.callbacks: `KLWarmup` sets the model's β schedule, exactly per step."""
+"""tfvae.callbacks: `KLWarmup` sets the model's β schedule, exactly per step;
+`StopOnNonFinite` stops a diverging fit; checkpoints and the CSV log are written whole."""
 
+import csv
 import math
+import os
 
 import keras
 import numpy as np
@@ -124,3 +127,138 @@ def test_kl_warmup_needs_the_elbo_and_a_known_epoch_length():
     # (Keras counts one more optimizer iteration when an unknown-length epoch runs
     # out of data, so later steps of the schedule run one step ahead per epoch.)
     assert len(seen) == 6 and history.history["beta"][-1] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------
+# StopOnNonFinite and the atomic checkpoints (issue 12).
+
+from tfvae import callbacks as callbacks_lib  # noqa: E402
+from tfvae import files  # noqa: E402
+
+
+def _poisoned_dataset(n, bad_epoch, nan_at=5, batch_size=4):
+    """A `tf.data` pipeline of `n` examples that holds one NaN example from epoch `bad_epoch`
+    (0-based) on: the epoch counter lives in a `tf.Variable` that a callback raises."""
+    epoch = tf.Variable(0, dtype=tf.int64)
+    x = tf.constant(_data(n).reshape(n, -1))
+    index = tf.range(n, dtype=tf.int64)
+
+    def poison(example, i):
+        bad = tf.logical_and(tf.equal(i, nan_at), epoch >= bad_epoch)
+        return tf.where(bad, tf.fill(tf.shape(example), np.float32("nan")), example)
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, index)).map(poison).batch(batch_size)
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            epoch.assign(e)
+
+    return dataset, Count()
+
+
+def _vector_model():
+    model = tfvae.build_vae((30,), 3, hidden_units=(16,), likelihood="gaussian", seed=0)
+    return model
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_stop_on_non_finite_stops_a_user_pipeline_with_a_nan_example(steps_per_execution):
+    dataset, count = _poisoned_dataset(40, bad_epoch=1)
+    model = _vector_model()
+    model.compile(optimizer="adam", steps_per_execution=steps_per_execution)
+    stop = callbacks_lib.StopOnNonFinite()
+    seen = []
+
+    class Batches(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((count_epoch[0], batch))
+
+        def on_epoch_begin(self, e, logs=None):
+            count_epoch[0] = e
+
+    count_epoch = [0]
+    # `fit`'s own data checks see only arrays; a pipeline goes straight to the graph.
+    history = model.fit(dataset, epochs=5, verbose=0, callbacks=[count, stop, Batches()])
+    assert stop.diverged_epoch == 2 and math.isnan(stop.value)
+    assert len(history.history["loss"]) == 2  # epoch 2 ended early, no epoch 3
+    # It stopped within the execution holding the NaN example (batch 1 of 10).
+    assert max(batch for epoch, batch in seen if epoch == 1) < 1 + steps_per_execution
+
+
+def test_stop_on_non_finite_checks_the_epoch_logs_too():
+    stop = callbacks_lib.StopOnNonFinite()
+    stop.set_model(_vector_model())
+    stop.model.stop_training = False  # as `fit` sets it
+    stop.on_train_begin()
+    stop.on_epoch_begin(0)
+    stop.on_epoch_end(0, {"loss": 1.0})
+    assert stop.diverged_epoch is None and not stop.model.stop_training
+    stop.on_epoch_begin(1)
+    stop.on_train_batch_end(0, {"elbo": float("nan")})  # not the monitored entry
+    assert stop.diverged_epoch is None
+    stop.on_epoch_end(1, {"loss": float("inf")})
+    assert stop.diverged_epoch == 2 and stop.value == math.inf and stop.model.stop_training
+    with invalid("monitor", ""):
+        callbacks_lib.StopOnNonFinite(monitor="")
+
+
+def test_checkpoints_keep_the_last_finite_model_when_training_diverges(tmp_path):
+    dataset, count = _poisoned_dataset(40, bad_epoch=2)
+    model = _vector_model()
+    model.compile(optimizer="adam")
+    last = str(tmp_path / "last.keras")
+    best = str(tmp_path / "model.keras")
+    saved = []
+    callbacks = [
+        count, callbacks_lib.StopOnNonFinite(),
+        callbacks_lib.AtomicCSVLogger(str(tmp_path / "history.csv")),
+        callbacks_lib.AtomicModelCheckpoint(best, monitor="elbo", mode="max"),
+        callbacks_lib.AtomicModelCheckpoint(last, on_save=saved.append),
+    ]
+    model.fit(dataset, epochs=5, verbose=0, callbacks=callbacks)
+    assert saved == [last, last]  # epochs 1 and 2; not the NaN epoch 3
+    for path in (last, best):
+        loaded = keras.saving.load_model(path)
+        assert all(np.all(np.isfinite(w)) for w in loaded.get_weights())
+        assert files.read_model_metadata(path)["epoch"] == 2
+    # The model itself did diverge.
+    assert not all(np.all(np.isfinite(w)) for w in model.get_weights())
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and len(rows) == 4 and "nan" in rows[3]
+    assert sorted(os.listdir(tmp_path)) == ["history.csv", "last.keras", "model.keras"]
+
+
+def test_a_checkpoint_is_not_written_for_non_finite_logs_or_weights(tmp_path):
+    model = _vector_model()
+    model.compile(optimizer="adam")
+    path = str(tmp_path / "m.keras")
+    checkpoint = callbacks_lib.AtomicModelCheckpoint(path, monitor="val_elbo",
+                                                     initial_value_threshold=-10.0)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 1.0, "val_elbo": -11.0})  # not better than -10
+    assert not os.path.exists(path)
+    checkpoint.on_epoch_end(1, {"loss": float("nan"), "val_elbo": -5.0})
+    assert not os.path.exists(path)
+    checkpoint.on_epoch_end(2, {"loss": 1.0, "val_elbo": -5.0})
+    assert files.read_model_metadata(path) == {"epoch": 3, "val_elbo": -5.0}
+    before = open(path, "rb").read()
+    model.weights[0].assign(np.full(model.weights[0].shape, np.nan, "float32"))
+    checkpoint.on_epoch_end(3, {"loss": 1.0, "val_elbo": -1.0})
+    assert open(path, "rb").read() == before and checkpoint.best == -5.0
+    with invalid("path", "m.h5"):
+        callbacks_lib.AtomicModelCheckpoint("m.h5")
+
+
+def test_the_csv_logger_appends_to_and_rewrites_a_whole_file(tmp_path):
+    path = str(tmp_path / "history.csv")
+    logger = callbacks_lib.AtomicCSVLogger(path)
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 2.0, "elbo": -2.0})
+    resumed = callbacks_lib.AtomicCSVLogger(path, append=True)
+    resumed.on_train_begin()
+    resumed.on_epoch_end(1, {"loss": 1.5, "elbo": -1.5, "beta": 1.0})  # a new key is dropped
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"epoch": "0", "elbo": "-2.0", "loss": "2.0"},
+                    {"epoch": "1", "elbo": "-1.5", "loss": "1.5"}]
+    assert os.listdir(tmp_path) == ["history.csv"]

@@ -4,10 +4,12 @@
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from tfvae import files
 from tfvae import runs
 from tfvae.runs import RunConfig
 
@@ -61,27 +63,98 @@ def test_good_variant_configurations_pass():
         assert RunConfig(**kwargs).validate() is not None
 
 
-def test_prepare_output_never_clobbers_what_it_does_not_own(tmp_path):
+def test_check_output_never_clobbers_what_it_does_not_own(tmp_path):
     fresh = tmp_path / "fresh"
-    runs.prepare_output(str(fresh))
-    assert fresh.is_dir()
-    runs.prepare_output(str(fresh))  # empty: fine
+    runs.check_output(str(fresh))
+    fresh.mkdir()
+    runs.check_output(str(fresh))  # empty: fine
     (fresh / "notes.txt").write_text("mine")
     with raises("refusing to overwrite", "--overwrite", "--resume"):
-        runs.prepare_output(str(fresh))
+        runs.check_output(str(fresh))
     with raises("Refusing to delete", "not a tfvae run directory"):
-        runs.prepare_output(str(fresh), overwrite=True)
+        runs.check_output(str(fresh), overwrite=True)
     with raises("Cannot resume", "holds no run.json"):
-        runs.prepare_output(str(fresh), resume=True)
+        runs.check_output(str(fresh), resume=True)
     with raises("Cannot resume", "does not exist or is empty"):
-        runs.prepare_output(str(tmp_path / "missing"), resume=True)
+        runs.check_output(str(tmp_path / "missing"), resume=True)
+    with raises("`output`", "is a file"):
+        runs.check_output(str(fresh / "notes.txt"))
+    with invalid("output", ""):
+        runs.check_output("")
     assert (fresh / "notes.txt").read_text() == "mine"
-    # A run directory may be resumed, or replaced with --overwrite.
     (fresh / runs.RUN_FILE).write_text(json.dumps({}))
-    runs.prepare_output(str(fresh), resume=True)
-    assert (fresh / "notes.txt").exists()
-    runs.prepare_output(str(fresh), overwrite=True)
-    assert fresh.is_dir() and list(fresh.iterdir()) == []
+    runs.check_output(str(fresh), resume=True)
+    runs.check_output(str(fresh), overwrite=True)
+    assert sorted(os.listdir(fresh)) == ["notes.txt", "run.json"]
+
+
+def _old_run(directory):
+    directory.mkdir()
+    (directory / runs.RUN_FILE).write_text("{}")
+    (directory / "model.keras").write_bytes(b"weights")
+    return {name: (directory / name).read_bytes() for name in os.listdir(directory)}
+
+
+def test_overwrite_moves_the_old_run_aside_and_puts_it_back_on_abort(tmp_path):
+    run = tmp_path / "run"
+    before = _old_run(run)
+    output = runs.RunOutput(str(run), overwrite=True).begin()
+    assert sorted(os.listdir(tmp_path)) == [f".run.old-{os.getpid()}", "run"]
+    assert os.listdir(run) == [files.LOCK_FILE]  # the new run, locked
+    (run / "run.json").write_text('{"epochs": 1}')
+    output.abort()
+    output.close()
+    assert os.listdir(tmp_path) == ["run"]
+    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == before
+
+
+def test_a_failure_while_moving_the_old_run_aside_puts_it_back(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    before = _old_run(run)
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "makedirs", no_space)  # after the rename, before the new run
+    with pytest.raises(OSError, match="No space left"):
+        runs.RunOutput(str(run), overwrite=True).begin()
+    assert os.listdir(tmp_path) == ["run"]
+    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == before  # no lock
+
+
+def test_overwrite_deletes_the_old_run_once_the_new_one_has_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    _old_run(run)
+    output = runs.RunOutput(str(run), overwrite=True).begin()
+    (run / "last.keras").write_bytes(b"new")
+    output.commit()
+    output.abort()  # after the first checkpoint, a failure keeps the new run
+    output.close()
+    assert os.listdir(tmp_path) == ["run"]
+    assert sorted(os.listdir(run)) == ["last.keras"]
+
+
+def test_a_failed_new_run_leaves_nothing_behind(tmp_path):
+    for existed in (False, True):
+        run = tmp_path / f"run{existed}"
+        if existed:
+            run.mkdir()
+        output = runs.RunOutput(str(run)).begin()
+        (run / "run.json").write_text("{}")
+        output.abort()
+        output.close()
+        assert run.exists() is existed and (not existed or os.listdir(run) == [])
+        runs.check_output(str(run))  # a retry is not refused
+
+
+def test_resume_never_removes_anything(tmp_path):
+    run = tmp_path / "run"
+    before = _old_run(run)
+    (run / ".history.csv.0123abcd.tmp").write_text("half")  # left by a killed write
+    output = runs.RunOutput(str(run), resume=True).begin()
+    output.abort()
+    output.close()
+    assert {name: (run / name).read_bytes() for name in os.listdir(run)} == before
 
 
 def test_condition_dim_is_the_number_of_classes():
@@ -129,3 +202,44 @@ def test_load_run_refuses_directories_without_a_run(tmp_path):
     (tmp_path / runs.RUN_FILE).write_text(json.dumps({"epochs": 1}))
     with raises("holds no trained model", "no model.keras"):
         runs.load_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("not json", ["is not valid JSON"]),
+    ("[1, 2]", ["should hold a JSON object", "list"]),
+    ('{"epochs": 2, "colour": "red"}', ["unknown settings", "colour"]),
+    ('{"latent_dim": "8"}', ["`latent_dim`", "latent_dim='8'"]),
+    ('{"dataset": 5}', ["`dataset`", "dataset=5"]),
+    ('{"hidden_units": "wide"}', ["`hidden_units`"]),
+    ('{"jit_compile": "yes"}', ["`jit_compile`"]),
+])
+def test_a_bad_run_json_is_one_line_naming_the_file(tmp_path, text, fragments):
+    path = tmp_path / runs.RUN_FILE
+    path.write_text(text)
+    with raises(str(path), *fragments) as error:
+        runs.load_run(str(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"junk", b"PK\x03\x04 truncated zip"])
+def test_a_junk_model_file_is_not_loadable_rather_than_missing(tmp_path, content):
+    (tmp_path / runs.RUN_FILE).write_text("{}")
+    (tmp_path / "model.keras").write_bytes(content)
+    with raises("model.keras", "is not a loadable Keras model") as error:
+        runs.load_run(str(tmp_path))
+    assert "File not found" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["{not json", "[]", '{"task": "worker"}',
+                                   '{"task": {"type": "worker", "index": "one"}}'])
+def test_a_malformed_tf_config_is_named(monkeypatch, value):
+    monkeypatch.setenv("TF_CONFIG", value)
+    with raises("TF_CONFIG"):
+        runs.is_chief()
+    with raises("TF_CONFIG"):
+        runs.make_strategy("multiworker")
+
+
+def test_too_many_classes_are_refused_before_a_huge_one_hot():
+    with raises("`conditional`", "largest label is 999999999", "class indices"):
+        runs.condition_dim(RunConfig(conditional=True), np.array([0, 1, 999_999_999]))

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tfvae import evaluation
+from tfvae import files
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def _show(ax, image):
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    """Writes the figure to `path` atomically (a temporary file, then a rename)."""
+    files.save_figure(fig, path, dpi=110, bbox_inches="tight")
     logger.info("wrote %s", path)
     return path
 
@@ -230,6 +232,4 @@ def write_markdown(path, config, metrics, figures):
     }
     for name, filename in figures.items():
         lines += [f"### {titles.get(name, name)}", "", f"![{name}]({filename})", ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    return path
+    return files.write_text(path, "\n".join(lines))

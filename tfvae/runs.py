@@ -3,11 +3,20 @@
 Layout of a run directory::
 
     run.json          the run's configuration (marks the directory as a tfvae run)
-    last.keras        the model after the latest epoch (for resuming)
-    model.keras       the model with the best validation loss
+    last.keras        the model after the latest finite epoch (for resuming)
+    model.keras       the model with the best validation ELBO
+                      (both hold their epoch count in `tfvae.json` inside the archive)
     history.csv       per-epoch metrics, train and validation
     metrics.json      held-out evaluation of model.keras
     *.png, report.md  figures and the report linking them
+    .tfvae.lock       while a process trains the run: its PID and host
+
+A run directory is changed as a transaction (see docs/guarantees.md): the
+configuration and both data splits are checked before the output is touched;
+every file is written to a temporary name and renamed over the old one
+(`tfvae.files`); `--overwrite` moves the old run aside and deletes it only
+once the new run has its first checkpoint; a lock file keeps out a second
+writer; a loss that becomes NaN stops training and no NaN model is saved.
 """
 
 import csv
@@ -17,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -25,16 +35,50 @@ import tensorflow as tf
 from tfvae import _checks
 from tfvae import builders
 from tfvae import data as data_lib
+from tfvae import callbacks as callbacks_lib
 from tfvae import evaluation
+from tfvae import files
 from tfvae import options
 from tfvae import report as report_lib
-from tfvae.callbacks import KLWarmup
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+MAX_CLASSES = 65_536  # a conditional run's one-hot width limit
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+class TrainingDiverged(ValueError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+def tf_config():
+    """The cluster description in the `TF_CONFIG` environment variable (`{}` if unset).
+
+    Raises:
+      ValueError: `TF_CONFIG` is not a JSON object with a well-formed `task`.
+    """
+    text = os.environ.get("TF_CONFIG", "") or "{}"
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"The TF_CONFIG environment variable is not valid JSON ({error}). "
+                         f"Received: TF_CONFIG={text[:80]!r}") from None
+    if not isinstance(config, dict):
+        raise ValueError("The TF_CONFIG environment variable must be a JSON object with "
+                         f"`cluster` and `task`. Received: TF_CONFIG={text[:80]!r}")
+    task = config.get("task", {})
+    cluster = config.get("cluster", {})
+    if not isinstance(task, dict) or not isinstance(cluster, dict):
+        raise ValueError("TF_CONFIG's `cluster` and `task` must be JSON objects. "
+                         f"Received: TF_CONFIG={text[:80]!r}")
+    index = task.get("index", 0)
+    if task and (not isinstance(task.get("type"), str) or isinstance(index, bool)
+                 or not isinstance(index, int) or index < 0):
+        raise ValueError("TF_CONFIG's `task` needs a `type` (e.g. 'worker') and an integer "
+                         f"`index` >= 0. Received: TF_CONFIG={text[:80]!r}")
+    return config
 
 
 def make_strategy(name):
@@ -47,13 +91,14 @@ def make_strategy(name):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
+        tf_config()  # a malformed TF_CONFIG is named before TensorFlow reads it
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
 def is_chief():
     """Whether this process writes the run's files (always true outside multi-worker runs)."""
-    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    config = tf_config()
     task = config.get("task", {})
     if not task:
         return True
@@ -104,6 +149,12 @@ class RunConfig:
         Returns:
           `self` (with `hidden_units` and `filters` as tuples).
         """
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError("Received an invalid value for `dataset`, expected a dataset name "
+                             f"or path. Received: dataset={self.dataset!r}")
+        if not (self.jit_compile is None or isinstance(self.jit_compile, bool)):
+            raise ValueError("Received an invalid value for `jit_compile`, expected True, False "
+                             f"or None. Received: jit_compile={self.jit_compile!r}")
         _checks.one_of("architecture", self.architecture, builders.ARCHITECTURES)
         _checks.one_of("likelihood", self.likelihood, tuple(builders.LIKELIHOODS))
         _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
@@ -164,45 +215,194 @@ _MODEL_FIELDS = ("latent_dim", "likelihood", "architecture", "hidden_units", "fi
                  "gradient_estimator")
 
 
-def prepare_output(directory, overwrite=False, resume=False):
-    """Creates `directory`, refusing to clobber an earlier run.
+def check_output(directory, overwrite=False, resume=False):
+    """Refuses an output directory `train` may not write; changes nothing.
 
     An existing non-empty directory is an error unless `resume` (continue it)
-    or `overwrite` (delete it first — only if it is a tfvae run directory).
+    or `overwrite` (replace it — only if it is a tfvae run directory), and a
+    run still being trained by a live process is refused either way.
     """
-    if os.path.isdir(directory) and os.listdir(directory):
+    if not isinstance(directory, str) or not directory:
+        raise ValueError("Received an invalid value for `output`, expected a directory path. "
+                         f"Received: output={directory!r}")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"Received an invalid value for `output`: `{directory}` is a file, "
+                         "not a directory. Choose another --output.")
+    if os.path.isdir(directory):
+        owner = files.RunLock.owner(directory)
+        if owner is not None:
+            action = "resume" if resume else "overwrite" if overwrite else "write"
+            raise ValueError(
+                f"Refusing to {action} `{directory}`: it is still being trained by "
+                f"{files.RunLock.describe(owner)}."
+            )
+    if _holds_files(directory):
         is_run = os.path.exists(os.path.join(directory, RUN_FILE))
-        if resume:
-            if not is_run:
-                raise ValueError(f"Cannot resume: `{directory}` holds no {RUN_FILE}.")
-            return
-        if not overwrite:
+        if resume and not is_run:
+            raise ValueError(f"Cannot resume: `{directory}` holds no {RUN_FILE}.")
+        if not resume and not overwrite:
             raise ValueError(
                 f"The output directory `{directory}` already holds files; refusing to "
                 "overwrite them. Pass --overwrite to replace an earlier run, --resume to "
                 "continue it, or choose another --output."
             )
-        if not is_run:
+        if not resume and not is_run:
             raise ValueError(
                 f"Refusing to delete `{directory}`: it is not a tfvae run directory "
                 f"(no {RUN_FILE}). Choose another --output."
             )
-        shutil.rmtree(directory)
     elif resume:
         raise ValueError(f"Cannot resume: `{directory}` does not exist or is empty.")
-    os.makedirs(directory, exist_ok=True)
+
+
+def _holds_files(directory):
+    """Whether `directory` holds anything but a (stale) lock and unfinished temporary files."""
+    return os.path.isdir(directory) and not all(
+        files.is_leftover(name) for name in os.listdir(directory))
+
+
+class RunOutput:
+    """A run directory being written, as a transaction, under the run's lock.
+
+    `begin` takes the lock and, with `overwrite`, first moves the earlier run
+    aside (to `.<name>.old-<pid>` beside it). `commit` (called once the new run
+    has its first checkpoint) deletes the earlier run; `abort` before then
+    puts the earlier run back, or removes a new run's files, so a retry is not
+    refused. `close` releases the lock.
+
+    Args:
+      directory: the run directory.
+      overwrite: replace an earlier run in `directory`. Default value: `False`.
+      resume: continue the run in `directory` (nothing is ever removed).
+        Default value: `False`.
+    """
+
+    def __init__(self, directory, overwrite=False, resume=False):
+        check_output(directory, overwrite=overwrite, resume=resume)
+        self.directory = directory
+        self.overwrite = overwrite
+        self.resume = resume
+        self.aside = None
+        self.created = False
+        self.committed = False
+        self._lock = None
+        self._old_lock = None
+
+    def begin(self):
+        """Takes the lock (moving an earlier run aside with `overwrite`). Returns `self`."""
+        directory = self.directory
+        if self.resume:
+            self._lock = files.RunLock(directory).acquire()
+            files.remove_temporaries(directory)
+            return self
+        try:
+            if _holds_files(directory):
+                self._old_lock = files.RunLock(directory).acquire()
+                parent, name = os.path.split(os.path.normpath(directory))
+                aside = os.path.join(parent, f".{name}.old-{os.getpid()}")
+                os.rename(directory, aside)
+                self.aside = aside
+                self._old_lock.move_to(aside)
+                logger.info("moved the earlier run %s aside to %s", directory, aside)
+            self.created = not os.path.isdir(directory)
+            os.makedirs(directory, exist_ok=True)
+            self._lock = files.RunLock(directory).acquire()
+            files.remove_temporaries(directory)
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def commit(self, *unused):
+        """The new run has a checkpoint: deletes the earlier run (once)."""
+        self.committed = True
+        if self.aside is not None:
+            shutil.rmtree(self.aside)
+            logger.info("deleted the earlier run (%s)", self.aside)
+            self.aside, self._old_lock = None, None
+
+    def abort(self):
+        """Undoes `begin` if the new run has no checkpoint yet (never on resume)."""
+        if self.resume or self.committed:
+            return
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            if self.created:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            else:  # a directory that was empty before: everything in it is this run's
+                for name in os.listdir(self.directory):
+                    path = os.path.join(self.directory, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if self.aside is not None:
+            if os.path.isdir(self.directory):
+                os.rmdir(self.directory)
+            os.rename(self.aside, self.directory)
+            self._old_lock.move_to(self.directory)
+            logger.info("restored the earlier run in %s", self.directory)
+            self.aside = None
+        if self._old_lock is not None:
+            self._old_lock.release()
+            self._old_lock = None
+
+    def close(self):
+        """Releases the lock."""
+        if self._lock is not None:
+            self._lock.release()
+
+
+def _check_split(config, x, y, split, minimum):
+    """Refuses a split with too few examples, non-finite values or misshapen labels."""
+    name = f"the {split} split of dataset {config.dataset!r}"
+    if len(x) < minimum:
+        raise ValueError(
+            f"Received an invalid value for `dataset`: {name} has {len(x)} examples; training "
+            f"needs at least {minimum}. Received: dataset={config.dataset!r}")
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        count = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise ValueError(
+            f"Received an invalid value for `dataset`: {name} contains {count} NaN or infinite "
+            f"values. Received: dataset={config.dataset!r}")
+    if y is not None and (np.ndim(y) != 1 or len(y) != len(x)):
+        raise ValueError(
+            f"Received an invalid value for `dataset`: {name} has labels of shape "
+            f"{np.shape(y)} for {len(x)} examples (expected one label per example). "
+            f"Received: dataset={config.dataset!r}")
 
 
 def load_dataset(config):
-    """Returns `((x_train, y_train), (x_val, y_val))`, prepared for the run's likelihood.
+    """Returns `((x_train, y_train), (x_val, y_val))`, checked and prepared for the likelihood.
 
-    With dynamic binarisation the training data stay grey (the pipeline draws
-    binary batches) and the validation data get one fixed draw.
+    Both splits are checked before anything else happens: enough examples
+    (2 for training, 1 for validation), finite values in the likelihood's
+    range, one label per example. With dynamic binarisation the training data
+    stay grey (the pipeline draws binary batches) and the validation data get
+    one fixed draw.
+
+    Raises:
+      ValueError: naming `dataset` and the split at fault.
     """
     (x_train, y_train), (x_val, y_val) = data_lib.load(config.dataset, seed=config.seed)
+    _check_split(config, x_train, y_train, "training", minimum=2)
+    _check_split(config, x_val, y_val, "validation", minimum=1)
+    if np.shape(x_train)[1:] != np.shape(x_val)[1:]:
+        raise ValueError(
+            f"Received an invalid value for `dataset`: its training examples have shape "
+            f"{np.shape(x_train)[1:]} and its validation examples {np.shape(x_val)[1:]}. "
+            f"Received: dataset={config.dataset!r}")
     train_mode = "none" if config.binarize == "dynamic" else config.binarize
     x_train = data_lib.prepare(x_train, config.likelihood, train_mode, seed=config.seed)
-    return (x_train, y_train), (_prepare_held_out(config, x_val), y_val)
+    x_val = _prepare_held_out(config, x_val)
+    # The run's likelihood head (no weights yet) states the range it can score.
+    likelihood = builders.LIKELIHOODS[config.likelihood](x_train.shape[1:], 1.0)
+    for x, split in ((x_train, "training"), (x_val, "validation")):
+        try:
+            likelihood.validate_data(x, name="dataset")
+        except ValueError as error:
+            raise ValueError(f"{error} (in the {split} split of dataset "
+                             f"{config.dataset!r})") from None
+    return (x_train, y_train), (x_val, y_val)
 
 
 def _prepare_held_out(config, x):
@@ -211,49 +411,179 @@ def _prepare_held_out(config, x):
     return data_lib.prepare(x, config.likelihood, mode, seed=config.seed + 1)
 
 
-def _read_history(path):
+def _history_rows(path):
+    """`(fieldnames, rows)` of a history CSV (`(None, [])` if there is none)."""
     if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+        return None, []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def _read_history(path):
     history = {}
-    for row in rows:
+    for row in _history_rows(path)[1]:
         for key, value in row.items():
             if key != "epoch":
                 history.setdefault(key, []).append(float(value))
     return history
 
 
-def _write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
+def _truncate_history(path, epochs):
+    """Keeps the first `epochs` rows of the history (the epochs a checkpoint has seen)."""
+    fieldnames, rows = _history_rows(path)
+    if len(rows) <= epochs:
+        if len(rows) < epochs:
+            logger.warning("%s has %d rows for a checkpoint of %d epochs", path, len(rows), epochs)
+        return
+    logger.info("truncating %s to the checkpoint's %d epochs", path, epochs)
+    with files.atomic_open(path) as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows[:epochs])
 
 
-def train(config, output, overwrite=False, resume=False, verbose=1):
+def read_config(path):
+    """The `RunConfig` in a `run.json`, validated.
+
+    Raises:
+      ValueError: naming `path` and the problem (not JSON, not an object, an
+        unknown setting, a bad value).
+    """
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as error:
+        raise ValueError(f"Cannot read `{path}`: {error.strerror or error}.") from None
+    try:
+        fields = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"`{path}` is not valid JSON ({error}); it should hold the run's "
+                         "settings as written by `tfvae train`.") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"`{path}` should hold a JSON object of the run's settings. "
+                         f"Received: a JSON {type(fields).__name__}")
+    unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise ValueError(f"`{path}` has unknown settings {unknown}; it should hold only the "
+                         "settings `tfvae train` writes.")
+    try:
+        return RunConfig(**fields).validate()
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"`{path}`: {error}") from None
+
+
+def load_model(path):
+    """Loads a `.keras` model file, or raises a one-line `ValueError` saying why it cannot."""
+    if not os.path.exists(path):
+        raise ValueError(f"`{path}` does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"`{path}` is not a loadable Keras model (not a .keras zip archive: "
+                         "truncated, or another kind of file).")
+    try:
+        return keras.saving.load_model(path)
+    except OSError as error:
+        if error.errno is not None:
+            raise  # the machine's fault (a full disk, permissions), not the file's
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"`{path}` is not a loadable Keras model: {reason}") from error
+    except Exception as error:  # noqa: BLE001  (whatever else fails, the file is unusable)
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"`{path}` is not a loadable Keras model: {reason}") from error
+
+
+def _legacy_epoch(name, history):
+    """The epoch of a checkpoint written without its `.json` record (tfvae 0.1.0)."""
+    if name == "model.keras" and history.get("val_elbo"):
+        return int(np.nanargmax(history["val_elbo"])) + 1
+    return len(history.get("loss", []))
+
+
+def _resume_model(output):
+    """`(model, epochs)` from the newest loadable checkpoint, or `(None, 0)` if none loads."""
+    history = _read_history(os.path.join(output, "history.csv"))
+    reasons = []
+    for name in ("last.keras", "model.keras"):
+        path = os.path.join(output, name)
+        try:
+            model = load_model(path)
+        except ValueError as error:
+            reasons.append(str(error))
+            continue
+        epoch = callbacks_lib.AtomicModelCheckpoint.read_epoch(path)
+        if epoch is None:
+            epoch = _legacy_epoch(name, history)
+        if reasons:
+            logger.warning("resuming %s from %s (epoch %d) because %s", output, name, epoch,
+                           " ".join(reasons))
+        else:
+            logger.info("resuming %s from epoch %d", output, epoch)
+        return model, epoch
+    if any(os.path.exists(os.path.join(output, name)) for name in ("last.keras", "model.keras")):
+        raise ValueError(f"Cannot resume `{output}`: no checkpoint loads ({' '.join(reasons)}) "
+                         "Pass --overwrite to train it again from the start.")
+    logger.warning("resuming %s from the start: it has no checkpoint yet", output)
+    return None, 0
+
+
+def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None):
     """Trains, evaluates and reports a run. Returns the held-out metrics dict.
 
-    In a multi-worker run every worker trains; only the chief writes `output`
-    (the others checkpoint into a temporary directory) and reports.
+    The configuration and both data splits are checked before `output` is
+    touched; `output` is then written under a lock, as a transaction (see
+    `RunOutput`). In a multi-worker run every worker trains; only the chief
+    locks and writes `output` (the others checkpoint into a temporary
+    directory) and reports.
+
+    Args:
+      config: a `RunConfig` (ignored with `resume`: the run's own `run.json` is used).
+      output: the run directory.
+      overwrite: replace an earlier run in `output`. Default value: `False`.
+      resume: continue the run in `output` from its newest loadable checkpoint.
+        Default value: `False`.
+      verbose: Keras's progress output. Default value: `1`.
+      epochs: if not None, the run's epoch budget (with `resume`: extends or
+        shortens the saved one, recorded in `run.json`). Default value: `None`.
+
+    Raises:
+      TrainingDiverged: the loss became NaN or infinite (the last finite
+        checkpoint is kept).
+      ValueError: a bad configuration, dataset or output directory.
     """
     if resume:
-        prepare_output(output, resume=True)
-        with open(os.path.join(output, RUN_FILE)) as f:
-            config = RunConfig(**json.load(f))
+        check_output(output, resume=True)
+        config = read_config(os.path.join(output, RUN_FILE))
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
     # Before other TF ops (multi-worker collectives need that), from the run's own config.
     strategy = make_strategy(config.strategy)
     config.validate()
     chief = is_chief()
+    if chief:
+        check_output(output, overwrite=overwrite, resume=resume)  # refusals before loading data
+    splits = load_dataset(config)
+    num_classes = condition_dim(config, splits[0][1], splits[1][1])
+    run_output = None
     if not chief:
         output = tempfile.mkdtemp(prefix="tfvae-worker-")
-    elif not resume:
-        prepare_output(output, overwrite=overwrite)
-        _write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
+    else:
+        run_output = RunOutput(output, overwrite=overwrite, resume=resume).begin()
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[config.mixed_precision])
     try:
-        return _train(config, output, strategy, resume, verbose, report=chief)
+        if chief and (not resume or epochs is not None):
+            files.write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
+        keras.mixed_precision.set_global_policy(PRECISION_POLICIES[config.mixed_precision])
+        return _train(config, output, strategy, resume, verbose, report=chief, splits=splits,
+                      num_classes=num_classes,
+                      on_checkpoint=run_output.commit if run_output else None)
+    except BaseException:
+        if run_output is not None:
+            run_output.abort()
+        raise
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        if run_output is not None:
+            run_output.close()
 
 
 def condition_dim(config, y_train, y_val=None):
@@ -269,12 +599,20 @@ def condition_dim(config, y_train, y_val=None):
     if min(int(np.min(y)) for y in labels) < 0:
         raise ValueError("Received an invalid value for `conditional`: the dataset's labels "
                          "must be non-negative class indices.")
-    return max(int(np.max(y)) for y in labels) + 1
+    num_classes = max(int(np.max(y)) for y in labels) + 1
+    if num_classes > MAX_CLASSES:
+        # Labels are class indices 0..C-1, one-hot encoded: a huge index would
+        # make a huge one-hot (a label of 1e9: gigabytes per batch).
+        raise ValueError(
+            "Received an invalid value for `conditional`: the dataset's largest label is "
+            f"{num_classes - 1}; labels must be class indices 0..C-1 with at most "
+            f"{MAX_CLASSES} classes.")
+    return num_classes
 
 
-def _train(config, output, strategy, resume, verbose, report):
-    (x_train, y_train), (x_val, y_val) = load_dataset(config)
-    num_classes = condition_dim(config, y_train, y_val)
+def _train(config, output, strategy, resume, verbose, report, splits, num_classes,
+           on_checkpoint=None):
+    (x_train, y_train), (x_val, y_val) = splits
     conditions = (None, None) if num_classes is None else (y_train, y_val)
     # The application layer seeds the process (data pipeline, Keras's global
     # state); build_vae itself seeds only the model's own weights and noise.
@@ -282,14 +620,12 @@ def _train(config, output, strategy, resume, verbose, report):
     history_path = os.path.join(output, "history.csv")
     last_path = os.path.join(output, "last.keras")
     best_path = os.path.join(output, "model.keras")
-    history = _read_history(history_path) if resume else {}
-    initial_epoch = len(history.get("loss", []))
     with strategy.scope():
-        if initial_epoch and os.path.exists(last_path):
-            model = keras.saving.load_model(last_path)
-            logger.info("resuming %s from epoch %d", output, initial_epoch)
-        else:
-            initial_epoch = 0
+        model, initial_epoch = _resume_model(output) if resume else (None, 0)
+        if resume:
+            _truncate_history(history_path, initial_epoch)
+        history = _read_history(history_path) if resume else {}
+        if model is None:
             model = builders.build_vae(**config.model_kwargs(x_train.shape[1:], num_classes))
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
@@ -311,19 +647,21 @@ def _train(config, output, strategy, resume, verbose, report):
             steps_per_execution=steps_per_execution,
         )
     # Checkpoint and stop on the held-out ELBO: unlike val_loss it does not move with β.
-    best_so_far = max(history.get("val_elbo", [-np.inf]))
+    finite = [v for v in history.get("val_elbo", []) if np.isfinite(v)]
+    best_so_far = max(finite) if finite else None
+    stop = callbacks_lib.StopOnNonFinite()
     callbacks = [
-        keras.callbacks.CSVLogger(history_path, append=resume),
-        keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_elbo", mode="max", save_best_only=True,
-            initial_value_threshold=best_so_far if np.isfinite(best_so_far) else None,
-        ),
-        keras.callbacks.ModelCheckpoint(last_path),
+        stop,
+        # The history is written before the checkpoints: it may run one epoch
+        # ahead of last.keras after a kill, and a resume truncates it.
+        callbacks_lib.AtomicCSVLogger(history_path, append=resume),
+        callbacks_lib.AtomicModelCheckpoint(best_path, monitor="val_elbo", mode="max",
+                                            initial_value_threshold=best_so_far),
+        callbacks_lib.AtomicModelCheckpoint(last_path, on_save=on_checkpoint),
         keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", patience=config.patience),
     ]
     if config.warmup_epochs > 0:
-        callbacks.append(KLWarmup(config.warmup_epochs, end=config.beta))
-    model.likelihood.validate_data(x_train, name="dataset")
+        callbacks.append(callbacks_lib.KLWarmup(config.warmup_epochs, end=config.beta))
     train_data = data_lib.make_dataset(
         x_train, config.batch_size, seed=config.seed,
         dynamic_binarize=config.binarize == "dynamic", y=conditions[0],
@@ -339,9 +677,16 @@ def _train(config, output, strategy, resume, verbose, report):
             callbacks=callbacks,
             verbose=verbose,
         )
+    if stop.diverged_epoch is not None:
+        kept = (f"the last finite checkpoint is kept in `{output}` (--resume continues from it)"
+                if report and os.path.exists(last_path) else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"Training diverged in epoch {stop.diverged_epoch}: the loss became {stop.value}. "
+            "Try a lower --learning-rate, and check the data for NaN or out-of-range values; "
+            f"{kept}.")
     if not report:
         return {}
-    best = keras.saving.load_model(best_path)
+    best = load_model(best_path)
     history = _read_history(history_path)
     metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples,
                                         seed=config.seed, y=conditions[1])
@@ -350,7 +695,7 @@ def _train(config, output, strategy, resume, verbose, report):
         metrics.update(evaluation.gap_decomposition(best, x_val, y=conditions[1],
                                                     num_examples=config.gap_examples,
                                                     seed=config.seed))
-    _write_json(os.path.join(output, "metrics.json"), metrics)
+    files.write_json(os.path.join(output, "metrics.json"), metrics)
     figures = report_lib.write_figures(best, history, x_val, y_val, output, seed=config.seed)
     if config.decompose_gap:
         figures["gap"] = os.path.basename(
@@ -362,16 +707,24 @@ def _train(config, output, strategy, resume, verbose, report):
 
 
 def load_run(directory):
-    """Loads `(config, model)` from a run directory."""
+    """Loads `(config, model)` from a run directory.
+
+    Raises:
+      ValueError: `directory` is not a run, is still being trained by a live
+        process, or its `run.json` or `model.keras` cannot be read.
+    """
     path = os.path.join(directory, RUN_FILE)
     if not os.path.exists(path):
         raise ValueError(f"`{directory}` is not a tfvae run directory (no {RUN_FILE}).")
-    with open(path) as f:
-        config = RunConfig(**json.load(f))
+    owner = files.RunLock.owner(directory)
+    if owner is not None:
+        raise ValueError(f"`{directory}` is still being trained by "
+                         f"{files.RunLock.describe(owner)}; wait until training ends.")
+    config = read_config(path)
     model_path = os.path.join(directory, "model.keras")
     if not os.path.exists(model_path):
         raise ValueError(f"`{directory}` holds no trained model (no model.keras).")
-    return config, keras.saving.load_model(model_path)
+    return config, load_model(model_path)
 
 
 def held_out(config, dataset=None, split="validation"):

@@ -1,0 +1,317 @@
+"""Files that are whole or absent: atomic writes, and the run directory's lock.
+
+Every file of a run is written to a temporary name in its own directory,
+flushed and fsynced, then moved over the target with `os.replace` (`commit`):
+a reader, or a process killed at any moment, sees the old file or the new
+one, never a half-written one. A failed write leaves the old file as it was
+and removes the temporary file.
+
+`RunLock` is an exclusive lock file (created with `O_CREAT | O_EXCL`) that
+holds its owner's PID and host, so a second writer can be refused with the
+owner's name and a lock left by a killed process can be recognised as stale.
+"""
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import numbers
+import os
+import re
+import secrets
+import socket
+import time
+import zipfile
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = ".tfvae.lock"
+FRESH_LOCK_SECONDS = 10.0  # an unreadable lock this young is one being written
+
+
+def _fsync_directory(directory):
+    """Makes a rename in `directory` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit(temporary, path):
+    """Moves the finished, fsynced file `temporary` over `path` (one atomic rename)."""
+    os.replace(temporary, path)
+    _fsync_directory(os.path.dirname(path))
+
+
+def _temporary_name(path, suffix=""):
+    """Creates an empty, new file beside `path` (permissions from the umask, as `open`)."""
+    directory, name = os.path.split(path)
+    while True:
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp{suffix}")
+        try:
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.keras)?$")
+
+
+def is_leftover(name):
+    """Whether a file name in a run directory is the lock or an unfinished temporary file."""
+    return name == LOCK_FILE or bool(_TEMPORARY.match(name))
+
+
+def remove_temporaries(directory):
+    """Deletes temporary files an interrupted write left in `directory`; returns their names.
+
+    Call it only while holding the directory's lock (another writer's
+    temporary files are still being written).
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if _TEMPORARY.match(name):
+            _remove_quietly(os.path.join(directory, name))
+            removed.append(name)
+    if removed:
+        logger.info("removed %d unfinished temporary files in %s", len(removed), directory)
+    return removed
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w"):
+    """Opens a temporary file beside `path`; on a clean exit it replaces `path`.
+
+    Args:
+      path: the file to write.
+      mode: `"w"` (text) or `"wb"` (bytes). Default value: `"w"`.
+
+    Yields:
+      The open temporary file. If the block raises, `path` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"Received an invalid value for `mode`, expected 'w' or 'wb'. "
+                         f"Received: mode={mode!r}")
+    temporary = _temporary_name(path)
+    try:
+        with open(temporary, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        commit(temporary, path)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically."""
+    with atomic_open(path) as f:
+        f.write(text)
+    return path
+
+
+def json_safe(value):
+    """`value` with every non-finite float replaced by None, and the keys that held one.
+
+    Returns:
+      `(cleaned, non_finite)`: a copy of the dict `value`, and the sorted names
+      of its top-level keys whose values were (or contained) NaN or infinity.
+    """
+    def clean(item):
+        if isinstance(item, numbers.Integral) and not isinstance(item, bool):
+            return int(item), True
+        if isinstance(item, numbers.Real) and not isinstance(item, bool):
+            number = float(item)
+            return (number, True) if math.isfinite(number) else (None, False)
+        if isinstance(item, dict):
+            pairs = {key: clean(entry) for key, entry in item.items()}
+            return ({key: pair[0] for key, pair in pairs.items()},
+                    all(pair[1] for pair in pairs.values()))
+        if isinstance(item, (list, tuple)):
+            pairs = [clean(entry) for entry in item]
+            return [pair[0] for pair in pairs], all(pair[1] for pair in pairs)
+        return item, True
+
+    cleaned, non_finite = {}, []
+    for key, item in value.items():
+        cleaned[key], finite = clean(item)
+        if not finite:
+            non_finite.append(key)
+    return cleaned, sorted(non_finite)
+
+
+def write_json(path, value):
+    """Writes the dict `value` to `path` atomically as strict JSON.
+
+    Non-finite numbers (which JSON cannot hold) are written as `null`, and the
+    keys that held them are listed under `"non_finite"`.
+    """
+    cleaned, non_finite = json_safe(value)
+    if non_finite:
+        cleaned["non_finite"] = non_finite
+    text = json.dumps(cleaned, indent=2, sort_keys=True, allow_nan=False)
+    return write_text(path, text + "\n")
+
+
+METADATA_ENTRY = "tfvae.json"
+
+
+def save_model(model, path, metadata=None):
+    """Saves a Keras model to `path` (a `.keras` file) atomically.
+
+    Args:
+      model: the model.
+      path: the `.keras` file.
+      metadata: a JSON-serialisable dict stored inside the archive (as
+        `tfvae.json`, which Keras ignores), so it is written atomically with
+        the weights; read it back with `read_model_metadata`. Default value: `None`.
+    """
+    temporary = _temporary_name(path, suffix=".keras")
+    try:
+        model.save(temporary)
+        if metadata is not None:
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(METADATA_ENTRY, json.dumps(metadata, allow_nan=False))
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        commit(temporary, path)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    return path
+
+
+def read_model_metadata(path):
+    """The metadata `save_model` stored in the `.keras` file `path`, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            value = json.loads(archive.read(METADATA_ENTRY))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def save_figure(figure, path, **kwargs):
+    """Saves a matplotlib figure to `path` atomically (format from the extension)."""
+    extension = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    with atomic_open(path, "wb") as f:
+        figure.savefig(f, format=extension, **kwargs)
+    return path
+
+
+def _age(path):
+    try:
+        return time.time() - os.path.getmtime(path)
+    except OSError:
+        return float("inf")
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    except OSError as error:
+        return error.errno != errno.ESRCH
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory: a file holding the owner's PID and host.
+
+    Args:
+      directory: the run directory (must exist).
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.held = False
+
+    @staticmethod
+    def owner(directory):
+        """`{"pid", "host"}` of the live process holding `directory`'s lock, else None.
+
+        A lock whose process is gone (on this host), or an unreadable lock
+        file, counts as no lock. A lock from another host counts as live.
+        """
+        path = os.path.join(directory, LOCK_FILE)
+        try:
+            with open(path) as f:
+                holder = json.load(f)
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            # Created but not yet written by a starting owner, or junk left behind.
+            if _age(path) < FRESH_LOCK_SECONDS:
+                return {"pid": None, "host": None}
+            logger.warning("ignoring the unreadable lock file %s", path)
+            return None
+        if host == socket.gethostname() and not _process_alive(pid):
+            return None
+        return {"pid": pid, "host": host}
+
+    @staticmethod
+    def describe(owner):
+        """'PID n' (with the host when it is another machine)."""
+        if owner["pid"] is None:
+            return "another process (its lock file is being written)"
+        if owner["host"] == socket.gethostname():
+            return f"PID {owner['pid']}"
+        return f"PID {owner['pid']} on host {owner['host']}"
+
+    def acquire(self):
+        """Takes the lock; a stale lock is taken over with a warning.
+
+        Raises:
+          ValueError: another live process holds the lock (the message names its PID).
+        """
+        holder = {"pid": os.getpid(), "host": socket.gethostname()}
+        for attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner(self.directory)
+                if owner is not None or attempt:
+                    who = self.describe(owner) if owner else "another process"
+                    raise ValueError(
+                        f"`{self.directory}` is still being trained by {who} (lock file "
+                        f"{self.path}); wait for it to finish, or choose another --output."
+                    ) from None
+                logger.warning("taking over the stale lock %s (its process is gone)", self.path)
+                _remove_quietly(self.path)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(holder, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self.held = True
+            return self
+
+    def release(self):
+        """Removes the lock file if this object holds it."""
+        if self.held:
+            _remove_quietly(self.path)
+            self.held = False
+
+    def move_to(self, directory):
+        """Follows the lock file after its directory was renamed to `directory`."""
+        self.directory = directory
+        self.path = os.path.join(directory, LOCK_FILE)
