@@ -408,13 +408,13 @@ _ONE_LINE_CASES = [
      ["`--output`", "is not writable"]),
     ("evaluate-run-json-garbage",
      lambda t, m, r: ["evaluate", _run_with(t / "run", "{not json")],
-     ["run.json'", "not valid JSON"]),
+     ["run.json", "not valid JSON"]),
     ("train-bad-tf-config",
      lambda t, m, r: m.setenv("TF_CONFIG", "{cluster: none}") or ["train"],
-     ["the environment variable TF_CONFIG is not valid JSON"]),
+     ["TF_CONFIG", "not valid JSON", "{cluster: none}"]),
     ("train-resume-run-json-garbage",
      lambda t, m, r: ["train", "--resume", "--output", _run_with(t / "run", "[1, 2")],
-     ["run.json'", "not valid JSON"]),
+     ["run.json", "not valid JSON"]),
     ("evaluate-run-json-unreadable",
      lambda t, m, r: ["evaluate", os.path.dirname(_denied(m, _file(t / "run.json", "{}")))],
      ["Permission denied", "run.json"]),
@@ -442,6 +442,19 @@ _ONE_LINE_CASES = [
      ["`model_name`", "model_name='../../x'"]),
     ("export-output-empty",
      lambda t, m, r: ["export", r, "--format", "saved_model", "--output", ""], ["--output=''"]),
+    ("encode-output-not-npz-or-csv", lambda t, m, r: ["encode", r, "--output", str(t / "c.txt")],
+     ["`--output`", ".npz or .csv", "c.txt"]),
+    ("encode-output-folder-missing",
+     lambda t, m, r: ["encode", r, "--output", str(t / "no" / "c.npz")], ["does not exist"]),
+    ("encode-batch-size-zero",
+     lambda t, m, r: ["encode", r, "--batch-size", "0", "--output", str(t / "c.npz")],
+     ["`--batch-size`", "--batch-size=0"]),
+    ("score-num-samples-zero",
+     lambda t, m, r: ["score", r, "--num-samples", "0", "--output", str(t / "s.csv")],
+     ["`--num-samples`", "--num-samples=0"]),
+    ("score-dataset-missing",
+     lambda t, m, r: ["score", r, "--dataset", str(t / "missing.npz"), "--output",
+                      str(t / "s.csv")], ["`dataset`", "missing.npz"]),
 ]
 
 
@@ -581,3 +594,45 @@ def test_written_files_get_the_usual_permissions(conditional_run, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _read_csv(path):
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        rows = np.array([[float(v) for v in line.split(",")] for line in f])
+    return {name: rows[:, i] for i, name in enumerate(header)}
+
+
+@pytest.mark.slow
+def test_encode_and_score_match_the_python_api(conditional_run, tmp_path, capsys):
+    """`tfvae encode` / `score` on a conditional run against `evaluation.encode_dataset` /
+    `score_examples` on the same held-out split, and the codes against `model.encode`."""
+    from tfvae import evaluation, runs
+
+    config, model = runs.load_run(conditional_run)
+    x, labels = runs.held_out(config)
+    npz, csv = tmp_path / "codes.npz", tmp_path / "codes.csv"
+    for output in (npz, csv):
+        assert cli.main(["encode", conditional_run, "--output", str(output), "--batch-size",
+                         "50"]) == 0
+    codes = np.load(npz)
+    q = model.encode(x, y=labels)
+    np.testing.assert_array_equal(codes["index"], np.arange(len(x)))
+    np.testing.assert_array_equal(codes["label"], labels)
+    np.testing.assert_allclose(codes["mean"], q.mean().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(codes["scale"], q.stddev().numpy(), rtol=1e-5, atol=1e-6)
+    table = _read_csv(csv)
+    for j in range(model.latent_dim):
+        np.testing.assert_allclose(table[f"mean_{j}"], codes["mean"][:, j], rtol=1e-6)
+        np.testing.assert_allclose(table[f"code_{j}"], codes["code"][:, j], rtol=1e-6)
+    assert cli.main(["encode", conditional_run, "--output", str(npz)]) == 2  # no --overwrite
+    assert "exists" in capsys.readouterr().err
+
+    scores_path = tmp_path / "scores.csv"
+    assert cli.main(["score", conditional_run, "--num-samples", "5", "--seed", "3",
+                     "--output", str(scores_path)]) == 0
+    scores = _read_csv(scores_path)
+    expected = evaluation.score_examples(model, x, y=labels, num_samples=5, seed=3)
+    assert set(scores) == {"index", "label"} | set(expected)
+    for key, values in expected.items():
+        np.testing.assert_allclose(scores[key], values, rtol=1e-5, atol=1e-5, err_msg=key)

@@ -17,6 +17,7 @@ from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
 from tfvae.callbacks import KLWarmup
+from tfvae.callbacks import StopOnNonFinite
 from tfvae.heads import BernoulliLikelihood
 from tfvae.heads import CategoricalPixelLikelihood
 from tfvae.heads import ContinuousBernoulliLikelihood
@@ -71,6 +72,7 @@ __all__ = [
     "HierarchicalPrior",
     "IAFPosterior",
     "KLWarmup",
+    "StopOnNonFinite",
     "LevelLikelihood",
     "LikelihoodHead",
     "MLP",

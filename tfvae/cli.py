@@ -5,8 +5,8 @@ failure (a bad argument, a file that cannot be read or written, a failed
 download) ends with a one-line reason on stderr and exit status 2; anything
 else is a bug and keeps its traceback.
 
-Importing this module imports neither TensorFlow nor the library: `main` first
-quiets TensorFlow's native log lines (unless `--verbose`), then loads them.
+The console script enters through `tfvae_main.py` (outside the package), which
+loads TensorFlow with its native log lines silenced before `import tfvae`.
 """
 
 import argparse
@@ -15,8 +15,9 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import sys
+
+from tfvae import files
 
 logger = logging.getLogger("tfvae")
 
@@ -268,39 +269,6 @@ def _check_output_directory(path, argument="--output"):
                          "expected a directory.")
 
 
-def _write_atomically(path, write):
-    """Writes `path` with `write(temporary_path)`, then fsyncs and renames it into place.
-
-    The temporary file sits in the same folder with the same extension (so
-    writers that go by the extension pick the right format); an interrupted or
-    failed write leaves any earlier `path` untouched. An OSError without a file
-    name (a full disk) is raised again naming `path`.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
-                                     f"{os.path.splitext(name)[1]}")
-    try:
-        with open(temporary, "xb"):  # a new file, with the permissions the umask gives
-            pass
-        write(temporary)
-        with open(temporary, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        _remove_quietly(temporary)
-        if error.filename in (None, temporary):
-            raise OSError(error.errno, error.strerror or str(error), path) from error
-        raise
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
-
-
-def _remove_quietly(path):
-    with contextlib.suppress(OSError):
-        os.remove(path)
-
-
 def _passed_options(argv):
     """The `dest`s of the options the user actually gave (defaults left out)."""
     return set(vars(_parser(defaults=False).parse_args(argv))) - {"command"}
@@ -366,17 +334,12 @@ def _evaluate(args, argv):
         metrics.update(evaluation.gap_decomposition(model, x, y=y, num_examples=args.gap_examples,
                                                     seed=args.seed))
         name = os.path.basename(os.path.normpath(args.run))
-        _write_atomically(figure, lambda path: report.plot_gap({name: metrics}, path))
+        files.write_with(figure, lambda path: report.plot_gap({name: metrics}, path))
         print(f"wrote {figure}")
     text = json.dumps(metrics, indent=2, sort_keys=True)
-    _write_atomically(output, lambda path: _write_text(path, text))
+    files.write_text(output, text)
     _print_table(metrics)
     print(f"wrote {output}")
-
-
-def _write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def _sample(args, argv):
@@ -409,10 +372,10 @@ def _sample(args, argv):
         raise ValueError("--label needs a conditional run (trained with --conditional).")
     samples = model.sample(args.num, seed=args.seed, y=labels).numpy()
     if output.endswith(".npy"):
-        _write_atomically(output, lambda path: np.save(path, samples))
+        files.write_with(output, lambda path: np.save(path, samples))
     else:
         images = report.to_display(model, samples)
-        _write_atomically(output, lambda path: report.plot_grid(images, path,
+        files.write_with(output, lambda path: report.plot_grid(images, path,
                                                                  "samples from the prior"))
     print(f"wrote {output}")
 
@@ -452,7 +415,7 @@ def _write_table(output, columns):
     import numpy as np
 
     if output.endswith(".npz"):
-        _write_atomically(output, lambda path: np.savez(path, **columns))
+        files.write_with(output, lambda path: np.savez(path, **columns))
         return
     names, values = [], []
     for name, array in columns.items():
@@ -475,7 +438,7 @@ def _write_table(output, columns):
                 f.write(",".join(str(int(v)) if is_int else repr(float(v))
                                  for v, is_int in zip(row, integer)) + "\n")
 
-    _write_atomically(output, write)
+    files.write_with(output, write)
 
 
 def _encode(args, argv):

@@ -62,7 +62,7 @@ def _temporary_name(path, suffix=""):
         return temporary
 
 
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.keras)?$")
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 
 
 def is_leftover(name):
@@ -112,9 +112,39 @@ def atomic_open(path, mode="w"):
             f.flush()
             os.fsync(f.fileno())
         commit(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        if error.filename in (None, temporary):  # a full disk: name the file being written
+            raise OSError(error.errno, error.strerror or str(error), path) from error
+        raise
     except BaseException:
         _remove_quietly(temporary)
         raise
+
+
+def write_with(path, write):
+    """Writes `path` atomically with `write(temporary_path)`, for writers that take a path.
+
+    The temporary file sits beside `path` with the same extension (writers
+    such as `np.save` or `Figure.savefig` go by it); it is fsynced and moved
+    over `path`. A failed write leaves any earlier `path` untouched; an
+    `OSError` without a file name (a full disk) is raised again naming `path`.
+    """
+    temporary = _temporary_name(path, suffix=os.path.splitext(path)[1])
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        commit(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        if error.filename in (None, temporary):
+            raise OSError(error.errno, error.strerror or str(error), path) from error
+        raise
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    return path
 
 
 def write_text(path, text):
