@@ -7,11 +7,14 @@ message names the argument (in backticks) and shows the value received, e.g.::
     Received: latent_dim=-3
 """
 
+import glob
 import math
+import os
 import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfvae
 
@@ -104,3 +107,14 @@ def assert_wrong_x_shape_refused(call, model, shape, event_text):
     """`call(model, x)` with x of `shape` raises the `x` shape error naming the event shape."""
     with raises("`x`", event_text, repr(shape)):
         call(model, np.full(shape, 0.5, "float32"))
+
+
+def read_events(directory):
+    """{tag: {step: value-or-array}} from every event file under `directory`."""
+    out = {}
+    for path in glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                out.setdefault(value.tag, {})[event.step] = tensor
+    return out

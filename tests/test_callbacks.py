@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 import tfvae
+from tfvae import evaluation
 
-from helpers import invalid
+from helpers import invalid, read_events
 
 
 def _tiny(**kwargs):
@@ -262,3 +263,35 @@ def test_the_csv_logger_appends_to_and_rewrites_a_whole_file(tmp_path):
     assert rows == [{"epoch": "0", "elbo": "-2.0", "loss": "2.0"},
                     {"epoch": "1", "elbo": "-1.5", "loss": "1.5"}]
     assert os.listdir(tmp_path) == ["history.csv"]
+
+
+# ---------------------------------------------------------------------------
+# TensorBoard: Keras's scalars and tfvae's LatentSummaries, read back from the event files.
+
+
+@pytest.mark.slow
+def test_in_a_plain_fit_scalars_match_history_and_latent_summaries_are_written(tmp_path):
+    (x, _), (x_val, _) = tfvae.data.load_digits()
+    x, x_val = x[:256], x_val[:64]
+    model = tfvae.build_vae(x.shape[1:], 3, hidden_units=(16,), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    callbacks = [tfvae.KLWarmup(2), keras.callbacks.TensorBoard(str(tmp_path / "logs")),
+                 tfvae.LatentSummaries(tmp_path / "logs" / "latent", x_val, every=2)]
+    history = model.fit(x, epochs=3, batch_size=64, validation_data=(x_val,), callbacks=callbacks,
+                        verbose=0).history
+    train = read_events(str(tmp_path / "logs" / "train"))
+    val = read_events(str(tmp_path / "logs" / "validation"))
+    for key in ("loss", "elbo", "reconstruction", "kl", "beta"):
+        np.testing.assert_allclose([train[f"epoch_{key}"][e] for e in range(3)], history[key], rtol=1e-6)
+    for key in ("loss", "elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose([val[f"epoch_{key}"][e] for e in range(3)], history["val_" + key], rtol=1e-6)
+    assert "epoch_learning_rate" in train
+    latent = read_events(str(tmp_path / "logs" / "latent"))
+    assert set(latent["reconstructions"]) == {0, 2}  # epochs 0 and 2 (the last)
+    codes = model.latent_code(x_val).numpy()
+    # the last histogram of z0 covers all codes of the final model
+    hist = latent["posterior_mean/z0"][2]  # [buckets, 3]: left, right, count
+    assert hist[:, 2].sum() == len(x_val)
+    np.testing.assert_allclose([hist[0, 0], hist[-1, 1]], [codes[:, 0].min(), codes[:, 0].max()], rtol=1e-5)
+    kl = evaluation.kl_per_dimension(model, x_val)
+    np.testing.assert_allclose([latent[f"kl_per_dimension/z{j}"][2] for j in range(3)], kl, rtol=1e-5)

@@ -636,3 +636,27 @@ def test_encode_and_score_match_the_python_api(conditional_run, tmp_path, capsys
     assert set(scores) == {"index", "label"} | set(expected)
     for key, values in expected.items():
         np.testing.assert_allclose(scores[key], values, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_train_writes_tensorboard_logs_that_match_history(digits_run, tmp_path):
+    from helpers import read_events
+
+    rows = _history(digits_run)
+    train = read_events(os.path.join(digits_run, "tensorboard", "train"))
+    validation = read_events(os.path.join(digits_run, "tensorboard", "validation"))
+    for key in ("loss", "elbo", "reconstruction", "kl", "beta", "learning_rate"):
+        np.testing.assert_allclose([train[f"epoch_{key}"][e] for e in range(len(rows))],
+                                   [float(row[key]) for row in rows], rtol=1e-6, err_msg=key)
+        assert key in rows[0]  # history.csv records β and the learning rate too
+    for key in ("elbo", "kl"):
+        np.testing.assert_allclose([validation[f"epoch_{key}"][e] for e in range(len(rows))],
+                                   [float(row["val_" + key]) for row in rows], rtol=1e-6)
+    latent = read_events(os.path.join(digits_run, "tensorboard", "latent"))
+    last = len(rows) - 1
+    assert {"reconstructions", "samples", "posterior_mean/z0", "kl_per_dimension"} <= set(latent)
+    assert last in latent["reconstructions"]
+    # --no-tensorboard writes none.
+    output = str(tmp_path / "quiet")
+    assert cli.main(["train", "--output", output, "--no-tensorboard", *TINY_RUN]) == 0
+    assert not os.path.exists(os.path.join(output, "tensorboard"))

@@ -17,6 +17,7 @@ from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
 from tfvae.callbacks import KLWarmup
+from tfvae.callbacks import LatentSummaries
 from tfvae.callbacks import StopOnNonFinite
 from tfvae.heads import BernoulliLikelihood
 from tfvae.heads import CategoricalPixelLikelihood
@@ -72,6 +73,7 @@ __all__ = [
     "HierarchicalPrior",
     "IAFPosterior",
     "KLWarmup",
+    "LatentSummaries",
     "StopOnNonFinite",
     "LevelLikelihood",
     "LikelihoodHead",

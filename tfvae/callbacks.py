@@ -7,8 +7,10 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import evaluation
 from tfvae import files
 
 logger = logging.getLogger(__name__)
@@ -261,3 +263,118 @@ class AtomicCSVLogger(keras.callbacks.Callback):
             writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], lineterminator="\n")
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+class LatentSummaries(keras.callbacks.Callback):
+    """TensorBoard images and histograms of what a VAE encodes and generates.
+
+    Every `every` epochs (and after the last), writes with `tf.summary` into
+    `log_dir`:
+
+    * `reconstructions`: one image, held-out examples (top row) above their
+      reconstructions (bottom row) — image data only;
+    * `samples`: one image of decoded prior samples (for a conditional model,
+      labels `0, 1, …` in turn) — image data only;
+    * `posterior_mean/z<j>`: a histogram of `latent_code(x)` (E_q[z] for
+      Gaussian posteriors) over the examples, for the first `max_dims`
+      dimensions;
+    * `kl_per_dimension`: a histogram of the per-dimension mean KL, and the
+      scalars `kl_per_dimension/z<j>` — when q is a diagonal Gaussian and p
+      the standard normal (`evaluation.kl_per_dimension`).
+
+    Keras's own `keras.callbacks.TensorBoard` writes the scalars (loss and the
+    ELBO terms, β when `KLWarmup` runs before it, the learning rate); put this
+    callback beside it with a `log_dir` of its own (e.g. `logs/latent`).
+
+    Args:
+      log_dir: the directory of the event files.
+      x: held-out examples `[n] + event_shape` (a few hundred are enough).
+      y: their conditions, for a conditional model. Default value: `None`.
+      every: epochs between summaries. Default value: `5`.
+      num_images: examples reconstructed and samples drawn. Default value: `8`.
+      max_dims: latent dimensions with a posterior-mean histogram. Default
+        value: `16`.
+      seed: seed of the prior samples (the same every time, so images are
+        comparable across epochs). Default value: `0`.
+    """
+
+    def __init__(self, log_dir, x, y=None, every=5, num_images=8, max_dims=16, seed=0):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not str(log_dir):
+            raise ValueError(
+                "Received an invalid value for `log_dir`, expected a directory path. "
+                f"Received: log_dir={log_dir!r}"
+            )
+        self.log_dir = os.fspath(log_dir)
+        self.x = np.asarray(x, dtype="float32")
+        if self.x.ndim < 2 or len(self.x) == 0:
+            raise ValueError(
+                "Received an invalid value for `x`, expected a non-empty batch of examples. "
+                f"Received: x with shape {self.x.shape}"
+            )
+        self.y = y
+        self.every = _checks.positive_int("every", every)
+        self.num_images = _checks.positive_int("num_images", num_images)
+        self.max_dims = _checks.positive_int("max_dims", max_dims)
+        self.seed = _checks.non_negative_int("seed", seed)
+        self._writer = None
+        self._last_written = None
+
+    def on_train_begin(self, logs=None):
+        self.model.likelihood.validate_data(self.x, name="x")
+        self.model.conditioning.prepare(self.y, len(self.x), name="y")
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch % self.every == 0:
+            self.write(epoch)
+
+    def on_train_end(self, logs=None):
+        epoch = self.params.get("epochs", 1) - 1 if self.params else None
+        if epoch is not None and self._last_written != epoch and self._writer is not None:
+            self.write(epoch)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write(self, step):
+        """Writes the summaries at `step` (an epoch index)."""
+        model = self.model
+        writer = self._writer or tf.summary.create_file_writer(self.log_dir)
+        n = min(self.num_images, len(self.x))
+        y = None if self.y is None else np.asarray(self.y)
+        with writer.as_default(step=step):
+            if _is_image(model.event_shape):
+                originals = self.x[:n]
+                reconstructions = model.reconstruct(originals, y=None if y is None else y[:n])
+                tf.summary.image("reconstructions",
+                                 _tile(np.stack([originals, np.asarray(reconstructions)]), model))
+                labels = None if model.condition_dim is None else np.arange(n) % model.condition_dim
+                samples = model.sample(n, seed=self.seed, y=labels)
+                tf.summary.image("samples", _tile(np.asarray(samples)[None], model))
+            codes = np.concatenate([
+                model.latent_code(self.x[i : i + 256], y=None if y is None else y[i : i + 256])
+                for i in range(0, len(self.x), 256)])
+            for j in range(min(self.max_dims, model.latent_dim)):
+                tf.summary.histogram(f"posterior_mean/z{j}", codes[:, j])
+            if model.posterior.independent_dimensions and model.prior.has_kl_per_dimension:
+                kl = evaluation.kl_per_dimension(model, self.x, y=y)
+                tf.summary.histogram("kl_per_dimension", kl)
+                for j, value in enumerate(kl):
+                    tf.summary.scalar(f"kl_per_dimension/z{j}", value)
+        writer.flush()
+        self._last_written = step
+
+
+def _is_image(event_shape):
+    return len(event_shape) == 3 and event_shape[-1] in (1, 3)
+
+
+def _tile(rows, model):
+    """`[R, n, H, W, C]` data -> one `[1, R·H, n·W, C]` image in [0, 1] for `tf.summary.image`."""
+    low, high = model.likelihood.data_range
+    if np.isfinite(low) and np.isfinite(high) and high > low:
+        rows = (rows - low) / (high - low)
+    rows = np.clip(rows, 0.0, 1.0)
+    r, n, h, w, c = rows.shape
+    return rows.transpose(0, 2, 1, 3, 4).reshape(1, r * h, n * w, c)

@@ -112,6 +112,10 @@ def _train_arguments(train, defaults=True):
            help="split the held-out ELBO gap into amortization and approximation gaps "
            "(optimises q per example; see --gap-examples)")
     option("gap_examples", type=int, help="held-out examples for --decompose-gap")
+    option("tensorboard", action=argparse.BooleanOptionalAction,
+           help="write TensorBoard logs into OUTPUT/tensorboard: scalars per epoch, "
+           "reconstructions, samples and latent histograms (default: on; "
+           "`tensorboard --logdir runs/`)")
 
 
 def _config(args):

@@ -44,6 +44,7 @@ from tfvae import report as report_lib
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+TENSORBOARD_DIR = "tensorboard"
 MAX_CLASSES = 65_536  # a conditional run's one-hot width limit
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -142,6 +143,7 @@ class RunConfig:
     conditional: bool = False  # condition encoder and decoder on the dataset's labels
     decompose_gap: bool = False  # split the held-out gap into amortization + approximation
     gap_examples: int = 500  # held-out examples whose q is optimised for that split
+    tensorboard: bool = True  # TensorBoard logs in OUTPUT/tensorboard
 
     def validate(self):
         """Checks every field, and the option rules of `tfvae.options`, before anything is built.
@@ -171,7 +173,7 @@ class RunConfig:
             _checks.non_negative_float(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
-        for name in ("conditional", "decompose_gap"):
+        for name in ("conditional", "decompose_gap", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"Received an invalid value for `{name}`, expected True or False. "
@@ -662,6 +664,14 @@ def _train(config, output, strategy, resume, verbose, report, splits, num_classe
     ]
     if config.warmup_epochs > 0:
         callbacks.append(callbacks_lib.KLWarmup(config.warmup_epochs, end=config.beta))
+    if config.tensorboard:
+        # Scalars (the epoch logs: ELBO terms, β, learning rate; train and validation)
+        # from Keras; images and histograms of the held-out codes from tfvae.
+        log_dir = os.path.join(output, TENSORBOARD_DIR)
+        callbacks.append(keras.callbacks.TensorBoard(log_dir))
+        callbacks.append(callbacks_lib.LatentSummaries(
+            os.path.join(log_dir, "latent"), x_val[:256],
+            y=None if conditions[1] is None else conditions[1][:256]))
     train_data = data_lib.make_dataset(
         x_train, config.batch_size, seed=config.seed,
         dynamic_binarize=config.binarize == "dynamic", y=conditions[0],
