@@ -660,3 +660,16 @@ def test_train_writes_tensorboard_logs_that_match_history(digits_run, tmp_path):
     output = str(tmp_path / "quiet")
     assert cli.main(["train", "--output", output, "--no-tensorboard", *TINY_RUN]) == 0
     assert not os.path.exists(os.path.join(output, "tensorboard"))
+
+
+@pytest.mark.slow
+def test_the_default_run_reports_a_likelihood_of_binarised_digits(digits_run):
+    with open(os.path.join(digits_run, "run.json")) as f:
+        assert json.load(f)["binarize"] == "auto"
+    with open(os.path.join(digits_run, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["likelihood_score"] == "mass"
+    assert metrics["bits_per_dim"] == pytest.approx(-metrics["log_px"] / (64 * np.log(2.0)))
+    with open(os.path.join(digits_run, "report.md")) as f:
+        report = f.read()
+    assert "binarize='auto'" in report and "a log-probability of discrete data" in report

@@ -14,7 +14,7 @@ import tfvae
 from tfvae import cli
 from tfvae import data
 
-from helpers import invalid
+from helpers import invalid, raises
 from helpers import splits_npz
 
 
@@ -335,3 +335,27 @@ def test_the_cli_says_an_offline_download_failed_in_one_line(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("tfvae train: error: ") and "could not download TFDS dataset" in err
+
+
+@pytest.mark.parametrize("binarize, likelihood, x, expected", [
+    ("auto", "bernoulli", [[0.0, 0.5, 1.0]], "static"),   # grey values: a cross-entropy otherwise
+    ("auto", "bernoulli", [[0.0, 1.0, 1.0]], "none"),     # already binary
+    ("auto", "bernoulli", [[-1.0, 0.5, 2.0]], "none"),    # out of range: the likelihood refuses it
+    ("auto", "continuous_bernoulli", [[0.0, 0.5, 1.0]], "none"),
+    ("auto", "gaussian", [[0.0, 0.5, 1.0]], "none"),
+    ("none", "bernoulli", [[0.0, 0.5, 1.0]], "none"),
+    ("dynamic", "bernoulli", [[0.0, 0.5, 1.0]], "dynamic"),
+])
+def test_auto_binarises_grey_data_for_a_bernoulli_likelihood_only(binarize, likelihood, x,
+                                                                   expected):
+    assert data.resolve_binarize(binarize, likelihood, np.array(x)) == expected
+    prepared = data.prepare(np.array(x), likelihood, binarize, seed=0)
+    if expected == "static":
+        assert set(np.unique(prepared)) <= {0.0, 1.0}
+    else:
+        np.testing.assert_array_equal(prepared, np.asarray(x, "float32"))
+
+
+def test_binarising_needs_data_in_the_unit_interval():
+    with raises("`binarize`", "binarize='static'", "[-1.0, 2.0]"):
+        data.prepare(np.array([[-1.0, 2.0]]), "bernoulli", "static")

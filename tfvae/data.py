@@ -30,7 +30,7 @@ SPLITS = ("train", "validation", "test")
 # `.npz` keys of predefined splits; the validation split may have any of these names.
 _NPZ_VALIDATION_KEYS = ("x_valid", "x_val", "x_validation")
 LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
-BINARIZE = ("none", "static", "dynamic")
+BINARIZE = ("auto", "none", "static", "dynamic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # The first bytes of a .npy file, and of a .npz (a zip archive; the second is an empty one).
 _NPY_MAGIC = b"\x93NUMPY"
@@ -343,6 +343,19 @@ def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, dat
     return train if split == "train" else validation
 
 
+def resolve_binarize(binarize, likelihood, x):
+    """What `binarize="auto"` means for data `x` under `likelihood`: `"static"` when a
+    Bernoulli likelihood would otherwise score grey values in [0, 1] (a cross-entropy,
+    not a likelihood), else `"none"` (binary data, other likelihoods, and data out of
+    range, which the likelihood then refuses). Other modes are returned as given."""
+    _checks.one_of("binarize", binarize, BINARIZE)
+    if binarize != "auto":
+        return binarize
+    x = np.asarray(x)
+    grey = x.size and np.all((x >= 0) & (x <= 1)) and not np.all((x == 0) | (x == 1))
+    return "static" if likelihood == "bernoulli" and grey else "none"
+
+
 def prepare(x, likelihood, binarize="none", seed=0):
     """Prepares [0, 1] data for a likelihood.
 
@@ -350,15 +363,17 @@ def prepare(x, likelihood, binarize="none", seed=0):
       x: float data in [0, 1].
       likelihood: a likelihood name (see `tfvae.builders.LIKELIHOODS`).
       binarize: `"none"`, `"static"` (one fixed Bernoulli draw, the classic
-        binarised MNIST protocol) or `"dynamic"` (a fresh draw every epoch,
-        done in `make_dataset`; returned unchanged here). Default value: `"none"`.
+        binarised MNIST protocol), `"dynamic"` (a fresh draw every epoch,
+        done in `make_dataset`; returned unchanged here) or `"auto"`
+        (`resolve_binarize`: static for a Bernoulli likelihood of grey data).
+        Default value: `"none"`.
       seed: seed of the static draw. Default value: `0`.
 
     Returns:
       float32 data: 8-bit levels 0..255 for the pixel likelihoods, else [0, 1].
     """
-    _checks.one_of("binarize", binarize, BINARIZE)
     x = np.asarray(x, dtype="float32")
+    binarize = resolve_binarize(binarize, likelihood, x)
     if likelihood in LEVEL_LIKELIHOODS:
         if binarize != "none":
             raise ValueError(
@@ -366,6 +381,11 @@ def prepare(x, likelihood, binarize="none", seed=0):
                 f"models 8-bit levels, not binary data. Received: binarize={binarize!r}"
             )
         return to_levels(x)
+    if binarize in ("static", "dynamic") and x.size and not (x.min() >= 0 and x.max() <= 1):
+        raise ValueError(
+            f"Received an invalid value for `binarize`: binarising draws Bernoulli(x) and "
+            f"needs data in [0, 1]. Received: binarize={binarize!r} for data in "
+            f"[{x.min()}, {x.max()}]")
     if binarize == "static":
         draw = np.random.default_rng(_checks.non_negative_int("seed", seed)).uniform(size=x.shape)
         return (draw < x).astype("float32")

@@ -187,6 +187,27 @@ def write_figures(model, history, x_val, y_val, directory, seed=0):
     return {name: os.path.basename(path) for name, path in figures.items()}
 
 
+# What `log_px` is, by `LikelihoodHead.score_kind` (metrics["likelihood_score"]).
+_SCORES = {
+    "mass": "a log-probability of discrete data, comparable with published likelihoods of "
+            "the same data; `bits_per_dim` is −log_px / (D ln 2)",
+    "density": "a log-density of continuous data: comparable between models of the same "
+               "data, not with probabilities of discrete data (no `bits_per_dim`)",
+    "cross_entropy": "not a likelihood: a Bernoulli likelihood scoring grey values is a "
+                     "cross-entropy, not a normalised density (no `bits_per_dim`; train with "
+                     "`--binarize auto` or a likelihood defined on grey values)",
+}
+
+
+def _score_note(config, metrics):
+    """One line: the likelihood and preprocessing behind the numbers, and what log p(x) is."""
+    binarize = config.get("binarize", "none")
+    kind = metrics.get("likelihood_score")
+    note = (f"Scored data: `{config['dataset']}` with binarize={binarize!r}, under a "
+            f"{config['likelihood']} likelihood")
+    return note + (f"; `log_px` is {_SCORES[kind]}." if kind in _SCORES else ".")
+
+
 def write_markdown(path, config, metrics, figures):
     """A short `report.md` linking the figures, with the final numbers."""
     lines = [
@@ -207,6 +228,8 @@ def write_markdown(path, config, metrics, figures):
         "",
         f"`log_px` is importance-sampled with K = {metrics.get('num_samples')} samples; "
         "`elbo_gap = log_px − elbo` estimates KL(q(z|x) ‖ p(z|x)).",
+        "",
+        _score_note(config, metrics),
         "",
     ]
     if "gap_examples" in metrics:

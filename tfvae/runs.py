@@ -132,7 +132,7 @@ class RunConfig:
     jit_compile: bool | None = None  # None: XLA for MLPs, and for conv nets on GPU
     steps_per_execution: int = 16
     eval_samples: int = 100
-    binarize: str = "none"
+    binarize: str = "auto"  # static for a Bernoulli likelihood of grey data (data.resolve_binarize)
     strategy: str = "default"
     objective: str = "elbo"
     k: int = 5
@@ -409,7 +409,8 @@ def load_dataset(config):
 
 def _prepare_held_out(config, x):
     """Held-out data as the run scores it: one fixed binarisation draw if it binarises."""
-    mode = "static" if config.binarize != "none" else "none"
+    mode = data_lib.resolve_binarize(config.binarize, config.likelihood, x)
+    mode = "static" if mode == "dynamic" else mode
     return data_lib.prepare(x, config.likelihood, mode, seed=config.seed + 1)
 
 
