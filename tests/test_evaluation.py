@@ -225,3 +225,17 @@ def test_elbo_surgery_terms_add_up_to_the_mean_kl_on_a_full_covariance_model(dig
     assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_stderr"] + 1e-3
     with pytest.raises(ValueError, match="at least 2 examples"):
         evaluation.elbo_surgery(model, x[:1])
+
+
+def test_evaluate_model_reports_the_surgery_terms_of_its_first_examples(digits):
+    x = digits[1][0][:30]
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), seed=0)
+    result = evaluation.evaluate_model(model, x, num_samples=3, surgery_examples=20, seed=1)
+    direct = evaluation.elbo_surgery(model, x[:20], seed=1)
+    for key in ("mutual_information", "marginal_kl", "kl_estimate", "mi_upper_bound"):
+        assert result[key] == pytest.approx(direct[key], rel=1e-6)
+    assert result["surgery_examples"] == 20
+    skipped = evaluation.evaluate_model(model, x, num_samples=3, surgery_examples=0)
+    assert "mutual_information" not in skipped
+    hierarchy = tfvae.build_vae((8, 8, 1), 4, hidden_units=(16,), posterior="hierarchical", seed=0)
+    assert "mutual_information" not in evaluation.evaluate_model(hierarchy, x, num_samples=3)

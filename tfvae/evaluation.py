@@ -10,8 +10,9 @@ from tfvae import random as tfvae_random
 
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
-SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "log_px", "elbo_gap",
-                "approximation_gap", "amortization_gap", "bits_per_dim", "active_units")
+SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_information",
+                "marginal_kl", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
+                "bits_per_dim", "active_units")
 
 
 def summary(metrics):
@@ -137,7 +138,8 @@ def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, v
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, verbose=0):
+def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, verbose=0,
+                   surgery_examples=2000):
     """Per-example means of the ELBO terms and of the log-likelihood estimate.
 
     Args:
@@ -150,6 +152,9 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
         `log p(x|y)`). Default value: `None`.
       verbose: 1 shows a progress bar over the examples (for long evaluations,
         e.g. K = 5,000 on 10,000 digits). Default value: `0`.
+      surgery_examples: the ELBO surgery terms (`elbo_surgery`) use the first
+        this many examples (cost: their number squared); `0` skips them.
+        Default value: `2000`.
 
     Returns:
       A dict of floats (nats per example): `elbo`, `reconstruction`, `kl`
@@ -158,7 +163,9 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
       `score_examples` (same seeds). `likelihood_score` says what `log_px`
       is (`LikelihoodHead.score_kind`: `"mass"`, `"density"` or
       `"cross_entropy"`), and `bits_per_dim` (from `log_px`) is given only
-      for a mass, i.e. discrete data.
+      for a mass, i.e. discrete data. With `surgery_examples`, also the mean
+      KL's split `mutual_information` + `marginal_kl` (and their standard
+      errors, `mi_upper_bound`, `surgery_examples`) where the posterior allows it.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     scores = score_examples(model, x, y=y, num_samples=num_samples, seed=seed,
@@ -176,6 +183,13 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
         ]
     except ValueError:
         pass  # not defined for this posterior / prior pair
+    surgery_examples = _checks.non_negative_int("surgery_examples", surgery_examples)
+    if surgery_examples and len(x) >= 2:
+        n = min(surgery_examples, len(x))
+        try:
+            result.update(elbo_surgery(model, x[:n], y=None if y is None else y[:n], seed=seed))
+        except ValueError:
+            pass  # a posterior that cannot score other examples' codes (the hierarchy)
     result["num_examples"] = int(len(x))
     result["num_samples"] = num_samples
     return result

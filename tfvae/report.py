@@ -232,6 +232,15 @@ def write_markdown(path, config, metrics, figures):
         _score_note(config, metrics),
         "",
     ]
+    if "mutual_information" in metrics:
+        lines += [
+            f"ELBO surgery (Hoffman & Johnson, 2016; first {metrics.get('surgery_examples')} "
+            "examples): the mean KL is `mutual_information` I_q(x; z), what the code carries "
+            f"about x (an estimate bounded by log N = {metrics.get('mi_upper_bound', 0):.2f}), "
+            "plus `marginal_kl` KL(q(z) ‖ p(z)), how far the aggregate posterior is from the "
+            "prior.",
+            "",
+        ]
     if "gap_examples" in metrics:
         lines += [
             f"On the first {metrics['gap_examples']} held-out examples, q was also optimised "
