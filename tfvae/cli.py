@@ -128,8 +128,6 @@ def _config(args):
 
 def _parser(defaults=True):
     """The command's parser; `defaults=False` leaves `train`'s unpassed options out."""
-    from tfvae import data
-
     def default(value):
         return value if defaults else argparse.SUPPRESS
 
@@ -163,13 +161,7 @@ def _parser(defaults=True):
                               description="ELBO, reconstruction, KL, importance-sampled log p(x), "
                               "the ELBO gap and active units on the run's validation split, or on --dataset "
                               "/ --split.")
-    evaluate.add_argument("run", help="a run directory written by `tfvae train`")
-    evaluate.add_argument("--dataset", default=None,
-                          help="evaluate on this dataset (a TFDS name or a .npy/.npz file or "
-                          "image folder) instead of the run's own (default: the run's)")
-    evaluate.add_argument("--split", choices=data.SPLITS, default="validation",
-                          help="which split of the dataset (default: %(default)s; test needs "
-                          "a TFDS name or a .npz with x_test)")
+    _run_and_data_arguments(evaluate)
     evaluate.add_argument("--num-samples", type=int, default=1000,
                           help="importance samples K for log p(x) (default: %(default)s)")
     evaluate.add_argument("--decompose-gap", action="store_true",
@@ -197,12 +189,7 @@ def _parser(defaults=True):
         command = sub.add_parser(name, help=text, parents=[common],
                                  description=text[0].upper() + text[1:] + ", one row per "
                                  "example in the dataset's order (labels too, when it has them).")
-        command.add_argument("run", help="a run directory written by `tfvae train`")
-        command.add_argument("--dataset", default=None,
-                             help="a TFDS name, a .npy/.npz file or an image folder "
-                             "(default: the run's own dataset)")
-        command.add_argument("--split", choices=data.SPLITS, default="validation",
-                             help="which split of the dataset (default: %(default)s)")
+        _run_and_data_arguments(command)
         command.add_argument("--batch-size", type=int, default=256)
         command.add_argument("--overwrite", action="store_true")
     encode_parser, score_parser = sub.choices["encode"], sub.choices["score"]
@@ -225,6 +212,19 @@ def _parser(defaults=True):
     sample.add_argument("--output", help="a .png or .npy file (default: RUN/samples-SEED.png)")
     sample.add_argument("--overwrite", action="store_true")
     return parser
+
+
+def _run_and_data_arguments(command):
+    """`RUN [--dataset D] [--split S]`: a trained run and the data it is applied to."""
+    from tfvae import data
+
+    command.add_argument("run", help="a run directory written by `tfvae train`")
+    command.add_argument("--dataset", default=None,
+                         help="a TFDS name, a .npy/.npz file or an image folder, prepared as "
+                         "the run prepares its held-out data (default: the run's own dataset)")
+    command.add_argument("--split", choices=data.SPLITS, default="validation",
+                         help="which split of the dataset (default: %(default)s; test needs a "
+                         "TFDS name or a .npz with x_test)")
 
 
 def _refuse_existing(path, overwrite):
@@ -414,9 +414,16 @@ def _run_data(args):
     return model, x, y, labels
 
 
-def _write_table(output, columns):
-    """Writes `{name: array [n] or [n, ...]}` as a .npz, or as a .csv of flattened columns."""
+def _write_table(output, columns, labels=None):
+    """Writes `{name: array [n] or [n, ...]}`, after an `index` and the dataset's `label`
+    columns, as a .npz, or as a .csv of flattened columns."""
     import numpy as np
+
+    n = len(next(iter(columns.values())))
+    first = {"index": np.arange(n)}
+    if labels is not None:
+        first["label"] = np.asarray(labels)
+    columns = {**first, **columns}
 
     if output.endswith(".npz"):
         files.write_with(output, lambda path: np.savez(path, **columns))
@@ -446,24 +453,17 @@ def _write_table(output, columns):
 
 
 def _encode(args, argv):
-    import numpy as np
-
     from tfvae import evaluation
 
     output = _table_output(args, f"codes-{args.split}.npz")
     model, x, y, labels = _run_data(args)
     codes = evaluation.encode_dataset(model, x, y=y, batch_size=args.batch_size,
                                       verbose=int(sys.stdout.isatty()))
-    columns = {"index": np.arange(len(x))}
-    if labels is not None:
-        columns["label"] = np.asarray(labels)
-    _write_table(output, {**columns, **codes})
+    _write_table(output, codes, labels)
     print(f"wrote {output} ({len(x)} examples, latent_dim {model.latent_dim})")
 
 
 def _score(args, argv):
-    import numpy as np
-
     from tfvae import evaluation
 
     output = _table_output(args, f"scores-{args.split}.csv")
@@ -474,10 +474,7 @@ def _score(args, argv):
     scores = evaluation.score_examples(model, x, y=y, num_samples=args.num_samples,
                                        seed=args.seed, batch_size=args.batch_size,
                                        verbose=int(sys.stdout.isatty()))
-    columns = {"index": np.arange(len(x))}
-    if labels is not None:
-        columns["label"] = np.asarray(labels)
-    _write_table(output, {**columns, **scores})
+    _write_table(output, scores, labels)
     print(f"wrote {output} ({len(x)} examples)")
 
 

@@ -1,0 +1,71 @@
+"""The binarised-MNIST table (README) from `results/mnist/*.json` written by bench_mnist.py.
+
+    python benchmarks/mnist_table.py [--results benchmarks/results/mnist]
+
+Prints one markdown row per variant: mean ± sample sd over the seeds present
+(a single seed shows no spread), in nats per validation digit.
+"""
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+ORDER = ("VAE", "IWAE-5", "IWAE-50", "IAF", "VampPrior", "hierarchical")
+LABELS = {
+    "VAE": "VAE (diagonal q, N(0, I))",
+    "IWAE-5": "IWAE, k = 5 (DReG)",
+    "IWAE-50": "IWAE, k = 50 (DReG)",
+    "IAF": "IAF posterior (2 steps)",
+    "VampPrior": "VampPrior (500 pseudo-inputs)",
+    "hierarchical": "two stochastic layers (z₁ 32, z₂ 16)",
+}
+
+
+def _cell(values, digits=2):
+    values = np.asarray(values, np.float64)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def rows(results):
+    by_variant = {}
+    for result in results:
+        by_variant.setdefault(result["variant"], []).append(result)
+    lines = []
+    for name in sorted(by_variant, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+        runs = sorted(by_variant[name], key=lambda r: r["seed"])
+        get = lambda key: [r[key] for r in runs]  # noqa: E731
+        subset = lambda key: [r["gap_subset"][key] for r in runs]  # noqa: E731
+        kl = _cell(get("kl"))
+        if all("kl_z1" in r for r in runs):
+            kl += f" (z₁ {_cell(get('kl_z1'), 1)}, z₂ {_cell(get('kl_z2'), 1)})"
+        lines.append(
+            f"| {LABELS.get(name, name)} | {len(runs)} | {_cell(get('elbo'))} | "
+            f"{_cell(get('log_px'))} | {_cell(get('gap'))} | {_cell(subset('amortization_gap'))} | "
+            f"{_cell(subset('approximation_gap'))} | {kl} | {_cell(get('active_units'), 0)} | "
+            f"{_cell(np.asarray(get('train_seconds')) / 60, 1)} | "
+            f"{_cell(np.asarray(get('eval_seconds')) / 60, 1)} |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results",
+                                                          "mnist"))
+    args = parser.parse_args(argv)
+    results = []
+    for path in sorted(glob.glob(os.path.join(args.results, "*.json"))):
+        with open(path) as f:
+            results.append(json.load(f))
+    print("| variant | seeds | ELBO | log p(x) | gap | amortization | approximation | KL | "
+          "active units | train (min) | eval (min) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("\n".join(rows(results)))
+
+
+if __name__ == "__main__":
+    main()
