@@ -13,7 +13,10 @@ from sklearn import datasets as sk_datasets
 import tfvae
 from tfvae import cli
 from tfvae import data
+from tfvae import disentanglement
+from tfvae import shapes
 
+from helpers import TINY_RUN
 from helpers import invalid, raises
 from helpers import splits_npz
 
@@ -54,8 +57,62 @@ def test_tfds_loaders_on_mock_data(name, shape, labelled):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*mnist.*fashion_mnist.*cifar10"):
+    with pytest.raises(ValueError,
+                       match="unknown dataset 'imagenet'.*shapes.*mnist.*fashion_mnist.*cifar10"):
         data.load("imagenet")
+
+
+def test_shapes_is_built_in_with_1d_labels_and_its_factors_row_for_row():
+    (x_train, y_train), (x_val, y_val) = data.load("shapes")
+    n = int(np.prod(shapes.FACTOR_SIZES))
+    assert x_val.shape == (round(0.2 * n), 32, 32, 1) and len(x_train) == n - len(x_val)
+    assert x_train.dtype == np.float32 and set(np.unique(x_train)) == {0.0, 1.0}
+    assert y_train.dtype == np.int64 and y_train.shape == (len(x_train),)
+    by_split = {"train": (x_train, y_train), "validation": (x_val, y_val)}
+    rows = []
+    for split, (x, y) in by_split.items():
+        known = data.load_factors("shapes", split)
+        assert known["names"] == shapes.FACTOR_NAMES and known["sizes"] == shapes.FACTOR_SIZES
+        factors = known["factors"]
+        # Row i of the factors is the image at row i; the label is the shape factor.
+        np.testing.assert_array_equal(shapes.render(factors), x)
+        np.testing.assert_array_equal(y, factors[:, 0])
+        rows.append(factors)
+    # Together the two splits are the product set, each combination once.
+    np.testing.assert_array_equal(np.unique(np.concatenate(rows), axis=0), shapes.all_factors())
+    np.testing.assert_array_equal(data.load_split("shapes", "validation")[0], x_val)
+    # Another seed, another split; the factors follow it.
+    other = data.load_factors("shapes", "validation", seed=1)["factors"]
+    assert not np.array_equal(other, rows[1])
+    np.testing.assert_array_equal(other[:, 0], data.load("shapes", seed=1)[1][1])
+
+
+@pytest.mark.slow
+def test_cli_trains_on_shapes_and_its_codes_line_up_with_the_factors(tmp_path):
+    output = str(tmp_path / "shapes")
+    assert cli.main(["train", "--dataset", "shapes", "--output", output, *TINY_RUN,
+                     "--epochs", "1"]) == 0
+    config, model = tfvae.runs.load_run(output)
+    assert model.event_shape == (32, 32, 1) and config.dataset == "shapes"
+    # The wiring `tfvae evaluate` can use: the held-out split's posterior means, and
+    # the factors of the same split, row for row.
+    x, y = tfvae.runs.held_out(config)
+    known = data.load_factors(config.dataset, "validation", seed=config.seed)
+    np.testing.assert_array_equal(y, known["factors"][:, 0])
+    codes = tfvae.evaluation.encode_dataset(model, x)["mean"]
+    result = disentanglement.mig(codes, known["factors"])
+    assert result.mutual_information.shape == (2, 5) and 0 <= result.score <= 1
+
+
+def test_only_shapes_has_known_factors_and_no_test_split():
+    assert data.load_factors("digits") is None
+    assert data.load_factors("mnist", "train") is None
+    with invalid("split", "test", "no test split"):
+        data.load_factors("shapes", "test")
+    with invalid("split", "valid"):
+        data.load_factors("shapes", "valid")
+    with raises("`split`", "has no test split"):
+        data.load_split("shapes", "test")
 
 
 def test_prepare_for_each_likelihood():

@@ -1,6 +1,8 @@
 """Datasets and input pipelines.
 
 * `load_digits`: the built-in default, scikit-learn's 8×8 handwritten digits (offline).
+* `load_shapes`: built-in procedural 32×32 shapes with known factors (`tfvae.shapes`);
+  `load_factors` gives the factors of a split.
 * `load_tfds`: TensorFlow Datasets by name (`TFDS_NAMES`), as 8-bit levels.
 * `load_array_file`, `load_image_folder`: the user's own data.
 * `prepare`: scaling / binarisation / 8-bit levels for a likelihood.
@@ -15,6 +17,7 @@ import zlib
 import numpy as np
 
 from tfvae import _checks
+from tfvae import shapes
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ TFDS_NAMES = {
     "binarized_mnist": "validation",
     "cifar10": "test",
 }
+# Datasets built into the library (offline), by name.
+BUILTIN_NAMES = ("digits", "shapes")
 # The splits a dataset can be asked for (`load_split`, `tfvae evaluate --split`).
 SPLITS = ("train", "validation", "test")
 # `.npz` keys of predefined splits; the validation split may have any of these names.
@@ -55,6 +60,59 @@ def load_digits(validation_fraction=0.2, seed=0):
     digits = datasets.load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
     return _split(x, digits.target.astype("int64"), validation_fraction, seed)
+
+
+def load_shapes(validation_fraction=0.2, seed=0):
+    """Procedural 32×32 binary shapes with five known independent factors (`tfvae.shapes`).
+
+    The dataset is the full product set of factor values (`shapes.all_factors`,
+    20,808 images, in which the factors are exactly independent), split at
+    random like every dataset without predefined splits.
+
+    Args:
+      validation_fraction: fraction held out for validation. Default value: `0.2`.
+      seed: seed of the shuffle before the split. Default value: `0`.
+
+    Returns:
+      `((x_train, y_train), (x_val, y_val))` with `x` float32 0/1 pixels of shape
+      `[n, 32, 32, 1]` and `y` the int64 shape class (`shapes.SHAPES`), a 1-D
+      label like every dataset's; all five factors of a split come from
+      `load_factors("shapes", split, validation_fraction, seed)`, row for row.
+    """
+    factors = shapes.all_factors()
+    train, validation = _split(factors, factors, validation_fraction, seed)
+    return tuple((shapes.render(f), f[:, 0]) for f, _ in (train, validation))
+
+
+def load_factors(dataset, split="validation", validation_fraction=0.2, seed=0):
+    """The known generative factors of a split, row for row with `load_split`'s images.
+
+    Only the built-in `shapes` has known factors; every other dataset gives `None`,
+    so a caller can write `if factors is not None: ...`. No images are rendered.
+
+    Args:
+      dataset: a dataset name or path (see `load`).
+      split: `"train"` or `"validation"` (`shapes` has no test split).
+        Default value: `"validation"`.
+      validation_fraction: as given to `load` / `load_split`. Default value: `0.2`.
+      seed: as given to `load` / `load_split`. Default value: `0`.
+
+    Returns:
+      `None`, or a dict: `factors` int64 `[n, 5]` (the rows of `load_split(dataset,
+      split, validation_fraction, seed)`, in its order), `names`
+      (`shapes.FACTOR_NAMES`) and `sizes` (`shapes.FACTOR_SIZES`).
+    """
+    split = _checks.one_of("split", split, SPLITS)
+    if dataset != "shapes":
+        return None
+    if split == "test":
+        raise ValueError(
+            "Received an invalid value for `split`: 'shapes' has no test split (it has train "
+            "and validation). Received: split='test'")
+    factors = shapes.all_factors()
+    train, validation = _split(factors, factors, validation_fraction, seed)
+    rows = (train if split == "train" else validation)[0]
+    return {"factors": rows, "names": shapes.FACTOR_NAMES, "sizes": shapes.FACTOR_SIZES}
 
 
 def load_array_file(path, validation_fraction=0.2, seed=0):
@@ -188,7 +246,7 @@ def load_tfds(name, data_dir=None, splits=("train", "validation")):
     if name not in TFDS_NAMES:
         raise ValueError(
             f"Received an invalid value for `dataset`: unknown dataset {name!r}. Known: "
-            + ", ".join(["digits", *TFDS_NAMES])
+            + ", ".join([*BUILTIN_NAMES, *TFDS_NAMES])
             + ", or a .npy/.npz file or a folder of images."
         )
     import tensorflow_datasets as tfds
@@ -300,7 +358,10 @@ def _split(x, y, validation_fraction, seed, source="the dataset"):
 
 
 def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
-    """Loads `dataset`: 'digits', a TFDS name, a .npy/.npz file or a folder of images.
+    """Loads `dataset`: 'digits', 'shapes', a TFDS name, a .npy/.npz file or an image folder.
+
+    The built-in names ('digits', 'shapes') come first: a folder named `shapes`
+    in the working directory is loaded as `./shapes`.
 
     Returns:
       `((x_train, y_train), (x_val, y_val))`: predefined splits where the
@@ -308,9 +369,11 @@ def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
     """
     if dataset == "digits":
         return load_digits(validation_fraction, seed)
+    if dataset == "shapes":
+        return load_shapes(validation_fraction, seed)
     if not isinstance(dataset, (str, os.PathLike)) or not str(dataset):
-        raise ValueError("Received an invalid value for `dataset`, expected 'digits', a TFDS "
-                         f"name, a .npy/.npz file or a folder of images. Received: "
+        raise ValueError("Received an invalid value for `dataset`, expected 'digits', 'shapes', "
+                         "a TFDS name, a .npy/.npz file or a folder of images. Received: "
                          f"dataset={dataset!r}")
     dataset = os.fspath(dataset)
     if dataset in TFDS_NAMES:
