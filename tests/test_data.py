@@ -1,5 +1,6 @@
 """tfvae.data: built-in digits, TFDS by name (mocked: no downloads), user files, pipelines."""
 
+import json
 import math
 import os
 
@@ -102,6 +103,16 @@ def test_cli_trains_on_shapes_and_its_codes_line_up_with_the_factors(tmp_path):
     codes = tfvae.evaluation.encode_dataset(model, x)["mean"]
     result = disentanglement.mig(codes, known["factors"])
     assert result.mutual_information.shape == (2, 5) and 0 <= result.score <= 1
+    # ... and what train and evaluate report: the MIG of those codes, per factor too.
+    with open(os.path.join(output, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["mig"] == pytest.approx(result.score, abs=1e-6)
+    for name, gap in zip(known["names"], result.gaps):
+        assert metrics[f"mig_{name}"] == pytest.approx(gap, abs=1e-6)
+    assert cli.main(["evaluate", output, "--num-samples", "2", "--output",
+                     str(tmp_path / "e.json")]) == 0
+    with open(tmp_path / "e.json") as f:
+        assert json.load(f)["mig"] == pytest.approx(result.score, abs=1e-6)
 
 
 def test_only_shapes_has_known_factors_and_no_test_split():

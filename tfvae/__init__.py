@@ -8,11 +8,13 @@
 import importlib
 
 from tfvae import data
+from tfvae import disentanglement
 from tfvae import evaluation
 from tfvae import export
 from tfvae import gap
 from tfvae import objectives
 from tfvae import random
+from tfvae import shapes
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
@@ -86,6 +88,7 @@ __all__ = [
     "VampPrior",
     "build_vae",
     "data",
+    "disentanglement",
     "evaluation",
     "export",
     "elbo",
@@ -95,4 +98,5 @@ __all__ = [
     "log_likelihood",
     "objectives",
     "random",
+    "shapes",
 ]

@@ -320,7 +320,7 @@ def _print_table(metrics):
 
 
 def _evaluate(args, argv):
-    from tfvae import evaluation, report, runs
+    from tfvae import data, evaluation, report, runs
 
     _check_run_directory(args.run)
     output = os.path.join(args.run, "evaluation.json") if args.output is None else args.output
@@ -334,6 +334,10 @@ def _evaluate(args, argv):
     metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples, seed=args.seed,
                                         y=y, verbose=int(sys.stdout.isatty()))
     metrics.update(dataset=args.dataset or config.dataset, split=args.split)
+    known = data.load_factors(args.dataset or config.dataset, args.split, seed=config.seed)
+    if known is not None:
+        metrics.update(evaluation.disentanglement_metrics(model, x, known["factors"],
+                                                          known["names"], y=y))
     if args.decompose_gap:
         metrics.update(evaluation.gap_decomposition(model, x, y=y, num_examples=args.gap_examples,
                                                     seed=args.seed))

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import disentanglement
 from tfvae import gap
 from tfvae import random as tfvae_random
 
@@ -12,7 +13,7 @@ from tfvae import random as tfvae_random
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
 SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_information",
                 "marginal_kl", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
-                "bits_per_dim", "active_units")
+                "bits_per_dim", "active_units", "mig")
 
 
 def summary(metrics):
@@ -312,3 +313,24 @@ def elbo_surgery(model, x, y=None, num_samples=1, seed=0, chunk_size=256):
         result[key] = float(values.mean())
         result[key + "_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
     return result
+
+
+def disentanglement_metrics(model, x, factors, names, y=None, num_bins=20, batch_size=256):
+    """The Mutual Information Gap of the model's posterior means for known factors.
+
+    Args:
+      model: a `tfvae.VAE`.
+      x: data `[n] + event_shape`, row for row with `factors`; y: their
+        conditions, for a conditional model.
+      factors: integer factors `[n, K]` (e.g. `tfvae.data.load_factors`).
+      names: the K factor names.
+      num_bins: bins per code dimension (`disentanglement.mig`). Default value: `20`.
+      batch_size: examples per encoder batch. Default value: `256`.
+
+    Returns:
+      A dict of floats: `mig` and, per factor, `mig_<name>` (its gap).
+    """
+    codes = encode_dataset(model, x, y=y, batch_size=batch_size)["mean"]
+    result = disentanglement.mig(codes, factors, num_bins=num_bins)
+    return {"mig": float(result.score),
+            **{f"mig_{name}": float(gap_) for name, gap_ in zip(names, result.gaps)}}

@@ -241,6 +241,15 @@ def write_markdown(path, config, metrics, figures):
             "prior.",
             "",
         ]
+    if "mig" in metrics:
+        gaps = ", ".join(f"{key[4:]} {value:.3f}" for key, value in metrics.items()
+                         if key.startswith("mig_"))
+        lines += [
+            "`mig`: the Mutual Information Gap of the posterior means for the data's known "
+            "factors (Chen et al., 2018; 0 = no code dimension singles out a factor, 1 = each "
+            f"factor has a dimension of its own). Per factor: {gaps}.",
+            "",
+        ]
     if "gap_examples" in metrics:
         lines += [
             f"On the first {metrics['gap_examples']} held-out examples, q was also optimised "

@@ -702,6 +702,10 @@ def _train(config, output, strategy, resume, verbose, report, splits, num_classe
     metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples,
                                         seed=config.seed, y=conditions[1])
     metrics["epochs_trained"] = len(history.get("loss", []))
+    known = data_lib.load_factors(config.dataset, "validation", seed=config.seed)
+    if known is not None:  # data with known generative factors: how disentangled the codes are
+        metrics.update(evaluation.disentanglement_metrics(best, x_val, known["factors"],
+                                                          known["names"], y=conditions[1]))
     if config.decompose_gap:
         metrics.update(evaluation.gap_decomposition(best, x_val, y=conditions[1],
                                                     num_examples=config.gap_examples,
