@@ -481,11 +481,14 @@ def log_aggregate_posterior(z, loc, scale, *, dataset_size=None, self_index=None
     Given x_i and a batch drawn without replacement, the estimate of q(z_i)
     is then unbiased (its logarithm is biased low by Jensen's inequality),
     and it is exact when the batch is the whole dataset (N = M). We use MSS
-    rather than minibatch-weighted sampling (MWS) because MWS weighs every
-    example 1/(N M), which estimates q(z_i) low by a factor close to M
-    unless q(z_i|x_i) dominates the sum, so its MI / TC numbers are off by
-    up to log M nats. (Chen et al.'s reference code splits the non-self
-    weight differently; both weightings sum to one.)
+    rather than minibatch-weighted sampling (MWS) because MWS, as Chen et al.
+    write it, weighs every example 1/(N M): weights that sum to 1/N, not one,
+    so its log q(z) is low by between log M (each z_i's own posterior
+    dominates) and log N (the posteriors overlap) nats, and the reported MI,
+    TC and dimension-wise KL move by multiples of that. (Chen et al.'s
+    reference MSS code splits the non-self weight differently; both
+    weightings sum to one.) The gradients of the estimate depend on N only
+    through the ratio of the self weight to the others.
 
     Mathematical details:
       `log q(z_i) ≈ logsumexp_k [log w_ik + log q(z_i | x_k)]` and, per
