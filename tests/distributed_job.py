@@ -3,6 +3,7 @@ configured at process start, so they cannot run inside the pytest process).
 
     python tests/distributed_job.py mirrored OUT.json   # one device vs MirroredStrategy on 2 CPUs
     python tests/distributed_job.py worker OUT.json     # one MultiWorkerMirroredStrategy worker (TF_CONFIG)
+    python tests/distributed_job.py tcvae OUT.json      # β-TCVAE: one device vs MirroredStrategy on 2 CPUs
 """
 
 import json
@@ -24,7 +25,11 @@ VARIANT = {"posterior": "hierarchical", "top_latent_dim": 2, "free_bits": 0.5,
            "free_bits_groups": 2, "condition_dim": 10}
 
 
-def train(strategy, variant=False):
+# β-TCVAE: its aggregate posterior needs the global batch (all-gathered across replicas).
+TCVAE = {"objective": "beta_tcvae", "tc_weight": 6.0, "mi_weight": 0.5, "dataset_size": 256}
+
+
+def train(strategy, variant=False, tcvae=False):
     """The reference job: a fixed-seed VAE on 256 digits, global batch 64, 3 epochs."""
     import keras
 
@@ -34,7 +39,7 @@ def train(strategy, variant=False):
     x, y = x[:256], y[:256]
     with strategy.scope():
         model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(32,), seed=0,
-                                **(VARIANT if variant else {}))
+                                **(VARIANT if variant else {}), **(TCVAE if tcvae else {}))
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
     dataset = tf.data.Dataset.from_tensor_slices((x, y) if variant else x).batch(GLOBAL_BATCH)
     history = model.fit(dataset, epochs=EPOCHS, verbose=0).history
@@ -45,18 +50,54 @@ def train(strategy, variant=False):
     }
 
 
+def tc_terms_of_an_uneven_batch(strategy):
+    """`objectives.tc_decomposition` on 5 examples split 3 + 2 across the replicas (or all on
+    one device): each replica's rows, concatenated."""
+    from tfvae import objectives
+    from tfvae import priors
+
+    rng = np.random.default_rng(0)
+    loc = rng.normal(size=(5, 3)).astype("float32")
+    scale = rng.uniform(0.5, 1.5, size=(5, 3)).astype("float32")
+    z = (loc + scale * rng.standard_normal((2, 5, 3))).astype("float32")  # [L, batch, d]
+    log_prior = priors.StandardNormalPrior(3).distribution().log_prob
+    rows = [slice(0, 3), slice(3, 5)] if strategy.num_replicas_in_sync == 2 else [slice(0, 5)]
+
+    def values(context):
+        part = rows[context.replica_id_in_sync_group]
+        return tf.constant(z[:, part]), tf.constant(loc[part]), tf.constant(scale[part])
+
+    @tf.function
+    def step(inputs):
+        return strategy.run(lambda v: objectives.tc_decomposition(
+            v[0], v[1], v[2], log_prior, dataset_size=40), args=(inputs,))
+
+    terms = step(strategy.experimental_distribute_values_from_function(values))
+    return {key: np.concatenate([t.numpy() for t in strategy.experimental_local_results(value)])
+            .tolist() for key, value in terms.items()}
+
+
 def main(mode, output):
-    if mode == "mirrored":
+    if mode in ("mirrored", "tcvae"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         # One strategy object for both jobs: two MirroredStrategy instances in one
         # process hand out clashing collective keys.
         mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        one = tf.distribute.get_strategy()
+    if mode == "mirrored":
         result = {
-            "single": train(tf.distribute.get_strategy()),
+            "single": train(one),
             "mirrored": train(mirrored),
-            "single_variant": train(tf.distribute.get_strategy(), variant=True),
+            "single_variant": train(one, variant=True),
             "mirrored_variant": train(mirrored, variant=True),
+        }
+    elif mode == "tcvae":
+        result = {
+            "single": train(one, tcvae=True),
+            "mirrored": train(mirrored, tcvae=True),
+            "single_uneven": tc_terms_of_an_uneven_batch(one),
+            "mirrored_uneven": tc_terms_of_an_uneven_batch(mirrored),
         }
     elif mode == "worker":
         result = train(tf.distribute.MultiWorkerMirroredStrategy())

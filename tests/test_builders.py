@@ -164,3 +164,26 @@ def test_prior_names_and_mirrored_widths():
     assert mixture.prior.num_components == 4
     top = tfvae.build_vae((4,), 1, posterior="hierarchical", top_latent_dim=3, hidden_units=(8,))
     assert top.posterior.latent_dims == (1, 3)
+
+
+@pytest.mark.parametrize("extra, culprit", [
+    ({"posterior": "full"}, "FullCovarianceGaussianPosterior"),
+    ({"posterior": "iaf"}, "IAFPosterior"),
+    ({"posterior": "planar"}, "PlanarFlowPosterior"),
+    ({"posterior": "hierarchical"}, "HierarchicalPosterior"),
+    ({"prior": "mixture"}, "MixtureOfGaussiansPrior"),
+    ({"prior": "vamp"}, "VampPrior"),
+])
+def test_beta_tcvae_names_that_do_not_factorise_are_refused(extra, culprit):
+    with raises("`objective`", "objective='beta_tcvae'", culprit):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), num_components=2, objective="beta_tcvae",
+                        **extra)
+
+
+def test_build_vae_passes_the_beta_tcvae_options_to_the_model():
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,), objective="beta_tcvae", mi_weight=0.5,
+                            tc_weight=6.0, dwkl_weight=2.0, dataset_size=1000, seed=0)
+    assert (model.objective, model.mi_weight, model.tc_weight, model.dwkl_weight,
+            model.dataset_size) == ("beta_tcvae", 0.5, 6.0, 2.0, 1000)
+    assert [m.name for m in model.metrics] == ["loss", "elbo", "reconstruction", "kl", "mi", "tc",
+                                               "dwkl"]

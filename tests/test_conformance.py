@@ -2,7 +2,7 @@
 
 Each variant (β-VAE, IWAE and IWAE + DReG, IAF, planar-flow and full-covariance posteriors,
 mixture and Vamp priors, a two-layer hierarchy, conditional MLP and conv
-models, free bits per group) is checked for
+models, free bits per group, β-TCVAE) is checked for
 
 * serialisation: `.keras` save / load keeps the config, the weights, and
   exactly the ELBO terms and training objective at a fixed seed and `predict`;
@@ -125,6 +125,10 @@ VARIANTS = {
                                 config={"condition_dim": NUM_CLASSES}),
     "free_bits_groups": Variant(lambda: _mlp_vae(free_bits=0.5, free_bits_groups=2),
                                 config={"free_bits": 0.5, "free_bits_groups": 2}),
+    "beta_tcvae": Variant(
+        lambda: _mlp_vae(objective="beta_tcvae", tc_weight=6.0, dataset_size=NUM_EXAMPLES),
+        config={"objective": "beta_tcvae", "tc_weight": 6.0, "mi_weight": 1.0,
+                "dwkl_weight": 1.0, "dataset_size": NUM_EXAMPLES}),
 }
 NAMES = list(VARIANTS)
 
@@ -177,6 +181,8 @@ def _metric_names(model):
     names = {"loss", "elbo", "reconstruction", "kl"}
     if model.objective == "iwae":
         names.add("iwae")
+    if model.objective == "beta_tcvae":
+        names |= {"mi", "tc", "dwkl"}
     if model.hierarchical:
         names |= {"kl_z1", "kl_z2"}
     return names
@@ -306,7 +312,7 @@ def _assert_same_elbo(got_model, model, n, seed):
     condition = {} if labels is None else {"y": labels}
     expected = model.elbo(x, seed=0, **condition)
     got = got_model.elbo(x, seed=0, **condition)
-    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae"}
+    assert set(got) == set(expected) == _metric_names(model) - {"loss", "iwae", "mi", "tc", "dwkl"}
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     return x, labels, expected
@@ -341,8 +347,8 @@ def test_variant_builds_and_rebuilds_from_its_config(name):
 def test_variant_is_built_as_specified(zoo, name):
     model, _, history = zoo.fitted(name)
     _assert_built_as_specified(model, VARIANTS[name])
-    # The epoch logs also record the scheduled quantities (β for ELBO objectives).
-    schedules = {"learning_rate"} | ({"beta"} if model.objective == "elbo" else set())
+    # The epoch logs also record the scheduled quantities (β for objectives with a KL term).
+    schedules = {"learning_rate"} | ({"beta"} if model.objective != "iwae" else set())
     assert set(history) == _metric_names(model) | schedules
     assert all(np.isfinite(v).all() for v in history.values())
     if model.hierarchical:  # the decoder sees z1 only

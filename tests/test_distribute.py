@@ -55,6 +55,27 @@ def test_mirrored_conditional_hierarchy_with_free_bits_per_layer_matches_one_dev
     assert {"kl_z1", "kl_z2"} <= set(mirrored["mirrored_variant"]["history"])
 
 
+def test_mirrored_beta_tcvae_gathers_the_global_batch_and_matches_one_device(tmp_path):
+    # β-TCVAE's aggregate posterior is estimated over the global batch: each replica
+    # all-gathers the posterior parameters, and gradients flow back through the gather.
+    # A per-replica estimate would give other mi / tc / dwkl numbers and other weights.
+    output = tmp_path / "tcvae.json"
+    result = subprocess.run([sys.executable, str(JOB), "tcvae", str(output)], env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(output.read_text())
+    assert runs["single"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
+    _assert_same_training(runs["single"], runs["mirrored"])
+    for key in ("mi", "tc", "dwkl"):
+        np.testing.assert_allclose(runs["mirrored"]["history"][key], runs["single"]["history"][key],
+                                   rtol=1e-5, atol=1e-6, err_msg=key)
+    assert runs["single"]["history"]["loss"][0] > runs["single"]["history"]["loss"][-1]
+    # Replicas holding 3 and 2 examples of a batch of 5 give one device's terms.
+    for key, values in runs["single_uneven"].items():
+        np.testing.assert_allclose(runs["mirrored_uneven"][key], values, rtol=1e-6, atol=1e-6,
+                                   err_msg=key)
+
+
 def _launch_workers(tmp_path, argv_for, count=2):
     ports = [_free_port() for _ in range(count)]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

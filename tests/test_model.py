@@ -146,6 +146,93 @@ def test_elbo_terms_with_explicit_noise_are_the_hand_computed_terms():
         np.testing.assert_array_equal(objective[key], value)
 
 
+def _hand_tc_terms(model, x, eps, dataset_size):
+    """β-TCVAE's mi, tc, dwkl from the raw encoder with numpy: the aggregate posterior by
+    minibatch stratified sampling (self weight 1/N, the others (N − 1) / (N (M − 1)))."""
+    raw = model.encoder(tf.constant(x)).numpy().astype(np.float64)
+    mu, sigma = raw[:, :3], _softplus(raw[:, 3:]) + 1e-5
+    z = mu + sigma * eps  # [L, M, d]
+    m = len(x)
+    weights = np.full((m, m), (dataset_size - 1) / (dataset_size * (m - 1)))
+    np.fill_diagonal(weights, 1.0 / dataset_size)
+    log_q = stats.norm.logpdf(z[:, :, None, :], mu[None, None], sigma[None, None])  # [L, M, M, d]
+    log_qz = np.log(np.sum(weights * np.exp(log_q.sum(-1)), -1))
+    log_qz_product = np.log(np.sum(weights[..., None] * np.exp(log_q), -2)).sum(-1)
+    log_qz_x = stats.norm.logpdf(z, mu, sigma).sum(-1)
+    log_pz = stats.norm.logpdf(z).sum(-1)
+    return {"mi": (log_qz_x - log_qz).mean(0), "tc": (log_qz - log_qz_product).mean(0),
+            "dwkl": (log_qz_product - log_pz).mean(0)}
+
+
+def test_tc_terms_with_explicit_noise_are_the_hand_computed_terms():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 5)).astype("float32")
+    eps = rng.normal(size=(2, 6, 3))
+    model = _gaussian_model(objective="beta_tcvae", beta=0.5, mi_weight=0.3, tc_weight=6.0,
+                            dwkl_weight=2.0, dataset_size=40, num_samples=2)
+    expected = {**_hand_terms(model, x, eps, 0.5, 0.0), **_hand_tc_terms(model, x, eps, 40)}
+    expected["loss"] = -expected["reconstruction"] + 0.5 * (
+        0.3 * expected["mi"] + 6.0 * expected["tc"] + 2.0 * expected["dwkl"])
+    terms = model.tc_terms(tf.constant(x), noise=tf.constant(eps, tf.float32))
+    assert set(terms) == set(expected) == {"loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl"}
+    for key, value in expected.items():
+        assert terms[key].shape == (6,)
+        np.testing.assert_allclose(terms[key], value, rtol=1e-5, atol=2e-4, err_msg=key)
+    # The ELBO's own terms are the ELBO objective's, and the objective is tc_terms.
+    elbo = model.elbo_terms(tf.constant(x), noise=tf.constant(eps, tf.float32))
+    for key in ("elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose(terms[key], elbo[key], rtol=1e-6, err_msg=key)
+    seed = tfvae.random.make_seed(5)
+    objective = model.objective_terms(tf.constant(x), seed=seed)
+    for key, value in model.tc_terms(tf.constant(x), seed=seed).items():
+        np.testing.assert_array_equal(objective[key], value)
+
+
+def test_tc_terms_in_a_graph_leave_invalid_rows_out_of_the_aggregate():
+    # Row 2 is NaN: its terms are NaN, and the other rows' terms are those of the batch
+    # without it (their aggregate posterior is over the 4 valid examples).
+    model = _tiny("bernoulli", objective="beta_tcvae", dataset_size=100)
+    x = _data_for("bernoulli", n=5)
+    broken = x.copy()
+    broken[2, 1, 1, 0] = np.nan
+    eps = np.random.default_rng(0).normal(size=(1, 5, 3)).astype("float32")
+    terms = tf.function(lambda x, eps: model.tc_terms(x, noise=eps), jit_compile=True)
+    got = terms(tf.constant(broken), tf.constant(eps))
+    want = terms(tf.constant(np.delete(x, 2, 0)), tf.constant(np.delete(eps, 2, 1)))
+    for key in ("loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl"):
+        assert np.isnan(got[key][2].numpy()), key
+        np.testing.assert_allclose(np.delete(got[key].numpy(), 2), want[key].numpy(), rtol=1e-5,
+                                   atol=1e-5, err_msg=key)
+
+
+def test_tc_terms_ask_the_parts_what_they_can_do():
+    # A model built for another objective still refuses tc_terms it cannot compute.
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="full", seed=0)
+    with raises("`objective`", "independent Gaussian dimensions", "FullCovarianceGaussianPosterior"):
+        model.tc_terms(tf.constant(unit_data(n=3)))
+
+
+def test_beta_tcvae_config_round_trips_and_old_configs_load_with_the_defaults():
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,), objective="beta_tcvae", mi_weight=0.5,
+                            tc_weight=6.0, dwkl_weight=0.0, dataset_size=70, beta=2.0, seed=0)
+    config = model.get_config()
+    assert {k: config[k] for k in ("objective", "mi_weight", "tc_weight", "dwkl_weight",
+                                   "dataset_size", "beta")} == {
+        "objective": "beta_tcvae", "mi_weight": 0.5, "tc_weight": 6.0, "dwkl_weight": 0.0,
+        "dataset_size": 70, "beta": 2.0}
+    rebuilt = tfvae.VAE.from_config(config)
+    assert rebuilt.get_config() == config
+    assert [m.name for m in rebuilt.metrics] == ["loss", "elbo", "reconstruction", "kl", "mi",
+                                                 "tc", "dwkl"]
+    # A config written before β-TCVAE existed (no such keys) loads as a plain ELBO model.
+    old = tfvae.build_vae((4,), 2, hidden_units=(4,), seed=0).get_config()
+    for key in ("mi_weight", "tc_weight", "dwkl_weight", "dataset_size"):
+        del old[key]
+    loaded = tfvae.VAE.from_config(old)
+    assert (loaded.objective, loaded.mi_weight, loaded.tc_weight, loaded.dwkl_weight,
+            loaded.dataset_size) == ("elbo", 1.0, 1.0, 1.0, None)
+
+
 def test_parameters_means_and_likelihood_fn_match_the_raw_networks():
     model = _gaussian_model()
     rng = np.random.default_rng(1)

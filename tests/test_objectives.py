@@ -513,6 +513,192 @@ def test_iwae_terms_agree_with_the_bound_and_elbo_functions():
 
 
 # ---------------------------------------------------------------------------
+# β-TCVAE: the KL split into MI, total correlation and dimension-wise KL, against numpy.
+
+
+def _np_mss(z, loc, scale, dataset_size):
+    """Numpy MSS estimates of log q(z_i) `[M]` and log q(z_ij) `[M, d]` for one sample
+    z `[M, d]` per example: weight 1/N for x_i itself, (N − 1)/(N (M − 1)) for the others."""
+    m = len(loc)
+    log_q = stats.norm.logpdf(z[:, None, :], loc[None], scale[None])  # [M, M, d]
+    weights = np.full((m, m), (dataset_size - 1) / (dataset_size * (m - 1)))
+    np.fill_diagonal(weights, 1.0 / dataset_size)
+    log_qz = np.log(np.sum(weights * np.exp(log_q.sum(-1)), axis=1))
+    log_qz_dims = np.log(np.sum(weights[..., None] * np.exp(log_q), axis=1))
+    return log_qz, log_qz_dims
+
+
+def _tc_batch(m=5, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    loc = rng.normal(size=(m, d)) * 0.8
+    scale = rng.uniform(0.4, 1.3, size=(m, d))
+    eps = rng.standard_normal((m, d))
+    return loc, scale, loc + scale * eps
+
+
+@pytest.mark.parametrize("dataset_size", [5, 40, 10_000])
+def test_mss_log_aggregate_posterior_matches_numpy(dataset_size):
+    loc, scale, z = _tc_batch()
+    log_qz, log_qz_dims = objectives.log_aggregate_posterior(
+        tf.constant(z[None], tf.float32), tf.constant(loc, tf.float32),
+        tf.constant(scale, tf.float32), dataset_size=dataset_size)
+    expected, expected_dims = _np_mss(z, loc, scale, dataset_size)
+    assert log_qz.shape == (1, 5) and log_qz_dims.shape == (1, 5, 3)
+    np.testing.assert_allclose(log_qz[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_qz_dims[0], expected_dims, rtol=1e-5, atol=1e-5)
+
+
+def test_mss_with_the_whole_dataset_is_the_exact_mixture():
+    # dataset_size=None: the batch is the dataset, q(z) = (1/M) Σ_k q(z|x_k) exactly.
+    loc, scale, z = _tc_batch(m=4, d=2, seed=1)
+    log_qz, log_qz_dims = objectives.log_aggregate_posterior(
+        tf.constant(z[None], tf.float32), tf.constant(loc, tf.float32),
+        tf.constant(scale, tf.float32))
+    log_q = stats.norm.logpdf(z[:, None, :], loc[None], scale[None])
+    np.testing.assert_allclose(log_qz[0], np.log(np.mean(np.exp(log_q.sum(-1)), 1)), rtol=1e-5)
+    np.testing.assert_allclose(log_qz_dims[0], np.log(np.mean(np.exp(log_q), 1)), rtol=1e-5)
+    # A dataset smaller than the batch cannot be: N is raised to M.
+    small, _ = objectives.log_aggregate_posterior(
+        tf.constant(z[None], tf.float32), tf.constant(loc, tf.float32),
+        tf.constant(scale, tf.float32), dataset_size=2)
+    np.testing.assert_allclose(small, log_qz, rtol=1e-6)
+
+
+def test_mss_estimate_of_q_z_is_unbiased_over_the_batches_holding_the_example():
+    # A dataset of N = 6 posteriors; example 0 in a batch of M = 3 drawn without
+    # replacement: averaged over all C(5, 2) batches, the MSS estimate of q(z_0) (not its
+    # log) is the exact mixture (1/N) Σ_n q(z_0|x_n).
+    import itertools
+
+    loc, scale, z = _tc_batch(m=6, d=2, seed=2)
+    estimates, estimates_dims = [], []
+    for others in itertools.combinations(range(1, 6), 2):
+        batch = [0, *others]
+        log_qz, log_qz_dims = objectives.log_aggregate_posterior(
+            tf.constant(z[None, :1], tf.float32), tf.constant(loc[batch], tf.float32),
+            tf.constant(scale[batch], tf.float32), dataset_size=6)
+        estimates.append(np.exp(np.float64(log_qz[0, 0])))
+        estimates_dims.append(np.exp(np.float64(log_qz_dims[0, 0])))
+    log_q = stats.norm.logpdf(z[0][None], loc, scale)  # [N, d]
+    np.testing.assert_allclose(np.mean(estimates), np.mean(np.exp(log_q.sum(-1))), rtol=1e-5)
+    np.testing.assert_allclose(np.mean(estimates_dims, 0), np.mean(np.exp(log_q), 0), rtol=1e-5)
+
+
+def test_mss_leaves_invalid_examples_out_of_the_aggregate():
+    loc, scale, z = _tc_batch(m=5, d=2, seed=3)
+    valid = np.array([True, False, True, True, False])
+    bad_loc = loc.copy()
+    bad_loc[~valid] = np.nan
+    log_qz, log_qz_dims = objectives.log_aggregate_posterior(
+        tf.constant(z[None], tf.float32), tf.constant(bad_loc, tf.float32),
+        tf.constant(scale, tf.float32), dataset_size=30, valid=tf.constant(valid))
+    expected, expected_dims = _np_mss(z[valid], loc[valid], scale[valid], 30)
+    np.testing.assert_allclose(log_qz.numpy()[0, valid], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_qz_dims.numpy()[0, valid], expected_dims, rtol=1e-5, atol=1e-5)
+    assert np.isnan(log_qz.numpy()[0, ~valid]).all()
+
+
+def test_tc_decomposition_telescopes_to_log_q_over_p_per_example():
+    loc, scale, _ = _tc_batch(m=6, d=3, seed=4)
+    eps = np.random.default_rng(5).standard_normal((3, 6, 3))
+    z = loc + scale * eps  # [L, M, d]
+    terms = objectives.tc_decomposition(
+        tf.constant(z, tf.float32), tf.constant(loc, tf.float32), tf.constant(scale, tf.float32),
+        _standard_normal(3).log_prob, dataset_size=1000)
+    log_ratio = np.mean(np.sum(stats.norm.logpdf(z, loc, scale) - stats.norm.logpdf(z), -1), 0)
+    total = terms["mi"] + terms["tc"] + terms["dwkl"]
+    assert total.shape == (6,)
+    np.testing.assert_allclose(total, log_ratio, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(terms["log_ratio"], log_ratio, rtol=1e-5, atol=2e-5)
+    # Each term against numpy (sample by sample, then the mean over the 3 samples).
+    per_sample = [_np_mss(z[l], loc, scale, 1000) for l in range(3)]
+    log_qz = np.stack([p[0] for p in per_sample])
+    log_qz_product = np.stack([p[1].sum(-1) for p in per_sample])
+    mi = np.mean(stats.norm.logpdf(z, loc, scale).sum(-1) - log_qz, 0)
+    tc = np.mean(log_qz - log_qz_product, 0)
+    np.testing.assert_allclose(terms["mi"], mi, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(terms["tc"], tc, rtol=1e-5, atol=2e-5)
+
+
+def _linear_decoder_parts(d, D, seed):
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(D, d))
+    bias = rng.normal(size=D) * 0.1
+    sigma = 0.7
+    w, b = tf.constant(weight, tf.float32), tf.constant(bias, tf.float32)
+
+    def log_likelihood(z, x):
+        mean = tf.linalg.matvec(w, z) + b
+        return tf.reduce_sum(tfd.Normal(mean, sigma).log_prob(x), -1)
+
+    return weight, bias, sigma, log_likelihood
+
+
+def test_beta_tcvae_loss_applies_its_weights_as_written():
+    m, d, D, n = 6, 3, 4, 50
+    loc, scale, _ = _tc_batch(m=m, d=d, seed=6)
+    x = np.random.default_rng(7).normal(size=(m, D))
+    eps = np.random.default_rng(8).standard_normal((1, m, d))
+    weight, bias, sigma, log_likelihood = _linear_decoder_parts(d, D, 9)
+    loc_t, scale_t = tf.constant(loc, tf.float32), tf.constant(scale, tf.float32)
+    # Independent numpy terms on the same noise.
+    z = loc + scale * eps[0]
+    reconstruction = stats.norm.logpdf(x, z @ weight.T + bias, sigma).sum(-1)
+    log_qz, log_qz_dims = _np_mss(z, loc, scale, n)
+    log_qz_x = stats.norm.logpdf(z, loc, scale).sum(-1)
+    log_pz = stats.norm.logpdf(z).sum(-1)
+    mi, tc, dwkl = log_qz_x - log_qz, log_qz - log_qz_dims.sum(-1), log_qz_dims.sum(-1) - log_pz
+    for beta, alpha, beta_tc, gamma in [(1.0, 1.0, 1.0, 1.0), (0.7, 0.5, 6.0, 2.0),
+                                        (1.0, 0.0, 0.0, 0.0), (2.0, 1.0, 10.0, 0.0)]:
+        terms = objectives.beta_tcvae(
+            tf.constant(x, tf.float32), loc_t, scale_t, lambda e: loc_t + scale_t * e,
+            log_likelihood, _standard_normal(d).log_prob, noise=eps, beta=beta,
+            mi_weight=alpha, tc_weight=beta_tc, dwkl_weight=gamma, dataset_size=n)
+        assert set(terms) == {"loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl"}
+        for key, want in [("reconstruction", reconstruction), ("mi", mi), ("tc", tc),
+                          ("dwkl", dwkl), ("kl", log_qz_x - log_pz)]:
+            np.testing.assert_allclose(terms[key], want, rtol=1e-5, atol=5e-5, err_msg=key)
+        expected = -reconstruction + beta * (alpha * mi + beta_tc * tc + gamma * dwkl)
+        np.testing.assert_allclose(terms["loss"], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_beta_tcvae_with_unit_weights_is_minus_elbo_in_expectation():
+    # α = β_TC = γ = 1: the loss is −log p(x|z) + log q(z|x) − log p(z) sample by sample,
+    # so its mean over L samples converges to −ELBO (closed form for a linear-Gaussian
+    # decoder); the tolerance is 5 standard errors of the per-sample loss.
+    m, d, D, num = 3, 2, 3, 20_000
+    loc, scale, _ = _tc_batch(m=m, d=d, seed=10)
+    x = np.random.default_rng(11).normal(size=(m, D))
+    eps = np.random.default_rng(12).standard_normal((num, m, d))
+    weight, bias, sigma, log_likelihood = _linear_decoder_parts(d, D, 13)
+    loc_t, scale_t = tf.constant(loc, tf.float32), tf.constant(scale, tf.float32)
+    kl = 0.5 * np.sum(loc**2 + scale**2 - 1 - np.log(scale**2), -1)
+    terms = objectives.beta_tcvae(
+        tf.constant(x, tf.float32), loc_t, scale_t, lambda e: loc_t + scale_t * e,
+        log_likelihood, _standard_normal(d).log_prob, kl_term=tf.constant(kl, tf.float32),
+        noise=eps, dataset_size=100)
+    z = loc + scale * eps
+    per_sample = (-stats.norm.logpdf(x, z @ weight.T + bias, sigma).sum(-1)
+                  + stats.norm.logpdf(z, loc, scale).sum(-1) - stats.norm.logpdf(z).sum(-1))
+    np.testing.assert_allclose(terms["loss"], per_sample.mean(0), rtol=1e-4, atol=1e-3)
+    residual = x - loc @ weight.T - bias
+    expected_reconstruction = (-0.5 * D * np.log(2 * np.pi * sigma**2) - (
+        np.sum(residual**2, -1) + np.sum((weight**2) @ (scale**2).T, 0)) / (2 * sigma**2))
+    minus_elbo = -expected_reconstruction + kl
+    standard_error = per_sample.std(0) / np.sqrt(num)
+    assert np.all(np.abs(terms["loss"].numpy() - minus_elbo) < 5 * standard_error)
+    np.testing.assert_allclose(terms["elbo"], terms["reconstruction"] - kl, rtol=1e-6)
+    np.testing.assert_allclose(terms["mi"] + terms["tc"] + terms["dwkl"],
+                               per_sample.mean(0) + terms["reconstruction"], rtol=1e-4, atol=1e-3)
+
+
+def test_global_batch_is_the_batch_itself_on_one_device():
+    loc, scale = tf.ones([3, 2]), 2 * tf.ones([3, 2])
+    got_loc, got_scale, valid, offset = objectives.global_batch(loc, scale)
+    assert got_loc is loc and got_scale is scale and valid is None and offset == 0
+
+
+# ---------------------------------------------------------------------------
 # Bad arguments.
 
 

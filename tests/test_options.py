@@ -10,7 +10,7 @@ from tfvae import hierarchy
 from tfvae import options
 from tfvae import priors
 
-from helpers import BAD_POSITIVE_INTS, invalid, raises
+from helpers import BAD_NON_NEGATIVE_FLOATS, BAD_POSITIVE_INTS, invalid, raises
 
 D = 3  # latent size of the instances below
 
@@ -79,6 +79,78 @@ def test_knobs_the_iwae_bound_ignores_are_refused():
     for kwargs in ({"beta": 2.0}, {"free_bits": 0.5}):
         with pytest.raises(ValueError, match="no KL term"):
             tfvae.build_vae((4,), 2, hidden_units=(4,), objective="iwae", **kwargs)
+
+
+def test_beta_tcvae_takes_beta_and_warm_up_but_not_free_bits():
+    assert options.check_objective("beta_tcvae", beta=4.0, warmup_epochs=2.0) == "beta_tcvae"
+    with raises("`free_bits`", "no single KL for free bits", "free_bits=0.5",
+                "objective='beta_tcvae'"):
+        options.check_objective("beta_tcvae", free_bits=0.5)
+
+
+# ---------------------------------------------------------------------------
+# check_tc_weights.
+
+
+def test_tc_weights_default_to_the_plain_decomposition():
+    assert options.check_tc_weights("elbo") == (1.0, 1.0, 1.0, None)
+    assert options.check_tc_weights("beta_tcvae", 0.0, 6, 2.5, 100, heads.DiagonalGaussianPosterior,
+                                     priors.StandardNormalPrior) == (0.0, 6.0, 2.5, 100)
+
+
+@pytest.mark.parametrize("name", options.TC_WEIGHTS)
+@pytest.mark.parametrize("value", BAD_NON_NEGATIVE_FLOATS)
+def test_tc_weights_must_be_finite_and_non_negative(name, value):
+    with invalid(name, value, "a finite number >= 0"):
+        options.check_tc_weights("beta_tcvae", **{name: value})
+
+
+@pytest.mark.parametrize("dataset_size", BAD_POSITIVE_INTS[:3] + BAD_POSITIVE_INTS[4:])
+def test_dataset_size_must_be_a_positive_integer(dataset_size):
+    with invalid("dataset_size", dataset_size, "a positive integer"):
+        options.check_tc_weights("beta_tcvae", dataset_size=dataset_size)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+@pytest.mark.parametrize("name, value", [("mi_weight", 0.0), ("tc_weight", 6.0),
+                                         ("dwkl_weight", 2.0), ("dataset_size", 1000)])
+def test_tc_options_need_the_beta_tcvae_objective(objective, name, value):
+    with raises(f"`{name}`", "needs objective='beta_tcvae'", f"{name}={value}",
+                f"objective={objective!r}"):
+        options.check_tc_weights(objective, **{name: value})
+
+
+@FORMS
+@pytest.mark.parametrize("posterior", POSTERIORS)
+@pytest.mark.parametrize("prior", PRIORS[:3])
+def test_beta_tcvae_needs_independent_dimensions_and_a_factorised_prior(form, posterior, prior):
+    outcome = _outcome(lambda: options.check_tc_weights(
+        "beta_tcvae", posterior=_part(posterior, form), prior=_part(prior, form)))
+    if posterior is heads.DiagonalGaussianPosterior and prior is priors.StandardNormalPrior:
+        assert outcome == ("ok", (1.0, 1.0, 1.0, None))
+        return
+    assert outcome[0] == "error"
+    culprit = prior if posterior is heads.DiagonalGaussianPosterior else posterior
+    for fragment in ("`objective`", "objective='beta_tcvae'", culprit.__name__):
+        assert fragment in outcome[1]
+    # The other objectives do not care.
+    assert options.check_tc_weights("elbo", posterior=_part(posterior, form),
+                                    prior=_part(prior, form)) == (1.0, 1.0, 1.0, None)
+
+
+def test_beta_tcvae_rules_through_build_vae_and_vae():
+    with raises("`objective`", "independent Gaussian dimensions", "FullCovarianceGaussianPosterior"):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), objective="beta_tcvae", posterior="full")
+    with raises("`objective`", "factorises over latent dimensions", "MixtureOfGaussiansPrior"):
+        tfvae.VAE(tfvae.MLP(4), tfvae.MLP(4), tfvae.DiagonalGaussianPosterior(2),
+                  tfvae.BernoulliLikelihood((4,)),
+                  prior=tfvae.MixtureOfGaussiansPrior(2, num_components=2), objective="beta_tcvae")
+    with invalid("tc_weight", -6.0):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), objective="beta_tcvae", tc_weight=-6.0)
+    with raises("`tc_weight`", "needs objective='beta_tcvae'"):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), tc_weight=6.0)
+    with raises("`free_bits`", "objective='beta_tcvae'"):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), objective="beta_tcvae", free_bits=0.5)
 
 
 # ---------------------------------------------------------------------------

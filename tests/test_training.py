@@ -210,6 +210,52 @@ def test_same_seed_same_training_different_seed_differs():
     assert not np.allclose(run(7), run(8), rtol=1e-6)
 
 
+def test_beta_tcvae_epoch_metrics_are_per_example_means_of_its_terms(digits):
+    _, (x_val, _) = digits
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), seed=1, objective="beta_tcvae",
+                            beta=0.5, mi_weight=2.0, tc_weight=6.0, dwkl_weight=0.5,
+                            dataset_size=1000)
+    model.compile(optimizer="adam")
+    # 359 examples in batches of 50: a short last batch.
+    reported = model.evaluate(x_val, batch_size=50, verbose=0, return_dict=True)
+    assert set(reported) == {"loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl"}
+    assert all(np.isfinite(v) for v in reported.values())
+    # The loss is linear in the terms, so their per-example means obey it too.
+    penalty = 2.0 * reported["mi"] + 6.0 * reported["tc"] + 0.5 * reported["dwkl"]
+    np.testing.assert_allclose(reported["loss"], -reported["reconstruction"] + 0.5 * penalty,
+                               rtol=1e-4)
+    np.testing.assert_allclose(reported["elbo"], reported["reconstruction"] - reported["kl"],
+                               rtol=1e-4)
+    # The analytic KL is deterministic: its epoch mean is exact.
+    np.testing.assert_allclose(reported["kl"], model.elbo(x_val, seed=0)["kl"].numpy().mean(),
+                               rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_beta_tcvae_trains_the_same_under_xla_and_steps_per_execution(digits):
+    (x_train, _), _ = digits
+    x = x_train[:96]
+    histories = {}
+    for mode, jit_compile, steps in (("graph", False, 1), ("xla", True, 2)):
+        model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), seed=4, objective="beta_tcvae",
+                                tc_weight=6.0, dataset_size=len(x))
+        model.set_beta_schedule(0.0, 1.0, 5, first_step=0)  # β warms the whole penalty up
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile,
+                      steps_per_execution=steps)
+        assert model.jit_compile is jit_compile
+        histories[mode] = model.fit(x, epochs=3, batch_size=32, shuffle=False, verbose=0).history
+    graph, xla = histories["graph"], histories["xla"]
+    assert set(xla) == set(graph) == {"loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl",
+                                      "beta", "learning_rate"}
+    for key, values in graph.items():
+        assert np.isfinite(values).all(), key
+        np.testing.assert_allclose(xla[key], values, rtol=2e-4, atol=2e-4, err_msg=key)
+    # 3 steps per epoch: β after epoch e was set before step t = 3e + 2.
+    np.testing.assert_allclose(graph["beta"], [min((3 * e + 2) / 5, 1.0) for e in range(3)],
+                               atol=1e-6)
+    assert graph["elbo"][-1] > graph["elbo"][0]  # it trained, so agreeing means something
+
+
 def test_beta_zero_makes_the_loss_the_negative_reconstruction():
     x = _data_for("bernoulli", n=16)
     model = _tiny(beta=0.0)

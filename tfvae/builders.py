@@ -104,7 +104,8 @@ def build_vae(
         value: `max(1, latent_dim // 2)`.
       **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
         `free_bits_groups`, `kl`, `seed`, `objective`, `k`,
-        `gradient_estimator`, `condition_dim`, `name`). `seed` also seeds the
+        `gradient_estimator`, `condition_dim`, the β-TCVAE options `mi_weight`,
+        `tc_weight`, `dwkl_weight` and `dataset_size`, `name`). `seed` also seeds the
         initial weights (every part derives its own seed from it), so the same
         seed builds the same model; it sets no process-global random state.
 

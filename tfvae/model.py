@@ -15,6 +15,8 @@ from tfvae import training
 from tfvae.conditioning import Conditioning
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
+# The β-TCVAE objective's extra metrics (`objectives.tc_decomposition`).
+_TC_METRICS = ("mi", "tc", "dwkl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
 
 
@@ -45,9 +47,13 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
       kl: `"auto" | "analytic" | "mc"`. Default value: `"auto"`.
       seed: integer seed of the training noise. Default value: `None`
         (random).
-      objective: `"elbo"`, or `"iwae"` to train on the importance-weighted
+      objective: `"elbo"`, `"iwae"` to train on the importance-weighted
         bound with `k` samples (then `fit` reports `iwae` beside the ELBO
-        terms, and β / free bits do not apply). Default value: `"elbo"`.
+        terms, and β / free bits do not apply), or `"beta_tcvae"` to train on
+        the decomposed KL (`objectives.beta_tcvae`: `fit` reports `mi`, `tc`
+        and `dwkl` beside the ELBO terms; needs a posterior with independent
+        dimensions and a prior that factorises over them, and no free bits).
+        Default value: `"elbo"`.
       k: importance samples for `objective="iwae"`. Default value: `5`.
       gradient_estimator: for IWAE, `"standard"` or `"dreg"` (doubly
         reparameterised, lower-variance encoder gradients). Default value:
@@ -64,6 +70,15 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         The encoder sees y concatenated to x (as constant extra channels
         for images), the decoder sees `[z, y]`. Then `fit` takes `(x, y)`
         pairs and every method takes `y=`. Default value: `None`.
+      mi_weight, tc_weight, dwkl_weight: for `objective="beta_tcvae"`, the
+        weights α (index-code mutual information), β_TC (total correlation)
+        and γ (dimension-wise KL), each ≥ 0; the loss is
+        `−reconstruction + β · (α · mi + β_TC · tc + γ · dwkl)`, so `beta`
+        (and a KL warm-up) scales all three. Default values: `1.0`.
+      dataset_size: for `objective="beta_tcvae"`, the number N of training
+        examples the aggregate posterior q(z) averages over (see
+        `objectives.log_aggregate_posterior`). Default value: `None` (the
+        global batch stands for the dataset).
 
     Hierarchical models: pass a `tfvae.HierarchicalPosterior` (its prior
     defaults to the matching `tfvae.HierarchicalPrior`); training and
@@ -73,7 +88,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
     def __init__(self, encoder, decoder, posterior, likelihood, prior=None, num_samples=1,
                  beta=1.0, free_bits=0.0, kl="auto", seed=None, objective="elbo", k=5,
                  gradient_estimator="standard", free_bits_groups=None, condition_dim=None,
-                 **kwargs):
+                 mi_weight=1.0, tc_weight=1.0, dwkl_weight=1.0, dataset_size=None, **kwargs):
         super().__init__(**kwargs)
         _checks.instance_of("posterior", posterior, heads_lib.Posterior,
                             "tfvae.DiagonalGaussianPosterior")
@@ -96,8 +111,12 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
             free_bits_groups, self.free_bits, self.objective, posterior, prior, posterior.latent_dim)
         self.conditioning = Conditioning(
             options.check_condition_dim(condition_dim, prior, likelihood.event_shape))
+        (self.mi_weight, self.tc_weight, self.dwkl_weight,
+         self.dataset_size) = options.check_tc_weights(
+            self.objective, mi_weight, tc_weight, dwkl_weight, dataset_size, posterior, prior)
         prior.attach(self)
         names = _METRICS + (("iwae",) if self.objective == "iwae" else ())
+        names += _TC_METRICS if self.objective == "beta_tcvae" else ()
         names += tuple(f"kl_{layer}" for layer in posterior.layer_names)
         self._init_training(beta, names, seed)
         self.build((None,) + self.likelihood.event_shape)
@@ -242,9 +261,11 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
             kl, self.latent_dim, **samples, **penalty), x, y)
 
     def objective_terms(self, x, y=None, training=False, seed=None, offset=0):
-        """The training objective's per-example terms (ELBO or IWAE, see `objective`)."""
+        """The training objective's per-example terms (ELBO, IWAE or β-TCVAE, see `objective`)."""
         if self.objective == "elbo":
             return self.elbo_terms(x, y, training, seed=seed, offset=offset)
+        if self.objective == "beta_tcvae":
+            return self.tc_terms(x, y, training, seed=seed, offset=offset)
         parameters = self.posterior_parameters(x, y, training)
         stopped = None
         if self.gradient_estimator == "dreg":
@@ -254,6 +275,31 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
             self.prior.distribution(), self.k, kl=self.kl_method, seed=seed, offset=offset,
             stopped_posterior=stopped, group_kl=self._kl_groups(parameters),
         ), x, y)
+
+    def tc_terms(self, x, y=None, training=False, seed=None, noise=None, offset=0):
+        """The β-TCVAE objective's per-example terms `[batch]` (`objectives.beta_tcvae`):
+        `loss`, `elbo`, `reconstruction`, `kl`, `mi`, `tc`, `dwkl`, from explicit
+        `noise` `[L, batch, latent_dim]` or a `seed`.
+
+        Under a `tf.distribute` strategy the aggregate posterior is estimated
+        from the global batch: every replica all-gathers the posterior
+        parameters (`objectives.global_batch`), so the terms equal one
+        device's on the same batch. Rows that are not `valid_rows` are NaN
+        and kept out of the other rows' aggregate.
+        """
+        options.check_tc_weights("beta_tcvae", self.mi_weight, self.tc_weight,
+                                 self.dwkl_weight, self.dataset_size, self.posterior, self.prior)
+        parameters = self.posterior_parameters(x, y, training)
+        kl = None if self.kl_method == "mc" else self.posterior.analytic_kl(parameters, self.prior)
+        prior = self.prior.distribution()
+        return self._finish_terms(objectives.beta_tcvae(
+            x, parameters["loc"], parameters["scale"],
+            lambda eps: self.posterior.reparameterize(parameters, eps),
+            lambda z, xs: self.likelihood.log_prob(self.decoder_parameters(z, y, training), xs),
+            prior.log_prob, kl_term=kl, num_samples=self.num_samples, seed=seed, noise=noise,
+            offset=offset, beta=tf.convert_to_tensor(self.beta), mi_weight=self.mi_weight,
+            tc_weight=self.tc_weight, dwkl_weight=self.dwkl_weight,
+            dataset_size=self.dataset_size, valid=self.valid_rows(x, y)), x, y)
 
     def _kl_groups(self, parameters):
         return self.posterior.kl_groups(parameters, self.prior, self.free_bits_groups)
@@ -347,7 +393,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         parts = {name: keras.saving.serialize_keras_object(getattr(self, name)) for name in _PARTS}
         options_ = {name: getattr(self, name) for name in (
             "num_samples", "free_bits", "seed", "objective", "k", "gradient_estimator",
-            "free_bits_groups", "condition_dim")}
+            "free_bits_groups", "condition_dim", "mi_weight", "tc_weight", "dwkl_weight",
+            "dataset_size")}
         beta = float(keras.ops.convert_to_numpy(self.beta))
         return {**super().get_config(), **parts, **options_, "beta": beta, "kl": self.kl_method}
 

@@ -422,3 +422,220 @@ def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, 
 def elbo_gap(log_px, elbo_value):
     """`log p(x) − ELBO = KL(q(z|x) ‖ p(z|x))` per example (≥ 0 up to estimation noise)."""
     return log_px - elbo_value
+
+
+# ---------------------------------------------------------------------------
+# β-TCVAE: the KL term decomposed (Chen et al., 2018).
+
+
+def log_normal_per_dimension(z, loc, scale):
+    """`log N(z_j; loc_j, scale_j²)` elementwise (broadcasting), in nats."""
+    standardized = (z - loc) / scale
+    return -0.5 * tf.square(standardized) - tf.math.log(scale) - 0.5 * math.log(2.0 * math.pi)
+
+
+def _replica_context():
+    """The replica context when several replicas train in sync, else None."""
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+        return replica
+    return None
+
+
+def global_batch(loc, scale, valid=None):
+    """The posterior parameters of every example of the global batch, and where this
+    replica's examples sit in it.
+
+    Under a `tf.distribute` strategy with several replicas in sync the
+    parameters are all-gathered (gradients flow back to the replica that
+    computed them); otherwise they are returned as they are.
+
+    Args:
+      loc, scale: this replica's `[batch, d]` parameters.
+      valid: optional boolean `[batch]`: rows that may enter the aggregate.
+
+    Returns:
+      `(loc, scale, valid, offset)`: `[B, d]`, `[B, d]`, boolean `[B]` (or None) for
+      the global batch of B examples, and the index of this replica's first
+      example in it.
+    """
+    replica = _replica_context()
+    if replica is None:
+        return loc, scale, valid, 0
+    sizes = replica.all_gather(tf.shape(loc)[:1], axis=0)  # [replicas]
+    offset = tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])
+    loc, scale = replica.all_gather(loc, axis=0), replica.all_gather(scale, axis=0)
+    if valid is not None:
+        valid = replica.all_gather(tf.cast(valid, tf.float32), axis=0) > 0.5
+    return loc, scale, valid, offset
+
+
+def log_aggregate_posterior(z, loc, scale, *, dataset_size=None, self_index=None, valid=None):
+    """Minibatch-stratified estimates of `log q(z)` and `log q(z_j)` at samples `z`.
+
+    The aggregate posterior `q(z) = (1/N) Σ_n q(z|x_n)` over a dataset of N
+    examples is estimated at `z_i ~ q(z|x_i)` from the M examples of the
+    batch by minibatch stratified sampling (MSS, Chen et al., 2018, App. C):
+    x_i stands for itself (weight 1/N) and the other M − 1 examples of the
+    batch for the remaining N − 1 (weight (N − 1) / (N (M − 1)) each).
+    Given x_i and a batch drawn without replacement, the estimate of q(z_i)
+    is then unbiased (its logarithm is biased low by Jensen's inequality),
+    and it is exact when the batch is the whole dataset (N = M). We use MSS
+    rather than minibatch-weighted sampling (MWS) because MWS, as Chen et al.
+    write it, weighs every example 1/(N M): weights that sum to 1/N, not one,
+    so its log q(z) is low by between log M (each z_i's own posterior
+    dominates) and log N (the posteriors overlap) nats, and the reported MI,
+    TC and dimension-wise KL move by multiples of that. (Chen et al.'s
+    reference MSS code splits the non-self weight differently; both
+    weightings sum to one.) The gradients of the estimate depend on N only
+    through the ratio of the self weight to the others.
+
+    Mathematical details:
+      `log q(z_i) ≈ logsumexp_k [log w_ik + log q(z_i | x_k)]` and, per
+      dimension, `log q(z_ij) ≈ logsumexp_k [log w_ik + log q(z_ij | x_k)]`,
+      with `w_ii = 1/N` and `w_ik = (N − 1) / (N (M − 1))` for k ≠ i, where
+      `log q(z | x_k) = Σ_j log N(z_j; loc_kj, scale_kj²)` (a posterior with
+      independent dimensions). M counts the `valid` examples; N is raised to
+      M if smaller; with M = 1 only the self term remains (`q(z_i|x_i) / N`).
+
+    Args:
+      z: samples `[L, M_local, d]`, `z[:, i]` drawn from example `self_index[i]`'s
+        posterior.
+      loc, scale: the posterior parameters `[M, d]` of every example of the
+        batch (the global batch under a distribution strategy).
+      dataset_size: N. Default value: `None` (N = M: the batch is treated as
+        the whole dataset, so q(z) is the batch's mixture of posteriors).
+      self_index: `[M_local]` int indices into `loc`. Default value:
+        `range(M_local)`.
+      valid: optional boolean `[M]`: examples to leave out of the aggregate
+        (their parameters may be NaN). Default value: `None` (all).
+
+    Returns:
+      `(log_qz, log_qz_dims)` of shapes `[L, M_local]` and `[L, M_local, d]`.
+    """
+    m_local = tf.shape(z)[1]
+    if self_index is None:
+        self_index = tf.range(m_local)
+    # [L, M_local, M, d]: log q(z_ij | x_k) for every example k of the batch.
+    log_q = log_normal_per_dimension(z[:, :, None, :], loc[None, None], scale[None, None])
+    columns = tf.range(tf.shape(loc)[0])
+    is_self = tf.equal(tf.cast(self_index, columns.dtype)[:, None], columns[None, :])  # [M_local, M]
+    if valid is None:
+        count = tf.cast(tf.shape(loc)[0], z.dtype)
+        keep = tf.ones_like(is_self)
+    else:
+        count = tf.reduce_sum(tf.cast(valid, z.dtype))
+        keep = tf.broadcast_to(valid[None, :], tf.shape(is_self)) | is_self
+    size = count if dataset_size is None else tf.maximum(tf.cast(dataset_size, z.dtype), count)
+    log_self = -tf.math.log(size)
+    log_other = (tf.math.log(size - 1.0) - tf.math.log(size)
+                 - tf.math.log(tf.maximum(count - 1.0, 1.0)))
+    log_w = tf.where(is_self, log_self, log_other)
+    log_w = tf.where(keep, log_w, tf.constant(-math.inf, z.dtype))[None, :, :]  # [1, M_local, M]
+    # Left-out columns get weight 0 and no NaN from their parameters.
+    log_q = tf.where(keep[None, :, :, None], log_q, tf.zeros_like(log_q))
+    log_qz = tf.reduce_logsumexp(log_w + tf.reduce_sum(log_q, axis=-1), axis=2)
+    log_qz_dims = tf.reduce_logsumexp(log_w[..., None] + log_q, axis=2)
+    return log_qz, log_qz_dims
+
+
+def tc_decomposition(z, loc, scale, log_prior, *, dataset_size=None, valid=None):
+    """The KL term split into index-code MI, total correlation and dimension-wise KL.
+
+    Mathematical details (Chen et al., 2018, eq. 2), per example, averaged
+    over the L samples `z_l ~ q(z|x)`:
+      `mi = log q(z|x) − log q(z)`, `tc = log q(z) − Σ_j log q(z_j)`,
+      `dwkl = Σ_j log q(z_j) − Σ_j log p(z_j)`,
+    with `log q(z)` and `log q(z_j)` estimated from the batch
+    (`log_aggregate_posterior`). For a factorised prior the three telescope:
+    `mi + tc + dwkl = log q(z|x) − log p(z)` exactly, a Monte Carlo estimate of
+    `KL(q(z|x) ‖ p(z))`, whatever the aggregate estimates. Under a
+    `tf.distribute` strategy, the aggregate is over the global batch
+    (`global_batch`).
+
+    Args:
+      z: samples `[L, batch, d]` of this replica's examples.
+      loc, scale: their diagonal Gaussian posterior parameters `[batch, d]`.
+      log_prior: callable `z [L, batch, d] -> log p(z)` `[L, batch]`, for a prior
+        that factorises over dimensions (`log p(z) = Σ_j log p(z_j)`).
+      dataset_size: N for `log_aggregate_posterior`. Default value: `None`.
+      valid: optional boolean `[batch]` (rows kept out of the aggregate).
+
+    Returns:
+      A dict of `[batch]` tensors `mi`, `tc`, `dwkl` and `log_ratio`, the mean
+      over samples of `log q(z|x) − log p(z)`.
+    """
+    all_loc, all_scale, all_valid, offset = global_batch(loc, scale, valid)
+    self_index = offset + tf.range(tf.shape(loc)[0])
+    log_qz, log_qz_dims = log_aggregate_posterior(
+        z, all_loc, all_scale, dataset_size=dataset_size, self_index=self_index, valid=all_valid)
+    log_qz_x = tf.reduce_sum(log_normal_per_dimension(z, loc[None], scale[None]), axis=-1)
+    log_pz = log_prior(z)
+    log_qz_product = tf.reduce_sum(log_qz_dims, axis=-1)
+    return {
+        "mi": tf.reduce_mean(log_qz_x - log_qz, axis=0),
+        "tc": tf.reduce_mean(log_qz - log_qz_product, axis=0),
+        "dwkl": tf.reduce_mean(log_qz_product - log_pz, axis=0),
+        "log_ratio": tf.reduce_mean(log_qz_x - log_pz, axis=0),
+    }
+
+
+def beta_tcvae(x, loc, scale, reparameterize, log_likelihood, log_prior, *, kl_term=None,
+               num_samples=1, seed=None, noise=None, offset=0, beta=1.0, mi_weight=1.0,
+               tc_weight=1.0, dwkl_weight=1.0, dataset_size=None, valid=None):
+    """The β-TCVAE objective and its terms, per example (Chen et al., 2018).
+
+    Mathematical details:
+      With `z_l = reparameterize(ε_l)`, `ε_l ~ N(0, I)`, and `mi`, `tc`, `dwkl`
+      from `tc_decomposition`:
+      `reconstruction = (1/L) Σ_l log p(x | z_l)`;
+      `loss = −reconstruction + β · (α · mi + β_TC · tc + γ · dwkl)` with
+      α = `mi_weight`, β_TC = `tc_weight`, γ = `dwkl_weight`, and β the model's
+      KL weight (1 unless a KL warm-up runs). With α = β_TC = γ = β = 1 the loss is
+      `−reconstruction + log q(z|x) − log p(z)`, whose expectation is −ELBO.
+      `kl` and `elbo = reconstruction − kl` are reported as for the ELBO
+      (`kl_term`, the closed form, when given, else the Monte Carlo
+      `log q(z|x) − log p(z)`).
+
+    Args:
+      x: data `[batch] + event_shape`.
+      loc, scale: diagonal Gaussian posterior parameters `[batch, d]`.
+      reparameterize: `ε [L, batch, d] -> z`, the posterior's.
+      log_likelihood: `(z [L·batch, d], x [L·batch, ...]) -> [L·batch]`.
+      log_prior: `z [L, batch, d] -> [L, batch]`, a prior factorised over dimensions.
+      kl_term: optional closed-form KL `[batch]`. Default value: `None`.
+      num_samples, seed, noise, offset: as in `tensor_elbo`.
+      beta: weight of the whole decomposed KL (the warm-up's β). Default value: `1.0`.
+      mi_weight, tc_weight, dwkl_weight: α, β_TC, γ ≥ 0. Default values: `1.0`.
+      dataset_size, valid: as in `tc_decomposition`.
+
+    Returns:
+      A dict of `[batch]` tensors: `loss`, `elbo`, `reconstruction`, `kl`, `mi`,
+      `tc`, `dwkl`.
+    """
+    latent_dim = loc.shape[-1]
+    batch_size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+    if noise is None:
+        noise = standard_noise(batch_size, num_samples, latent_dim, seed, offset)
+    else:
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        num_samples = noise.shape[0] if noise.shape[0] is not None else tf.shape(noise)[0]
+    z = reparameterize(noise)
+    x = tf.cast(x, tf.float32)
+    single = isinstance(num_samples, int) and num_samples == 1
+    log_px_z = log_likelihood(tf.reshape(z, [num_samples * batch_size, latent_dim]),
+                              x if single else _tile_data(x, num_samples))
+    reconstruction = tf.reduce_mean(tf.reshape(log_px_z, [num_samples, batch_size]), axis=0)
+    terms = tc_decomposition(z, loc, scale, log_prior, dataset_size=dataset_size, valid=valid)
+    kl = terms.pop("log_ratio") if kl_term is None else kl_term
+    terms.pop("log_ratio", None)
+    dtype = reconstruction.dtype
+    penalty = (tf.cast(mi_weight, dtype) * terms["mi"] + tf.cast(tc_weight, dtype) * terms["tc"]
+               + tf.cast(dwkl_weight, dtype) * terms["dwkl"])
+    return {
+        "loss": -reconstruction + tf.cast(beta, dtype) * penalty,
+        "elbo": reconstruction - kl,
+        "reconstruction": reconstruction,
+        "kl": kl,
+        **terms,
+    }

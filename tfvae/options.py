@@ -10,17 +10,28 @@ is built) and on instances alike.
 
 from tfvae import _checks
 
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "beta_tcvae")
+# The objectives with a KL term for β (and a KL warm-up) to weight.
+KL_WEIGHTED_OBJECTIVES = ("elbo", "beta_tcvae")
+TC_WEIGHTS = ("mi_weight", "tc_weight", "dwkl_weight")
 GRADIENT_ESTIMATORS = ("standard", "dreg")
 
 
 def check_objective(objective, beta=1.0, free_bits=0.0, warmup_epochs=0.0):
-    """The IWAE bound has no KL term: β, free bits and KL warm-up need the ELBO.
+    """The IWAE bound has no KL term: β, free bits and KL warm-up need the ELBO (β and
+    warm-up also apply to β-TCVAE's decomposed KL; free bits do not).
 
     Returns:
       `objective`, checked.
     """
     objective = _checks.one_of("objective", objective, OBJECTIVES)
+    if objective == "beta_tcvae" and free_bits > 0:
+        raise ValueError(
+            "Received an invalid value for `free_bits`: β-TCVAE splits the KL into index-code "
+            "MI, total correlation and dimension-wise KL, with no single KL for free bits to "
+            "clamp. Use objective='elbo', or free_bits=0. Received: free_bits="
+            f"{free_bits}, objective='beta_tcvae'"
+        )
     if objective == "iwae" and (beta != 1.0 or free_bits > 0 or warmup_epochs > 0):
         raise ValueError(
             "Received an invalid value for `objective`: the IWAE bound has no KL term for β, "
@@ -125,3 +136,52 @@ def check_top_latent_dim(top_latent_dim, posterior):
             f"posterior={posterior!r}"
         )
     return _checks.positive_int("top_latent_dim", top_latent_dim)
+
+
+def check_tc_weights(objective, mi_weight=1.0, tc_weight=1.0, dwkl_weight=1.0, dataset_size=None,
+                     posterior=None, prior=None):
+    """β-TCVAE's weights α (`mi_weight`), β_TC (`tc_weight`), γ (`dwkl_weight`) and the
+    dataset size N of its aggregate-posterior estimate.
+
+    The weights and N apply to `objective="beta_tcvae"` only (elsewhere they must be
+    left at 1 and None). The decomposition needs q(z|x) = Π_j q(z_j|x) Gaussian
+    (`posterior.independent_dimensions`) and a prior that factorises over the same
+    dimensions (`prior.has_kl_per_dimension`); `posterior` and `prior` may be
+    classes or instances (`None`: not checked).
+
+    Returns:
+      `(mi_weight, tc_weight, dwkl_weight, dataset_size)`, checked.
+    """
+    weights = tuple(_checks.non_negative_float(name, value) for name, value in
+                    zip(TC_WEIGHTS, (mi_weight, tc_weight, dwkl_weight)))
+    if dataset_size is not None:
+        dataset_size = _checks.positive_int("dataset_size", dataset_size)
+    if objective != "beta_tcvae":
+        for name, value in zip(TC_WEIGHTS, weights):
+            if value != 1.0:
+                raise ValueError(
+                    f"Received an invalid value for `{name}`: it weights a term of the "
+                    "β-TCVAE objective, so it needs objective='beta_tcvae'. Received: "
+                    f"{name}={value}, objective={objective!r}"
+                )
+        if dataset_size is not None:
+            raise ValueError(
+                "Received an invalid value for `dataset_size`: it sizes β-TCVAE's estimate of "
+                "the aggregate posterior, so it needs objective='beta_tcvae'. Received: "
+                f"dataset_size={dataset_size}, objective={objective!r}"
+            )
+        return weights + (dataset_size,)
+    if posterior is not None and not posterior.independent_dimensions:
+        raise ValueError(
+            "Received an invalid value for `objective`: β-TCVAE estimates log q(z_j) per latent "
+            "dimension, so it needs a posterior with independent Gaussian dimensions (a "
+            f"diagonal Gaussian). Received: objective='beta_tcvae' with "
+            f"{_checks.type_name(posterior)}"
+        )
+    if prior is not None and not prior.has_kl_per_dimension:
+        raise ValueError(
+            "Received an invalid value for `objective`: β-TCVAE's dimension-wise KL needs a "
+            "prior that factorises over latent dimensions (a standard normal). Received: "
+            f"objective='beta_tcvae' with {_checks.type_name(prior)}"
+        )
+    return weights + (dataset_size,)

@@ -7,7 +7,9 @@ thing, through a small hook:
 
 * `objective_terms(x, y, training, seed, offset)`: the training objective's
   per-example terms `[batch]`, a dict with at least `loss` and one entry per
-  metric name (`loss_encoder` too for DReG).
+  metric name (`loss_encoder` too for DReG). Terms that need the whole
+  global batch (β-TCVAE's aggregate posterior) gather it themselves under a
+  distribution strategy; the step then averages over the global batch as usual.
 
 A training step: `fit` → `_check_data` (arrays, tensors, datasets, before
 Keras traces) → `train_step` → `_unpack` (x, y prepared by the model's
@@ -226,9 +228,10 @@ class Trainer:
 
     def _schedule_logs(self):
         """The scheduled quantities after this step, for the epoch logs (`history`,
-        `CSVLogger`, TensorBoard): `beta` (ELBO objectives) and `learning_rate`."""
+        `CSVLogger`, TensorBoard): `beta` (objectives with a KL term: the ELBO and
+        β-TCVAE) and `learning_rate`."""
         logs = {"learning_rate": tf.cast(self.optimizer.learning_rate, tf.float32)}
-        if self.objective == "elbo":
+        if self.objective in options.KL_WEIGHTED_OBJECTIVES:
             logs["beta"] = tf.identity(self.beta)
         if _multi_worker(self.distribute_strategy):
             logs = {name: value[None] for name, value in logs.items()}  # see _update_metrics
