@@ -105,7 +105,7 @@ def test_kl_warmup_resumes_where_it_stopped(tmp_path):
 def test_kl_warmup_needs_the_elbo_and_a_known_epoch_length():
     model = tfvae.build_vae((4,), 2, hidden_units=(4,), objective="iwae", k=2)
     model.compile(optimizer="adam")
-    with pytest.raises(ValueError, match="KLWarmup needs a model trained on the ELBO"):
+    with pytest.raises(ValueError, match="KLWarmup needs a model whose objective weights a KL term"):
         model.fit(np.zeros((8, 4), "float32"), epochs=1, verbose=0, callbacks=[tfvae.KLWarmup(1)])
     plain = tfvae.build_vae((4,), 2, hidden_units=(4,), seed=0)
     plain.compile(optimizer="adam")

@@ -673,3 +673,25 @@ def test_the_default_run_reports_a_likelihood_of_binarised_digits(digits_run):
     with open(os.path.join(digits_run, "report.md")) as f:
         report = f.read()
     assert "binarize='auto'" in report and "a log-probability of discrete data" in report
+
+
+@pytest.mark.slow
+def test_train_beta_tcvae_on_shapes_reports_its_terms_and_the_mig(tmp_path):
+    output = str(tmp_path / "tc")
+    assert cli.main(["train", "--dataset", "shapes", "--objective", "beta_tcvae", "--tc-weight",
+                     "6", "--warmup-epochs", "1", "--output", output, *TINY_RUN]) == 0
+    config, model = runs.load_run(output)
+    assert (model.objective, model.tc_weight, model.mi_weight) == ("beta_tcvae", 6.0, 1.0)
+    assert model.dataset_size == len(runs.load_dataset(config)[0][0])  # N: the training split
+    rows = _history(output)
+    assert {"mi", "tc", "dwkl", "val_mi", "val_tc", "val_dwkl", "beta"} <= set(rows[0])
+    with open(os.path.join(output, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert 0.0 <= metrics["mig"] <= 1.0 and "mig_shape" in metrics
+
+
+def test_beta_tcvae_options_are_checked_before_training(tmp_path, capsys):
+    assert cli.main(["train", "--objective", "elbo", "--tc-weight", "6", "--output",
+                     str(tmp_path / "r")]) == 2
+    assert "beta_tcvae" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r")

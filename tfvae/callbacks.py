@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfvae import _checks
 from tfvae import evaluation
 from tfvae import files
+from tfvae import options
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,11 @@ class KLWarmup(keras.callbacks.Callback):
         return self.start + fraction * (self.end - self.start)
 
     def on_train_begin(self, logs=None):
-        if getattr(self.model, "objective", "elbo") != "elbo":
+        if getattr(self.model, "objective", "elbo") not in options.KL_WEIGHTED_OBJECTIVES:
             raise ValueError(
-                "KLWarmup needs a model trained on the ELBO: the IWAE bound has no KL term "
-                f"for β to weight. Received: a model with objective={self.model.objective!r}"
+                "KLWarmup needs a model whose objective weights a KL term by β (the ELBO or "
+                "β-TCVAE): the IWAE bound has none. Received: a model with "
+                f"objective={self.model.objective!r}"
             )
         steps_per_epoch = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps_per_epoch:

@@ -87,8 +87,15 @@ def _train_arguments(train, defaults=True):
            "groups are its 2 layers), on the batch mean (default: off)")
     option("num_samples", type=int, help="posterior samples per example in the training ELBO")
     option("objective", choices=options.OBJECTIVES,
-           help="train on the ELBO or the importance-weighted bound")
+           help="train on the ELBO, the importance-weighted bound, or β-TCVAE's split KL "
+           "(weights --mi-weight, --tc-weight, --dwkl-weight; β scales all three)")
     option("k", type=int, help="importance samples for iwae")
+    option("mi_weight", type=float, help="beta_tcvae: α, the weight of the index-code "
+           "mutual information (default: %(default)s)")
+    option("tc_weight", type=float, help="beta_tcvae: the weight of the total correlation "
+           "(the 'β' of β-TCVAE; default: %(default)s)")
+    option("dwkl_weight", type=float, help="beta_tcvae: γ, the weight of the dimension-wise "
+           "KL (default: %(default)s)")
     option("gradient_estimator", choices=options.GRADIENT_ESTIMATORS,
            help="IWAE encoder gradients: standard or doubly reparameterised")
     option("epochs", type=int)

@@ -144,6 +144,9 @@ class RunConfig:
     decompose_gap: bool = False  # split the held-out gap into amortization + approximation
     gap_examples: int = 500  # held-out examples whose q is optimised for that split
     tensorboard: bool = True  # TensorBoard logs in OUTPUT/tensorboard
+    mi_weight: float = 1.0  # β-TCVAE's α (index-code mutual information)
+    tc_weight: float = 1.0  # β-TCVAE's β (total correlation)
+    dwkl_weight: float = 1.0  # β-TCVAE's γ (dimension-wise KL)
 
     def validate(self):
         """Checks every field, and the option rules of `tfvae.options`, before anything is built.
@@ -187,6 +190,8 @@ class RunConfig:
         options.check_top_latent_dim(self.top_latent_dim or None, self.posterior)
         posterior, prior = builders.part_classes(self.posterior, self.prior)
         options.check_objective(self.objective, self.beta, self.free_bits, self.warmup_epochs)
+        options.check_tc_weights(self.objective, self.mi_weight, self.tc_weight,
+                                 self.dwkl_weight, None, posterior, prior)
         options.check_gradient_estimator(self.gradient_estimator, self.objective, posterior, prior)
         options.check_free_bits_groups(self.free_bits_groups or None, self.free_bits,
                                        self.objective, posterior, prior, self.latent_dim)
@@ -195,13 +200,15 @@ class RunConfig:
         options.check_condition_dim(1 if self.conditional else None, prior, name="conditional")
         return self
 
-    def model_kwargs(self, input_shape, condition_dim=None):
+    def model_kwargs(self, input_shape, condition_dim=None, dataset_size=None):
         """`tfvae.build_vae`'s arguments for this run, on data of shape `input_shape`.
 
         Under a KL warm-up β starts at 0 (`KLWarmup` raises it to `beta`).
-        `condition_dim` is the number of classes of a conditional run.
+        `condition_dim` is the number of classes of a conditional run, and
+        `dataset_size` the number of training examples (β-TCVAE's N).
         """
         return {
+            "dataset_size": dataset_size if self.objective == "beta_tcvae" else None,
             "input_shape": tuple(input_shape),
             **{name: getattr(self, name) for name in _MODEL_FIELDS},
             "beta": self.beta if self.warmup_epochs == 0 else 0.0,
@@ -214,7 +221,7 @@ class RunConfig:
 # RunConfig fields passed to build_vae as they are.
 _MODEL_FIELDS = ("latent_dim", "likelihood", "architecture", "hidden_units", "filters",
                  "posterior", "prior", "free_bits", "num_samples", "seed", "objective", "k",
-                 "gradient_estimator")
+                 "gradient_estimator", "mi_weight", "tc_weight", "dwkl_weight")
 
 
 def check_output(directory, overwrite=False, resume=False):
@@ -629,7 +636,8 @@ def _train(config, output, strategy, resume, verbose, report, splits, num_classe
             _truncate_history(history_path, initial_epoch)
         history = _read_history(history_path) if resume else {}
         if model is None:
-            model = builders.build_vae(**config.model_kwargs(x_train.shape[1:], num_classes))
+            model = builders.build_vae(**config.model_kwargs(x_train.shape[1:], num_classes,
+                                                             dataset_size=len(x_train)))
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
             # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but
