@@ -98,8 +98,15 @@ def _elbo_estimate(model, x, y, raw, num_samples, seed, repeats=10):
     return draws.mean(axis=0), draws.std(axis=0, ddof=1) / math.sqrt(repeats)
 
 
-def _log_likelihood(model, x, y, raw, num_samples, seed, chunk_size=500):
-    """Importance-sampled log p(x) `[batch]` with q(z; raw) as the proposal."""
+def _log_likelihood(model, x, y, raw, num_samples, seed, rows=10000):
+    """Importance-sampled log p(x) `[batch]` with q(z; raw) as the proposal.
+
+    Samples are drawn in chunks of about `rows` decoder inputs (chunk × batch),
+    as `VAE.log_likelihood` does with its default 100 × 100: memory does not
+    grow with the number of examples (a VampPrior's density holds
+    chunk × batch × latent_dim × pseudo-inputs values at once).
+    """
+    chunk_size = max(1, rows // max(1, len(x)))
 
     @tf.function
     def estimate(raw):
