@@ -35,12 +35,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _snapshot(directory):
-    """`{name: sha256}` of every file in `directory` (the state to compare)."""
+    """`{relative path: sha256}` of every file below `directory` (the state to compare;
+    a run holds a `tensorboard/` folder)."""
     result = {}
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            result[name] = hashlib.sha256(f.read()).hexdigest()
-    return result
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return dict(sorted(result.items()))
 
 
 def _dead_pid():
