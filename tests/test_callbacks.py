@@ -203,6 +203,7 @@ def test_stop_on_non_finite_checks_the_epoch_logs_too():
         callbacks_lib.StopOnNonFinite(monitor="")
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_last_finite_model_when_training_diverges(tmp_path):
     dataset, count = _poisoned_dataset(40, bad_epoch=2)
     model = _vector_model()

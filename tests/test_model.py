@@ -188,6 +188,7 @@ def test_tc_terms_with_explicit_noise_are_the_hand_computed_terms():
         np.testing.assert_array_equal(objective[key], value)
 
 
+@pytest.mark.slow
 def test_tc_terms_in_a_graph_leave_invalid_rows_out_of_the_aggregate():
     # Row 2 is NaN: its terms are NaN, and the other rows' terms are those of the batch
     # without it (their aggregate posterior is over the 4 valid examples).

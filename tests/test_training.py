@@ -91,7 +91,8 @@ def test_the_model_stores_its_schedule_and_fit_follows_it():
     assert float(model.beta.numpy()) == pytest.approx(0.6)
 
 
-@pytest.mark.parametrize("steps_per_execution, jit_compile", [(1, False), (3, True)])
+@pytest.mark.parametrize("steps_per_execution, jit_compile", [
+    (1, False), pytest.param(3, True, marks=pytest.mark.slow)])
 def test_history_records_beta_and_the_learning_rate_at_each_epochs_last_step(
         steps_per_execution, jit_compile):
     """Without any callback: the in-graph β warm-up and a learning-rate schedule, read back
