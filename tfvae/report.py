@@ -238,7 +238,8 @@ def write_markdown(path, config, metrics, figures):
             "examples): the mean KL is `mutual_information` I_q(x; z), what the code carries "
             f"about x (an estimate bounded by log N = {metrics.get('mi_upper_bound', 0):.2f}), "
             "plus `marginal_kl` KL(q(z) ‖ p(z)), how far the aggregate posterior is from the "
-            "prior.",
+            "prior; for a factorised q and p that splits into `total_correlation` (dependence "
+            "between the code's dimensions) and `dimension_wise_kl` (Chen et al., 2018).",
             "",
         ]
     if "mig" in metrics:
