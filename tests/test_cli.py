@@ -688,6 +688,12 @@ def test_train_beta_tcvae_on_shapes_reports_its_terms_and_the_mig(tmp_path):
     with open(os.path.join(output, "metrics.json")) as f:
         metrics = json.load(f)
     assert 0.0 <= metrics["mig"] <= 1.0 and "mig_shape" in metrics
+    # The KL's split, held out: MI + KL(q(z) ‖ p(z)), the latter = TC + dimension-wise KL.
+    assert metrics["total_correlation"] + metrics["dimension_wise_kl"] == pytest.approx(
+        metrics["marginal_kl"], abs=1e-3)
+    with open(os.path.join(output, "report.md")) as f:
+        report = f.read()
+    assert "total_correlation" in report and "mig" in report
 
 
 def test_beta_tcvae_options_are_checked_before_training(tmp_path, capsys):
