@@ -28,9 +28,32 @@ def digits_run(tmp_path_factory):
     return output
 
 
+# Fast-subset tests measured at 1.4 s or more (pytest --durations, 2026-11-26), moved
+# to the full suite to keep the inner loop under 90 s; each module keeps cheap tests.
+_SLOW_BY_TIME = {
+    "tests/test_training.py::test_history_records_beta_and_the_learning_rate_at_each_epochs_last_step[1-False]",
+    "tests/test_training.py::test_model_still_works_after_a_rejected_call[fit_dataset]",
+    "tests/test_training.py::test_model_still_works_after_a_rejected_call[fit_tensor]",
+    "tests/test_training.py::test_labels_and_sample_weights_are_accepted",
+    "tests/test_training.py::test_good_data_passes_fit_evaluate_and_predict",
+    "tests/test_training.py::test_the_model_stores_its_schedule_and_fit_follows_it",
+    "tests/test_compat.py::test_golden_model_gives_the_same_numbers[conditional_hierarchy]",
+    "tests/test_compat.py::test_golden_model_gives_the_same_numbers[iaf]",
+    "tests/test_report.py::test_write_figures_and_markdown[conditional]",
+    "tests/test_conditioning.py::test_a_user_pipeline_with_a_bad_label_gives_nan_terms_for_that_row_under_xla",
+    "tests/test_conditioning.py::test_a_rejected_dataset_leaves_the_model_trainable_and_other_call_forms_work",
+    "tests/test_gap.py::test_optimized_posterior_beats_the_encoder_on_every_example",
+    "tests/test_model.py::test_model_groups_split_latent_dimensions_evenly",
+    "tests/test_evaluation.py::test_progress_bar_shows_the_examples_and_leaves_the_numbers_alone",
+    "tests/test_evaluation.py::test_evaluate_model_is_the_batchwise_mean_of_the_model_s_own_estimates",
+    "tests/test_evaluation.py::test_evaluate_model_reports_the_surgery_terms_of_its_first_examples",
+    "tests/test_callbacks.py::test_stop_on_non_finite_stops_a_user_pipeline_with_a_nan_example[3]",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.nodeid in _SLOW_ELSEWHERE:
+        if item.nodeid in _SLOW_ELSEWHERE or item.nodeid in _SLOW_BY_TIME:
             item.add_marker(pytest.mark.slow)
 
 
