@@ -231,6 +231,21 @@ def tensor_elbo(x, reparameterize, log_likelihood, kl_term, latent_dim, *, num_s
     closed-form `kl_term` `[batch]`. `penalty`: `beta`, `free_bits`,
     `group_kl`, `free_bits_by_group` as in `elbo`.
     """
+    z, reconstruction = sampled_reconstruction(x, reparameterize, log_likelihood, latent_dim,
+                                               num_samples, seed, noise, offset)
+    return elbo_from_terms(reconstruction, kl_term, z, **penalty)
+
+
+def sampled_reconstruction(x, reparameterize, log_likelihood, latent_dim, num_samples=1,
+                           seed=None, noise=None, offset=0):
+    """`z = reparameterize(ε)` for `ε [L, batch, d]` (explicit `noise`, or drawn from
+    `seed`) and the per-example `reconstruction = (1/L) Σ_l log p(x | z_l)` `[batch]`.
+
+    `log_likelihood(z [L·batch, d], x [L·batch, ...]) -> [L·batch]`.
+
+    Returns:
+      `(z [L, batch, d], reconstruction [batch])`.
+    """
     batch_size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
     if noise is None:
         noise = standard_noise(batch_size, num_samples, latent_dim, seed, offset)
@@ -244,7 +259,7 @@ def tensor_elbo(x, reparameterize, log_likelihood, kl_term, latent_dim, *, num_s
                               x if single else _tile_data(x, num_samples))
     reconstruction = log_px_z if single else tf.reduce_mean(
         tf.reshape(log_px_z, [num_samples, batch_size]), axis=0)
-    return elbo_from_terms(reconstruction, kl_term, z, **penalty)
+    return z, reconstruction
 
 
 def elbo_from_terms(reconstruction, kl_term, z, *, beta=1.0, free_bits=0.0, group_kl=None,
@@ -613,19 +628,8 @@ def beta_tcvae(x, loc, scale, reparameterize, log_likelihood, log_prior, *, kl_t
       A dict of `[batch]` tensors: `loss`, `elbo`, `reconstruction`, `kl`, `mi`,
       `tc`, `dwkl`.
     """
-    latent_dim = loc.shape[-1]
-    batch_size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
-    if noise is None:
-        noise = standard_noise(batch_size, num_samples, latent_dim, seed, offset)
-    else:
-        noise = tf.convert_to_tensor(noise, tf.float32)
-        num_samples = noise.shape[0] if noise.shape[0] is not None else tf.shape(noise)[0]
-    z = reparameterize(noise)
-    x = tf.cast(x, tf.float32)
-    single = isinstance(num_samples, int) and num_samples == 1
-    log_px_z = log_likelihood(tf.reshape(z, [num_samples * batch_size, latent_dim]),
-                              x if single else _tile_data(x, num_samples))
-    reconstruction = tf.reduce_mean(tf.reshape(log_px_z, [num_samples, batch_size]), axis=0)
+    z, reconstruction = sampled_reconstruction(x, reparameterize, log_likelihood, loc.shape[-1],
+                                               num_samples, seed, noise, offset)
     terms = tc_decomposition(z, loc, scale, log_prior, dataset_size=dataset_size, valid=valid)
     kl = terms.pop("log_ratio") if kl_term is None else kl_term
     terms.pop("log_ratio", None)
