@@ -24,8 +24,8 @@ class KLWarmup(keras.callbacks.Callback):
     inside the compiled train step from the optimizer's step count, so the
     warm-up is exact per step with `steps_per_execution > 1`, under XLA and
     across replicas, and a resumed run continues where it stopped. After
-    `epochs` epochs β stays at `end`. The current β is added to the epoch logs
-    as `beta`.
+    `epochs` epochs β stays at `end`. The train step itself reports the current
+    β in the epoch logs as `beta`.
 
     Args:
       epochs: length of the warm-up in epochs (may be fractional).
@@ -69,10 +69,6 @@ class KLWarmup(keras.callbacks.Callback):
             return  # the same warm-up, resumed: keep its first step
         first_step = float(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         self.model.set_beta_schedule(self.start, self.end, steps, first_step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["beta"] = float(keras.ops.convert_to_numpy(self.model.beta))
 
 
 def _finite_number(value):

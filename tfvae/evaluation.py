@@ -105,7 +105,8 @@ def encode_dataset(model, x, y=None, batch_size=256, verbose=0):
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, verbose=0):
+def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, verbose=0,
+                   squared_error=True):
     """Per-example scores for anomaly detection, in input order.
 
     Args:
@@ -117,6 +118,7 @@ def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, v
         `seed + 7919 + i` for log p(x)). Default value: `0`.
       batch_size: examples per batch. Default value: `256`.
       verbose: 1 shows a progress bar. Default value: `0`.
+      squared_error: also score the reconstruction error. Default value: `True`.
 
     Returns:
       A dict of float64 arrays `[n]`: `elbo`, `reconstruction`, `kl` (and
@@ -129,9 +131,10 @@ def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, v
     parts = {}
     for i, (_, batch, condition) in enumerate(_batches(x, y, batch_size, verbose)):
         scores = dict(model.elbo(batch, seed=seed + i, y=condition))
-        error = np.square(np.asarray(batch, np.float64)
-                          - np.asarray(model.reconstruct(batch, y=condition), np.float64))
-        scores["squared_error"] = error.reshape(len(batch), -1).sum(axis=1)
+        if squared_error:
+            error = np.square(np.asarray(batch, np.float64)
+                              - np.asarray(model.reconstruct(batch, y=condition), np.float64))
+            scores["squared_error"] = error.reshape(len(batch), -1).sum(axis=1)
         if num_samples is not None:
             scores["log_px"] = model.log_likelihood(batch, num_samples=num_samples,
                                                     seed=seed + 7919 + i, y=condition)
@@ -171,8 +174,7 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     scores = score_examples(model, x, y=y, num_samples=num_samples, seed=seed,
-                            batch_size=batch_size, verbose=verbose)
-    scores.pop("squared_error")
+                            batch_size=batch_size, verbose=verbose, squared_error=False)
     result = {key: float(values.mean()) for key, values in scores.items()}
     result["elbo_gap"] = result["log_px"] - result["elbo"]
     result["likelihood_score"] = model.likelihood.score_kind(x)
