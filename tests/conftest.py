@@ -28,6 +28,20 @@ def digits_run(tmp_path_factory):
     return output
 
 
+@pytest.fixture(scope="session")
+def shapes_tcvae_run(tmp_path_factory):
+    """A finished β-TCVAE `tfvae train` run on the built-in shapes (tiny settings), shared
+    by the command-line and data tests. Read-only: copy it to change it."""
+    from tfvae import cli
+
+    from helpers import TINY_RUN
+
+    output = str(tmp_path_factory.mktemp("runs") / "shapes_tc")
+    assert cli.main(["train", "--dataset", "shapes", "--objective", "beta_tcvae", "--tc-weight",
+                     "6", "--warmup-epochs", "1", "--output", output, *TINY_RUN]) == 0
+    return output
+
+
 # Fast-subset tests measured at 1.4 s or more (pytest --durations, 2026-11-26), moved
 # to the full suite to keep the inner loop under 90 s; each module keeps cheap tests.
 _SLOW_BY_TIME = {

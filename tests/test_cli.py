@@ -232,19 +232,29 @@ def test_label_needs_a_conditional_run(run_dir, capsys):
     assert "--label needs a conditional run" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_train_uses_the_given_splits_and_evaluate_takes_any_split(tmp_path):
-    arrays = splits_npz(tmp_path / "d.npz")
-    run = tmp_path / "run"
-    assert cli.main(["train", "--dataset", str(tmp_path / "d.npz"), "--output", str(run),
+@pytest.fixture(scope="module")
+def splits_run(tmp_path_factory):
+    """A finished run on a generated `.npz` with its own splits, its held-out gap
+    decomposed on 5 examples: (the `.npz` path, its arrays, the run folder). Read-only."""
+    folder = tmp_path_factory.mktemp("splits")
+    arrays = splits_npz(folder / "d.npz")
+    run = folder / "run"
+    assert cli.main(["train", "--dataset", str(folder / "d.npz"), "--output", str(run),
                      "--epochs", "1", "--hidden-units", "8", "--latent-dim", "2",
-                     "--eval-samples", "4", "--quiet"]) == 0
+                     "--eval-samples", "4", "--quiet", "--decompose-gap",
+                     "--gap-examples", "5"]) == 0
+    return folder / "d.npz", arrays, run
+
+
+@pytest.mark.slow
+def test_train_uses_the_given_splits_and_evaluate_takes_any_split(splits_run, tmp_path):
+    dataset, arrays, run = splits_run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_examples"] == len(arrays["x_valid"])
     model = tfvae.runs.load_run(str(run))[1]
     for split, key in (("test", "x_test"), ("validation", "x_valid"), ("train", "x_train")):
         out = tmp_path / f"{split}.json"
-        assert cli.main(["evaluate", str(run), "--dataset", str(tmp_path / "d.npz"),
+        assert cli.main(["evaluate", str(run), "--dataset", str(dataset),
                          "--split", split, "--num-samples", "4", "--output", str(out)]) == 0
         got = json.loads(out.read_text())
         x = arrays[key].astype("float32")[..., None]
@@ -258,12 +268,8 @@ def test_train_uses_the_given_splits_and_evaluate_takes_any_split(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_decompose_gap_writes_the_parts_and_a_figure(tmp_path):
-    splits_npz(tmp_path / "d.npz")
-    run = tmp_path / "run"
-    cli.main(["train", "--dataset", str(tmp_path / "d.npz"), "--output", str(run), "--epochs",
-              "1", "--hidden-units", "8", "--latent-dim", "2", "--eval-samples", "4", "--quiet",
-              "--decompose-gap", "--gap-examples", "5"])
+def test_evaluate_decompose_gap_writes_the_parts_and_a_figure(splits_run, tmp_path):
+    run = splits_run[2]  # trained with --decompose-gap --gap-examples 5
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["gap_examples"] == 5
     np.testing.assert_allclose(metrics["approximation_gap"] + metrics["amortization_gap"],
@@ -676,10 +682,8 @@ def test_the_default_run_reports_a_likelihood_of_binarised_digits(digits_run):
 
 
 @pytest.mark.slow
-def test_train_beta_tcvae_on_shapes_reports_its_terms_and_the_mig(tmp_path):
-    output = str(tmp_path / "tc")
-    assert cli.main(["train", "--dataset", "shapes", "--objective", "beta_tcvae", "--tc-weight",
-                     "6", "--warmup-epochs", "1", "--output", output, *TINY_RUN]) == 0
+def test_train_beta_tcvae_on_shapes_reports_its_terms_and_the_mig(shapes_tcvae_run):
+    output = shapes_tcvae_run  # conftest.py: --objective beta_tcvae --tc-weight 6
     config, model = runs.load_run(output)
     assert (model.objective, model.tc_weight, model.mi_weight) == ("beta_tcvae", 6.0, 1.0)
     assert model.dataset_size == len(runs.load_dataset(config)[0][0])  # N: the training split

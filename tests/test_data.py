@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn import datasets as sk_datasets
@@ -17,7 +16,6 @@ from tfvae import data
 from tfvae import disentanglement
 from tfvae import shapes
 
-from helpers import TINY_RUN
 from helpers import invalid, raises
 from helpers import splits_npz
 
@@ -89,10 +87,9 @@ def test_shapes_is_built_in_with_1d_labels_and_its_factors_row_for_row():
 
 
 @pytest.mark.slow
-def test_cli_trains_on_shapes_and_its_codes_line_up_with_the_factors(tmp_path):
-    output = str(tmp_path / "shapes")
-    assert cli.main(["train", "--dataset", "shapes", "--output", output, *TINY_RUN,
-                     "--epochs", "1"]) == 0
+def test_cli_trains_on_shapes_and_its_codes_line_up_with_the_factors(shapes_tcvae_run,
+                                                                       tmp_path):
+    output = shapes_tcvae_run  # conftest.py: a `tfvae train --dataset shapes` run
     config, model = tfvae.runs.load_run(output)
     assert model.event_shape == (32, 32, 1) and config.dataset == "shapes"
     # The wiring `tfvae evaluate` can use: the held-out split's posterior means, and

@@ -3,7 +3,6 @@ local stand-in server, the ONNX runner without TensorFlow, and the Dockerfile's 
 
 import http.server
 import json
-import os
 import pathlib
 import re
 import socket

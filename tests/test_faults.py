@@ -433,20 +433,30 @@ def test_resume_falls_back_to_model_keras_when_last_keras_is_truncated(digits_ru
 # ---------------------------------------------------------------------------
 # Two processes on one run directory.
 
-_SLOW_TRAIN_DRIVER = """
-    import sys
-    from tfvae import cli
-    sys.exit(cli.main(["train", "--output", sys.argv[1], "--epochs", "1000", "--patience",
-                       "1000", "--latent-dim", "2", "--hidden-units", "16", "--quiet"]))
+_LIVE_TRAIN_DRIVER = """
+    import os, sys, time
+    from tfvae import cli, files
+
+    commit = files.commit
+
+    def commit_then_stall(temporary, path):
+        # A training process that is alive and holds the lock, but uses no CPU: it
+        # stalls after its first checkpoint until the test kills it.
+        commit(temporary, path)
+        if os.path.basename(path) == "model.keras":
+            time.sleep(600)
+
+    files.commit = commit_then_stall
+    sys.exit(cli.main(["train", "--output", sys.argv[1], *sys.argv[2:]]))
 """
 
 
 @pytest.mark.slow
 def test_a_live_training_process_keeps_out_a_second_writer_and_readers(tmp_path, capsys):
     run = str(tmp_path / "run")
-    driver = _driver(tmp_path, _SLOW_TRAIN_DRIVER)
+    driver = _driver(tmp_path, _LIVE_TRAIN_DRIVER)
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, str(driver), run], env=env, cwd=ROOT,
+    process = subprocess.Popen([sys.executable, str(driver), run, *TINY_RUN], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -461,7 +471,7 @@ def test_a_live_training_process_keeps_out_a_second_writer_and_readers(tmp_path,
         assert cli.main(["evaluate", run, "--num-samples", "2"]) == 2
         err = capsys.readouterr().err.strip()
         assert f"still being trained by PID {process.pid}" in err
-        assert process.poll() is None  # still training, undisturbed
+        assert process.poll() is None  # still alive, undisturbed
     finally:
         process.kill()
         process.wait()
