@@ -31,6 +31,6 @@ def test_readme_example_runs(tmp_path, monkeypatch):
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = ".venv/bin/python -m pytest -q"
+    command = ".venv/bin/python -m pytest -q -n 2"  # two processes (pytest-xdist), one per core
     assert command in readme and command in ci
     assert 'pip install --quiet -e ".[dev]"' in ci or "pip install -q -e \".[dev]\"" in ci
