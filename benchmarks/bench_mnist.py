@@ -75,6 +75,7 @@ def run(name, seed, args):
         "epochs_trained": len(history["loss"]), "best_epoch": int(np.argmax(history["val_elbo"])) + 1,
         "train_seconds": train_seconds, "eval_seconds": eval_seconds, "gap_seconds": gap_seconds,
         "val_elbo_curve": [float(v) for v in history["val_elbo"]],
+        "elbo_curve": [float(v) for v in history["elbo"]],  # training ELBO, for overfitting
         "elbo": metrics["elbo"], "log_px": metrics["log_px"], "gap": metrics["elbo_gap"],
         "kl": metrics["kl"], **{k: metrics[k] for k in ("kl_z1", "kl_z2") if k in metrics},
         "active_units": metrics["active_units"], "eval_examples": metrics["num_examples"],
