@@ -32,12 +32,17 @@ def _cell(values, digits=2):
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
+def _in_order(names):
+    """Variant names in the table's order (unknown names last)."""
+    return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
 def rows(results):
     by_variant = {}
     for result in results:
         by_variant.setdefault(result["variant"], []).append(result)
     lines = []
-    for name in sorted(by_variant, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+    for name in _in_order(by_variant):
         runs = sorted(by_variant[name], key=lambda r: r["seed"])
         get = lambda key: [r[key] for r in runs]  # noqa: E731
         subset = lambda key: [r["gap_subset"][key] for r in runs]  # noqa: E731
@@ -68,18 +73,17 @@ def margins(results, baseline="VAE"):
         return []
     base_sd = np.std(list(base.values()), ddof=1)
     lines = []
-    for name in sorted(by_variant, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
-        if name == baseline:
-            continue
+    for name in _in_order(set(by_variant) - {baseline}):
         values = by_variant[name]
         gain = np.mean(list(values.values())) - np.mean(list(base.values()))
         paired = [values[s] - base[s] for s in sorted(values) if s in base]
         sd = np.std(list(values.values()), ddof=1) if len(values) > 1 else None
-        resolved = "yes" if len(values) > 1 and gain > max(sd, base_sd) else (
-            "no" if len(values) > 1 else "one seed")
+        if sd is None:
+            resolved, sd_cell = "one seed", "—"
+        else:
+            resolved, sd_cell = ("yes" if gain > max(sd, base_sd) else "no"), f"{sd:.2f}"
         lines.append(f"| {LABELS.get(name, name)} | {gain:+.2f} | "
-                     f"{', '.join(f'{d:+.2f}' for d in paired)} | {'—' if sd is None else f'{sd:.2f}'} | "
-                     f"{base_sd:.2f} | "
+                     f"{', '.join(f'{d:+.2f}' for d in paired)} | {sd_cell} | {base_sd:.2f} | "
                      f"{resolved} |")
     return lines
 

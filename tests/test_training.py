@@ -1,7 +1,6 @@
 """tfvae.training: the `Trainer` mixin (fit / evaluate / predict, their pre-checks, exact
 metrics, seeds) and `BetaSchedule`."""
 
-
 import keras
 import numpy as np
 import pytest
