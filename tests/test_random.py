@@ -79,3 +79,28 @@ def test_make_seed_bad_shape(seed, shape):
 def test_make_seed_accepts_a_seed_pair():
     assert tfvae_random.make_seed(tf.constant([1, 2])).shape == (2,)
     assert tfvae_random.make_seed(5).shape == (2,)
+
+
+def test_example_uniform_is_a_function_of_seed_and_id_alone():
+    ids = tf.constant([7, 0, 2**40 + 3, 5], tf.int64)
+    draw = tfvae_random.example_uniform(11, ids, [3, 2]).numpy()
+    assert draw.shape == (4, 3, 2) and 0 < draw.min() and draw.max() < 1
+    # The same example in another batch, at another position: the same numbers.
+    again = tfvae_random.example_uniform(11, tf.constant([5, 2**40 + 3], tf.int64), [3, 2])
+    np.testing.assert_array_equal(again.numpy(), draw[[3, 2]])
+    # Under XLA too (the draw is integer hashing and one float scaling).
+    compiled = tf.function(lambda i: tfvae_random.example_uniform(11, i, [3, 2]),
+                           jit_compile=True)
+    np.testing.assert_array_equal(compiled(ids).numpy(), draw)
+    # Another seed or another id: another draw.
+    assert not np.array_equal(tfvae_random.example_uniform(12, ids, [3, 2]).numpy(), draw)
+    assert not np.array_equal(draw[0], draw[1])
+
+
+def test_example_uniform_is_uniform_and_independent_across_examples_and_positions():
+    draw = tfvae_random.example_uniform(0, tf.range(4000, dtype=tf.int64), [50]).numpy()
+    assert stats.kstest(draw.ravel(), "uniform").pvalue > 1e-3
+    # Neighbouring ids and neighbouring positions are uncorrelated (|r| < 5 / sqrt(n)).
+    for a, b in ((draw[:-1], draw[1:]), (draw[:, :-1], draw[:, 1:])):
+        r = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        assert abs(r) < 5 / np.sqrt(a.size)

@@ -1,4 +1,4 @@
-"""The `tfvae` command: `train`, `evaluate`, `encode`, `score`, `sample`, `export`.
+"""The `tfvae` command: `train`, `evaluate`, `encode`, `score`, `sample`, `export`, `prepare-data`.
 
 The command only parses arguments and calls library functions. Every expected
 failure (a bad argument, a file that cannot be read or written, a failed
@@ -59,8 +59,19 @@ def _train_arguments(train, defaults=True):
         train.add_argument(*flags, dest=name, default=default, **kwargs)
 
     option("dataset", help="'digits' (built in, offline), a TensorFlow Datasets name (mnist, "
-           "fashion_mnist, binarized_mnist, cifar10), a .npy/.npz file, or a folder "
-           "of images (default: %(default)s)")
+           "fashion_mnist, binarized_mnist, cifar10), a .npy/.npz file, a folder of images, "
+           "or TFRecords written by `tfvae prepare-data` (their folder, or a glob of shards); "
+           "folders, TFRecords and TFDS are streamed, not loaded into memory "
+           "(default: %(default)s)")
+    option("image_size", type=_units,
+           help="image folders: scale every image to cover H,W and crop its center, so "
+           "images of any sizes mix (default: all images must have the first one's size)")
+    option("image_channels", type=int, choices=(0, 1, 3),
+           help="image folders: 1 (greyscale) or 3 (RGB) channels (default: 0, the first "
+           "image's)")
+    option("skip_corrupt", action="store_true",
+           help="streamed datasets: skip examples that cannot be read or decoded instead of "
+           "stopping at the first")
     option("binarize", choices=data.BINARIZE,
            help="binarise [0, 1] data for a Bernoulli likelihood: one fixed draw "
            "(static) or a fresh draw every batch (dynamic)")
@@ -207,6 +218,28 @@ def _parser(defaults=True):
     score_parser.add_argument("--num-samples", type=int, default=None,
                               help="also score log p(x) with K importance samples (default: no)")
     score_parser.add_argument("--seed", type=int, default=0)
+
+    prepare = sub.add_parser(
+        "prepare-data", help="convert a dataset to TFRecord shards, read fast and streamed",
+        parents=[common],
+        description="Write any dataset tfvae reads as TFRecord shards in tfvae's record format "
+        "(see tfvae.records), one set per split, so a large dataset is converted once and then "
+        "streamed, and a multi-worker run reads each worker's share of the files.")
+    prepare.add_argument("source", help="a dataset as `tfvae train --dataset` takes it")
+    prepare.add_argument("--output", required=True, help="the folder to create")
+    prepare.add_argument("--shards", type=int, default=8,
+                         help="shard files per split (default: %(default)s)")
+    prepare.add_argument("--seed", type=int, default=0,
+                         help="the random train/validation split's seed, for a source without "
+                         "predefined splits (default: %(default)s)")
+    prepare.add_argument("--validation-fraction", type=float, default=0.2,
+                         help="the random split's validation fraction (default: %(default)s)")
+    prepare.add_argument("--image-size", type=_units, default=None,
+                         help="image folders: resize and center-crop to H,W")
+    prepare.add_argument("--image-channels", type=int, choices=(1, 3), default=None,
+                         help="image folders: 1 (greyscale) or 3 (RGB)")
+    prepare.add_argument("--skip-corrupt", action="store_true",
+                         help="leave out examples that cannot be read")
 
     sample = sub.add_parser("sample", help="generate data from the prior", parents=[common],
                             description="Decode z ~ p(z): an image grid (.png) or an array (.npy).")
@@ -520,6 +553,32 @@ def _export(args, argv):
     _EXPORTERS[args.format](model, output, args)
 
 
+def _prepare_data(args, argv):
+    from tfvae import data, records, run_data
+
+    _check_output_directory(args.output)
+    if os.path.exists(args.output):
+        raise ValueError(f"Received an invalid value for `--output`: {args.output!r} exists; "
+                         "choose a new folder (nothing is overwritten).")
+    _check_writable_folder(os.path.dirname(os.path.abspath(args.output)), args.output,
+                           "--output")
+    if args.shards < 1:
+        raise ValueError("Received an invalid value for `--shards`, expected a positive "
+                         f"integer. Received: --shards={args.shards}")
+    if args.image_size is not None and len(args.image_size) != 2:
+        raise ValueError("Received an invalid value for `--image-size`, expected H,W. "
+                         f"Received: --image-size={','.join(map(str, args.image_size))}")
+    found = data.as_sources(
+        args.source, validation_fraction=args.validation_fraction, seed=args.seed,
+        image_size=args.image_size, channels=args.image_channels)
+    with run_data.reading(found.values(), args.skip_corrupt):
+        metadata = records.write_splits(found, args.output, shards=args.shards,
+                                        skip_corrupt=args.skip_corrupt)
+    for split, entry in metadata["splits"].items():
+        print(f"{split}: {entry['examples']} examples in {len(entry['files'])} shard(s)")
+    print(f"wrote {args.output} (shape {metadata['shape']}, {metadata['dtype']})")
+
+
 def main(argv=None):
     """Runs the `tfvae` command; returns its exit status (0, or 2 for an expected failure)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -528,9 +587,9 @@ def main(argv=None):
     _configure_logging(verbose)
     args = _parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "sample": _sample, "export": _export,
-                "encode": _encode, "score": _score}
+                "encode": _encode, "score": _score, "prepare-data": _prepare_data}
     try:
-        if args.command in ("train", "evaluate", "encode", "score"):
+        if args.command in ("train", "evaluate", "encode", "score", "prepare-data"):
             _quiet_dataset_downloads(verbose)
         handlers[args.command](args, argv)
     except _EXPECTED_ERRORS as error:

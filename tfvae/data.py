@@ -7,6 +7,8 @@
 * `load_array_file`, `load_image_folder`: the user's own data.
 * `prepare`: scaling / binarisation / 8-bit levels for a likelihood.
 * `make_dataset`: a `tf.data` pipeline (cache, shuffle, batch, dynamic binarisation, prefetch).
+* `is_streamed`, `source_splits`: datasets read lazily (`tfvae.sources`): image folders,
+  prepared TFRecord folders and globs, and TFDS splits.
 """
 
 import logging
@@ -17,6 +19,7 @@ import zlib
 import numpy as np
 
 from tfvae import _checks
+from tfvae import records
 from tfvae import shapes
 
 logger = logging.getLogger(__name__)
@@ -287,6 +290,26 @@ def _tfds_load(tfds, name, split, data_dir):
         ) from error
 
 
+def tfds_builder(name, data_dir=None):
+    """The TFDS builder of `name`, its data downloaded and prepared on first use.
+
+    Raises:
+      ValueError: the download failed (see `load_tfds`), in one line.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder.download_and_prepare()
+    except _download_errors(tfds) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise ValueError(
+            f"Received an invalid value for `dataset`: could not download TFDS dataset {name!r} "
+            f"({reason}); pass a local .npz/.npy file or image folder with --dataset."
+        ) from error
+    return builder
+
+
 def _download_errors(tfds):
     """The exceptions a failed TFDS download raises (network errors are `OSError`s)."""
     from tensorflow_datasets.core.download import download_manager
@@ -355,6 +378,130 @@ def _split(x, y, validation_fraction, seed, source="the dataset"):
     y = None if y is None else np.asarray(y)[order]
     pick = lambda a, s: None if a is None else a[s]  # noqa: E731
     return (x[n_val:], pick(y, slice(n_val, None))), (x[:n_val], pick(y, slice(None, n_val)))
+
+
+def is_streamed(dataset):
+    """Whether `dataset` is read lazily (`source_splits`) rather than loaded into memory.
+
+    Streamed: a TFDS name, a folder (of images, or of TFRecord shards prepared by
+    `tfvae prepare-data`), and a `.tfrecord` file or glob. Loaded into memory:
+    the built-in `digits` and `shapes`, and `.npy`/`.npz` files.
+    """
+    if not isinstance(dataset, (str, os.PathLike)) or dataset in BUILTIN_NAMES:
+        return False
+    dataset = os.fspath(dataset)
+    return (dataset in TFDS_NAMES or os.path.isdir(dataset) or _is_record_pattern(dataset))
+
+
+def _is_record_pattern(dataset):
+    """A `.tfrecord` path, a glob or comma-separated globs, or a remote (`gs://`) path."""
+    return (records.EXTENSION in dataset or any(c in dataset for c in "*?[,")
+            or "://" in dataset)
+
+
+def source_splits(dataset, validation_fraction=0.2, seed=0, image_size=None, channels=None,
+                  data_dir=None):
+    """The splits of a streamed dataset (see `is_streamed`) as `tfvae.sources.Source`s.
+
+    Predefined splits are used as given: a prepared folder's splits, an image
+    folder's `train/`, `valid/` (or `validation/`, `val/`) and `test/`
+    sub-folders, TFDS's splits. A single source is split at random by a stable
+    hash of each example's key (`sources.hash_split`: its relative path, or
+    the key stored in its record), which needs no data in memory and does not
+    move examples between splits when more are appended.
+
+    Args:
+      dataset: a TFDS name, a folder or a TFRecord glob.
+      validation_fraction: the random split's validation fraction. Default value: `0.2`.
+      seed: the random split's seed. Default value: `0`.
+      image_size: `(H, W)` for image folders: resize and center-crop every image.
+        Default value: `None` (all images must have one size).
+      channels: 1 or 3 for image folders. Default value: `None` (the first image's).
+      data_dir: TFDS's data directory. Default value: TFDS's default.
+
+    Returns:
+      `{split: Source}` with `train` and `validation` (and `test` where the dataset has one).
+    """
+    from tfvae import sources
+
+    fraction = _checks.open_fraction("validation_fraction", validation_fraction)
+    seed = _checks.non_negative_int("seed", seed)
+    dataset = os.fspath(dataset)
+    if image_size is not None and not (os.path.isdir(dataset)
+                                       and not _is_records_folder(dataset)):
+        raise ValueError("Received an invalid value for `image_size`: it resizes the images of "
+                         f"an image folder, and {dataset!r} is not one. Received: "
+                         f"image_size={tuple(image_size)!r}")
+    if dataset in TFDS_NAMES:
+        splits = {"train": "train", "validation": TFDS_NAMES[dataset], "test": "test"}
+        return {split: sources.TfdsSource(dataset, name, data_dir=data_dir,
+                                          binary=dataset == "binarized_mnist")
+                for split, name in splits.items()}
+    if _is_records_folder(dataset):
+        found = sources.record_splits(dataset)
+        if "validation" in found:
+            return found
+        return _hash_split_records(found["train"], fraction, seed)
+    if os.path.isdir(dataset):
+        predefined = sources.folder_splits(dataset)
+        if predefined:
+            train = sources.ImageFolderSource(predefined["train"], image_size, channels,
+                                              name=f"{dataset!r} (train/)")
+            found = {"train": train}
+            for split in ("validation", "test"):
+                if split in predefined:
+                    found[split] = sources.ImageFolderSource(
+                        predefined[split], image_size, train.channels, classes=train.classes,
+                        name=f"{dataset!r} ({os.path.basename(predefined[split])}/)")
+            return found
+        whole = sources.ImageFolderSource(dataset, image_size, channels)
+        validation = sources.hash_split(whole.keys, fraction, seed).numpy()
+        return {"train": whole.subset(~validation, name=f"{dataset!r} (train split)"),
+                "validation": whole.subset(validation, name=f"{dataset!r} (validation split)")}
+    return _hash_split_records(sources.glob_source(dataset), fraction, seed)
+
+
+def as_sources(dataset, validation_fraction=0.2, seed=0, image_size=None, channels=None,
+               data_dir=None):
+    """Every split of any dataset as `tfvae.sources.Source`s (what `tfvae prepare-data` writes).
+
+    Streamed datasets give `source_splits`; datasets loaded into memory give
+    `ArraySource`s of the same splits a run on them uses (`load`, and a `.npz`'s
+    `x_test`), so a run on the written records sees the same examples.
+    """
+    from tfvae import sources
+
+    if is_streamed(dataset):
+        return source_splits(dataset, validation_fraction, seed, image_size, channels, data_dir)
+    if image_size is not None or channels is not None:
+        raise ValueError("Received an invalid value for `image_size`: --image-size and "
+                         f"--image-channels apply to image folders, and {dataset!r} is not one.")
+    train, validation = load(dataset, validation_fraction, seed, data_dir)
+    found = {"train": sources.ArraySource(*train, name=f"{dataset!r} (train split)"),
+             "validation": sources.ArraySource(*validation,
+                                               name=f"{dataset!r} (validation split)")}
+    if str(dataset).endswith(".npz"):
+        test = _array_file_splits(os.fspath(dataset)).get("test")
+        if test is not None:
+            found["test"] = sources.ArraySource(*test, name=f"{dataset!r} (test split)")
+    return found
+
+
+def _is_records_folder(path):
+    import tensorflow as tf
+
+    return tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, records.METADATA))
+
+
+def _hash_split_records(source, fraction, seed):
+    """Train and validation `RecordSource`s of unsplit shards, by the hash of each key."""
+    from tfvae import sources
+
+    return {split: sources.RecordSource(
+        source.files, source.event_shape, source.dtype, source.scale, source.labelled,
+        num_classes=source.num_classes, binary=source.binary,
+        keep=(fraction, seed, split == "validation"), name=f"{source.name} ({split} split)")
+        for split in ("train", "validation")}
 
 
 def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):

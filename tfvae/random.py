@@ -98,3 +98,34 @@ def standard_normal(shape, seed, offset=0, dtype=tf.float32):
     u1, u2 = tf.unstack((tf.cast(bits, tf.float32) + 0.5) * 2.0**-24, axis=1)
     z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos((2.0 * np.pi) * u2)
     return tf.cast(tf.reshape(z, shape), dtype)
+
+
+def example_uniform(seed, ids, event_shape):
+    """Uniform noise in (0, 1) that is a pure function of `(seed, example id, position)`.
+
+    Each example's draw depends only on the seed and its own id, never on the
+    batch it arrives in, its position in the stream, the worker that reads it
+    or the epoch: static binarisation of streamed data (`tfvae.sources`) draws
+    `x_bin = 1[u < x]` with it, so an example gets the same binary image every
+    time it is read, and different examples get independent draws.
+
+    Args:
+      seed: see `make_seed`.
+      ids: int64 example ids `[batch]` (any values; 64 bits are used).
+      event_shape: the shape of one example (a list or 1-D int tensor).
+
+    Returns:
+      float32 `[batch] + event_shape`: i.i.d. uniforms with 24 random bits each.
+    """
+    k0, k1 = _keys(seed)
+    ids = tf.cast(tf.convert_to_tensor(ids), tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(ids, tf.constant(0xFFFFFFFF, tf.int64)), _U32)
+    high = tf.cast(tf.bitwise.right_shift(ids, tf.constant(32, tf.int64)), _U32)
+    # A key pair per example, from both halves of its id.
+    r0 = _hash(low, k0, _hash(high, k1, k0))[:, None]
+    r1 = _hash(high + tf.constant(0x632BE5AB, _U32), r0[:, 0], k1)[:, None]
+    size = tf.reduce_prod(tf.convert_to_tensor(event_shape, tf.int32))
+    bits = tf.bitwise.right_shift(_hash(tf.cast(tf.range(size), _U32)[None, :], r0, r1),
+                                  tf.constant(8, _U32))
+    u = (tf.cast(bits, tf.float32) + 0.5) * 2.0**-24
+    return tf.reshape(u, tf.concat([tf.shape(ids), tf.reshape(event_shape, [-1])], 0))

@@ -40,6 +40,7 @@ from tfvae import evaluation
 from tfvae import files
 from tfvae import options
 from tfvae import report as report_lib
+from tfvae import run_data
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class RunConfig:
     mi_weight: float = 1.0  # β-TCVAE's α (index-code mutual information)
     tc_weight: float = 1.0  # β-TCVAE's β (total correlation)
     dwkl_weight: float = 1.0  # β-TCVAE's γ (dimension-wise KL)
+    image_size: tuple = ()  # (H, W): resize and center-crop an image folder's images
+    image_channels: int = 0  # 1 or 3 for an image folder (0: the first image's)
+    skip_corrupt: bool = False  # skip unreadable examples of a streamed dataset
 
     def validate(self):
         """Checks every field, and the option rules of `tfvae.options`, before anything is built.
@@ -176,7 +180,7 @@ class RunConfig:
             _checks.non_negative_float(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
-        for name in ("conditional", "decompose_gap", "tensorboard"):
+        for name in ("conditional", "decompose_gap", "tensorboard", "skip_corrupt"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"Received an invalid value for `{name}`, expected True or False. "
@@ -184,6 +188,20 @@ class RunConfig:
                 )
         self.hidden_units = _checks.int_tuple("hidden_units", self.hidden_units)
         self.filters = _checks.int_tuple("filters", self.filters, allow_empty=False)
+        self.image_size = _checks.int_tuple("image_size", self.image_size)
+        if len(self.image_size) not in (0, 2):
+            raise ValueError("Received an invalid value for `image_size`, expected (height, "
+                             f"width). Received: image_size={self.image_size!r}")
+        if self.image_channels not in (0, 1, 3) or isinstance(self.image_channels, bool):
+            raise ValueError("Received an invalid value for `image_channels`, expected 1 "
+                             "(greyscale), 3 (RGB) or 0 (the first image's). Received: "
+                             f"image_channels={self.image_channels!r}")
+        if not data_lib.is_streamed(self.dataset) and (self.image_size or self.skip_corrupt
+                                                       or self.image_channels):
+            raise ValueError(
+                "Received an invalid value for `dataset`: --image-size, --image-channels and "
+                "--skip-corrupt apply to streamed datasets (image folders, TFRecords, TFDS), "
+                f"and {self.dataset!r} is loaded into memory. Received: dataset={self.dataset!r}")
         # The rules that relate options, stated once in tfvae.options (as for build_vae).
         # RunConfig writes 0 for "none" in top_latent_dim and free_bits_groups.
         options.check_prior_name(self.posterior, self.prior)
@@ -571,8 +589,7 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
     chief = is_chief()
     if chief:
         check_output(output, overwrite=overwrite, resume=resume)  # refusals before loading data
-    splits = load_dataset(config)
-    num_classes = condition_dim(config, splits[0][1], splits[1][1])
+    data = _open_data(config)
     run_output = None
     if not chief:
         output = tempfile.mkdtemp(prefix="tfvae-worker-")
@@ -583,8 +600,7 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
         if chief and (not resume or epochs is not None):
             files.write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
         keras.mixed_precision.set_global_policy(PRECISION_POLICIES[config.mixed_precision])
-        return _train(config, output, strategy, resume, verbose, report=chief, splits=splits,
-                      num_classes=num_classes,
+        return _train(config, output, strategy, resume, verbose, report=chief, data=data,
                       on_checkpoint=run_output.commit if run_output else None)
     except BaseException:
         if run_output is not None:
@@ -594,6 +610,15 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
         keras.mixed_precision.set_global_policy(previous_policy)
         if run_output is not None:
             run_output.close()
+
+
+def _open_data(config):
+    """The run's `RunData`: splits loaded and checked, or streamed sources opened and checked."""
+    if data_lib.is_streamed(config.dataset):
+        found = run_data.open_sources(config)
+        return run_data.from_sources(config, found, run_data.num_classes_of(config, found))
+    splits = load_dataset(config)
+    return run_data.from_arrays(config, splits, condition_dim(config, splits[0][1], splits[1][1]))
 
 
 def condition_dim(config, y_train, y_val=None):
@@ -620,10 +645,8 @@ def condition_dim(config, y_train, y_val=None):
     return num_classes
 
 
-def _train(config, output, strategy, resume, verbose, report, splits, num_classes,
-           on_checkpoint=None):
-    (x_train, y_train), (x_val, y_val) = splits
-    conditions = (None, None) if num_classes is None else (y_train, y_val)
+def _train(config, output, strategy, resume, verbose, report, data, on_checkpoint=None):
+    num_classes = data.num_classes
     # The application layer seeds the process (data pipeline, Keras's global
     # state); build_vae itself seeds only the model's own weights and noise.
     keras.utils.set_random_seed(config.seed)
@@ -636,8 +659,9 @@ def _train(config, output, strategy, resume, verbose, report, splits, num_classe
             _truncate_history(history_path, initial_epoch)
         history = _read_history(history_path) if resume else {}
         if model is None:
-            model = builders.build_vae(**config.model_kwargs(x_train.shape[1:], num_classes,
-                                                             dataset_size=len(x_train)))
+            size = run_data.train_size(data) if config.objective == "beta_tcvae" else None
+            model = builders.build_vae(**config.model_kwargs(data.input_shape, num_classes,
+                                                             dataset_size=size))
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
             # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but
@@ -678,24 +702,21 @@ def _train(config, output, strategy, resume, verbose, report, splits, num_classe
         # from Keras; images and histograms of the held-out codes from tfvae.
         log_dir = os.path.join(output, TENSORBOARD_DIR)
         callbacks.append(keras.callbacks.TensorBoard(log_dir))
+        x_sample, labels = data.sample
         callbacks.append(callbacks_lib.LatentSummaries(
-            os.path.join(log_dir, "latent"), x_val[:256],
-            y=None if conditions[1] is None else conditions[1][:256]))
-    train_data = data_lib.make_dataset(
-        x_train, config.batch_size, seed=config.seed,
-        dynamic_binarize=config.binarize == "dynamic", y=conditions[0],
-    )
-    val_data = data_lib.make_dataset(x_val, config.batch_size, shuffle=False, y=conditions[1])
+            os.path.join(log_dir, "latent"), x_sample[:256],
+            y=None if num_classes is None else labels[:256]))
     if initial_epoch < config.epochs:
-        model.fit(
-            train_data,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            validation_data=val_data,
-            shuffle=False,  # the pipeline shuffles
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        with data.reading(config.skip_corrupt):
+            model.fit(
+                data.train,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                validation_data=data.validation,
+                shuffle=False,  # the pipeline shuffles
+                callbacks=callbacks,
+                verbose=verbose,
+            )
     if stop.diverged_epoch is not None:
         kept = (f"the last finite checkpoint is kept in `{output}` (--resume continues from it)"
                 if report and os.path.exists(last_path) else "no checkpoint was written")
@@ -707,19 +728,24 @@ def _train(config, output, strategy, resume, verbose, report, splits, num_classe
         return {}
     best = load_model(best_path)
     history = _read_history(history_path)
-    metrics = evaluation.evaluate_model(best, x_val, num_samples=config.eval_samples,
-                                        seed=config.seed, y=conditions[1])
+    held_out, held_out_y = data.held_out
+    with data.reading(config.skip_corrupt):
+        metrics = evaluation.evaluate_model(best, held_out, num_samples=config.eval_samples,
+                                            seed=config.seed, y=held_out_y)
     metrics["epochs_trained"] = len(history.get("loss", []))
+    metrics["data"] = data.description
+    x_sample, labels = data.sample
+    conditions = None if num_classes is None else labels
     known = data_lib.load_factors(config.dataset, "validation", seed=config.seed)
     if known is not None:  # data with known generative factors: how disentangled the codes are
-        metrics.update(evaluation.disentanglement_metrics(best, x_val, known["factors"],
-                                                          known["names"], y=conditions[1]))
+        metrics.update(evaluation.disentanglement_metrics(best, x_sample, known["factors"],
+                                                          known["names"], y=conditions))
     if config.decompose_gap:
-        metrics.update(evaluation.gap_decomposition(best, x_val, y=conditions[1],
+        metrics.update(evaluation.gap_decomposition(best, x_sample, y=conditions,
                                                     num_examples=config.gap_examples,
                                                     seed=config.seed))
     files.write_json(os.path.join(output, "metrics.json"), metrics)
-    figures = report_lib.write_figures(best, history, x_val, y_val, output, seed=config.seed)
+    figures = report_lib.write_figures(best, history, x_sample, labels, output, seed=config.seed)
     if config.decompose_gap:
         figures["gap"] = os.path.basename(
             report_lib.plot_gap({"this run": metrics}, os.path.join(output, "gap.png")))
