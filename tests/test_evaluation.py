@@ -256,3 +256,258 @@ def test_evaluate_model_reports_the_surgery_terms_of_its_first_examples(digits):
     assert "mutual_information" not in skipped
     hierarchy = tfvae.build_vae((8, 8, 1), 4, hidden_units=(16,), posterior="hierarchical", seed=0)
     assert "mutual_information" not in evaluation.evaluate_model(hierarchy, x, num_samples=3)
+
+
+# ----------------------------------------------------------------------------
+# Streams: a tf.data.Dataset gives the array path's numbers, batch by batch.
+
+from helpers import invalid, raises  # noqa: E402
+
+
+def _binary(n, d=6, seed=0):
+    return (np.random.default_rng(seed).uniform(size=(n, d)) > 0.5).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def small():
+    return tfvae.build_vae((6,), 3, hidden_units=(8,), seed=1)
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    return tfvae.build_vae((6,), 3, hidden_units=(8,), condition_dim=3, seed=2)
+
+
+def _streams(x, labels=None, batch_size=4):
+    """The same data as an unbatched and a batched dataset (elements (x, y) with labels)."""
+    data = x if labels is None else (x, labels)
+    unbatched = tf.data.Dataset.from_tensor_slices(data)
+    return {"unbatched": unbatched, "batched": unbatched.batch(batch_size)}
+
+
+def _assert_metrics(got, want, rel=1e-12):
+    """Two `evaluate_model` results: the same keys, strings and counts, floats to `rel`."""
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, (str, int)):
+            assert got[key] == value, key
+        else:
+            np.testing.assert_allclose(got[key], value, rtol=rel, atol=0, err_msg=key)
+
+
+def _assert_same(got, want, rtol=1e-12):
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=0, err_msg=key)
+
+
+@pytest.mark.parametrize("form", ["unbatched", "batched"])
+def test_a_dataset_scores_and_encodes_as_the_array_does(small, form):
+    x = _binary(10)
+    dataset = _streams(x)[form]
+    want = evaluation.score_examples(small, x, num_samples=3, seed=2, batch_size=4)
+    _assert_same(evaluation.score_examples(small, dataset, num_samples=3, seed=2, batch_size=4),
+                 want, rtol=0)  # same batches, same seeds: the same numbers
+    want = evaluation.encode_dataset(small, x, batch_size=4)
+    _assert_same(evaluation.encode_dataset(small, dataset, batch_size=4), want, rtol=0)
+
+
+def test_an_unconditional_model_carries_a_dataset_s_labels(small):
+    x, labels = _binary(10), np.arange(10) % 4
+    dataset = _streams(x, labels)["batched"]
+    parts = list(evaluation.iter_scores(small, dataset, seed=2, batch_size=4))
+    assert [len(part["index"]) for part in parts] == [4, 4, 2]
+    assert list(parts[0]) == ["index", "label", "elbo", "reconstruction", "kl", "squared_error"]
+    np.testing.assert_array_equal(np.concatenate([p["index"] for p in parts]), np.arange(10))
+    scores = evaluation.score_examples(small, dataset, seed=2)
+    np.testing.assert_array_equal(scores["label"], labels)
+    want = evaluation.score_examples(small, x, seed=2, batch_size=4)  # labels not given to the model
+    _assert_same({k: v for k, v in scores.items() if k != "label"}, want, rtol=0)
+    codes = evaluation.encode_dataset(small, dataset)
+    np.testing.assert_array_equal(codes["label"], labels)
+    np.testing.assert_allclose(codes["code"], small.latent_code(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_conditional_model_takes_a_dataset_s_y_as_its_condition(conditional):
+    x, labels = _binary(9, seed=3), np.array([0, 1, 2] * 3)
+    dataset = _streams(x, labels)["unbatched"]
+    want = evaluation.score_examples(conditional, x, y=labels, num_samples=2, batch_size=4)
+    got = evaluation.score_examples(conditional, dataset, num_samples=2, batch_size=4)
+    np.testing.assert_array_equal(got.pop("label"), labels)
+    _assert_same(got, want, rtol=0)
+    _assert_metrics(evaluation.evaluate_model(conditional, dataset, num_samples=2, batch_size=4),
+                    evaluation.evaluate_model(conditional, x, y=labels, num_samples=2,
+                                              batch_size=4))
+    with raises("`x`", "(x, y) elements for a conditional model", "condition_dim=3"):
+        evaluation.score_examples(conditional, tf.data.Dataset.from_tensor_slices(x))
+
+
+@pytest.mark.parametrize("form", ["unbatched", "batched"])
+def test_evaluate_model_on_a_dataset_gives_the_array_s_numbers(small, form):
+    x = _binary(11, seed=4)
+    x[:, 0] = 0.5  # grey values: a cross-entropy, not a mass (all batches must be 0/1)
+    x[3, 0] = x[9, 0] = 1.0
+    dataset = _streams(x, np.zeros(11, "int64"))[form]
+    want = evaluation.evaluate_model(small, x, num_samples=3, seed=1, batch_size=4,
+                                     surgery_examples=6)
+    got = evaluation.evaluate_model(small, dataset, num_samples=3, seed=1, batch_size=4,
+                                    surgery_examples=6)
+    _assert_metrics(got, want)
+    assert got["likelihood_score"] == "cross_entropy"
+    assert (got["num_examples"], got["surgery_examples"]) == (11, 6)
+    # The means are those of the per-example scores (float64 sums).
+    scores = evaluation.score_examples(small, x, num_samples=3, seed=1, batch_size=4)
+    for key in ("elbo", "reconstruction", "kl", "log_px"):
+        assert got[key] == pytest.approx(scores[key].mean(), rel=1e-12), key
+
+
+def test_evaluate_model_folds_active_units_and_kl_per_dimension_into_its_pass(small):
+    x = _binary(13, seed=5)
+    result = evaluation.evaluate_model(small, x, num_samples=2, batch_size=5)
+    assert result["active_units"] == evaluation.active_units(small, x, batch_size=5)[0]
+    np.testing.assert_array_equal(result["kl_per_dimension"],
+                                  evaluation.kl_per_dimension(small, x, batch_size=5))
+
+
+def test_score_kind_of_a_stream_is_a_running_and_over_its_batches(small):
+    x = _binary(12, seed=6)
+    assert evaluation.evaluate_model(small, x, num_samples=2, batch_size=4)[
+        "likelihood_score"] == "mass"
+    x[10, 2] = 0.25  # one grey value in the last batch only
+    got = evaluation.evaluate_model(small, _streams(x)["batched"], num_samples=2)
+    assert got["likelihood_score"] == small.likelihood.score_kind(x) == "cross_entropy"
+    assert "bits_per_dim" not in got
+
+
+def test_running_moments_equal_numpy_s_variance_for_any_split():
+    rng = np.random.default_rng(0)
+    # A large mean and a small spread: a sum-of-squares formula would lose it all.
+    values = 1e8 + rng.normal(size=(101, 3)) * np.array([1e-3, 1.0, 0.0])
+    moments = evaluation.RunningMoments()
+    for start, stop in ((0, 1), (1, 2), (2, 40), (40, 40), (40, 100), (100, 101)):
+        moments.update(values[start:stop])
+    np.testing.assert_allclose(moments.variance, values.var(axis=0), rtol=1e-9, atol=0)
+    np.testing.assert_allclose(moments.mean, values.mean(axis=0), rtol=1e-15)
+    assert moments.count == 101 and moments.variance[2] == 0.0
+
+
+def test_active_units_on_a_dataset_equal_numpy_s_variance_of_the_codes(small):
+    x = _binary(21, seed=7)
+    codes = small.latent_code(x).numpy().astype(np.float64)
+    count, variances = evaluation.active_units(small, _streams(x)["batched"], threshold=0.001)
+    np.testing.assert_allclose(variances, codes.var(axis=0), rtol=1e-5, atol=1e-12)
+    assert count == int(np.sum(codes.var(axis=0) > 0.001))
+    np.testing.assert_allclose(evaluation.kl_per_dimension(small, _streams(x)["unbatched"]),
+                               evaluation.kl_per_dimension(small, x), rtol=1e-12)
+
+
+class _Source:
+    """A Python generator of `batches` batches of 4 examples that counts what it produced."""
+
+    def __init__(self, batches=10, d=6):
+        self.batches, self.d, self.produced = batches, d, 0
+
+    def __call__(self):
+        for i in range(self.batches):
+            self.produced += 1
+            yield _binary(4, self.d, seed=i)
+
+    def dataset(self):
+        spec = tf.TensorSpec((None, self.d), tf.float32)
+        return tf.data.Dataset.from_generator(self, output_signature=spec)
+
+
+def test_evaluate_model_reads_a_dataset_once(small):
+    source = _Source(batches=5)
+    x = np.concatenate([_binary(4, seed=i) for i in range(5)])
+    got = evaluation.evaluate_model(small, source.dataset(), num_samples=2, batch_size=4,
+                                    surgery_examples=6, seed=3)
+    assert source.produced == 5  # one pass, the surgery examples kept on the way
+    want = evaluation.evaluate_model(small, x, num_samples=2, batch_size=4, surgery_examples=6,
+                                     seed=3)
+    _assert_metrics(got, want)
+
+
+def test_the_per_example_generators_read_their_source_lazily(small):
+    # tf.data's generator dataset reads up to 2 elements ahead of its consumer.
+    source = _Source(batches=10)
+    parts = evaluation.iter_scores(small, source.dataset())
+    first = next(parts)
+    assert len(first["elbo"]) == 4 and source.produced <= 1 + 2
+    next(parts)
+    assert source.produced <= 2 + 2
+    source = _Source(batches=10)
+    next(evaluation.iter_encodings(small, source.dataset()))
+    assert source.produced <= 1 + 2
+    source = _Source(batches=10)
+    x, y = evaluation.first_examples(small, source.dataset(), num_examples=6)
+    assert x.shape == (6, 6) and y is None and source.produced <= 2 + 2
+
+
+def test_a_progress_bar_without_a_known_total(small, capsys):
+    parts = list(evaluation.iter_encodings(small, _Source(batches=3).dataset(), verbose=1))
+    assert len(parts) == 3 and "12/Unknown" in capsys.readouterr().out
+
+
+def test_the_gap_split_takes_the_first_examples_of_a_dataset(small, monkeypatch):
+    x, labels = _binary(12, seed=8), np.arange(12)
+    seen = []
+    monkeypatch.setattr(evaluation.gap, "decompose_gap", lambda model, x, y, seed, **kwargs: (
+        seen.append((x, y)) or {key: np.zeros(len(x)) for key in (
+            "approximation_gap", "amortization_gap", "log_px", "elbo", "elbo_optimized")}
+        | {"last_improvement": 0.0}))
+    result = evaluation.gap_decomposition(small, _streams(x, labels, 2)["batched"], num_examples=5)
+    assert result["gap_examples"] == 5
+    np.testing.assert_array_equal(seen[0][0], x[:5])
+    assert seen[0][1] is None  # an unconditional model's labels are not its condition
+
+
+def test_the_mig_takes_the_first_examples_of_a_dataset(small):
+    x = _binary(12, seed=8)
+    factors = np.arange(8)[:, None] % 2
+    want = evaluation.disentanglement_metrics(small, x[:8], factors, ["parity"], num_bins=4)
+    got = evaluation.disentanglement_metrics(small, _streams(x)["unbatched"], factors, ["parity"],
+                                             num_bins=4, batch_size=3)
+    assert got == pytest.approx(want, rel=1e-6) and got["disentanglement_examples"] == 8
+
+
+@pytest.mark.slow
+def test_the_gap_split_of_a_dataset_is_that_of_its_first_examples(small):
+    x = _binary(12, seed=8)
+    kwargs = dict(num_examples=5, steps=3, eval_samples=4, log_px_samples=4, seed=0)
+    want = evaluation.gap_decomposition(small, x, **kwargs)
+    got = evaluation.gap_decomposition(small, _streams(x, batch_size=2)["batched"], **kwargs)
+    assert got == pytest.approx(want, rel=1e-5) and got["gap_examples"] == 5
+
+
+@pytest.mark.parametrize("make, fragments", [
+    (lambda x: (x, np.zeros(len(x))), ["`y`", "None when `x` is a tf.data.Dataset",
+                                       "y of type ndarray"]),
+    (lambda x: (tf.data.Dataset.from_tensor_slices({"image": x}), None),
+     ["`x`", "elements are x or (x, y)", "element_spec"]),
+    (lambda x: (tf.data.Dataset.from_tensor_slices((x, x, x)), None), ["`x`", "(x, y)"]),
+    (lambda x: (tf.data.Dataset.from_tensor_slices(x[:, :, None]).batch(2), None),
+     ["`x`", "(batch,) + (6,)", "shape=(None, 6, 1)"]),
+    (lambda x: (iter(x), None), ["`x`", "an array (n,) + event_shape or a tf.data.Dataset",
+                                 "x of type"]),
+])
+def test_bad_streams_are_refused_naming_the_argument(small, make, fragments):
+    x = _binary(4)
+    data, y = make(x)
+    if y is not None:
+        data = tf.data.Dataset.from_tensor_slices(data[0])
+    for call in (lambda: evaluation.batches(small, data, y),
+                 lambda: evaluation.score_examples(small, data, y),
+                 lambda: evaluation.evaluate_model(small, data, y=y, num_samples=2)):
+        with raises(*fragments):
+            call()
+    with invalid("batch_size", 0):
+        evaluation.batches(small, x, batch_size=0)
+
+
+def test_evaluating_no_examples_is_refused(small):
+    empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, 6), "float32"))
+    with raises("`x`", "at least one example", "x with 0 examples"):
+        evaluation.evaluate_model(small, empty, num_samples=2)
+    with raises("`x`", "at least one example"):
+        evaluation.first_examples(small, empty, num_examples=3)

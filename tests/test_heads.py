@@ -954,3 +954,18 @@ def test_support_mask_marks_the_rows_a_likelihood_scores(likelihood, rows):
         except ValueError:
             accepted = False
         assert accepted == expected
+
+
+@pytest.mark.parametrize("kinds, expected", [
+    (["mass"], "mass"), (["mass", "mass"], "mass"), (["density", "density"], "density"),
+    (["mass", "cross_entropy", "mass"], "cross_entropy"), (["cross_entropy"], "cross_entropy"),
+])
+def test_the_score_kind_of_batches_is_that_of_their_concatenation(kinds, expected):
+    head = tfvae.BernoulliLikelihood((3,))
+    assert head.combine_score_kinds(kinds) == expected
+    # Independently: Bernoulli batches of these kinds, scored whole.
+    if set(kinds) <= {"mass", "cross_entropy"}:
+        parts = [np.array([[0.0, 1.0, 0.5 if kind == "cross_entropy" else 1.0]]) for kind in kinds]
+        assert head.score_kind(np.concatenate(parts)) == expected
+    with raises("`kinds`", "kinds=[]"):
+        head.combine_score_kinds([])

@@ -15,6 +15,7 @@ from tfvae import gap
 from tfvae import objectives
 from tfvae import random
 from tfvae import shapes
+from tfvae import tables
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
@@ -99,4 +100,5 @@ __all__ = [
     "objectives",
     "random",
     "shapes",
+    "tables",
 ]

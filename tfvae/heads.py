@@ -374,6 +374,29 @@ class LikelihoodHead(DistributionHead):
         """
         return self.score
 
+    @staticmethod
+    def combine_score_kinds(kinds):
+        """The `score_kind` of data made of parts (e.g. the batches of a stream) of `kinds`.
+
+        A running AND over the parts: `"mass"` only if every part is one,
+        `"cross_entropy"` if any part is one, else `"density"`. With
+        `kind = combine_score_kinds([kind, score_kind(batch)])` per batch, a
+        stream gets the kind `score_kind` gives its concatenation.
+
+        Args:
+          kinds: an iterable of `score_kind` results (at least one).
+
+        Returns:
+          `"mass"`, `"density"` or `"cross_entropy"`.
+        """
+        kinds = set(kinds)
+        if not kinds:
+            raise ValueError("Received an invalid value for `kinds`, expected at least one "
+                             "score kind. Received: kinds=[]")
+        if kinds == {"mass"}:
+            return "mass"
+        return "cross_entropy" if "cross_entropy" in kinds else "density"
+
     def validate_data(self, x, name="x"):
         """Raises `ValueError` if the numpy array `x` has values this likelihood cannot score."""
         x = np.asarray(x)
