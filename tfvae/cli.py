@@ -368,19 +368,34 @@ def _evaluate(args, argv):
     figure = os.path.splitext(output)[0] + "_gap.png"
     if args.decompose_gap:
         _check_output_file(figure, args.overwrite)
-    config, model = runs.load_run(args.run)
-    x, y = runs.held_out(config, dataset=args.dataset, split=args.split)
-    y = None if model.condition_dim is None else y
-    metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples, seed=args.seed,
-                                        y=y, verbose=int(sys.stdout.isatty()))
+    config = runs.read_config(os.path.join(args.run, runs.RUN_FILE)) if os.path.exists(
+        os.path.join(args.run, runs.RUN_FILE)) else None
+    dataset = args.dataset or (config.dataset if config else None)
+    verbose = int(sys.stdout.isatty())
+    if config is not None and data.is_streamed(dataset):
+        # Streamed: one pass for the means, the first examples for the bounded parts.
+        model, x, reading = _run_data(args)
+        y = None
+        with reading:
+            metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples,
+                                                seed=args.seed, verbose=verbose)
+    else:
+        config, model = runs.load_run(args.run)
+        x, y = runs.held_out(config, dataset=args.dataset, split=args.split)
+        y = None if model.condition_dim is None else y
+        reading = contextlib.nullcontext()
+        metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples,
+                                            seed=args.seed, y=y, verbose=verbose)
     metrics.update(dataset=args.dataset or config.dataset, split=args.split)
     known = data.load_factors(args.dataset or config.dataset, args.split, seed=config.seed)
     if known is not None:
         metrics.update(evaluation.disentanglement_metrics(model, x, known["factors"],
                                                           known["names"], y=y))
     if args.decompose_gap:
-        metrics.update(evaluation.gap_decomposition(model, x, y=y, num_examples=args.gap_examples,
-                                                    seed=args.seed))
+        with reading:
+            metrics.update(evaluation.gap_decomposition(model, x, y=y,
+                                                        num_examples=args.gap_examples,
+                                                        seed=args.seed))
         name = os.path.basename(os.path.normpath(args.run))
         files.write_with(figure, lambda path: report.plot_gap({name: metrics}, path))
         print(f"wrote {figure}")
@@ -442,69 +457,51 @@ def _table_output(args, default_name):
     return output
 
 
-def _run_data(args):
-    """`(model, x, y, labels)`: the run's model and the requested split, prepared as the run's
-    held-out data; `y` is what the model conditions on, `labels` the dataset's labels."""
-    from tfvae import runs
+def _run_data(args, batch_size=256):
+    """`(model, batches, reading)`: the run's model; the requested split as a stream of
+    `(x, labels)` (or `x`) batches prepared as the run's held-out data (labels condition a
+    conditional model and are carried as the `label` column otherwise: see
+    `tfvae.evaluation.batches`); and a context naming an unreadable file of the stream."""
+    import tensorflow as tf
+
+    from tfvae import data, run_data, runs
 
     config, model = runs.load_run(args.run)
-    x, labels = runs.held_out(config, dataset=args.dataset, split=args.split)
-    y = None
-    if model.condition_dim is not None:
-        if labels is None:
-            raise ValueError(f"Received an invalid value for `--dataset`: the run is conditional "
-                             f"and {args.dataset or config.dataset!r} has no labels.")
-        y = labels
-    return model, x, y, labels
+    dataset = args.dataset or config.dataset
+    if data.is_streamed(dataset):
+        batches, source = runs.held_out_stream(config, dataset, args.split, batch_size)
+        labelled, reading = source.labelled, run_data.reading([source], config.skip_corrupt)
+    else:
+        x, labels = runs.held_out(config, dataset=args.dataset, split=args.split)
+        labelled, reading = labels is not None, run_data.reading(())
+        batches = tf.data.Dataset.from_tensor_slices(x if labels is None else (x, labels))
+        batches = batches.batch(batch_size)
+    if model.condition_dim is not None and not labelled:
+        raise ValueError(f"Received an invalid value for `--dataset`: the run is conditional "
+                         f"and {dataset!r} has no labels.")
+    return model, batches, reading
 
 
-def _write_table(output, columns, labels=None):
-    """Writes `{name: array [n] or [n, ...]}`, after an `index` and the dataset's `label`
-    columns, as a .npz, or as a .csv of flattened columns."""
-    import numpy as np
+def _write_rows(output, rows, reading):
+    """Writes per-example row batches as they come (a .npz or .csv, whole or not at all);
+    returns the number of rows."""
+    from tfvae import tables
 
-    n = len(next(iter(columns.values())))
-    first = {"index": np.arange(n)}
-    if labels is not None:
-        first["label"] = np.asarray(labels)
-    columns = {**first, **columns}
-
-    if output.endswith(".npz"):
-        files.write_with(output, lambda path: np.savez(path, **columns))
-        return
-    names, values = [], []
-    for name, array in columns.items():
-        array = np.asarray(array)
-        flat = array.reshape(len(array), -1)
-        if array.ndim == 1:
-            names.append(name)
-        else:
-            indices = np.ndindex(*array.shape[1:])
-            names.extend(f"{name}_{'_'.join(map(str, index))}" for index in indices)
-        values.append(flat)
-    table = np.concatenate([v.astype(np.float64) for v in values], axis=1)
-    integer = np.concatenate([np.full(v.shape[1], np.issubdtype(v.dtype, np.integer))
-                              for v in values])
-
-    def write(path):
-        with open(path, "w") as f:
-            f.write(",".join(names) + "\n")
-            for row in table:
-                f.write(",".join(str(int(v)) if is_int else repr(float(v))
-                                 for v, is_int in zip(row, integer)) + "\n")
-
-    files.write_with(output, write)
+    with reading, tables.TableWriter(output) as table:
+        for part in rows:
+            table.write(part)
+    return table.rows
 
 
 def _encode(args, argv):
     from tfvae import evaluation
 
     output = _table_output(args, f"codes-{args.split}.npz")
-    model, x, y, labels = _run_data(args)
-    codes = evaluation.encode_dataset(model, x, y=y, batch_size=args.batch_size,
-                                      verbose=int(sys.stdout.isatty()))
-    _write_table(output, codes, labels)
-    print(f"wrote {output} ({len(x)} examples, latent_dim {model.latent_dim})")
+    model, batches, reading = _run_data(args, args.batch_size)
+    rows = _write_rows(output, evaluation.iter_encodings(model, batches,
+                                                         verbose=int(sys.stdout.isatty())),
+                       reading)
+    print(f"wrote {output} ({rows} examples, latent_dim {model.latent_dim})")
 
 
 def _score(args, argv):
@@ -514,12 +511,13 @@ def _score(args, argv):
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
                          f"integer. Received: --num-samples={args.num_samples}")
-    model, x, y, labels = _run_data(args)
-    scores = evaluation.score_examples(model, x, y=y, num_samples=args.num_samples,
-                                       seed=args.seed, batch_size=args.batch_size,
-                                       verbose=int(sys.stdout.isatty()))
-    _write_table(output, scores, labels)
-    print(f"wrote {output} ({len(x)} examples)")
+    model, batches, reading = _run_data(args, args.batch_size)
+    rows = _write_rows(output, evaluation.iter_scores(model, batches,
+                                                      num_samples=args.num_samples,
+                                                      seed=args.seed,
+                                                      verbose=int(sys.stdout.isatty())),
+                       reading)
+    print(f"wrote {output} ({rows} examples)")
 
 
 def _export_saved_model(model, output, args):

@@ -788,3 +788,28 @@ def held_out(config, dataset=None, split="validation"):
     dataset = config.dataset if dataset is None else dataset
     x, y = data_lib.load_split(dataset, split, seed=config.seed)
     return _prepare_held_out(config, x), y
+
+
+def held_out_stream(config, dataset=None, split="validation", batch_size=256):
+    """A streamed split for evaluating the run, prepared as the run's held-out data.
+
+    Args:
+      config: the run's `RunConfig` (its image size, channels and binarisation apply).
+      dataset: a streamed dataset (`tfvae.data.is_streamed`). Default value: the run's own.
+      split: `"train"`, `"validation"` or `"test"`. Default value: `"validation"`.
+      batch_size: examples per batch. Default value: `256`.
+
+    Returns:
+      `(batches, source)`: a `tf.data.Dataset` of `(x, labels)` batches (`x` alone
+      for an unlabelled dataset) and the `tfvae.sources.Source` it reads.
+    """
+    dataset = config.dataset if dataset is None else dataset
+    split = _checks.one_of("split", split, data_lib.SPLITS)
+    found = data_lib.source_splits(dataset, seed=config.seed,
+                                   image_size=tuple(config.image_size) or None,
+                                   channels=config.image_channels or None)
+    if split not in found:
+        raise ValueError(f"Received an invalid value for `split`: {dataset!r} has no {split} "
+                         f"split (it has {', '.join(found)}). Received: split={split!r}")
+    source = found[split]
+    return run_data.held_out_pipeline(config, source, batch_size, labels=source.labelled), source
