@@ -321,7 +321,7 @@ def test_an_unconditional_model_carries_a_dataset_s_labels(small):
     np.testing.assert_array_equal(np.concatenate([p["index"] for p in parts]), np.arange(10))
     scores = evaluation.score_examples(small, dataset, seed=2)
     np.testing.assert_array_equal(scores["label"], labels)
-    want = evaluation.score_examples(small, x, seed=2, batch_size=4)  # labels not given to the model
+    want = evaluation.score_examples(small, x, seed=2, batch_size=4)  # labels: not for the model
     _assert_same({k: v for k, v in scores.items() if k != "label"}, want, rtol=0)
     codes = evaluation.encode_dataset(small, dataset)
     np.testing.assert_array_equal(codes["label"], labels)
@@ -511,3 +511,14 @@ def test_evaluating_no_examples_is_refused(small):
         evaluation.evaluate_model(small, empty, num_samples=2)
     with raises("`x`", "at least one example"):
         evaluation.first_examples(small, empty, num_examples=3)
+
+
+def test_the_generators_check_their_arguments_before_reading_any_data(small):
+    source = _Source(batches=3)
+    with invalid("num_samples", 0):
+        evaluation.iter_scores(small, source.dataset(), num_samples=0)  # not advanced
+    with invalid("batch_size", -1):
+        evaluation.iter_encodings(small, source.dataset(), batch_size=-1)
+    with raises("`y`", "None when `x` is a tf.data.Dataset"):
+        evaluation.iter_scores(small, source.dataset(), y=np.zeros(12))
+    assert source.produced == 0

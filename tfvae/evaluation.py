@@ -253,7 +253,11 @@ def _codes(model, batch):
     return model.latent_code(batch.x, y=batch.condition).numpy()
 
 
-def active_units(model, x, threshold=0.01, batch_size=256, y=None):
+# A unit is active when the variance of its posterior mean over the data exceeds this.
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def active_units(model, x, threshold=ACTIVE_UNIT_THRESHOLD, batch_size=256, y=None):
     """Counts latent dimensions whose posterior mean varies across the data.
 
     A unit is active when `Cov_x(E_q[z_j])` exceeds `threshold` (Burda et al., 2016);
@@ -314,19 +318,24 @@ def iter_encodings(model, x, y=None, batch_size=256, verbose=0):
       batch_size: examples per batch. Default value: `256`.
       verbose: 1 shows a progress bar. Default value: `0`.
 
-    Yields:
-      Per batch of b examples, a dict of numpy arrays with b rows: `index`
+    Returns:
+      An iterator (the arguments checked at once, the data read as it is
+      advanced) of, per batch of b examples, a dict of numpy arrays with b rows: `index`
       (the running example index, int64), `label` (when a dataset carries y),
       the posterior's parameters under the names of the `encode` export graph
       (`VAE.posterior_outputs`: `mean`, `scale` and the flow or hierarchy
       parameters) and `code`, the deterministic code `latent_code(x)`
       `[b, latent_dim]`.
     """
-    for batch in batches(model, x, y, batch_size, verbose):
-        inputs = model.prepare_inputs(batch.x, batch.condition)
-        outputs = dict(model.posterior_outputs(*inputs),
-                       code=model.latent_code(batch.x, batch.condition))
-        yield {**_columns(batch), **{key: np.asarray(value) for key, value in outputs.items()}}
+    return (_encode_batch(model, batch) for batch in batches(model, x, y, batch_size, verbose))
+
+
+def _encode_batch(model, batch):
+    """`iter_encodings`' columns for one batch."""
+    inputs = model.prepare_inputs(batch.x, batch.condition)
+    outputs = dict(model.posterior_outputs(*inputs),
+                   code=model.latent_code(batch.x, batch.condition))
+    return {**_columns(batch), **{key: np.asarray(value) for key, value in outputs.items()}}
 
 
 def encode_dataset(model, x, y=None, batch_size=256, verbose=0):
@@ -386,8 +395,9 @@ def iter_scores(model, x, y=None, num_samples=None, seed=0, batch_size=256, verb
       verbose: 1 shows a progress bar. Default value: `0`.
       squared_error: also score the reconstruction error. Default value: `True`.
 
-    Yields:
-      Per batch of b examples, a dict of numpy arrays `[b]`: `index` (the
+    Returns:
+      An iterator (the arguments checked at once, the data read as it is
+      advanced) of, per batch of b examples, a dict of numpy arrays `[b]`: `index` (the
       running example index, int64), `label` (when a dataset carries y), and
       in float64 `elbo`, `reconstruction`, `kl` (and `kl_z1`, `kl_z2` for a
       hierarchy) in nats, `squared_error` (the squared distance between x
@@ -396,9 +406,9 @@ def iter_scores(model, x, y=None, num_samples=None, seed=0, batch_size=256, verb
     """
     if num_samples is not None:
         num_samples = _checks.positive_int("num_samples", num_samples)
-    for i, batch in enumerate(batches(model, x, y, batch_size, verbose)):
-        yield {**_columns(batch), **_score_batch(model, batch, seed + i, num_samples,
-                                                 squared_error)}
+    return ({**_columns(batch), **_score_batch(model, batch, seed + i, num_samples,
+                                               squared_error)}
+            for i, batch in enumerate(batches(model, x, y, batch_size, verbose)))
 
 
 def score_examples(model, x, y=None, num_samples=None, seed=0, batch_size=256, verbose=0,
@@ -555,7 +565,7 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     result["likelihood_score"] = scores.kind
     if result["likelihood_score"] == "mass":  # bits only mean something for discrete data
         result["bits_per_dim"] = -result["log_px"] / (np.prod(model.event_shape) * np.log(2.0))
-    result["active_units"] = int(np.sum(moments.variance > 0.01))
+    result["active_units"] = int(np.sum(moments.variance > ACTIVE_UNIT_THRESHOLD))
     if kl_total is not None:  # else not defined for this posterior / prior pair
         result["kl_per_dimension"] = [float(v) for v in kl_total / scores.count]
     if first.count >= 2:
