@@ -343,6 +343,12 @@ def _image_folder(path, junk=False):
     return str(path)
 
 
+def _mixed_folder(path):
+    _image_folder(path)
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(path / "big.png")
+    return str(path)
+
+
 def _file(path, text="x"):
     path.write_text(text)
     return str(path)
@@ -386,6 +392,27 @@ _ONE_LINE_CASES = [
     ("train-text-renamed-png",
      lambda t, m, r: ["train", "--dataset", _image_folder(t / "images", junk=True)],
      ["notes.png", "not an image file"]),
+    ("train-mixed-image-sizes",
+     lambda t, m, r: ["train", "--dataset", _mixed_folder(t / "mixed")],
+     ["`dataset`", "one size", "--image-size", "big.png", "12x10", "8x8"]),
+    ("train-image-size-on-an-npz",
+     lambda t, m, r: ["train", "--dataset", _npz(t / "d.npz", x=_X), "--image-size", "4,4"],
+     ["`dataset`", "--image-size", "loaded into memory"]),
+    ("train-image-size-of-three-numbers",
+     lambda t, m, r: ["train", "--dataset", _image_folder(t / "images"), "--image-size", "4,4,4"],
+     ["`image_size`", "(4, 4, 4)"]),
+    ("train-an-empty-tfrecord-glob",
+     lambda t, m, r: ["train", "--dataset", str(t / "none-*.tfrecord")],
+     ["`dataset`", "matches no files"]),
+    ("prepare-data-existing-output",
+     lambda t, m, r: ["prepare-data", "digits", "--output", _folder(t / "out")],
+     ["`--output`", "exists", "nothing is overwritten"]),
+    ("prepare-data-zero-shards",
+     lambda t, m, r: ["prepare-data", "digits", "--output", str(t / "out"), "--shards", "0"],
+     ["`--shards`", "--shards=0"]),
+    ("prepare-data-missing-source",
+     lambda t, m, r: ["prepare-data", str(t / "nothing.npz"), "--output", str(t / "out")],
+     ["`dataset`", "nothing.npz"]),
     ("train-labels-of-the-wrong-length",
      lambda t, m, r: ["train", "--dataset", _npz(t / "d.npz", x_train=_X, y_train=np.arange(19),
                                                   x_valid=_X)],

@@ -101,8 +101,7 @@ def open_sources(config, dataset=None):
         source = found[split]
         size = source.size
         if size is None:  # a hash split of unsplit shards: read until `minimum` examples
-            with sources_lib.reading(source):
-                size = len(source.take(minimum)[0])
+            size = len(source.take(minimum, config.skip_corrupt)[0])
         if size < minimum:
             raise ValueError(
                 f"Received an invalid value for `dataset`: the {split} split of dataset "
@@ -123,7 +122,8 @@ def stream_modes(config, source):
     (seed `config.seed`) or afresh every batch (dynamic); held-out data get
     one fixed draw (seed `config.seed + 1`) under either.
     """
-    mode = sources_lib.resolve_binarize(config.binarize, config.likelihood, source)
+    mode = sources_lib.resolve_binarize(config.binarize, config.likelihood, source,
+                                        skip_corrupt=config.skip_corrupt)
     return mode, ("static" if mode == "dynamic" else mode)
 
 
@@ -163,7 +163,7 @@ def held_out_sample(config, source, n, mode=None):
     """The first `n` examples of a streamed split, prepared as held-out data, and their labels."""
     if mode is None:
         mode = stream_modes(config, source)[1]
-    x, y, ids = source.take(n)
+    x, y, ids = source.take(n, config.skip_corrupt)
     x = sources_lib.prepare_batch(x, ids, source.scale, config.likelihood, mode,
                                   config.seed + 1).numpy()
     return x, y
@@ -190,3 +190,17 @@ def train_size(data):
         count = sum(int(b["x"].shape[0]) for b in source.batches(4096))
     logger.info("counted %d training examples in %s", count, source.name)
     return count
+
+
+def skipped_examples(data):
+    """`{split: count}` of the examples a `--skip-corrupt` run could not read (one read pass).
+
+    Only for sources that know their size; a split whose size is unknown is left out.
+    """
+    counts = {}
+    for split, source in zip(("train", "validation"), data.sources):
+        if source.size is None:
+            continue
+        readable = sum(int(b["x"].shape[0]) for b in source.batches(4096, skip_corrupt=True))
+        counts[split] = int(source.size - readable)
+    return counts

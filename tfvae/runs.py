@@ -734,6 +734,8 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
                                             seed=config.seed, y=held_out_y)
     metrics["epochs_trained"] = len(history.get("loss", []))
     metrics["data"] = data.description
+    if config.skip_corrupt:
+        metrics["skipped_examples"] = run_data.skipped_examples(data)
     x_sample, labels = data.sample
     conditions = None if num_classes is None else labels
     known = data_lib.load_factors(config.dataset, "validation", seed=config.seed)

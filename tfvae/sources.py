@@ -26,6 +26,7 @@ prepared for the likelihood exactly as `tfvae.data.prepare` prepares arrays
 import contextlib
 import logging
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -109,11 +110,12 @@ class Source:
         """
         raise NotImplementedError
 
-    def take(self, n):
+    def take(self, n, skip_corrupt=False):
         """The first `n` examples as numpy arrays `(x_raw, y or None, ids)` (bounded memory)."""
         xs, ys, ids, count = [], [], [], 0
-        with reading(self):
-            batches = [batch for batch, _ in zip(self.batches(min(max(n, 1), 1024)),
+        with reading(self, skip_corrupt):
+            batches = [batch for batch, _ in zip(self.batches(min(max(n, 1), 1024),
+                                                              skip_corrupt=skip_corrupt),
                                                  range(-(-n // 1024) if n > 1024 else 1))]
         for batch in batches:
             batch = {key: value.numpy() for key, value in batch.items()}
@@ -227,7 +229,11 @@ def _first_size(path, channels):
 
 
 def _tf_reason(error):
-    return " ".join(str(getattr(error, "message", error)).split())[:200]
+    """A TF error's message without its graph-node and op decorations, on one line."""
+    text = str(getattr(error, "message", error))
+    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]( name:)?|\[\[\{\{node [^}]*\}\}\]\]",
+                  "", text)
+    return " ".join(text.split())[:200]
 
 
 def _to_channels(image, channels):
@@ -687,7 +693,7 @@ def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, see
                        deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def resolve_binarize(binarize, likelihood, source, probe=256):
+def resolve_binarize(binarize, likelihood, source, probe=256, skip_corrupt=False):
     """`"auto"` for a source: static for a Bernoulli likelihood of grey data.
 
     Whether the data are grey comes from the source's `binary` where known (a
@@ -702,15 +708,13 @@ def resolve_binarize(binarize, likelihood, source, probe=256):
         return "none"
     binary = source.binary
     if binary is None:
-        x = source.take(probe)[0].astype(np.float32)
+        x = source.take(probe, skip_corrupt)[0].astype(np.float32)
         binary = bool(np.all((x == 0) | (x == source.scale)))
     return "none" if binary else "static"
 
 
 def _size_mismatch(message):
     """The one-line error of `ImageFolderSource`'s size assertion, or None."""
-    import re
-
     found = re.search(r"must have one size.*?expected\] \[(\d+)\] \[(\d+)\] \[but\] "
                       r"\[(.*?)\] \[is\] \[(\d+) (\d+)\]", message)
     if not found:
