@@ -4,6 +4,8 @@ configured at process start, so they cannot run inside the pytest process).
     python tests/distributed_job.py mirrored OUT.json   # one device vs MirroredStrategy on 2 CPUs
     python tests/distributed_job.py worker OUT.json     # one MultiWorkerMirroredStrategy worker (TF_CONFIG)
     python tests/distributed_job.py tcvae OUT.json      # β-TCVAE: one device vs MirroredStrategy on 2 CPUs
+    python tests/distributed_job.py records OUT.json DIR          # one worker on record shards
+    python tests/distributed_job.py records_single OUT.json DIR   # one device, the same batches
 """
 
 import json
@@ -77,7 +79,53 @@ def tc_terms_of_an_uneven_batch(strategy):
             .tolist() for key, value in terms.items()}
 
 
-def main(mode, output):
+def _fit(strategy, dataset):
+    import keras
+
+    import tfvae
+
+    with strategy.scope():
+        model = tfvae.build_vae((8, 8, 1), 4, hidden_units=(32,), seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(dataset, epochs=EPOCHS, verbose=0).history
+    return {"replicas": strategy.num_replicas_in_sync, "history": history,
+            "weights": [w.tolist() for w in model.get_weights()]}
+
+
+def train_on_records(strategy, folder):
+    """A worker's job on the train shards of `folder`: the example ids it read in each of
+    two epochs of the distributed input pipeline (FILE sharding), then training on it."""
+    from tfvae import data
+    from tfvae import sources
+
+    source = data.source_splits(folder)["train"]
+    ids = source.batches(GLOBAL_BATCH).map(lambda batch: batch["id"])
+    distributed = strategy.experimental_distribute_dataset(ids)
+    read = [[int(i) for batch in distributed
+             for part in strategy.experimental_local_results(batch) for i in part.numpy()]
+            for _ in range(2)]
+    result = _fit(strategy, sources.pipeline(source, GLOBAL_BATCH, "bernoulli"))
+    return {**result, "read": read}
+
+
+def train_records_on_one_device(folder):
+    """The single-device reference: the global batches two workers make of two shards
+    (a worker's half-batch from each shard, worker 0's first), as in-memory arrays."""
+    from tfvae import data
+    from tfvae import sources
+
+    shards = [sources.RecordSource([file], source.event_shape, source.dtype, source.scale,
+                                   source.labelled)
+              for source in [data.source_splits(folder)["train"]] for file in source.files]
+    rows = [np.concatenate([b["x"].numpy() for b in shard.batches(256)]) for shard in shards]
+    half = GLOBAL_BATCH // len(rows)
+    x = np.concatenate([part[start : start + half] for start in range(0, len(rows[0]), half)
+                        for part in rows]).astype("float32")
+    return _fit(tf.distribute.get_strategy(),
+                tf.data.Dataset.from_tensor_slices(x).batch(GLOBAL_BATCH))
+
+
+def main(mode, output, folder=None):
     if mode in ("mirrored", "tcvae"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -101,6 +149,10 @@ def main(mode, output):
         }
     elif mode == "worker":
         result = train(tf.distribute.MultiWorkerMirroredStrategy())
+    elif mode == "records":
+        result = train_on_records(tf.distribute.MultiWorkerMirroredStrategy(), folder)
+    elif mode == "records_single":
+        result = train_records_on_one_device(folder)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     with open(output, "w") as f:

@@ -105,6 +105,34 @@ def test_multi_worker_strategy_workers_agree_with_each_other_and_one_device(tmp_
     _assert_same_training(workers[0], mirrored["single"])
 
 
+def test_multi_worker_record_shards_are_read_by_file_once_per_epoch_and_match_one_device(
+        tmp_path):
+    # 256 digits in two train shards (examples dealt round-robin); two workers.
+    from tfvae import data, records, sources
+
+    (x, _), (x_val, _) = data.load_digits()
+    records.write_splits({"train": sources.ArraySource(x[:256]),
+                          "validation": sources.ArraySource(x_val[:16])},
+                         str(tmp_path / "rec"), shards=2)
+    folder = str(tmp_path / "rec")
+    _launch_workers(tmp_path, lambda i: [sys.executable, str(JOB), "records", f"w{i}.json",
+                                         folder])
+    workers = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    shard_ids = [set(range(i, 256, 2)) for i in range(2)]  # example i is in shard i mod 2
+    for epoch in range(2):
+        reads = [w["read"][epoch] for w in workers]
+        # Each worker reads exactly its own shard (file sharding), so together they read
+        # every training example exactly once per epoch.
+        assert [set(r) for r in reads] == shard_ids and [len(r) for r in reads] == [128, 128]
+    _assert_same_training(workers[0], workers[1], rtol=0, atol=0)
+    single = tmp_path / "single.json"
+    result = subprocess.run([sys.executable, str(JOB), "records_single", str(single), folder],
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The model equals one device trained on the same global batches, to float rounding.
+    _assert_same_training(workers[0], json.loads(single.read_text()))
+
+
 def test_cli_multi_worker_run_is_written_by_the_chief_only(tmp_path):
     args = ["train", "--strategy", "multiworker", "--epochs", "1", "--latent-dim", "2",
             "--hidden-units", "8", "--eval-samples", "2", "--batch-size", "128", "--quiet"]

@@ -44,6 +44,17 @@ def test_a_split_too_small_is_refused_before_the_output_is_touched(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_a_multi_worker_run_needs_a_shard_per_worker(tmp_path):
+    x = np.zeros((12, 2), np.uint8)
+    records.write_splits({"train": sources.ArraySource(x[:8]),
+                          "validation": sources.ArraySource(x[8:])}, str(tmp_path / "r"),
+                         shards=2)
+    config = runs.RunConfig(dataset=str(tmp_path / "r"))
+    assert set(run_data.open_sources(config, workers=2)) == {"train", "validation"}
+    with raises("`dataset`", "2 shard(s) for 3 workers", "--shards 3"):
+        run_data.open_sources(config, workers=3)
+
+
 def test_conditional_streamed_runs_need_labels(tmp_path):
     records.write_splits({"train": sources.ArraySource(np.zeros((4, 2), np.uint8)),
                           "validation": sources.ArraySource(np.zeros((2, 2), np.uint8))},

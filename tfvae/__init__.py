@@ -14,7 +14,9 @@ from tfvae import export
 from tfvae import gap
 from tfvae import objectives
 from tfvae import random
+from tfvae import records
 from tfvae import shapes
+from tfvae import sources
 from tfvae import tables
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
@@ -51,7 +53,7 @@ from tfvae.priors import VampPrior
 
 __version__ = "0.2.0"
 
-_LAZY_SUBMODULES = ("runs", "report", "cli")
+_LAZY_SUBMODULES = ("runs", "run_data", "report", "cli")
 
 
 def __getattr__(name):
@@ -99,6 +101,8 @@ __all__ = [
     "log_likelihood",
     "objectives",
     "random",
+    "records",
     "shapes",
+    "sources",
     "tables",
 ]

@@ -86,12 +86,18 @@ def from_arrays(config, splits, num_classes):
                      "streamed": False})
 
 
-def open_sources(config, dataset=None):
+def open_sources(config, dataset=None, workers=1):
     """The checked `{split: Source}` of a run's streamed dataset (nothing is read in bulk).
 
+    Args:
+      config: the run's `RunConfig`.
+      dataset: the dataset. Default value: the run's own.
+      workers: the processes of a multi-worker run; each reads its own shards, so a
+        split in shards needs at least this many. Default value: `1`.
+
     Raises:
-      ValueError: a split that is empty or too small, labels a conditional run
-        needs and the dataset lacks, splits of different shapes.
+      ValueError: a split that is empty or too small, or in fewer shards than
+        workers; splits of different shapes.
     """
     dataset = config.dataset if dataset is None else dataset
     found = data_lib.source_splits(
@@ -107,6 +113,14 @@ def open_sources(config, dataset=None):
                 f"Received an invalid value for `dataset`: the {split} split of dataset "
                 f"{dataset!r} has {size} examples; training needs at least {minimum}. "
                 f"Received: dataset={dataset!r}")
+    for split in ("train", "validation"):
+        shards = found[split].files
+        if shards is not None and len(shards) < workers:
+            raise ValueError(
+                f"Received an invalid value for `dataset`: its {split} split has {len(shards)} "
+                f"shard(s) for {workers} workers, and each worker reads its own shards; "
+                f"prepare the data with at least as many shards as workers (tfvae "
+                f"prepare-data ... --shards {workers}). Received: dataset={dataset!r}")
     if found["train"].event_shape != found["validation"].event_shape:
         raise ValueError(
             f"Received an invalid value for `dataset`: its training examples have shape "

@@ -98,6 +98,12 @@ def make_strategy(name):
     return tf.distribute.get_strategy()
 
 
+def _num_workers():
+    """The number of processes in the `TF_CONFIG` cluster (1 without one)."""
+    cluster = tf_config().get("cluster", {})
+    return max(1, sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")))
+
+
 def is_chief():
     """Whether this process writes the run's files (always true outside multi-worker runs)."""
     config = tf_config()
@@ -615,7 +621,8 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
 def _open_data(config):
     """The run's `RunData`: splits loaded and checked, or streamed sources opened and checked."""
     if data_lib.is_streamed(config.dataset):
-        found = run_data.open_sources(config)
+        workers = _num_workers() if config.strategy == "multiworker" else 1
+        found = run_data.open_sources(config, workers=workers)
         return run_data.from_sources(config, found, run_data.num_classes_of(config, found))
     splits = load_dataset(config)
     return run_data.from_arrays(config, splits, condition_dim(config, splits[0][1], splits[1][1]))

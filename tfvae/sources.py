@@ -85,7 +85,9 @@ class Source:
       num_classes: the number of label classes where known, else None.
       size: the number of examples where known without reading them, else None.
       binary: whether every value is 0 or `scale` (None if unknown).
-      files: the files a multi-worker run shards between its workers (None: not file-based).
+      files: the files a multi-worker run shards between its workers, each reading only
+        its share (`AutoShardPolicy.FILE`); None where workers share the stream
+        (`AutoShardPolicy.DATA`: each reads all and keeps its share of the examples).
     """
 
     name = "a source"
@@ -300,7 +302,6 @@ class ImageFolderSource(Source):
         self.labels = np.asarray(labels, np.int64) if self.labelled else None
         self.num_classes = len(self.classes) if self.labelled else None
         self.size = len(paths)
-        self.files = tuple(paths)
         self.image_size = None if image_size is None else tuple(image_size)
         self.channels = _first_channels(paths[0]) if channels is None else channels
         self.event_shape = ((*self.image_size, self.channels) if self.image_size else
@@ -315,7 +316,7 @@ class ImageFolderSource(Source):
         source.paths = [p for p, k in zip(self.paths, keep) if k]
         source.keys = [p for p, k in zip(self.keys, keep) if k]
         source.labels = None if self.labels is None else self.labels[keep]
-        source.size, source.files = len(source.paths), tuple(source.paths)
+        source.size = len(source.paths)
         if not source.paths:
             raise ValueError(f"Received an invalid value for `dataset`: {source.name} holds no "
                              "images.")
