@@ -305,3 +305,53 @@ def test_tfds_splits_stream_without_a_copy_in_memory():
         assert splits["validation"].name == "mnist[test]"
         binary = data.source_splits("binarized_mnist")["train"]
         assert binary.scale == 1.0 and not binary.labelled
+
+
+# --------------------------------------------------------------------------- large .npy files
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float64"])
+def test_a_large_npy_file_is_streamed_in_chunks_with_a_hash_split(tmp_path, monkeypatch, dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, (300, 4, 5)).astype(dtype) if dtype == "uint8"
+         else rng.uniform(size=(300, 4, 5)))
+    path = str(tmp_path / "big.npy")
+    np.save(path, x)
+    assert not data.is_streamed(path)  # under the threshold: loaded into memory
+    monkeypatch.setattr(data, "NPY_STREAM_BYTES", 1000)
+    assert data.is_streamed(path)
+    splits = data.source_splits(path, validation_fraction=0.3, seed=1)
+    for split in splits.values():
+        split.chunk_rows = 64  # several chunks
+    expected = sources.hash_split([str(i) for i in range(300)], 0.3, 1).numpy()
+    for name, side in (("validation", True), ("train", False)):
+        got = _all(splits[name], batch_size=50)
+        rows = np.flatnonzero(expected == side)
+        np.testing.assert_array_equal(got["id"], rows)  # in file order
+        np.testing.assert_array_equal(got["x"][..., 0],
+                                      x[rows] if dtype == "uint8" else x[rows].astype(np.float32))
+    # Shuffled: the same rows, in another order.
+    shuffled = _all(splits["train"], batch_size=50, shuffle=True, seed=3)["id"]
+    assert sorted(shuffled) == list(np.flatnonzero(~expected)) and not np.all(
+        np.diff(shuffled) > 0)
+    # Prepared as in memory: 8-bit intensities / 255, floats as float32.
+    streamed = np.concatenate(list(sources.pipeline(splits["train"], 64,
+                                                    "gaussian").as_numpy_iterator()))
+    rows = np.flatnonzero(~expected)
+    # What data.load_array_file makes of the same rows (uint8 / 255, or float32).
+    loaded = (x[rows].astype(np.float32) / np.float32(255.0) if dtype == "uint8"
+              else x[rows].astype(np.float32))
+    np.testing.assert_array_equal(streamed[..., 0], loaded)
+
+
+def test_a_streamed_npy_with_nan_or_a_truncated_body_is_refused(tmp_path):
+    x = np.ones((10, 3), np.float32)
+    x[7, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with raises("`dataset`", "nan.npy", "NaN"):
+        sources.NpySource(str(tmp_path / "nan.npy"))
+    np.save(tmp_path / "cut.npy", np.ones((10, 3), np.uint8))
+    with open(tmp_path / "cut.npy", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "cut.npy") - 5)
+    with raises("`dataset`", "cut.npy", "truncated"):
+        sources.NpySource(str(tmp_path / "cut.npy"))

@@ -45,6 +45,9 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # Examples a dataset needs for a train/validation split: one in each.
 MIN_EXAMPLES = 2
+# A .npy file larger than this is streamed from disk (`sources.NpySource`: a hash split of
+# its rows), not loaded: in memory a dataset costs several times its size on disk.
+NPY_STREAM_BYTES = 256 * 2**20
 
 
 def load_digits(validation_fraction=0.2, seed=0):
@@ -384,13 +387,21 @@ def is_streamed(dataset):
     """Whether `dataset` is read lazily (`source_splits`) rather than loaded into memory.
 
     Streamed: a TFDS name, a folder (of images, or of TFRecord shards prepared by
-    `tfvae prepare-data`), and a `.tfrecord` file or glob. Loaded into memory:
-    the built-in `digits` and `shapes`, and `.npy`/`.npz` files.
+    `tfvae prepare-data`), a `.tfrecord` file or glob, and a `.npy` file larger than
+    `NPY_STREAM_BYTES`. Loaded into memory: the built-in `digits` and `shapes`,
+    `.npz` files and smaller `.npy` files.
     """
     if not isinstance(dataset, (str, os.PathLike)) or dataset in BUILTIN_NAMES:
         return False
     dataset = os.fspath(dataset)
-    return (dataset in TFDS_NAMES or os.path.isdir(dataset) or _is_record_pattern(dataset))
+    return (dataset in TFDS_NAMES or os.path.isdir(dataset) or _is_record_pattern(dataset)
+            or _is_large_npy(dataset))
+
+
+def _is_large_npy(path):
+    """A `.npy` file over `NPY_STREAM_BYTES` (read in chunks from disk, not loaded)."""
+    return (path.endswith(".npy") and os.path.isfile(path)
+            and os.path.getsize(path) > NPY_STREAM_BYTES)
 
 
 def _is_record_pattern(dataset):
@@ -432,6 +443,11 @@ def source_splits(dataset, validation_fraction=0.2, seed=0, image_size=None, cha
         raise ValueError("Received an invalid value for `image_size`: it resizes the images of "
                          f"an image folder, and {dataset!r} is not one. Received: "
                          f"image_size={tuple(image_size)!r}")
+    if _is_large_npy(dataset):
+        whole = sources.NpySource(dataset)
+        return {split: whole.subset((fraction, seed, split == "validation"),
+                                    name=f"{dataset!r} ({split} split)")
+                for split in ("train", "validation")}
     if dataset in TFDS_NAMES:
         splits = {"train": "train", "validation": TFDS_NAMES[dataset], "test": "test"}
         return {split: sources.TfdsSource(dataset, name, data_dir=data_dir,
