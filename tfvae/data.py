@@ -320,45 +320,34 @@ def _download_errors(tfds):
     return (OSError, tfds.download.DownloadError, download_manager.NonMatchingChecksumError)
 
 
-def load_image_folder(path, validation_fraction=0.2, seed=0):
-    """Loads a folder of same-sized images (PNG, JPEG, ...), scaled to [0, 1].
+def load_image_folder(path, validation_fraction=0.2, seed=0, image_size=None, channels=None):
+    """Loads a folder of images (PNG, JPEG, ...) into memory, scaled to [0, 1].
 
-    Images directly in `path` are unlabelled; images in sub-folders get the
-    sub-folder's index (sorted by name) as their label.
+    The folder is read as `tfvae train` streams it (`source_splits`): images
+    directly in `path` are unlabelled, images in sub-folders get the
+    sub-folder's index (sorted by name) as their label, `train/` + `valid/`
+    sub-folders are predefined splits, and otherwise the split is the stable
+    hash of each file's relative path (`sources.hash_split`).
 
     Returns:
       `((x_train, y_train), (x_val, y_val))` with `x` `[n, H, W, C]` float32.
     """
-    from PIL import Image
-    from PIL import UnidentifiedImageError
+    return _materialised(source_splits(path, validation_fraction, seed, image_size, channels),
+                         ("train", "validation"))
 
-    files, labels = [], []
-    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    for label, folder in [(None, path)] + [(i, os.path.join(path, c)) for i, c in enumerate(classes)]:
-        for name in sorted(os.listdir(folder)):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.join(folder, name))
-                labels.append(label)
-    if not files:
-        raise ValueError(f"Received an invalid value for `dataset`: no images in {path!r}.")
-    images = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                array = np.asarray(
-                    image.convert("L" if image.mode in ("1", "L", "P", "I") else "RGB"))
-        except UnidentifiedImageError as error:
-            raise ValueError(f"Received an invalid value for `dataset`: {file!r} is not an "
-                             "image file that Pillow can read.") from error
-        if images and array.shape != images[0].shape:
-            raise ValueError(
-                f"All images must have one size: {files[0]!r} is {images[0].shape} but "
-                f"{file!r} is {array.shape}."
-            )
-        images.append(array)
-    x = _as_images(np.stack(images))
-    y = None if any(label is None for label in labels) else np.asarray(labels, "int64")
-    return _split(x, y, validation_fraction, seed, source=f"image folder {path!r}")
+
+def _materialised(found, splits):
+    """`(x, y)` arrays of streamed splits, as `load` gives them (`x` float32 in [0, 1])."""
+    from tfvae import sources
+
+    loaded = []
+    for split in splits:
+        source = found[split]
+        with sources.reading(source):
+            x, y, _ = source.take(source.size if source.size is not None else 2**62)
+        x = x.astype("float32")
+        loaded.append((x / source.scale if source.scale != 1.0 else x, y))
+    return tuple(loaded)
 
 
 def _check_examples(x, source, minimum=MIN_EXAMPLES):
@@ -471,7 +460,15 @@ def source_splits(dataset, validation_fraction=0.2, seed=0, image_size=None, cha
                         name=f"{dataset!r} ({os.path.basename(predefined[split])}/)")
             return found
         whole = sources.ImageFolderSource(dataset, image_size, channels)
+        _check_examples(whole.keys, f"image folder {dataset!r}")
         validation = sources.hash_split(whole.keys, fraction, seed).numpy()
+        if validation.all() or not validation.any():
+            raise ValueError(
+                f"Received an invalid value for `dataset`: the random split of image folder "
+                f"{dataset!r} (by the hash of each file's path, seed {seed}, validation "
+                f"fraction {fraction}) puts all {len(validation)} images in one split; add "
+                "images, change the seed or the fraction, or give train/ and valid/ "
+                "sub-folders.")
         return {"train": whole.subset(~validation, name=f"{dataset!r} (train split)"),
                 "validation": whole.subset(validation, name=f"{dataset!r} (validation split)")}
     return _hash_split_records(sources.glob_source(dataset), fraction, seed)
@@ -541,8 +538,9 @@ def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
     dataset = os.fspath(dataset)
     if dataset in TFDS_NAMES:
         return load_tfds(dataset, data_dir=data_dir)
-    if os.path.isdir(dataset):
-        return load_image_folder(dataset, validation_fraction, seed)
+    if is_streamed(dataset):  # folders and record shards, read whole here
+        return _materialised(source_splits(dataset, validation_fraction, seed),
+                             ("train", "validation"))
     if dataset.endswith((".npy", ".npz")) or os.path.sep in dataset:
         return load_array_file(dataset, validation_fraction, seed)
     return load_tfds(dataset)  # raises, listing the known names
@@ -558,6 +556,13 @@ def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, dat
     split = _checks.one_of("split", split, SPLITS)
     if dataset in TFDS_NAMES:
         return load_tfds(dataset, data_dir=data_dir, splits=(split,))[0]
+    if is_streamed(dataset):
+        found = source_splits(dataset, validation_fraction, seed, data_dir=data_dir)
+        if split not in found:
+            raise ValueError(f"Received an invalid value for `split`: {dataset!r} has no "
+                             f"{split} split (it has {', '.join(found)}). Received: "
+                             f"split={split!r}")
+        return _materialised(found, (split,))[0]
     if split == "test":
         splits = _array_file_splits(dataset) if str(dataset).endswith(".npz") else {}
         if "test" not in splits:

@@ -124,9 +124,10 @@ class Source:
         """The first `n` examples as numpy arrays `(x_raw, y or None, ids)` (bounded memory)."""
         xs, ys, ids, count = [], [], [], 0
         with reading(self, skip_corrupt):
-            batches = [batch for batch, _ in zip(self.batches(min(max(n, 1), 1024),
-                                                              skip_corrupt=skip_corrupt),
-                                                 range(-(-n // 1024) if n > 1024 else 1))]
+            # range first: zip stops before pulling a batch past the last one needed.
+            batches = [batch for _, batch in zip(range(-(-n // 1024) if n > 1024 else 1),
+                                                 self.batches(min(max(n, 1), 1024),
+                                                              skip_corrupt=skip_corrupt))]
         for batch in batches:
             batch = {key: value.numpy() for key, value in batch.items()}
             xs.append(batch["x"][: n - count])
