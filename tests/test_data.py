@@ -214,6 +214,9 @@ def test_cli_trains_on_mocked_tfds_with_dynamic_binarisation(tmp_path):
     assert code == 0
     config, model = tfvae.runs.load_run(str(tmp_path / "mnist"))
     assert model.event_shape == (28, 28, 1) and config.binarize == "dynamic"
+    # TFDS is streamed through tf.data (no copy of the split in memory).
+    metrics = json.loads((tmp_path / "mnist" / "metrics.json").read_text())
+    assert metrics["data"]["streamed"] and metrics["num_examples"] == 24
 
 
 @pytest.mark.parametrize(
