@@ -11,6 +11,7 @@
   prepared TFRecord folders and globs, and TFDS splits.
 """
 
+import contextlib
 import logging
 import os
 import zipfile
@@ -283,14 +284,8 @@ def _tfds_load(tfds, name, split, data_dir):
     that do not match their checksums) is a `ValueError` naming the dataset and
     the way around it.
     """
-    try:
+    with _downloading(tfds, name):
         return tfds.load(name, split=split, data_dir=data_dir)
-    except _download_errors(tfds) as error:
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
-        raise ValueError(
-            f"Received an invalid value for `dataset`: could not download TFDS dataset {name!r} "
-            f"({reason}); pass a local .npz/.npy file or image folder with --dataset."
-        ) from error
 
 
 def tfds_builder(name, data_dir=None):
@@ -302,15 +297,22 @@ def tfds_builder(name, data_dir=None):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
-    try:
+    with _downloading(tfds, name):
         builder.download_and_prepare()
+    return builder
+
+
+@contextlib.contextmanager
+def _downloading(tfds, name):
+    """Turns a failed TFDS download of `name` into a one-line `ValueError`."""
+    try:
+        yield
     except _download_errors(tfds) as error:
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise ValueError(
             f"Received an invalid value for `dataset`: could not download TFDS dataset {name!r} "
             f"({reason}); pass a local .npz/.npy file or image folder with --dataset."
         ) from error
-    return builder
 
 
 def _download_errors(tfds):
