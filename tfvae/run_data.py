@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 # Held-out examples kept in memory for figures, TensorBoard images and the gap split.
 SAMPLE_EXAMPLES = 2000
+# Examples per batch of the held-out evaluation (as `tfvae.evaluation` batches arrays).
+EVAL_BATCH = 256
 
 
 @dataclasses.dataclass
@@ -157,7 +159,9 @@ def from_sources(config, found, num_classes):
     return RunData(
         input_shape=train_source.event_shape, train_size=train_source.size,
         num_classes=num_classes, train=train, validation=validation,
-        held_out=(validation, None), sample=sample, streamed=True,
+        held_out=(held_out_pipeline(config, val_source, EVAL_BATCH, labels=conditional,
+                                    mode=held_mode), None),
+        sample=sample, streamed=True,
         sources=(train_source, val_source),
         description={"train_examples": train_source.size,
                      "validation_examples": val_source.size, "streamed": True,
