@@ -26,6 +26,7 @@ import pytest
 
 from tfvae import cli
 from tfvae import files
+from tfvae import report as report_lib
 from tfvae import runs
 
 from helpers import TINY_RUN
@@ -292,6 +293,27 @@ def test_a_diverging_overwrite_restores_the_earlier_run(digits_run, tmp_path, ca
         runs.train(runs.RunConfig(epochs=2, latent_dim=2, hidden_units=(16,), batch_size=128,
                                   learning_rate=1e6), fresh, verbose=0)
     assert not os.path.exists(fresh)
+
+
+@pytest.mark.slow
+def test_an_overwrite_that_fails_after_its_first_checkpoint_restores_the_earlier_run(
+        digits_run, tmp_path, monkeypatch):
+    # The new run trains and checkpoints, then its report fails: the earlier run must
+    # come back whole (0.2.0 had deleted it at the first checkpoint).
+    run = str(tmp_path / "run")
+    shutil.copytree(digits_run, run)
+    before = _snapshot(run)
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_lib, "write_figures", broken)
+    config = runs.RunConfig(epochs=1, latent_dim=2, hidden_units=(16,), batch_size=128,
+                            eval_samples=2, tensorboard=False)
+    with pytest.raises(OSError, match="No space left"):
+        runs.train(config, run, overwrite=True, verbose=0)
+    assert _snapshot(run) == before
+    assert os.listdir(tmp_path) == ["run"]
 
 
 @pytest.mark.slow

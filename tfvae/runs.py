@@ -298,10 +298,11 @@ class RunOutput:
     """A run directory being written, as a transaction, under the run's lock.
 
     `begin` takes the lock and, with `overwrite`, first moves the earlier run
-    aside (to `.<name>.old-<pid>` beside it). `commit` (called once the new run
-    has its first checkpoint) deletes the earlier run; `abort` before then
-    puts the earlier run back, or removes a new run's files, so a retry is not
-    refused. `close` releases the lock.
+    aside (to `.<name>.old-<pid>` beside it). `commit` deletes the earlier run
+    (`train` calls it once an overwriting run is complete, report included, and
+    at a new run's first checkpoint); `abort` before then puts the earlier run
+    back, or removes a new run's files, so a retry is not refused. `close`
+    releases the lock.
 
     Args:
       directory: the run directory.
@@ -606,8 +607,15 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
         if chief and (not resume or epochs is not None):
             files.write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
         keras.mixed_precision.set_global_policy(PRECISION_POLICIES[config.mixed_precision])
-        return _train(config, output, strategy, resume, verbose, report=chief, data=data,
-                      on_checkpoint=run_output.commit if run_output else None)
+        # A new run is kept from its first checkpoint on (`--resume` continues it); an
+        # overwrite replaces the earlier run only once the new one is complete, report
+        # included, and any failure before then puts the earlier run back.
+        keep_early = run_output is not None and not overwrite
+        metrics = _train(config, output, strategy, resume, verbose, report=chief, data=data,
+                         on_checkpoint=run_output.commit if keep_early else None)
+        if run_output is not None:
+            run_output.commit()
+        return metrics
     except BaseException:
         if run_output is not None:
             run_output.abort()
