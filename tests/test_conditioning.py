@@ -287,3 +287,14 @@ def test_a_rejected_dataset_leaves_the_model_trainable_and_other_call_forms_work
     assert np.isfinite(history.history["loss"]).all()
     np.testing.assert_allclose(model.predict([x, labels], verbose=0), model((x, labels)),
                                atol=1e-6)
+
+
+def test_float_labels_one_per_example_are_refused_not_read_as_one_vector():
+    # 0.2.0 read ten float labels as one 10-vector for every row (issue 20 finding 10).
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), condition_dim=10, seed=0)
+    x = (np.arange(40).reshape(10, 4) % 2).astype("float32")
+    with raises("`y`", "look like class labels", "astype(int)"):
+        model.elbo(x, y=np.arange(10.0))
+    # A genuine single vector (not one whole number per example) is still taken.
+    vector = np.full(10, 0.1)
+    assert model.elbo(x, y=vector)["elbo"].shape == (10,)

@@ -522,3 +522,15 @@ def test_the_generators_check_their_arguments_before_reading_any_data(small):
     with raises("`y`", "None when `x` is a tf.data.Dataset"):
         evaluation.iter_scores(small, source.dataset(), y=np.zeros(12))
     assert source.produced == 0
+
+
+@pytest.mark.parametrize("rows", [8, 12])
+def test_array_conditions_must_number_one_per_example(rows):
+    # 0.2.0 sliced a longer y silently out of step with x (issue 20 finding 10).
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), condition_dim=3, seed=0)
+    x = np.zeros((10, 4), "float32")
+    y = np.arange(rows) % 3
+    with raises("`y`", "one condition per example of x (10)", f"{rows} rows"):
+        evaluation.score_examples(model, x, y=y)
+    with raises("`y`", f"{rows} rows"):
+        evaluation.encode_dataset(model, x, y=y)

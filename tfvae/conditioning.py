@@ -67,6 +67,14 @@ class Conditioning:
             y = tf.convert_to_tensor(y if y.dtype.kind == "f" else y.astype("int32"))
         self.check_spec(y.shape, y.dtype, name)
         single = y.shape.rank == 0 or (y.shape.rank == 1 and not y.dtype.is_integer)
+        if single and y.shape.rank == 1 and tf.executing_eagerly() and _look_like_labels(
+                y, batch_size):
+            raise ValueError(
+                f"Received an invalid value for `{name}`: float values with one per example "
+                f"look like class labels, but a 1-D float `{name}` is one condition vector "
+                f"for every example. Pass integer labels ({name}.astype(int)) or vectors of "
+                f"shape (batch, {c}). Received: {name} with dtype {y.dtype.name} and values "
+                f"{y.numpy()[:5].tolist()}")
         rows = None if single else y.shape[0]
         if isinstance(batch_size, int) and rows is not None and rows != batch_size:
             raise ValueError(
@@ -175,3 +183,12 @@ class Conditioning:
         if not self.active:
             return None
         return tf.TensorSpec((None, self.condition_dim), tf.float32, name="y")
+
+
+def _look_like_labels(y, batch_size):
+    """Whether a 1-D float `y` (one condition vector) is more likely a batch's labels:
+    one whole number per example, some above 1 (not a one-hot or probability vector)."""
+    values = y.numpy()
+    return (isinstance(batch_size, int) and batch_size > 1 and len(values) == batch_size
+            and np.all(np.isfinite(values)) and np.all(values == np.round(values))
+            and values.max() > 1)

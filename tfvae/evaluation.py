@@ -102,8 +102,18 @@ def _check_array(x):
 
 
 def _array_batches(x, y, batch_size):
-    """`(x, y or None)` slices of an array (today's batching), and its size."""
+    """`(x, y or None)` slices of an array (today's batching), and its size.
+
+    Conditions given per example (integer labels `[n]`, vectors `[n, C]`) must
+    number one per example: more or fewer would be sliced silently out of step.
+    """
     _check_array(x)
+    if y is not None and not tf.is_tensor(y):
+        y = np.asarray(y)
+        per_example = y.ndim == 2 or (y.ndim == 1 and y.dtype.kind in "iub")
+        if per_example and len(y) != len(x):
+            _fail("y", f"one condition per example of x ({len(x)})",
+                  f"y with {len(y)} rows")
     return ((x[i : i + batch_size], None if y is None else y[i : i + batch_size])
             for i in range(0, len(x), batch_size)), len(x)
 
