@@ -431,3 +431,19 @@ def test_auto_binarises_grey_data_for_a_bernoulli_likelihood_only(binarize, like
 def test_binarising_needs_data_in_the_unit_interval():
     with raises("`binarize`", "binarize='static'", "[-1.0, 2.0]"):
         data.prepare(np.array([[-1.0, 2.0]]), "bernoulli", "static")
+
+
+def test_string_labels_are_encoded_and_fractional_or_object_labels_refused(tmp_path):
+    # 0.2.0 passed string labels on, and the report failed after training (issue 20 finding 9).
+    x = np.random.default_rng(0).uniform(size=(20, 3, 3)).astype("float32")
+    np.savez(tmp_path / "s.npz", x=x, y=np.array(["cat", "dog"] * 10))
+    (_, y_train), (_, y_val) = data.load(str(tmp_path / "s.npz"))
+    assert y_train.dtype == np.int64 and set(np.concatenate([y_train, y_val])) == {0, 1}
+    np.savez(tmp_path / "w.npz", x=x, y=np.arange(20.0))
+    assert data.load(str(tmp_path / "w.npz"))[0][1].dtype == np.int64
+    np.savez(tmp_path / "f.npz", x=x, y=np.linspace(0, 1, 20))
+    with raises("`dataset`", "'y'", "one class label per example", "float64"):
+        data.load(str(tmp_path / "f.npz"))
+    np.savez(tmp_path / "o.npz", x=x, y=np.zeros((20, 2)))
+    with raises("`dataset`", "'y'", "(20, 2)"):
+        data.load(str(tmp_path / "o.npz"))

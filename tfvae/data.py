@@ -209,7 +209,26 @@ def _array_pair(archive, path, key, split):
             f"Received an invalid value for `dataset`: in {path!r}, {label_key!r} must hold one "
             f"label per example of {key!r} ({len(x)}). Received: {label_key!r} of shape "
             f"{y.shape}")
-    return x, y
+    return x, _class_indices(y, path, label_key)
+
+
+def _class_indices(y, path, name):
+    """Labels as int64 class indices: integers as they are, whole-number floats cast, and
+    strings encoded by their sorted order (said in the log); anything else is refused."""
+    if y.ndim == 1 and y.dtype.kind in "US":
+        classes, indices = np.unique(y, return_inverse=True)
+        logger.info("%s in %s: %d string labels encoded as class indices 0..%d in sorted "
+                    "order (%s%s)", name, path, len(classes), len(classes) - 1,
+                    ", ".join(map(str, classes[:5])), ", ..." if len(classes) > 5 else "")
+        return indices.astype("int64")
+    if y.ndim == 1 and y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        return y.astype("int64")
+    if y.ndim == 1 and y.dtype.kind in "iub":
+        return y.astype("int64")
+    sample = ", ".join(map(str, y.ravel()[:3]))
+    raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name!r} must hold "
+                     "one class label per example (integers, whole numbers or strings). "
+                     f"Received: {name!r} of dtype {y.dtype} and shape {y.shape} ({sample}, ...)")
 
 
 def _array(x, path, name, split):
