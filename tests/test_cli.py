@@ -732,3 +732,37 @@ def test_beta_tcvae_options_are_checked_before_training(tmp_path, capsys):
                      str(tmp_path / "r")]) == 2
     assert "beta_tcvae" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_encode_and_score_on_a_given_dataset_cover_every_example_in_its_order(digits_run,
+                                                                              tmp_path):
+    # 0.2.0 wrote a random 20 % (the validation split) of a user's file, renumbered
+    # and with permuted labels (issue 20 finding 8).
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(60, 8, 8)).astype("float32")
+    y = np.arange(60) % 7
+    np.savez(tmp_path / "x.npz", x=x, y=y)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray((x[i] * 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
+    assert cli.main(["encode", digits_run, "--dataset", str(tmp_path / "x.npz"),
+                     "--output", str(tmp_path / "c.npz")]) == 0
+    codes = np.load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(codes["index"], np.arange(60))
+    np.testing.assert_array_equal(codes["label"], y)
+    # Row i is example i: its code equals the model's on that example alone.
+    _, model = runs.load_run(digits_run)
+    config = runs.read_config(os.path.join(digits_run, "run.json"))
+    prepared = runs.held_out(config, dataset=str(tmp_path / "x.npz"), split="all")[0]
+    np.testing.assert_allclose(codes["code"][17], model.latent_code(prepared[17:18])[0],
+                               rtol=1e-5, atol=1e-6)
+    assert cli.main(["score", digits_run, "--dataset", str(folder),
+                     "--output", str(tmp_path / "s.csv")]) == 0
+    scores = np.genfromtxt(tmp_path / "s.csv", delimiter=",", names=True)
+    np.testing.assert_array_equal(scores["index"], np.arange(12))
+    # --split still picks one split.
+    assert cli.main(["encode", digits_run, "--dataset", str(tmp_path / "x.npz"), "--split",
+                     "validation", "--output", str(tmp_path / "v.npz")]) == 0
+    assert len(np.load(tmp_path / "v.npz")["index"]) == 12

@@ -262,9 +262,12 @@ def _run_and_data_arguments(command):
     command.add_argument("--dataset", default=None,
                          help="a TFDS name, a .npy/.npz file or an image folder, prepared as "
                          "the run prepares its held-out data (default: the run's own dataset)")
-    command.add_argument("--split", choices=data.SPLITS, default="validation",
-                         help="which split of the dataset (default: %(default)s; test needs a "
-                         "TFDS name or a .npz with x_test)")
+    every = command.prog.split()[-1] in ("encode", "score")
+    command.add_argument(
+        "--split", choices=data.SPLITS + ((data.ALL,) if every else ()), default=None,
+        help="which split of the dataset; test needs a TFDS name or a .npz with x_test"
+        + ("; all: every example in the dataset's order (default: all with --dataset, "
+           "else validation)" if every else " (default: validation)"))
 
 
 def _refuse_existing(path, overwrite):
@@ -381,13 +384,13 @@ def _evaluate(args, argv):
                                                 seed=args.seed, verbose=verbose)
     else:
         config, model = runs.load_run(args.run)
-        x, y = runs.held_out(config, dataset=args.dataset, split=args.split)
+        x, y = runs.held_out(config, dataset=args.dataset, split=_split(args))
         y = None if model.condition_dim is None else y
         reading = contextlib.nullcontext()
         metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples,
                                             seed=args.seed, y=y, verbose=verbose)
-    metrics.update(dataset=args.dataset or config.dataset, split=args.split)
-    known = data.load_factors(args.dataset or config.dataset, args.split, seed=config.seed)
+    metrics.update(dataset=args.dataset or config.dataset, split=_split(args))
+    known = data.load_factors(args.dataset or config.dataset, _split(args), seed=config.seed)
     if known is not None:
         metrics.update(evaluation.disentanglement_metrics(model, x, known["factors"],
                                                           known["names"], y=y))
@@ -457,6 +460,17 @@ def _table_output(args, default_name):
     return output
 
 
+def _split(args):
+    """`--split`, by default every example of a `--dataset` (encode, score) or the validation
+    split of the run's own data."""
+    from tfvae import data
+
+    if args.split is not None:
+        return args.split
+    every = args.command in ("encode", "score") and args.dataset is not None
+    return data.ALL if every else "validation"
+
+
 def _run_data(args, batch_size=256):
     """`(model, batches, reading)`: the run's model; the requested split as a stream of
     `(x, labels)` (or `x`) batches prepared as the run's held-out data (labels condition a
@@ -469,10 +483,10 @@ def _run_data(args, batch_size=256):
     config, model = runs.load_run(args.run)
     dataset = args.dataset or config.dataset
     if data.is_streamed(dataset):
-        batches, source = runs.held_out_stream(config, dataset, args.split, batch_size)
+        batches, source = runs.held_out_stream(config, dataset, _split(args), batch_size)
         labelled, reading = source.labelled, run_data.reading([source], config.skip_corrupt)
     else:
-        x, labels = runs.held_out(config, dataset=args.dataset, split=args.split)
+        x, labels = runs.held_out(config, dataset=args.dataset, split=_split(args))
         labelled, reading = labels is not None, run_data.reading(())
         batches = tf.data.Dataset.from_tensor_slices(x if labels is None else (x, labels))
         batches = batches.batch(batch_size)
@@ -496,7 +510,7 @@ def _write_rows(output, rows, reading):
 def _encode(args, argv):
     from tfvae import evaluation
 
-    output = _table_output(args, f"codes-{args.split}.npz")
+    output = _table_output(args, f"codes-{_split(args)}.npz")
     model, batches, reading = _run_data(args, args.batch_size)
     rows = _write_rows(output, evaluation.iter_encodings(model, batches,
                                                          verbose=int(sys.stdout.isatty())),
@@ -507,7 +521,7 @@ def _encode(args, argv):
 def _score(args, argv):
     from tfvae import evaluation
 
-    output = _table_output(args, f"scores-{args.split}.csv")
+    output = _table_output(args, f"scores-{_split(args)}.csv")
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
                          f"integer. Received: --num-samples={args.num_samples}")

@@ -36,6 +36,8 @@ TFDS_NAMES = {
 BUILTIN_NAMES = ("digits", "shapes")
 # The splits a dataset can be asked for (`load_split`, `tfvae evaluate --split`).
 SPLITS = ("train", "validation", "test")
+# The `split` that means every example, in the dataset's own order (`encode`, `score`).
+ALL = "all"
 # `.npz` keys of predefined splits; the validation split may have any of these names.
 _NPZ_VALIDATION_KEYS = ("x_valid", "x_val", "x_validation")
 LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
@@ -568,13 +570,17 @@ def load(dataset, validation_fraction=0.2, seed=0, data_dir=None):
 
 
 def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, data_dir=None):
-    """One split `(x, y)` of `dataset` (see `load`): `train`, `validation` or `test`.
+    """One split `(x, y)` of `dataset` (see `load`): `train`, `validation`, `test` or `all`.
 
     `train` and `validation` are the two halves `load` returns (the same
     random split for the same `seed`); `test` needs a dataset that has one: a
-    TFDS name, or a `.npz` with `x_test`.
+    TFDS name, or a `.npz` with `x_test`; `all` is every example in the
+    dataset's own order (`all_examples`).
     """
-    split = _checks.one_of("split", split, SPLITS)
+    split = _checks.one_of("split", split, SPLITS + (ALL,))
+    if split == ALL:
+        return _materialised({ALL: whole_source(dataset)}, (ALL,))[0] if is_streamed(
+            dataset) else _all_rows(dataset)
     if dataset in TFDS_NAMES:
         return load_tfds(dataset, data_dir=data_dir, splits=(split,))[0]
     if is_streamed(dataset):
@@ -593,6 +599,53 @@ def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, dat
         return splits["test"]
     train, validation = load(dataset, validation_fraction, seed, data_dir)
     return train if split == "train" else validation
+
+
+def _all_rows(dataset):
+    """Every example of an in-memory dataset in its own order: a file's rows (its
+    predefined splits one after another: train, validation, test), or the built-in
+    dataset's (scikit-learn's order for digits, the factor grid's for shapes)."""
+    if dataset == "digits":
+        from sklearn import datasets
+
+        digits = datasets.load_digits()
+        return (digits.images / 16.0).astype("float32")[..., None], digits.target.astype("int64")
+    if dataset == "shapes":
+        factors = shapes.all_factors()
+        return shapes.render(factors), factors[:, 0]
+    if dataset in TFDS_NAMES:
+        raise ValueError(f"Received an invalid value for `split`: a TFDS dataset is read by "
+                         f"split; pass train, validation or test. Received: split={ALL!r}")
+    load(dataset)  # the same checks and errors as any other use of the file
+    parts = [part for split, part in _array_file_splits(os.fspath(dataset)).items()
+             if split in ("train", "validation", "test")]
+    x = np.concatenate([p[0] for p in parts])
+    labelled = all(p[1] is not None for p in parts)
+    return x, np.concatenate([p[1] for p in parts]) if labelled else None
+
+
+def whole_source(dataset, image_size=None, channels=None, data_dir=None):
+    """Every example of a streamed dataset in its own order, as one `sources.Source`:
+    an image folder's files in sorted order (its split folders one after another),
+    a prepared folder's splits one after another, a glob's shards, a `.npy`'s rows."""
+    from tfvae import sources
+
+    dataset = os.fspath(dataset)
+    if dataset in TFDS_NAMES:
+        return _all_rows(dataset)  # refused: TFDS is read by split
+    if _is_large_npy(dataset):
+        return sources.NpySource(dataset)
+    if _is_records_folder(dataset):
+        return sources.ChainSource(list(sources.record_splits(dataset).values()),
+                                   name=repr(dataset))
+    if os.path.isdir(dataset):
+        predefined = sources.folder_splits(dataset)
+        if not predefined:
+            return sources.ImageFolderSource(dataset, image_size, channels)
+        found = source_splits(dataset, image_size=image_size, channels=channels)
+        return sources.ChainSource([found[s] for s in SPLITS if s in found],
+                                   name=repr(dataset))
+    return sources.glob_source(dataset)
 
 
 def resolve_binarize(binarize, likelihood, x):

@@ -813,7 +813,8 @@ def held_out_stream(config, dataset=None, split="validation", batch_size=256):
     Args:
       config: the run's `RunConfig` (its image size, channels and binarisation apply).
       dataset: a streamed dataset (`tfvae.data.is_streamed`). Default value: the run's own.
-      split: `"train"`, `"validation"` or `"test"`. Default value: `"validation"`.
+      split: `"train"`, `"validation"`, `"test"`, or `"all"` (every example in the
+        dataset's order). Default value: `"validation"`.
       batch_size: examples per batch. Default value: `256`.
 
     Returns:
@@ -821,10 +822,14 @@ def held_out_stream(config, dataset=None, split="validation", batch_size=256):
       for an unlabelled dataset) and the `tfvae.sources.Source` it reads.
     """
     dataset = config.dataset if dataset is None else dataset
-    split = _checks.one_of("split", split, data_lib.SPLITS)
-    found = data_lib.source_splits(dataset, seed=config.seed,
-                                   image_size=tuple(config.image_size) or None,
-                                   channels=config.image_channels or None)
+    split = _checks.one_of("split", split, data_lib.SPLITS + (data_lib.ALL,))
+    image_size, channels = tuple(config.image_size) or None, config.image_channels or None
+    if split == data_lib.ALL:
+        source = data_lib.whole_source(dataset, image_size, channels)
+        return (run_data.held_out_pipeline(config, source, batch_size, labels=source.labelled),
+                source)
+    found = data_lib.source_splits(dataset, seed=config.seed, image_size=image_size,
+                                   channels=channels)
     if split not in found:
         raise ValueError(f"Received an invalid value for `split`: {dataset!r} has no {split} "
                          f"split (it has {', '.join(found)}). Received: split={split!r}")

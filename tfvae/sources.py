@@ -520,6 +520,42 @@ def glob_source(pattern, dtype="uint8", scale=255.0, event_shape=None):
     return RecordSource(files, event_shape, dtype, scale, labelled, name=repr(pattern))
 
 
+class ChainSource(Source):
+    """Sources of one shape read one after another (e.g. every split of a dataset).
+
+    Args:
+      parts: `Source`s with equal `event_shape`, `dtype`, `scale` and labelling.
+      name: for messages.
+    """
+
+    def __init__(self, parts, name):
+        first = parts[0]
+        self.parts, self.name = list(parts), name
+        self.event_shape, self.dtype, self.scale = first.event_shape, first.dtype, first.scale
+        self.labelled = all(p.labelled for p in parts)
+        sizes = [p.size for p in parts]
+        self.size = None if None in sizes else sum(sizes)
+        self.num_classes = max((p.num_classes or 0) for p in parts) or None
+        binaries = [p.binary for p in parts]
+        self.binary = None if None in binaries else all(binaries)
+
+    def batches(self, batch_size, shuffle=False, seed=0, skip_corrupt=False):
+        keys = ("x", "id", "key") + (("y",) if self.labelled else ())
+        streams = [p.batches(batch_size, shuffle, seed, skip_corrupt).map(
+            lambda b: {k: b[k] for k in keys}) for p in self.parts]
+        dataset = streams[0]
+        for stream in streams[1:]:
+            dataset = dataset.concatenate(stream)
+        return dataset.rebatch(batch_size)
+
+    def find_unreadable(self):
+        for part in self.parts:
+            found = part.find_unreadable()
+            if found is not None:
+                return found
+        return None
+
+
 # --------------------------------------------------------------------------- TFDS
 
 
