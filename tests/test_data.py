@@ -447,3 +447,19 @@ def test_string_labels_are_encoded_and_fractional_or_object_labels_refused(tmp_p
     np.savez(tmp_path / "o.npz", x=x, y=np.zeros((20, 2)))
     with raises("`dataset`", "'y'", "(20, 2)"):
         data.load(str(tmp_path / "o.npz"))
+
+
+def test_a_fifo_named_like_data_is_refused_instead_of_hanging(tmp_path):
+    # 0.2.0 blocked forever reading a FIFO named f.npz (issue 20 finding 13).
+    os.mkfifo(tmp_path / "f.npz")
+    with raises("`dataset`", "f.npz", "not a regular file"):
+        data.load(str(tmp_path / "f.npz"))
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "run.json")
+    with raises("run.json", "not a regular file"):
+        tfvae.runs.read_config(str(run / "run.json"))
+    # In an image folder a FIFO named x.png is not an image: left out.
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "x.png")
+    assert sources.ImageFolderSource(str(tmp_path)).size == 1

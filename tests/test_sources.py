@@ -355,3 +355,15 @@ def test_a_streamed_npy_with_nan_or_a_truncated_body_is_refused(tmp_path):
         f.truncate(os.path.getsize(tmp_path / "cut.npy") - 5)
     with raises("`dataset`", "cut.npy", "truncated"):
         sources.NpySource(str(tmp_path / "cut.npy"))
+
+
+def test_16_bit_images_are_scaled_by_their_range(tmp_path):
+    # 0.2.0 read 16-bit PNGs as all-255 images (issue 20 finding 14).
+    image = (np.arange(48).reshape(6, 8) * 1300).astype(np.uint16)
+    os.makedirs(tmp_path / "f")
+    Image.fromarray(image).save(tmp_path / "f" / "deep.png")
+    source = sources.ImageFolderSource(str(tmp_path / "f"))
+    assert source.event_shape == (6, 8, 1)
+    x = _all(source)["x"][0, ..., 0]
+    np.testing.assert_array_equal(x, image >> 8)  # 0..65535 → 0..255
+    assert len(np.unique(x)) > 40

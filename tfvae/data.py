@@ -153,6 +153,9 @@ def _array_file_splits(path):
     if not path.endswith((".npy", ".npz")):
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not a .npy or "
                          ".npz file.")
+    if not os.path.isfile(path):  # a FIFO or a device would block the read forever
+        raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not a regular "
+                         "file.")
     _check_numpy_file(path)
     if path.endswith(".npy"):
         x = _read(path, "the array", lambda: np.load(path))

@@ -485,6 +485,8 @@ def read_config(path):
       ValueError: naming `path` and the problem (not JSON, not an object, an
         unknown setting, a bad value).
     """
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read
+        raise ValueError(f"Cannot read `{path}`: it is not a regular file.")
     try:
         with open(path) as f:
             text = f.read()

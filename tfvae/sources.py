@@ -167,7 +167,12 @@ def _with_options(dataset, file_based):
 
 
 def _list_images(folder):
-    """Sorted image file names directly in `folder`."""
+    """Sorted image file names directly in `folder` (regular files only: a FIFO or a
+    device named `x.png` would block or never end a read)."""
+    if "://" not in folder:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)
+                          and not e.name.startswith(".") and e.is_file())
     return sorted(name for name in tf.io.gfile.listdir(folder)
                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
 
