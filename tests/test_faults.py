@@ -54,6 +54,15 @@ def _dead_pid():
     return process.pid
 
 
+@pytest.fixture
+def live_pid():
+    """The PID of another live process on this host (a sleeping child), for lock owners."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
 def _write_lock(directory, pid, host=None):
     with open(os.path.join(directory, files.LOCK_FILE), "w") as f:
         json.dump({"pid": pid, "host": host or socket.gethostname()}, f)
@@ -186,6 +195,30 @@ def test_the_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, capl
         files.RunLock(directory).acquire()
 
 
+@pytest.mark.parametrize("pid", [0, -1, 99999999999999, "own"])
+def test_a_lock_naming_an_impossible_pid_or_this_process_unheld_is_stale(tmp_path, pid):
+    # 0.2.0 refused such runs forever, or crashed with OverflowError (issue 20 finding 15).
+    directory = str(tmp_path)
+    _write_lock(directory, os.getpid() if pid == "own" else pid)
+    assert files.RunLock.owner(directory) is None
+    files.RunLock(directory).acquire().release()
+
+
+def test_a_lock_whose_pid_was_reused_by_a_later_process_is_stale(tmp_path):
+    # A live process started after the lock was written did not write it.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        directory = str(tmp_path)
+        _write_lock(directory, child.pid)
+        assert files.RunLock.owner(directory) is not None  # written now: the child's
+        old = time.time() - 3600
+        os.utime(tmp_path / files.LOCK_FILE, (old, old))  # written an hour before it started
+        assert files.RunLock.owner(directory) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
 def _fake_run(directory):
     os.makedirs(directory)
     with open(os.path.join(directory, runs.RUN_FILE), "w") as f:
@@ -194,22 +227,23 @@ def _fake_run(directory):
 
 
 @pytest.mark.parametrize("mode", ["--overwrite", "--resume"])
-def test_a_second_writer_is_refused_in_one_line_naming_the_pid(tmp_path, capsys, mode):
+def test_a_second_writer_is_refused_in_one_line_naming_the_pid(tmp_path, capsys, mode,
+                                                               live_pid):
     run = _fake_run(str(tmp_path / "run"))
-    _write_lock(run, os.getpid())
+    _write_lock(run, live_pid)
     before = _snapshot(run)
     extra = TINY_RUN if mode == "--overwrite" else ["--quiet"]  # --resume reads run.json
     assert cli.main(["train", "--output", run, mode, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert f"still being trained by PID {os.getpid()}" in err
+    assert f"still being trained by PID {live_pid}" in err
     assert _snapshot(run) == before
 
 
-def test_reading_a_run_that_is_being_trained_is_refused(tmp_path):
+def test_reading_a_run_that_is_being_trained_is_refused(tmp_path, live_pid):
     run = _fake_run(str(tmp_path / "run"))
-    _write_lock(run, os.getpid())
-    with raises("still being trained by", f"PID {os.getpid()}"):
+    _write_lock(run, live_pid)
+    with raises("still being trained by", f"PID {live_pid}"):
         runs.load_run(run)
     _write_lock(run, _dead_pid())  # stale: the run reads as usual (here: it has no model)
     with raises("no model.keras"):

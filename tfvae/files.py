@@ -250,16 +250,43 @@ def _age(path):
         return float("inf")
 
 
-def _process_alive(pid):
+# The lock files this process holds (a lock naming this process's PID that it does not
+# hold was left by an earlier process with the same PID, e.g. PID 1 in a container).
+_HELD_LOCKS = set()
+
+
+def _process_alive(pid, path):
+    """Whether the process `pid` that wrote the lock `path` still runs on this host."""
+    if pid == os.getpid():
+        return os.path.abspath(path) in _HELD_LOCKS
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # another user's live process
+    except (OverflowError, ValueError):
+        return False  # no such PID can exist
     except OSError as error:
         return error.errno != errno.ESRCH
     return True
+
+
+def _started_after(pid, moment):
+    """Whether process `pid` started after `moment` (a Unix time): then it is not the
+    process that wrote a lock at `moment` but a later one that got the same PID.
+    False where the start time cannot be read (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return started > moment + 2.0  # /proc's boot time is whole seconds
 
 
 class RunLock:
@@ -278,8 +305,10 @@ class RunLock:
     def owner(directory):
         """`{"pid", "host"}` of the live process holding `directory`'s lock, else None.
 
-        A lock whose process is gone (on this host), or an unreadable lock
-        file, counts as no lock. A lock from another host counts as live.
+        A lock whose process is gone (on this host), whose PID is impossible or
+        this process's own, or whose PID now belongs to a process started after
+        the lock was written (a reused PID), or an unreadable lock file, counts as
+        no lock. A lock from another host counts as live.
         """
         path = os.path.join(directory, LOCK_FILE)
         try:
@@ -294,7 +323,8 @@ class RunLock:
                 return {"pid": None, "host": None}
             logger.warning("ignoring the unreadable lock file %s", path)
             return None
-        if host == socket.gethostname() and not _process_alive(pid):
+        if host == socket.gethostname() and (
+                not _process_alive(pid, path) or _started_after(pid, time.time() - _age(path))):
             return None
         return {"pid": pid, "host": host}
 
@@ -333,15 +363,21 @@ class RunLock:
                 f.flush()
                 os.fsync(f.fileno())
             self.held = True
+            _HELD_LOCKS.add(os.path.abspath(self.path))
             return self
 
     def release(self):
         """Removes the lock file if this object holds it."""
         if self.held:
             _remove_quietly(self.path)
+            _HELD_LOCKS.discard(os.path.abspath(self.path))
             self.held = False
 
     def move_to(self, directory):
         """Follows the lock file after its directory was renamed to `directory`."""
+        if self.held:
+            _HELD_LOCKS.discard(os.path.abspath(self.path))
         self.directory = directory
         self.path = os.path.join(directory, LOCK_FILE)
+        if self.held:
+            _HELD_LOCKS.add(os.path.abspath(self.path))
