@@ -766,3 +766,21 @@ def test_encode_and_score_on_a_given_dataset_cover_every_example_in_its_order(di
     assert cli.main(["encode", digits_run, "--dataset", str(tmp_path / "x.npz"), "--split",
                      "validation", "--output", str(tmp_path / "v.npz")]) == 0
     assert len(np.load(tmp_path / "v.npz")["index"]) == 12
+
+
+@pytest.mark.slow
+def test_evaluation_json_is_strict_json_when_a_value_is_not_finite(digits_run, tmp_path,
+                                                                   monkeypatch):
+    # 0.2.0 wrote NaN / Infinity tokens into evaluation.json (issue 20 finding 14).
+    from tfvae import evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_model",
+                        lambda *a, **k: {"elbo": float("nan"), "log_px": float("-inf")})
+    output = tmp_path / "ev.json"
+    assert cli.main(["evaluate", digits_run, "--output", str(output)]) == 0
+
+    def refuse(token):
+        raise ValueError(f"non-strict JSON token {token}")
+
+    metrics = json.loads(output.read_text(), parse_constant=refuse)
+    assert metrics["elbo"] is None and sorted(metrics["non_finite"]) == ["elbo", "log_px"]

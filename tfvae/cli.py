@@ -402,8 +402,7 @@ def _evaluate(args, argv):
         name = os.path.basename(os.path.normpath(args.run))
         files.write_with(figure, lambda path: report.plot_gap({name: metrics}, path))
         print(f"wrote {figure}")
-    text = json.dumps(metrics, indent=2, sort_keys=True)
-    files.write_text(output, text)
+    files.write_json(output, metrics)  # strict JSON: non-finite values as null, listed
     _print_table(metrics)
     print(f"wrote {output}")
 
