@@ -463,3 +463,21 @@ def test_a_fifo_named_like_data_is_refused_instead_of_hanging(tmp_path):
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "a.png")
     os.mkfifo(tmp_path / "x.png")
     assert sources.ImageFolderSource(str(tmp_path)).size == 1
+
+
+def test_array_headers_that_declare_more_than_the_file_holds_are_refused_before_loading(
+        tmp_path):
+    # 0.2.0 tried to allocate what a 200-byte header declared (23 TiB), and an .npz member
+    # that is not a .npy raised AttributeError (issue 20 finding 12).
+    import zipfile
+
+    np.save(tmp_path / "small.npy", np.zeros((4, 3), np.uint8))
+    crafted = (tmp_path / "small.npy").read_bytes().replace(b"(4, 3)", b"(800000, 8000000)")
+    (tmp_path / "bomb.npy").write_bytes(crafted)
+    with raises("`dataset`", "bomb.npy", "(800000, 8000000)", "6,400,000,000,000 bytes"):
+        data.load(str(tmp_path / "bomb.npy"))
+    for name, member in (("bomb.npz", crafted), ("text.npz", b"hello, not numpy")):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("x.npy", member)
+        with raises("`dataset`", name, "'x.npy'"):
+            data.load(str(tmp_path / name))

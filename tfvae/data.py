@@ -157,12 +157,54 @@ def _array_file_splits(path):
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not a regular "
                          "file.")
     _check_numpy_file(path)
+    _check_declared_sizes(path)
     if path.endswith(".npy"):
         x = _read(path, "the array", lambda: np.load(path))
         return {"train": (_array(x, path, "the array", "train"), None)}
     archive = _read(path, "the archive", lambda: np.load(path))
     with archive:
         return _archive_splits(archive, path)
+
+
+def _declared_bytes(f):
+    """The bytes of array data a `.npy` header declares (read from the open file `f`)."""
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(f)
+    return int(np.prod(shape, dtype=object)) * dtype.itemsize, shape
+
+
+def _check_declared_sizes(path):
+    """Refuses a `.npy` (or `.npz` member) whose header declares more data than it holds,
+    before anything is allocated (a 200-byte file can declare terabytes)."""
+    if path.endswith(".npy"):
+        members = [(os.path.basename(path), open(path, "rb"), os.path.getsize(path))]
+    else:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError):
+            return  # _read says why
+        with archive:
+            for info in archive.infolist():
+                with archive.open(info) as f:
+                    _check_member(path, info.filename, f, info.file_size)
+        return
+    name, f, size = members[0]
+    with f:
+        _check_member(path, name, f, size)
+
+
+def _check_member(path, name, f, size):
+    try:
+        declared, shape = _declared_bytes(f)
+    except (ValueError, EOFError) as error:
+        raise ValueError(f"Received an invalid value for `dataset`: {name!r} in {path!r} is not "
+                         f"a NumPy array ({error}).") from None
+    if declared > size:
+        raise ValueError(f"Received an invalid value for `dataset`: {name!r} in {path!r} "
+                         f"declares an array of shape {tuple(shape)} ({declared:,} bytes) but "
+                         f"holds {size:,} bytes (truncated or crafted).")
 
 
 def _read(path, name, load):
