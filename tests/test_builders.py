@@ -187,3 +187,11 @@ def test_build_vae_passes_the_beta_tcvae_options_to_the_model():
             model.dataset_size) == ("beta_tcvae", 0.5, 6.0, 2.0, 1000)
     assert [m.name for m in model.metrics] == ["loss", "elbo", "reconstruction", "kl", "mi", "tc",
                                                "dwkl"]
+
+
+@pytest.mark.parametrize("kwargs", [{"latent_dim": 4_000_000_000},
+                                    {"latent_dim": 2, "hidden_units": (3_000_000_000,)}])
+def test_widths_that_would_not_fit_in_memory_are_refused_before_allocation(kwargs):
+    # 0.2.0 failed deep in TensorFlow with ResourceExhaustedError (issue 20 finding 12).
+    with raises("`hidden_units` / `latent_dim`", "weights", "GiB"):
+        tfvae.build_vae((8, 8, 1), **kwargs)

@@ -1,5 +1,7 @@
 """`build_vae`: common VAEs from a data shape, a latent size and a likelihood name."""
 
+import numpy as np
+
 from tfvae import _checks
 from tfvae import flows
 from tfvae import heads
@@ -60,6 +62,24 @@ def part_classes(posterior, prior):
     if posterior_class is hierarchy.HierarchicalPosterior:
         return posterior_class, hierarchy.HierarchicalPrior
     return posterior_class, PRIORS[prior]
+
+
+# The most weights build_vae makes for the MLPs (float32: 4 GiB), checked before any
+# allocation, so a mistyped width is one line instead of a ResourceExhaustedError.
+MAX_PARAMETERS = 2**30
+
+
+def _check_size(input_shape, latent_dim, hidden_units, posterior_size, likelihood_size):
+    """Refuses MLPs with more than `MAX_PARAMETERS` weights, naming the widths."""
+    inputs = int(np.prod(input_shape))
+    encoder = (inputs,) + hidden_units + (posterior_size,)
+    decoder = (latent_dim,) + tuple(reversed(hidden_units)) + (likelihood_size,)
+    count = sum(a * b + b for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"Received an invalid value for `hidden_units` / `latent_dim`: the MLPs would have "
+            f"{count:,} weights ({count * 4 / 2**30:,.0f} GiB), more than {MAX_PARAMETERS:,}. "
+            f"Received: hidden_units={hidden_units}, latent_dim={latent_dim}")
 
 
 def build_vae(
@@ -145,6 +165,8 @@ def build_vae(
 
     if architecture == "mlp":
         hidden_units = _checks.int_tuple("hidden_units", hidden_units)
+        _check_size(input_shape, latent_dim, hidden_units, posterior_head.params_size,
+                    likelihood_head.params_size)
         encoder = networks.MLP(posterior_head.params_size, hidden_units,
                                seed=part_seed(_ENCODER), name="encoder")
         decoder = networks.MLP(likelihood_head.params_size, tuple(reversed(hidden_units)),

@@ -21,6 +21,9 @@ from tfvae import files
 
 logger = logging.getLogger("tfvae")
 
+# The most float32 data `tfvae sample` decodes in one go: into a .npy, and into a .png grid.
+MAX_SAMPLE_BYTES = 2 * 2**30
+MAX_GRID_BYTES = 64 * 2**20
 # `tfvae train` options that `--resume` honours; it takes every other setting from run.json.
 _RESUME_OPTIONS = ("epochs", "quiet", "verbose", "output", "resume")
 # `tfvae train` options whose flag is not `--` + the field name with dashes.
@@ -425,6 +428,14 @@ def _sample(args, argv):
         raise ValueError("Received an invalid value for `--label`, expected a class index >= 0. "
                          f"Received: --label={args.label}")
     _, model = runs.load_run(args.run)
+    size = args.num * int(np.prod(model.event_shape)) * 4
+    limit = MAX_SAMPLE_BYTES if output.endswith(".npy") else MAX_GRID_BYTES
+    if size > limit:
+        raise ValueError(
+            f"Received an invalid value for `--num`: {args.num:,} samples of shape "
+            f"{tuple(model.event_shape)} take {size / 2**30:,.1f} GiB; a "
+            f"{'.npy' if output.endswith('.npy') else '.png grid'} takes at most "
+            f"{limit / 2**30:g} GiB. Received: --num={args.num}")
     labels = None
     if model.condition_dim is not None:
         if args.label is not None and args.label >= model.condition_dim:
