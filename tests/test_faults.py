@@ -534,3 +534,20 @@ def test_a_live_training_process_keeps_out_a_second_writer_and_readers(tmp_path,
     # Killed, its lock is stale: the run resumes (here with a small budget).
     assert runs.train(None, run, resume=True, verbose=0, epochs=2) is not None
     _assert_run_is_whole(run)
+
+
+def test_the_next_write_of_a_file_removes_what_a_killed_writer_left(tmp_path):
+    # 0.2.0 left `.X.tmp` files of killed encode / score / evaluate / sample runs behind
+    # for good (issue 20 finding 15); they now carry the writer's PID.
+    path = tmp_path / "scores.csv"
+    dead, live = _dead_pid(), os.getpid()
+    for pid in (dead, live):
+        (tmp_path / f".scores.csv.{pid}-0123abcd.tmp").write_text("half")
+    (tmp_path / ".other.csv.1-0123abcd.tmp").write_text("another file's")
+    files.write_text(str(path), "whole\n")
+    assert path.read_text() == "whole\n"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([".other.csv.1-0123abcd.tmp", f".scores.csv.{live}-0123abcd.tmp",
+                           "scores.csv"])
+    assert files.is_leftover(f".scores.csv.{dead}-0123abcd.tmp")
+    assert files.is_leftover(".scores.csv.0123abcd.tmp")  # 0.2.0's names still count

@@ -51,10 +51,16 @@ def commit(temporary, path):
 
 
 def _temporary_name(path, suffix=""):
-    """Creates an empty, new file beside `path` (permissions from the umask, as `open`)."""
+    """Creates an empty, new file beside `path` (permissions from the umask, as `open`).
+
+    Its name, `.NAME.PID-XXXXXXXX.tmp`, carries the writer's PID, so the next write
+    of `path` can delete what a killed writer left (`remove_stale_temporaries`).
+    """
     directory, name = os.path.split(path)
+    remove_stale_temporaries(path)
     while True:
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp{suffix}")
+        temporary = os.path.join(directory,
+                                 f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
         try:
             os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
@@ -62,7 +68,27 @@ def _temporary_name(path, suffix=""):
         return temporary
 
 
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temporaries(path):
+    """Deletes the temporary files of `path` that a writer killed on this host left beside it
+    (those whose PID is no longer alive); returns their names."""
+    directory, name = os.path.split(path)
+    removed = []
+    try:
+        entries = os.listdir(directory or ".")
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _TEMPORARY.match(entry)
+        if (found and found.group("name") == name and found.group("pid")
+                and not _process_alive(int(found.group("pid")))):
+            _remove_quietly(os.path.join(directory, entry))
+            removed.append(entry)
+    if removed:
+        logger.info("removed %d temporary files of %s left by killed writers", len(removed), path)
+    return removed
 
 
 def is_leftover(name):
@@ -255,10 +281,10 @@ def _age(path):
 _HELD_LOCKS = set()
 
 
-def _process_alive(pid, path):
-    """Whether the process `pid` that wrote the lock `path` still runs on this host."""
+def _process_alive(pid):
+    """Whether a process `pid` runs on this host (this process included)."""
     if pid == os.getpid():
-        return os.path.abspath(path) in _HELD_LOCKS
+        return True
     if pid <= 0:
         return False
     try:
@@ -272,6 +298,14 @@ def _process_alive(pid, path):
     except OSError as error:
         return error.errno != errno.ESRCH
     return True
+
+
+def _lock_owner_alive(pid, path):
+    """Whether the process `pid` that wrote the lock file `path` still holds it: this
+    process only if it holds that lock, another only if it is alive."""
+    if pid == os.getpid():
+        return os.path.abspath(path) in _HELD_LOCKS
+    return _process_alive(pid)
 
 
 def _started_after(pid, moment):
@@ -324,7 +358,8 @@ class RunLock:
             logger.warning("ignoring the unreadable lock file %s", path)
             return None
         if host == socket.gethostname() and (
-                not _process_alive(pid, path) or _started_after(pid, time.time() - _age(path))):
+                not _lock_owner_alive(pid, path)
+                or _started_after(pid, time.time() - _age(path))):
             return None
         return {"pid": pid, "host": host}
 
