@@ -5,10 +5,12 @@ import http.server
 import json
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import tomllib
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import tensorflow as tf
 import tfvae
 from tfvae import cli
 
+import dockerfile_build
 from helpers import data_for, tiny_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -367,6 +370,8 @@ def test_dockerfile_references_exist_and_images_are_pinned():
     text = (ROOT / "Dockerfile").read_text()
     images = re.findall(r"^ARG \w+_IMAGE=(\S+)", text, flags=re.M)
     assert images and all(re.search(r":\d+\.\d+", image) for image in images), images
+    for image in images:  # a digest, where one is pinned, is a whole sha256 beside its tag
+        assert "@" not in image or re.search(r":\d+\.\d+\S*@sha256:[0-9a-f]{64}$", image), image
     assert "tensorflow/serving" in text
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.M):
         for path in source.split():
@@ -380,3 +385,57 @@ def test_dockerfile_references_exist_and_images_are_pinned():
     assert "--format saved_model" in text and "--model-name tfvae" in text
     config = (ROOT / "export" / "models.config").read_text()
     assert 'name: "tfvae"' in config and 'base_path: "/models/tfvae"' in config
+
+
+def test_the_dockerfile_copies_everything_pip_install_needs():
+    """The install step's COPY lines (filtered by .dockerignore) hold the metadata, the readme,
+    every package and every top-level module pyproject.toml names (tfvae_main.py, the console
+    script's entry point, which 0.2.0's Dockerfile left out)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copies = dockerfile_build.install_copies(ROOT)
+    copied = set()
+    for sources, _ in copies:
+        for source in sources:
+            copied.update(p.relative_to(ROOT).as_posix()
+                          for p in dockerfile_build.context_files(ROOT, source))
+    needed = {"pyproject.toml", "setup.py", project["project"]["readme"], "tfvae/__init__.py"}
+    needed |= {f"{module}.py" for module in project["tool"]["setuptools"]["py-modules"]}
+    entry = project["project"]["scripts"]["tfvae"].split(":")[0]
+    needed.add(f"{entry}.py")
+    assert needed <= copied, f"the Dockerfile does not copy {sorted(needed - copied)}"
+    assert not any("__pycache__" in path for path in copied)
+
+
+@pytest.mark.slow
+def test_a_wheel_of_the_dockerfile_s_files_installs_a_tfvae_command_that_trains_and_exports(
+        tmp_path):
+    """What `docker build` does up to the export, without Docker: a wheel from exactly the files
+    the Dockerfile copies before `pip install .`, installed into a fresh venv, whose own
+    `tfvae` command then trains one epoch on the digits and exports a SavedModel."""
+    dockerfile_build.copy_install_sources(ROOT, tmp_path / "src")
+    wheel = dockerfile_build.build_wheel(tmp_path / "src", tmp_path / "dist")
+    bin_dir = dockerfile_build.install_wheel(wheel, tmp_path / "venv")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*command):
+        result = subprocess.run([str(c) for c in command], cwd=work, capture_output=True,
+                                text=True, timeout=900, env=dockerfile_build.clean_env())
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
+        return result.stdout
+
+    # The wheel's modules answer, not a checkout's (or an editable install's).
+    where = run(bin_dir / "python", "-c",
+                "import tfvae, tfvae_main; print(tfvae.__file__); print(tfvae_main.__file__)")
+    assert all(pathlib.Path(line).is_relative_to(tmp_path / "venv") for line in where.split()), where
+    assert "train" in run(bin_dir / "tfvae", "--help")
+    run(bin_dir / "tfvae", "train", "--output", "run", "--epochs", "1", "--latent-dim", "2",
+        "--hidden-units", "8", "--eval-samples", "2", "--batch-size", "256", "--quiet")
+    run(bin_dir / "tfvae", "export", "run", "--format", "saved_model", "--output", "models",
+        "--model-name", "tfvae", "--version", "1")
+    # The export serves the trained model: its reconstruction is the Keras model's.
+    _, model = tfvae.runs.load_run(str(work / "run"))
+    x = tfvae.data.load_digits()[1][0][:4]
+    loaded = tf.saved_model.load(str(work / "models" / "tfvae" / "1"))
+    served = loaded.signatures["serving_default"](x=tf.constant(x))["reconstruction"]
+    np.testing.assert_allclose(served, model.reconstruct(x), rtol=1e-5, atol=1e-5)
