@@ -439,3 +439,221 @@ def test_a_wheel_of_the_dockerfile_s_files_installs_a_tfvae_command_that_trains_
     loaded = tf.saved_model.load(str(work / "models" / "tfvae" / "1"))
     served = loaded.signatures["serving_default"](x=tf.constant(x))["reconstruction"]
     np.testing.assert_allclose(served, model.reconstruct(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# One behaviour across tools: the ONNX runner and the TF Serving client read the same
+# flags the same way. The fast tests run the runner on small hand-made graphs with the
+# exported graphs' inputs and outputs (each input's batch dimension named separately,
+# as tf2onnx names them), so they need neither TensorFlow nor an export.
+
+_W = np.arange(8, dtype="float32").reshape(2, 4) / 8  # z [B, 2] -> [B, 4]
+_WY = np.arange(12, dtype="float32").reshape(3, 4) + 1  # y [B, 3] -> [B, 4]
+
+
+def _stub_export(directory, conditional=False):
+    """A directory `onnx_runner.OnnxVAE` reads: encode/decode/reconstruct/sample over x [B, 4],
+    latents [B, 2] (and y [B, 3]): mean = z W (+ y W_y), reconstruction = x + eps W (+ y W_y),
+    samples = eps W (+ y W_y); encode's mean is x's first two columns (+ y W_y[:, :2]), its
+    scale ones."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    directory.mkdir()
+    count = iter(range(1000))
+
+    def value(name, width):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"unk__{next(count)}", width])
+
+    def with_y(nodes, out, inputs):
+        if not conditional:
+            return nodes + [helper.make_node("Identity", [out + "_0"], [out])], inputs
+        weights = "WY2" if out == "mean" and "x" in [i.name for i in inputs] else "WY"
+        return (nodes + [helper.make_node("MatMul", ["y", weights], ["yw"]),
+                         helper.make_node("Add", [out + "_0", "yw"], [out])],
+                inputs + [value("y", 3)])
+
+    graphs = {
+        "encode": ([helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["mean_0"]),
+                    helper.make_node("Mul", ["mean_0", "zero"], ["scale_z"]),
+                    helper.make_node("Add", ["scale_z", "one"], ["scale"])],
+                   [value("x", 4)], [value("mean", 2), value("scale", 2)], "mean"),
+        "decode": ([helper.make_node("MatMul", ["z", "W"], ["mean_0"])],
+                   [value("z", 2)], [value("mean", 4)], "mean"),
+        "reconstruct": ([helper.make_node("MatMul", ["eps", "W"], ["ew"]),
+                         helper.make_node("Add", ["x", "ew"], ["reconstruction_0"])],
+                        [value("x", 4), value("eps", 2)], [value("reconstruction", 4)],
+                        "reconstruction"),
+        "sample": ([helper.make_node("MatMul", ["eps", "W"], ["samples_0"])],
+                   [value("eps", 2)], [value("samples", 4)], "samples"),
+    }
+    constants = [numpy_helper.from_array(_W, "W"), numpy_helper.from_array(_WY, "WY"),
+                 numpy_helper.from_array(_WY[:, :2], "WY2"),
+                 numpy_helper.from_array(np.array([0], "int64"), "starts"),
+                 numpy_helper.from_array(np.array([2], "int64"), "ends"),
+                 numpy_helper.from_array(np.array([1], "int64"), "axes"),
+                 numpy_helper.from_array(np.array(0, "float32"), "zero"),
+                 numpy_helper.from_array(np.array(1, "float32"), "one")]
+    for name, (nodes, inputs, outputs, main_output) in graphs.items():
+        nodes, inputs = with_y(nodes, main_output, inputs)
+        graph = helper.make_graph(nodes, name, inputs, outputs, constants)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, directory / f"{name}.onnx")
+    metadata = {"graphs": {name: f"{name}.onnx" for name in graphs},
+                "condition_dim": 3 if conditional else None, "skipped": {}}
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    return str(directory)
+
+
+def _client():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tfserving_client",
+                                                  ROOT / "export" / "tfserving_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tools():
+    return _runner(), _client()
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory, tools):
+    root = tmp_path_factory.mktemp("stubs")
+    x = np.random.default_rng(0).uniform(size=(7, 4)).astype("float32")
+    np.save(root / "x7.npy", x)
+    np.save(root / "x0.npy", x[:0])
+    for rows in (0, 1, 3, 7):
+        np.save(root / f"eps{rows}.npy", np.full((rows, 2), 0.5, "float32"))
+    labels = np.array([0, 2, 1, 1, 0, 2, 2])
+    np.save(root / "y7.npy", labels)
+    np.save(root / "y3.npy", labels[:3])
+    return {"root": root, "x": x, "labels": labels,
+            "plain": _stub_export(root / "plain"), "cond": _stub_export(root / "cond", True)}
+
+
+_LABELS = np.array([2, 0, 1])
+_ONE_HOT = np.eye(3, dtype="float32")[_LABELS]
+
+
+@pytest.mark.parametrize("y", [
+    _LABELS, _LABELS.astype("int32"), _LABELS.astype("uint8"),  # class labels [B]
+    _ONE_HOT, _ONE_HOT.astype("float64"),                      # one-hot rows [B, C] ...
+    _ONE_HOT.astype("int64"), _ONE_HOT.astype("int32"), _ONE_HOT.astype(bool),  # ... of any type
+], ids=["labels", "labels_int32", "labels_uint8", "rows", "rows_float64", "rows_int64",
+        "rows_int32", "rows_bool"])
+def test_both_tools_take_labels_and_one_hot_rows_of_any_numeric_type(tools, y):
+    for tool in tools:
+        rows = tool.condition_rows(y, 3)
+        assert rows.dtype == np.float32
+        np.testing.assert_array_equal(rows, _ONE_HOT)
+
+
+@pytest.mark.parametrize("y, fragments", [
+    (np.array([0.0, 2.0, 1.0]), ("integer class labels", "float64", "cast them to integers")),
+    (np.array([0, 3, 1]), ("integers in [0, 3)", "[0, 3]")),
+    (np.array([-1, 0, 1]), ("integers in [0, 3)",)),
+    (np.eye(4, dtype="int64")[:3], ("width 3", "(3, 4)")),
+    (np.zeros((3, 3, 1)), ("one-hot rows (batch, 3)", "(3, 3, 1)")),
+    (np.array(["a", "b", "c"]), ("integer class labels", "<U1")),
+], ids=["float_labels", "label_too_big", "negative_label", "wide_rows", "3d", "strings"])
+def test_both_tools_refuse_the_same_y_forms_in_one_line(tools, y, fragments):
+    for tool, error in zip(tools, ("RunnerError", "ClientError")):
+        with pytest.raises(getattr(tool, error)) as info:
+            tool.condition_rows(y, 3)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("--y"), message
+        for fragment in fragments:
+            assert fragment in message, message
+
+
+def test_onnx_runner_refuses_inputs_whose_rows_differ_before_running_a_graph(tools, stubs, capsys):
+    runner, _ = tools
+    root, plain, cond = stubs["root"], stubs["plain"], stubs["cond"]
+    for eps in ("eps3.npy", "eps1.npy"):  # 1 row would broadcast silently in onnxruntime
+        assert runner.main([plain, "reconstruct", "--x", str(root / "x7.npy"),
+                            "--eps", str(root / eps)]) == 2
+        _one_line_error(capsys, "--x has 7 rows but --eps has", eps[3])
+    assert runner.main([cond, "reconstruct", "--x", str(root / "x7.npy"),
+                        "--y", str(root / "y3.npy")]) == 2
+    _one_line_error(capsys, "--x has 7 rows but --y has 3")
+    assert runner.main([cond, "sample", "-n", "5", "--y", str(root / "y7.npy")]) == 2
+    _one_line_error(capsys, "-n 5 differs from the 7 rows of --y")
+    # The API: a ValueError naming both arguments and their row counts.
+    vae = runner.OnnxVAE(plain)
+    with pytest.raises(ValueError, match=r"^`x` has 7 rows but `eps` has 1: "):
+        vae.reconstruct(stubs["x"], eps=np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"^`x` has 7 rows but `eps` has 3: "):
+        vae.run("reconstruct", x=stubs["x"], eps=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"--y has 3 rows for a batch of 7|`x` has 7 rows but `y` has 3"):
+        runner.OnnxVAE(cond).encode(stubs["x"], y=stubs["labels"][:3])
+    with pytest.raises(ValueError, match=r"`encode` takes inputs \['x'\]; got \['eps'\]"):
+        vae.run("encode", x=stubs["x"], eps=np.zeros((7, 2)))
+
+
+def test_onnx_runner_answers_an_empty_batch_with_empty_outputs(tools, stubs, capsys):
+    runner, _ = tools
+    root, plain, cond = stubs["root"], stubs["plain"], stubs["cond"]
+    vae = runner.OnnxVAE(cond)
+    empty_y = np.zeros(0, "int64")
+    encoded = vae.encode(np.zeros((0, 4)), y=empty_y)
+    assert {k: v.shape for k, v in encoded.items()} == {"mean": (0, 2), "scale": (0, 2)}
+    assert vae.decode(np.zeros((0, 2)), y=empty_y)["mean"].shape == (0, 4)
+    assert vae.reconstruct(np.zeros((0, 4)), y=empty_y).shape == (0, 4)
+    assert vae.sample(0, y=empty_y).shape == (0, 4)
+    assert runner.main([plain, "reconstruct", "--x", str(root / "x0.npy"),
+                        "--save", str(root / "r0.npy")]) == 0
+    assert np.load(root / "r0.npy").shape == (0, 4)
+    assert runner.main([plain, "sample", "-n", "0", "--save", str(root / "s0.npy")]) == 0
+    assert np.load(root / "s0.npy").shape == (0, 4)
+    capsys.readouterr()
+    assert runner.main([plain, "sample", "-n", "-2"]) == 2
+    _one_line_error(capsys, "-n must be >= 0; got -2")
+
+
+@pytest.mark.parametrize("graph, flags", [
+    ("reconstruct", ["--x", "x7.npy"]),                              # eps: zeros
+    ("reconstruct", ["--x", "x7.npy", "--eps", "random", "--seed", "3"]),
+    ("reconstruct", ["--x", "x7.npy", "--eps", "eps7.npy", "--y", "y7.npy"]),
+    ("sample", []),                                                  # 16 rows of N(0, I), seed 0
+    ("sample", ["--seed", "5", "-n", "3"]),
+    ("sample", ["--eps", "zeros", "--y", "y3.npy"]),
+    ("decode", ["--y", "y7.npy"]),                                   # z: zeros
+    ("decode", ["--z", "random", "--batch", "2"]),
+    ("encode", ["--x", "x7.npy", "--y", "y7.npy"]),
+])
+def test_the_runner_and_the_client_send_a_graph_the_same_inputs_for_the_same_flags(
+        tools, stubs, monkeypatch, graph, flags):
+    runner, client = tools
+    monkeypatch.chdir(stubs["root"])
+    conditional = "--y" in flags
+    directory = stubs["cond" if conditional else "plain"]
+    fed = {}
+
+    def run(self, name, y=None, **inputs):
+        fed.update(inputs)
+        if y is not None:
+            fed["y"] = self.condition(y)
+        return {}
+
+    monkeypatch.setattr(runner.OnnxVAE, "run", run)
+    assert runner.main([directory, graph, *flags]) == 0
+    vae = runner.OnnxVAE(directory)
+    spec = {"inputs": vae.inputs(graph), "outputs": [], "output_shapes": {}}
+    args = client.build_parser().parse_args(["--signature", graph, *flags])
+    sent = client.build_inputs(args, spec)
+    assert sorted(sent) == sorted(fed) == sorted(spec["inputs"])
+    for name in sent:
+        np.testing.assert_array_equal(sent[name], fed[name], err_msg=name)
+    # The defaults: zeros, except sample's eps, N(0, I) from --seed (default 0) for 16 rows.
+    if graph == "sample" and "--eps" not in flags:
+        seed = int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
+        rows = 3 if "-n" in flags else 16
+        np.testing.assert_array_equal(
+            sent["eps"], np.random.default_rng(seed).standard_normal((rows, 2)).astype("float32"))
+    elif graph in ("reconstruct", "decode") and not {"--eps", "--z"} & set(flags):
+        assert not np.any(sent["eps" if graph == "reconstruct" else "z"])
