@@ -657,3 +657,69 @@ def test_the_runner_and_the_client_send_a_graph_the_same_inputs_for_the_same_fla
             sent["eps"], np.random.default_rng(seed).standard_normal((rows, 2)).astype("float32"))
     elif graph in ("reconstruct", "decode") and not {"--eps", "--z"} & set(flags):
         assert not np.any(sent["eps" if graph == "reconstruct" else "z"])
+
+
+@pytest.mark.slow
+def test_both_tools_answer_a_conditional_conv_model_alike_and_as_keras_does(tmp_path, serving,
+                                                                            capsys):
+    """The same flags give the same answers from TF Serving (the stand-in) and ONNX Runtime —
+    the Keras model's — with the default noise and integer one-hot rows; an empty batch gives
+    empty outputs in both (a conv graph cannot run one); mismatched rows are one line."""
+    import tfserving_client
+
+    runner = _runner()
+    models, base = serving
+    model = tiny_model(architecture="conv", condition_dim=3)
+    _serve(models, "cond", model, tmp_path / "serving")
+    onnx_dir = str(tmp_path / "onnx")
+    tfvae.export.export_onnx(model, onnx_dir)
+    x, labels = data_for("bernoulli", n=5), np.array([0, 2, 1, 1, 0])
+    files = {"x": x, "y": np.eye(3, dtype="int64")[labels], "eps3": np.zeros((3, 3), "float32"),
+             "x0": x[:0], "y0": np.zeros(0, "int64")}
+    for name, value in files.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    url = f"{base}/cond"
+
+    def both(graph, *flags):
+        """Runs `graph` with `flags` in both tools; returns (client's, runner's) outputs."""
+        flags = [str(tmp_path / f) if f.endswith(".npy") else f for f in flags]
+        assert tfserving_client.main(["--url", url, "--signature", graph, *flags,
+                                      "--save", str(tmp_path / "c.npz")]) == 0
+        assert runner.main([onnx_dir, graph, *flags, "--save", str(tmp_path / "r.npz")]) == 0
+        return dict(np.load(tmp_path / "c.npz")), dict(np.load(tmp_path / "r.npz"))
+
+    served, run = both("reconstruct", "--x", "x.npy", "--y", "y.npy")  # eps: zeros
+    expected = model.reconstruct(x, y=labels)
+    np.testing.assert_allclose(served["reconstruction"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run["reconstruction"], expected, rtol=1e-5, atol=2e-5)
+    served, run = both("sample", "--y", "y.npy", "--seed", "4")  # eps: N(0, I) from --seed
+    eps = np.random.default_rng(4).standard_normal((5, 3)).astype("float32")
+    expected = model.likelihood.mean(model.decode(eps, y=labels))
+    np.testing.assert_allclose(served["samples"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run["samples"], expected, rtol=1e-5, atol=2e-5)
+    served, run = both("decode", "--y", "y.npy")  # z: zeros
+    expected = model.likelihood.mean(model.decode(np.zeros((5, 3), "float32"), y=labels))
+    np.testing.assert_allclose(served["mean"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run["mean"], expected, rtol=1e-5, atol=2e-5)
+
+    sent = len(_FakeServing.requests)
+    for graph, flags in {"encode": ["--x", "x0.npy"], "reconstruct": ["--x", "x0.npy"],
+                         "decode": [], "sample": []}.items():
+        served, run = both(graph, *flags, "--y", "y0.npy")
+        full = runner.OnnxVAE(onnx_dir).run(
+            graph, y=labels[:1], **{"encode": {"x": x[:1]}, "reconstruct": {"x": x[:1], "eps": eps[:1]},
+                                    "decode": {"z": eps[:1]}, "sample": {"eps": eps[:1]}}[graph])
+        shapes = {name: (0, *value.shape[1:]) for name, value in full.items()}
+        assert {k: v.shape for k, v in served.items()} == shapes, graph
+        assert {k: v.shape for k, v in run.items()} == shapes, graph
+    assert len(_FakeServing.requests) == sent  # answered from the metadata, no request
+
+    capsys.readouterr()
+    assert tfserving_client.main(["--url", url, "--signature", "reconstruct", "--x",
+                                  str(tmp_path / "x.npy"), "--eps", str(tmp_path / "eps3.npy"),
+                                  "--y", str(tmp_path / "y.npy")]) == 2
+    _one_line_error(capsys, "--x has 5 rows but --eps has 3")
+    assert runner.main([onnx_dir, "reconstruct", "--x", str(tmp_path / "x.npy"),
+                        "--eps", str(tmp_path / "eps3.npy"), "--y", str(tmp_path / "y.npy")]) == 2
+    _one_line_error(capsys, "--x has 5 rows but --eps has 3")
+    assert len(_FakeServing.requests) == sent
