@@ -5,12 +5,13 @@ import http.server
 import json
 import pathlib
 import re
-import shutil
+import shlex
 import socket
 import subprocess
 import sys
 import threading
 import tomllib
+import urllib.request
 
 import numpy as np
 import pytest
@@ -723,3 +724,105 @@ def test_both_tools_answer_a_conditional_conv_model_alike_and_as_keras_does(tmp_
                         "--eps", str(tmp_path / "eps3.npy"), "--y", str(tmp_path / "y.npy")]) == 2
     _one_line_error(capsys, "--x has 5 rows but --eps has 3")
     assert len(_FakeServing.requests) == sent
+
+
+# `tfvae train` flags appended to the README's training commands: a tiny run.
+_TINY_TRAIN = ["--epochs", "1", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "2",
+               "--batch-size", "256", "--quiet"]
+
+
+def _deployment_commands():
+    """`(line, words)` of every command in export/README.md's sections 1 to 2b, in order."""
+    text = (ROOT / "export" / "README.md").read_text()
+    section = text[text.index("## 1. Train"):text.index("## Limits")]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append((line.strip(), words))
+    return commands
+
+
+@pytest.mark.slow
+def test_the_deployment_readme_runs_as_written(tmp_path, monkeypatch, serving):
+    """Every command of export/README.md's sections 1-2b, in order, in a folder holding the
+    repository's `export/`: `tfvae` commands through the CLI (training at tiny scale:
+    `_TINY_TRAIN` appended), `python` commands in a subprocess, `docker run ...
+    tensorflow/serving` replaced by the stand-in TF Serving serving what the README exported
+    (the client's commands get its `--url`, `curl` its address); `docker build` is not run.
+    The ONNX runner's outputs are then compared with the Keras models."""
+    models, base = serving
+    (tmp_path / "export").symlink_to(ROOT / "export")
+    monkeypatch.chdir(tmp_path)
+    skipped, printed = [], {}
+    for line, words in _deployment_commands():
+        program = words[0]
+        if program == "tfvae":
+            args = words[1:] + (_TINY_TRAIN if words[1] == "train" else [])
+            assert cli.main(args) == 0, line
+        elif program == "docker" and "run" in words and "tensorflow/serving:" in line:
+            base_path = tmp_path / "models" / "tfvae"  # what the README mounts as /models/tfvae
+            latest = max(base_path.iterdir(), key=lambda version: int(version.name))
+            models["tfvae"] = tf.saved_model.load(str(latest))
+        elif program == "docker":
+            skipped.append(line)
+        elif program == "python":
+            if words[1].endswith("tfserving_client.py"):
+                words = words + ["--url", f"{base}/tfvae"]
+            result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=600)
+            assert result.returncode == 0, (line, result.stdout[-2000:], result.stderr[-3000:])
+            printed[line] = result.stdout
+        elif program == "curl":
+            url = words[1].replace("http://localhost:8501/v1/models", base)
+            with urllib.request.urlopen(url, timeout=60) as answer:
+                metadata = json.loads(answer.read())
+            signatures = metadata["metadata"]["signature_def"]["signature_def"]
+            assert {"encode", "reconstruct", "sample", "serving_default"} <= set(signatures)
+        else:
+            raise AssertionError(f"export/README.md runs `{program}`, which this test cannot: {line}")
+    assert skipped == ["docker build -t tfvae-serving . && docker run -p 8500:8500 -p 8501:8501 "
+                       "tfvae-serving"], skipped
+
+    x = np.load(tmp_path / "x.npy")
+    client_lines = {line: out for line, out in printed.items() if "tfserving_client.py" in line}
+    assert len(client_lines) == 3
+    for line, out in client_lines.items():
+        assert "shape (4," in out, (line, out)
+    _, model = tfvae.runs.load_run(str(tmp_path / "runs" / "digits"))
+    np.testing.assert_allclose(np.load(tmp_path / "recon.npy"), model.reconstruct(x),
+                               rtol=1e-5, atol=2e-5)
+    eps = np.random.default_rng(0).standard_normal((16, model.latent_dim)).astype("float32")
+    np.testing.assert_allclose(np.load(tmp_path / "samples.npy"), model.decode(eps).mean(),
+                               rtol=1e-5, atol=2e-5)
+    _, conditional = tfvae.runs.load_run(str(tmp_path / "runs" / "digits_cond"))
+    labels = np.load(tmp_path / "labels.npy")
+    eps = np.random.default_rng(0).standard_normal((10, conditional.latent_dim)).astype("float32")
+    np.testing.assert_allclose(np.load(tmp_path / "samples_cond.npy"),
+                               conditional.decode(eps, y=labels).mean(), rtol=1e-5, atol=2e-5)
+    x_labels = np.load(tmp_path / "x_labels.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "recon_cond.npy"),
+                               conditional.reconstruct(x, y=x_labels), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_the_readme_names_every_output_of_each_posterior_s_encode_graph():
+    """export/README.md's `encode` row names what the graph returns (a planar flow's `u`, `w`,
+    `b`, not the IAF's `context`), with the widths it states."""
+    text = (ROOT / "export" / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `encode` |"))
+    x = data_for("bernoulli", n=2)
+    widths = {}
+    for posterior in ("diagonal", "iaf", "planar"):
+        model = tiny_model(posterior=posterior)
+        encode, _ = tfvae.export.graph_functions(model)["encode"]
+        outputs = encode(tf.constant(x))
+        for name, value in outputs.items():
+            assert f"`{name}" in row, (posterior, name, row)
+            widths[posterior, name] = value.shape[-1]
+    d, steps = 3, 4  # tiny_model's latent_dim; the planar flow's default steps
+    assert widths["planar", "u"] == widths["planar", "w"] == steps * d and widths["planar", "b"] == steps
+    assert widths["iaf", "context"] == 16
+    for stated in ("`u [B, T·d]`", "`w [B, T·d]`", "`b [B, T]`", "`context [B, c]`"):
+        assert stated in row
