@@ -405,6 +405,13 @@ def test_the_dockerfile_copies_everything_pip_install_needs():
     needed.add(f"{entry}.py")
     assert needed <= copied, f"the Dockerfile does not copy {sorted(needed - copied)}"
     assert not any("__pycache__" in path for path in copied)
+    # The context keeps runs trained outside Docker (`--build-arg RUN_DIR=runs/digits`) and
+    # drops caches and the hidden leftovers of killed exports.
+    patterns = dockerfile_build.dockerignore_patterns(ROOT)
+    assert not dockerfile_build.ignored("runs/digits/model.keras", patterns)
+    for junk in ("tfvae/__pycache__/cli.cpython-311.pyc", ".git/HEAD", ".venv/bin/python",
+                 "models/tfvae/.1.tmp-ab12"):
+        assert dockerfile_build.ignored(junk, patterns), junk
 
 
 @pytest.mark.slow
