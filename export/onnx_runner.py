@@ -8,11 +8,16 @@
     python export/onnx_runner.py DIR sample --y labels.npy      # a conditional model
 
 DIR is what `tfvae export RUN --format onnx` wrote: `*.onnx` and `metadata.json`.
-Latent widths and inputs come from the graphs themselves; `--y` (integer labels,
-one-hot encoded here, or one-hot rows) is required for a conditional model and
-refused for an unconditional one. Rows the model refuses (NaN, data outside the
-likelihood's range, a `y` row that is not one-hot) come back as NaN rows.
-Expected failures end with one line on stderr and exit status 2.
+Latent widths and inputs come from the graphs themselves; `--y` (integer class
+labels `[B]`, one-hot encoded here, or one-hot rows `[B, C]` of any numeric type)
+is required for a conditional model and refused for an unconditional one. Noise
+(`--eps`, `--z`) is zeros unless given, so answers are deterministic; `sample`'s
+eps is N(0, I) drawn from `--seed`. These rules are the same as
+`tfserving_client.py`'s, so both tools answer the same request alike. Inputs
+that go together (`x`, `eps`, `z`, `y`) must have the same number of rows; an
+empty batch (B = 0) gives empty outputs. Rows the model refuses (NaN, data
+outside the likelihood's range, a `y` row that is not one-hot) come back as NaN
+rows. Expected failures end with one line on stderr and exit status 2.
 """
 
 import argparse
@@ -70,10 +75,11 @@ class OnnxVAE:
                 f"this export has no `{graph}` graph{why}. Graphs here: {sorted(self.sessions)}")
         return self.sessions[graph]
 
-    def condition(self, y, batch):
-        """`y` as float one-hot rows `[batch, condition_dim]` (`None` for an unconditional model).
+    def condition(self, y, batch=None):
+        """`y` as float rows `[batch, condition_dim]` (`None` for an unconditional model).
 
-        Integer labels `[batch]` are one-hot encoded; float rows are used as given.
+        Integer class labels `[batch]` are one-hot encoded; rows `[batch, condition_dim]`
+        (float, integer or bool one-hot rows) are used as given.
         """
         c = self.condition_dim
         if c is None:
@@ -84,38 +90,40 @@ class OnnxVAE:
             raise RunnerError(
                 f"this model is conditional (condition_dim={c}): pass --y, a .npy of integer "
                 f"labels in [0, {c}) or one-hot rows [batch, {c}]")
-        y = np.asarray(y)
-        if y.dtype.kind in "iu":
-            if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= c)):
-                raise RunnerError(
-                    f"--y labels must be a 1-D array of integers in [0, {c}); got shape "
-                    f"{y.shape} with values in [{y.min() if y.size else '-'}, "
-                    f"{y.max() if y.size else '-'}]")
-            y = np.eye(c, dtype=np.float32)[y]
-        elif y.dtype.kind != "f" or y.ndim != 2 or y.shape[1] != c:
-            raise RunnerError(
-                f"--y must be integer labels (batch,) or float rows (batch, {c}); got shape "
-                f"{y.shape} and dtype {y.dtype}")
-        if len(y) != batch:
+        y = condition_rows(y, c)
+        if batch is not None and len(y) != batch:
             raise RunnerError(f"--y has {len(y)} rows for a batch of {batch}")
-        return y.astype(np.float32)
+        return y
 
     def run(self, graph, y=None, **inputs):
-        """Runs one graph; returns {output name: array}. `y` as for `condition`."""
+        """Runs one graph; returns {output name: array}. `y` as for `condition`.
+
+        Raises `RunnerError` (a `ValueError`) in one line for inputs the graph does not
+        take, shapes it does not take and inputs whose row counts differ; an empty batch
+        gives empty outputs of the graph's output shapes without running it.
+        """
         session = self._session(graph)
-        feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
-        batch = len(next(iter(feeds.values())))
-        y = self.condition(y, batch)
+        expected = self.inputs(graph)
+        unknown = sorted(set(inputs) - set(expected))
+        if unknown:
+            raise RunnerError(f"`{graph}` takes inputs {sorted(expected)}; got {unknown}")
+        feeds = {name: _floats(value, name) for name, value in inputs.items()}
+        y = self.condition(y)
         if y is not None:
             feeds["y"] = y
-        expected = self.inputs(graph)
         for name, value in feeds.items():
             shape = expected[name]
             if value.ndim != len(shape) or any(s not in (-1, v) for s, v in zip(shape, value.shape)):
                 raise RunnerError(
                     f"`{graph}` takes {name} of shape {tuple(shape)} (-1: any); got "
                     f"{value.shape}")
-        names = [output.name for output in session.get_outputs()]
+        check_rows({f"`{name}`": value for name, value in feeds.items()})
+        outputs = session.get_outputs()
+        batch = len(next(iter(feeds.values())))
+        if batch == 0:
+            return {o.name: np.zeros((0, *_static(o.shape[1:], graph, o.name)), np.float32)
+                    for o in outputs}
+        names = [output.name for output in outputs]
         return dict(zip(names, session.run(names, feeds)))
 
     def encode(self, x, y=None):
@@ -125,57 +133,133 @@ class OnnxVAE:
         return self.run("decode", z=z, y=y)
 
     def reconstruct(self, x, eps=None, y=None):
+        """The reconstruction at z = g(eps; q(z|x)); `eps` defaults to zeros."""
         if eps is None:
-            eps = np.zeros((len(x), self.width("reconstruct", "eps")), np.float32)
+            eps = np.zeros((_rows(x, "x"), self.width("reconstruct", "eps")), np.float32)
         return self.run("reconstruct", x=x, eps=eps, y=y)["reconstruction"]
 
-    def sample(self, n, seed=0, y=None):
-        width = self.width("sample", "eps")
-        eps = np.random.default_rng(seed).standard_normal((n, width)).astype(np.float32)
+    def sample(self, n, seed=0, y=None, eps=None):
+        """`n` samples at eps ~ N(0, I) drawn from `seed` (or the given `eps [n, d]`)."""
+        if eps is None:
+            eps = noise("random", n, self.width("sample", "eps"), seed)
         return self.run("sample", eps=eps, y=y)["samples"]
 
 
-def _noise(text, batch, width, seed):
+def _rows(value, name):
+    value = np.asarray(value)
+    if value.ndim == 0:
+        raise RunnerError(f"{name} must have a batch dimension; got a scalar")
+    return len(value)
+
+
+def check_rows(arrays):
+    """Raises `RunnerError` unless every array of `{name: array}` has the same number of rows
+    (its first dimension), naming the first two that differ and their row counts."""
+    counts = [(name, _rows(value, name)) for name, value in arrays.items() if value is not None]
+    if not counts:
+        return None
+    for name, count in counts[1:]:
+        if count != counts[0][1]:
+            first, first_count = counts[0]
+            raise RunnerError(
+                f"{first} has {first_count} rows but {name} has {count}: inputs that go "
+                "together need one row per example each")
+    return counts[0][1]
+
+
+def condition_rows(y, width):
+    """`y` → float32 rows `[batch, width]`: integer class labels `[batch]` one-hot encoded,
+    rows `[batch, width]` (float, integer or bool) as given. The same rule as
+    tfserving_client.py's `condition_rows`."""
+    y = np.asarray(y)
+    if y.dtype.kind in "iu" and y.ndim == 1:
+        if y.size and (y.min() < 0 or y.max() >= width):
+            raise RunnerError(f"--y labels must be integers in [0, {width}); got values in "
+                              f"[{y.min()}, {y.max()}]")
+        return np.eye(width, dtype=np.float32)[y]
+    if y.dtype.kind in "iufb" and y.ndim == 2:
+        if y.shape[1] != width:
+            raise RunnerError(f"--y rows must be one-hot rows of width {width} (the model's "
+                              f"condition_dim); got shape {y.shape}")
+        return y.astype(np.float32)
+    hint = " (float labels: cast them to integers)" if y.dtype.kind == "f" and y.ndim == 1 else ""
+    raise RunnerError(f"--y must be integer class labels (batch,) or one-hot rows (batch, "
+                      f"{width}); got shape {y.shape} and dtype {y.dtype}{hint}")
+
+
+def _floats(value, name):
+    try:
+        value = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise RunnerError(f"{name} must be numbers: {error}".splitlines()[0]) from None
+    _rows(value, name)
+    return value
+
+
+def _static(dims, graph, name):
+    if not all(isinstance(d, int) for d in dims):
+        raise RunnerError(f"an empty batch: the `{graph}` graph does not state the shape of "
+                          f"its output {name} ({dims})")
+    return dims
+
+
+def noise(text, batch, width, seed):
+    """eps or z `[batch, width]`: `zeros` or `random` (N(0, I) drawn from `seed`)."""
+    if batch < 0:
+        raise RunnerError(f"the batch size must be >= 0; got {batch}")
     if text == "zeros":
         return np.zeros((batch, width), np.float32)
     if text == "random":
         return np.random.default_rng(seed).standard_normal((batch, width)).astype(np.float32)
-    return _load_npy(text, "--eps")
+    raise RunnerError(f"noise must be 'zeros', 'random' or a .npy file; got {text!r}")
 
 
 def _run(args):
     vae = OnnxVAE(args.directory)
-    y = None if args.y is None else _load_npy(args.y, "--y")
-    if args.graph in ("encode", "reconstruct") and not args.x:
+    wanted = vae.inputs(args.graph)  # (refuses a graph that was not exported, saying why)
+    if args.num is not None and args.num < 0:
+        raise RunnerError(f"-n must be >= 0; got {args.num}")
+    if "x" in wanted and not args.x:
         raise RunnerError(f"--x is required for {args.graph}")
-    if args.graph == "decode" and not args.z:
-        raise RunnerError("--z is required for decode")
-    if args.graph == "encode":
-        return vae.encode(_load_npy(args.x, "--x"), y)
-    if args.graph == "decode":
-        return vae.decode(_load_npy(args.z, "--z"), y)
-    if args.graph == "reconstruct":
-        x = _load_npy(args.x, "--x")
-        eps = _noise(args.eps, len(x), vae.width("reconstruct", "eps"), args.seed)
-        return {"reconstruction": vae.reconstruct(x, eps, y)}
-    num = args.num if args.num is not None else (len(y) if y is not None else 16)
-    if y is not None and args.num is not None and args.num != len(y):
-        raise RunnerError(f"-n {args.num} differs from the {len(y)} rows of --y")
-    return {"samples": vae.sample(num, args.seed, y)}
+    given = {"x": _load_npy(args.x, "--x")} if "x" in wanted else {}
+    for name in ("eps", "z"):
+        text = getattr(args, name)
+        if name in wanted and text not in (None, "zeros", "random"):
+            given[name] = _load_npy(text, f"--{name}")
+    y = None if args.y is None else _load_npy(args.y, "--y")
+    flags = {f"--{name}": value for name, value in {**given, "y": y}.items()}
+    batch = check_rows(flags)
+    if batch is not None and args.num is not None and args.num != batch:
+        first = next(flag for flag, value in flags.items() if value is not None)
+        raise RunnerError(f"-n {args.num} differs from the {batch} rows of {first}")
+    batch = batch if batch is not None else (args.num if args.num is not None else 16)
+    for name in ("eps", "z"):
+        if name in wanted and name not in given:
+            text = getattr(args, name) or ("random" if args.graph == "sample" else "zeros")
+            given[name] = noise(text, batch, wanted[name][-1], args.seed)
+    return vae.run(args.graph, y=y, **given)
 
 
-def main(argv=None):
+def build_parser():
+    """The command line's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory")
     parser.add_argument("graph", choices=("encode", "decode", "reconstruct", "sample"))
     parser.add_argument("--x", help=".npy data for encode / reconstruct")
-    parser.add_argument("--z", help=".npy latents for decode")
-    parser.add_argument("--y", help=".npy labels (integers) or one-hot rows: conditional models")
-    parser.add_argument("--eps", default="zeros", help="'zeros', 'random' or .npy (reconstruct)")
-    parser.add_argument("-n", "--num", type=int, default=None,
-                        help="samples to draw (default: the rows of --y, else 16)")
+    parser.add_argument("--y", help=".npy integer class labels [B] or one-hot rows [B, C]: "
+                                    "conditional models only")
+    parser.add_argument("--z", help="decode's latents: .npy, 'zeros' (default) or 'random'")
+    parser.add_argument("--eps", help="noise: .npy, 'zeros' or 'random' (N(0, I) from --seed); "
+                                      "default zeros, but random for sample")
+    parser.add_argument("-n", "--num", "--batch", type=int, default=None,
+                        help="the batch when no input file gives it (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", help="write the result (.npy for one array, .npz for several)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = _run(args)

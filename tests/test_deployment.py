@@ -5,10 +5,13 @@ import http.server
 import json
 import pathlib
 import re
+import shlex
 import socket
 import subprocess
 import sys
 import threading
+import tomllib
+import urllib.request
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ import tensorflow as tf
 import tfvae
 from tfvae import cli
 
+import dockerfile_build
 from helpers import data_for, tiny_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -367,6 +371,8 @@ def test_dockerfile_references_exist_and_images_are_pinned():
     text = (ROOT / "Dockerfile").read_text()
     images = re.findall(r"^ARG \w+_IMAGE=(\S+)", text, flags=re.M)
     assert images and all(re.search(r":\d+\.\d+", image) for image in images), images
+    for image in images:  # a digest, where one is pinned, is a whole sha256 beside its tag
+        assert "@" not in image or re.search(r":\d+\.\d+\S*@sha256:[0-9a-f]{64}$", image), image
     assert "tensorflow/serving" in text
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.M):
         for path in source.split():
@@ -380,3 +386,450 @@ def test_dockerfile_references_exist_and_images_are_pinned():
     assert "--format saved_model" in text and "--model-name tfvae" in text
     config = (ROOT / "export" / "models.config").read_text()
     assert 'name: "tfvae"' in config and 'base_path: "/models/tfvae"' in config
+
+
+def test_the_dockerfile_copies_everything_pip_install_needs():
+    """The install step's COPY lines (filtered by .dockerignore) hold the metadata, the readme,
+    every package and every top-level module pyproject.toml names (tfvae_main.py, the console
+    script's entry point, which 0.2.0's Dockerfile left out)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copies = dockerfile_build.install_copies(ROOT)
+    copied = set()
+    for sources, _ in copies:
+        for source in sources:
+            copied.update(p.relative_to(ROOT).as_posix()
+                          for p in dockerfile_build.context_files(ROOT, source))
+    needed = {"pyproject.toml", "setup.py", project["project"]["readme"], "tfvae/__init__.py"}
+    needed |= {f"{module}.py" for module in project["tool"]["setuptools"]["py-modules"]}
+    entry = project["project"]["scripts"]["tfvae"].split(":")[0]
+    needed.add(f"{entry}.py")
+    assert needed <= copied, f"the Dockerfile does not copy {sorted(needed - copied)}"
+    assert not any("__pycache__" in path for path in copied)
+    # The context keeps runs trained outside Docker (`--build-arg RUN_DIR=runs/digits`) and
+    # drops caches and the hidden leftovers of killed exports.
+    patterns = dockerfile_build.dockerignore_patterns(ROOT)
+    assert not dockerfile_build.ignored("runs/digits/model.keras", patterns)
+    for junk in ("tfvae/__pycache__/cli.cpython-311.pyc", ".git/HEAD", ".venv/bin/python",
+                 "models/tfvae/.1.tmp-ab12"):
+        assert dockerfile_build.ignored(junk, patterns), junk
+
+
+@pytest.mark.slow
+def test_a_wheel_of_the_dockerfile_s_files_installs_a_tfvae_command_that_trains_and_exports(
+        tmp_path):
+    """What `docker build` does up to the export, without Docker: a wheel from exactly the files
+    the Dockerfile copies before `pip install .`, installed into a fresh venv, whose own
+    `tfvae` command then trains one epoch on the digits and exports a SavedModel."""
+    dockerfile_build.copy_install_sources(ROOT, tmp_path / "src")
+    wheel = dockerfile_build.build_wheel(tmp_path / "src", tmp_path / "dist")
+    bin_dir = dockerfile_build.install_wheel(wheel, tmp_path / "venv")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*command):
+        result = subprocess.run([str(c) for c in command], cwd=work, capture_output=True,
+                                text=True, timeout=900, env=dockerfile_build.clean_env())
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
+        return result.stdout
+
+    # The wheel's modules answer, not a checkout's (or an editable install's).
+    where = run(bin_dir / "python", "-c",
+                "import tfvae, tfvae_main; print(tfvae.__file__); print(tfvae_main.__file__)")
+    assert all(pathlib.Path(line).is_relative_to(tmp_path / "venv") for line in where.split()), where
+    assert "train" in run(bin_dir / "tfvae", "--help")
+    run(bin_dir / "tfvae", "train", "--output", "run", "--epochs", "1", "--latent-dim", "2",
+        "--hidden-units", "8", "--eval-samples", "2", "--batch-size", "256", "--quiet")
+    run(bin_dir / "tfvae", "export", "run", "--format", "saved_model", "--output", "models",
+        "--model-name", "tfvae", "--version", "1")
+    # The export serves the trained model: its reconstruction is the Keras model's.
+    _, model = tfvae.runs.load_run(str(work / "run"))
+    x = tfvae.data.load_digits()[1][0][:4]
+    loaded = tf.saved_model.load(str(work / "models" / "tfvae" / "1"))
+    served = loaded.signatures["serving_default"](x=tf.constant(x))["reconstruction"]
+    np.testing.assert_allclose(served, model.reconstruct(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# One behaviour across tools: the ONNX runner and the TF Serving client read the same
+# flags the same way. The fast tests run the runner on small hand-made graphs with the
+# exported graphs' inputs and outputs (each input's batch dimension named separately,
+# as tf2onnx names them), so they need neither TensorFlow nor an export.
+
+_W = np.arange(8, dtype="float32").reshape(2, 4) / 8  # z [B, 2] -> [B, 4]
+_WY = np.arange(12, dtype="float32").reshape(3, 4) + 1  # y [B, 3] -> [B, 4]
+
+
+def _stub_export(directory, conditional=False):
+    """A directory `onnx_runner.OnnxVAE` reads: encode/decode/reconstruct/sample over x [B, 4],
+    latents [B, 2] (and y [B, 3]): mean = z W (+ y W_y), reconstruction = x + eps W (+ y W_y),
+    samples = eps W (+ y W_y); encode's mean is x's first two columns (+ y W_y[:, :2]), its
+    scale ones."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    directory.mkdir()
+    count = iter(range(1000))
+
+    def value(name, width):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"unk__{next(count)}", width])
+
+    def with_y(nodes, out, inputs):
+        if not conditional:
+            return nodes + [helper.make_node("Identity", [out + "_0"], [out])], inputs
+        weights = "WY2" if out == "mean" and "x" in [i.name for i in inputs] else "WY"
+        return (nodes + [helper.make_node("MatMul", ["y", weights], ["yw"]),
+                         helper.make_node("Add", [out + "_0", "yw"], [out])],
+                inputs + [value("y", 3)])
+
+    graphs = {
+        "encode": ([helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["mean_0"]),
+                    helper.make_node("Mul", ["mean_0", "zero"], ["scale_z"]),
+                    helper.make_node("Add", ["scale_z", "one"], ["scale"])],
+                   [value("x", 4)], [value("mean", 2), value("scale", 2)], "mean"),
+        "decode": ([helper.make_node("MatMul", ["z", "W"], ["mean_0"])],
+                   [value("z", 2)], [value("mean", 4)], "mean"),
+        "reconstruct": ([helper.make_node("MatMul", ["eps", "W"], ["ew"]),
+                         helper.make_node("Add", ["x", "ew"], ["reconstruction_0"])],
+                        [value("x", 4), value("eps", 2)], [value("reconstruction", 4)],
+                        "reconstruction"),
+        "sample": ([helper.make_node("MatMul", ["eps", "W"], ["samples_0"])],
+                   [value("eps", 2)], [value("samples", 4)], "samples"),
+    }
+    constants = [numpy_helper.from_array(_W, "W"), numpy_helper.from_array(_WY, "WY"),
+                 numpy_helper.from_array(_WY[:, :2], "WY2"),
+                 numpy_helper.from_array(np.array([0], "int64"), "starts"),
+                 numpy_helper.from_array(np.array([2], "int64"), "ends"),
+                 numpy_helper.from_array(np.array([1], "int64"), "axes"),
+                 numpy_helper.from_array(np.array(0, "float32"), "zero"),
+                 numpy_helper.from_array(np.array(1, "float32"), "one")]
+    for name, (nodes, inputs, outputs, main_output) in graphs.items():
+        nodes, inputs = with_y(nodes, main_output, inputs)
+        graph = helper.make_graph(nodes, name, inputs, outputs, constants)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, directory / f"{name}.onnx")
+    metadata = {"graphs": {name: f"{name}.onnx" for name in graphs},
+                "condition_dim": 3 if conditional else None, "skipped": {}}
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    return str(directory)
+
+
+def _client():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tfserving_client",
+                                                  ROOT / "export" / "tfserving_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tools():
+    return _runner(), _client()
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory, tools):
+    root = tmp_path_factory.mktemp("stubs")
+    x = np.random.default_rng(0).uniform(size=(7, 4)).astype("float32")
+    np.save(root / "x7.npy", x)
+    np.save(root / "x0.npy", x[:0])
+    for rows in (0, 1, 3, 7):
+        np.save(root / f"eps{rows}.npy", np.full((rows, 2), 0.5, "float32"))
+    labels = np.array([0, 2, 1, 1, 0, 2, 2])
+    np.save(root / "y7.npy", labels)
+    np.save(root / "y3.npy", labels[:3])
+    return {"root": root, "x": x, "labels": labels,
+            "plain": _stub_export(root / "plain"), "cond": _stub_export(root / "cond", True)}
+
+
+_LABELS = np.array([2, 0, 1])
+_ONE_HOT = np.eye(3, dtype="float32")[_LABELS]
+
+
+@pytest.mark.parametrize("y", [
+    _LABELS, _LABELS.astype("int32"), _LABELS.astype("uint8"),  # class labels [B]
+    _ONE_HOT, _ONE_HOT.astype("float64"),                      # one-hot rows [B, C] ...
+    _ONE_HOT.astype("int64"), _ONE_HOT.astype("int32"), _ONE_HOT.astype(bool),  # ... of any type
+], ids=["labels", "labels_int32", "labels_uint8", "rows", "rows_float64", "rows_int64",
+        "rows_int32", "rows_bool"])
+def test_both_tools_take_labels_and_one_hot_rows_of_any_numeric_type(tools, y):
+    for tool in tools:
+        rows = tool.condition_rows(y, 3)
+        assert rows.dtype == np.float32
+        np.testing.assert_array_equal(rows, _ONE_HOT)
+
+
+@pytest.mark.parametrize("y, fragments", [
+    (np.array([0.0, 2.0, 1.0]), ("integer class labels", "float64", "cast them to integers")),
+    (np.array([0, 3, 1]), ("integers in [0, 3)", "[0, 3]")),
+    (np.array([-1, 0, 1]), ("integers in [0, 3)",)),
+    (np.eye(4, dtype="int64")[:3], ("width 3", "(3, 4)")),
+    (np.zeros((3, 3, 1)), ("one-hot rows (batch, 3)", "(3, 3, 1)")),
+    (np.array(["a", "b", "c"]), ("integer class labels", "<U1")),
+], ids=["float_labels", "label_too_big", "negative_label", "wide_rows", "3d", "strings"])
+def test_both_tools_refuse_the_same_y_forms_in_one_line(tools, y, fragments):
+    for tool, error in zip(tools, ("RunnerError", "ClientError")):
+        with pytest.raises(getattr(tool, error)) as info:
+            tool.condition_rows(y, 3)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("--y"), message
+        for fragment in fragments:
+            assert fragment in message, message
+
+
+def test_onnx_runner_refuses_inputs_whose_rows_differ_before_running_a_graph(tools, stubs, capsys):
+    runner, _ = tools
+    root, plain, cond = stubs["root"], stubs["plain"], stubs["cond"]
+    for eps in ("eps3.npy", "eps1.npy"):  # 1 row would broadcast silently in onnxruntime
+        assert runner.main([plain, "reconstruct", "--x", str(root / "x7.npy"),
+                            "--eps", str(root / eps)]) == 2
+        _one_line_error(capsys, "--x has 7 rows but --eps has", eps[3])
+    assert runner.main([cond, "reconstruct", "--x", str(root / "x7.npy"),
+                        "--y", str(root / "y3.npy")]) == 2
+    _one_line_error(capsys, "--x has 7 rows but --y has 3")
+    assert runner.main([cond, "sample", "-n", "5", "--y", str(root / "y7.npy")]) == 2
+    _one_line_error(capsys, "-n 5 differs from the 7 rows of --y")
+    # The API: a ValueError naming both arguments and their row counts.
+    vae = runner.OnnxVAE(plain)
+    with pytest.raises(ValueError, match=r"^`x` has 7 rows but `eps` has 1: "):
+        vae.reconstruct(stubs["x"], eps=np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"^`x` has 7 rows but `eps` has 3: "):
+        vae.run("reconstruct", x=stubs["x"], eps=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"--y has 3 rows for a batch of 7|`x` has 7 rows but `y` has 3"):
+        runner.OnnxVAE(cond).encode(stubs["x"], y=stubs["labels"][:3])
+    with pytest.raises(ValueError, match=r"`encode` takes inputs \['x'\]; got \['eps'\]"):
+        vae.run("encode", x=stubs["x"], eps=np.zeros((7, 2)))
+
+
+def test_onnx_runner_answers_an_empty_batch_with_empty_outputs(tools, stubs, capsys):
+    runner, _ = tools
+    root, plain, cond = stubs["root"], stubs["plain"], stubs["cond"]
+    vae = runner.OnnxVAE(cond)
+    empty_y = np.zeros(0, "int64")
+    encoded = vae.encode(np.zeros((0, 4)), y=empty_y)
+    assert {k: v.shape for k, v in encoded.items()} == {"mean": (0, 2), "scale": (0, 2)}
+    assert vae.decode(np.zeros((0, 2)), y=empty_y)["mean"].shape == (0, 4)
+    assert vae.reconstruct(np.zeros((0, 4)), y=empty_y).shape == (0, 4)
+    assert vae.sample(0, y=empty_y).shape == (0, 4)
+    assert runner.main([plain, "reconstruct", "--x", str(root / "x0.npy"),
+                        "--save", str(root / "r0.npy")]) == 0
+    assert np.load(root / "r0.npy").shape == (0, 4)
+    assert runner.main([plain, "sample", "-n", "0", "--save", str(root / "s0.npy")]) == 0
+    assert np.load(root / "s0.npy").shape == (0, 4)
+    capsys.readouterr()
+    assert runner.main([plain, "sample", "-n", "-2"]) == 2
+    _one_line_error(capsys, "-n must be >= 0; got -2")
+
+
+@pytest.mark.parametrize("graph, flags", [
+    ("reconstruct", ["--x", "x7.npy"]),                              # eps: zeros
+    ("reconstruct", ["--x", "x7.npy", "--eps", "random", "--seed", "3"]),
+    ("reconstruct", ["--x", "x7.npy", "--eps", "eps7.npy", "--y", "y7.npy"]),
+    ("sample", []),                                                  # 16 rows of N(0, I), seed 0
+    ("sample", ["--seed", "5", "-n", "3"]),
+    ("sample", ["--eps", "zeros", "--y", "y3.npy"]),
+    ("decode", ["--y", "y7.npy"]),                                   # z: zeros
+    ("decode", ["--z", "random", "--batch", "2"]),
+    ("encode", ["--x", "x7.npy", "--y", "y7.npy"]),
+])
+def test_the_runner_and_the_client_send_a_graph_the_same_inputs_for_the_same_flags(
+        tools, stubs, monkeypatch, graph, flags):
+    runner, client = tools
+    monkeypatch.chdir(stubs["root"])
+    conditional = "--y" in flags
+    directory = stubs["cond" if conditional else "plain"]
+    fed = {}
+
+    def run(self, name, y=None, **inputs):
+        fed.update(inputs)
+        if y is not None:
+            fed["y"] = self.condition(y)
+        return {}
+
+    monkeypatch.setattr(runner.OnnxVAE, "run", run)
+    assert runner.main([directory, graph, *flags]) == 0
+    vae = runner.OnnxVAE(directory)
+    spec = {"inputs": vae.inputs(graph), "outputs": [], "output_shapes": {}}
+    args = client.build_parser().parse_args(["--signature", graph, *flags])
+    sent = client.build_inputs(args, spec)
+    assert sorted(sent) == sorted(fed) == sorted(spec["inputs"])
+    for name in sent:
+        np.testing.assert_array_equal(sent[name], fed[name], err_msg=name)
+    # The defaults: zeros, except sample's eps, N(0, I) from --seed (default 0) for 16 rows.
+    if graph == "sample" and "--eps" not in flags:
+        seed = int(flags[flags.index("--seed") + 1]) if "--seed" in flags else 0
+        rows = 3 if "-n" in flags else 16
+        np.testing.assert_array_equal(
+            sent["eps"], np.random.default_rng(seed).standard_normal((rows, 2)).astype("float32"))
+    elif graph in ("reconstruct", "decode") and not {"--eps", "--z"} & set(flags):
+        assert not np.any(sent["eps" if graph == "reconstruct" else "z"])
+
+
+@pytest.mark.slow
+def test_both_tools_answer_a_conditional_conv_model_alike_and_as_keras_does(tmp_path, serving,
+                                                                            capsys):
+    """The same flags give the same answers from TF Serving (the stand-in) and ONNX Runtime —
+    the Keras model's — with the default noise and integer one-hot rows; an empty batch gives
+    empty outputs in both (a conv graph cannot run one); mismatched rows are one line."""
+    import tfserving_client
+
+    runner = _runner()
+    models, base = serving
+    model = tiny_model(architecture="conv", condition_dim=3)
+    _serve(models, "cond", model, tmp_path / "serving")
+    onnx_dir = str(tmp_path / "onnx")
+    tfvae.export.export_onnx(model, onnx_dir)
+    x, labels = data_for("bernoulli", n=5), np.array([0, 2, 1, 1, 0])
+    files = {"x": x, "y": np.eye(3, dtype="int64")[labels], "eps3": np.zeros((3, 3), "float32"),
+             "x0": x[:0], "y0": np.zeros(0, "int64")}
+    for name, value in files.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    url = f"{base}/cond"
+
+    def both(graph, *flags):
+        """Runs `graph` with `flags` in both tools; returns (client's, runner's) outputs."""
+        flags = [str(tmp_path / f) if f.endswith(".npy") else f for f in flags]
+        assert tfserving_client.main(["--url", url, "--signature", graph, *flags,
+                                      "--save", str(tmp_path / "c.npz")]) == 0
+        assert runner.main([onnx_dir, graph, *flags, "--save", str(tmp_path / "r.npz")]) == 0
+        return dict(np.load(tmp_path / "c.npz")), dict(np.load(tmp_path / "r.npz"))
+
+    served, run = both("reconstruct", "--x", "x.npy", "--y", "y.npy")  # eps: zeros
+    expected = model.reconstruct(x, y=labels)
+    np.testing.assert_allclose(served["reconstruction"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run["reconstruction"], expected, rtol=1e-5, atol=2e-5)
+    served, run = both("sample", "--y", "y.npy", "--seed", "4")  # eps: N(0, I) from --seed
+    eps = np.random.default_rng(4).standard_normal((5, 3)).astype("float32")
+    expected = model.likelihood.mean(model.decode(eps, y=labels))
+    np.testing.assert_allclose(served["samples"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run["samples"], expected, rtol=1e-5, atol=2e-5)
+    served, run = both("decode", "--y", "y.npy")  # z: zeros
+    expected = model.likelihood.mean(model.decode(np.zeros((5, 3), "float32"), y=labels))
+    np.testing.assert_allclose(served["mean"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run["mean"], expected, rtol=1e-5, atol=2e-5)
+
+    sent = len(_FakeServing.requests)
+    for graph, flags in {"encode": ["--x", "x0.npy"], "reconstruct": ["--x", "x0.npy"],
+                         "decode": [], "sample": []}.items():
+        served, run = both(graph, *flags, "--y", "y0.npy")
+        full = runner.OnnxVAE(onnx_dir).run(
+            graph, y=labels[:1], **{"encode": {"x": x[:1]}, "reconstruct": {"x": x[:1], "eps": eps[:1]},
+                                    "decode": {"z": eps[:1]}, "sample": {"eps": eps[:1]}}[graph])
+        shapes = {name: (0, *value.shape[1:]) for name, value in full.items()}
+        assert {k: v.shape for k, v in served.items()} == shapes, graph
+        assert {k: v.shape for k, v in run.items()} == shapes, graph
+    assert len(_FakeServing.requests) == sent  # answered from the metadata, no request
+
+    capsys.readouterr()
+    assert tfserving_client.main(["--url", url, "--signature", "reconstruct", "--x",
+                                  str(tmp_path / "x.npy"), "--eps", str(tmp_path / "eps3.npy"),
+                                  "--y", str(tmp_path / "y.npy")]) == 2
+    _one_line_error(capsys, "--x has 5 rows but --eps has 3")
+    assert runner.main([onnx_dir, "reconstruct", "--x", str(tmp_path / "x.npy"),
+                        "--eps", str(tmp_path / "eps3.npy"), "--y", str(tmp_path / "y.npy")]) == 2
+    _one_line_error(capsys, "--x has 5 rows but --eps has 3")
+    assert len(_FakeServing.requests) == sent
+
+
+# `tfvae train` flags appended to the README's training commands: a tiny run.
+_TINY_TRAIN = ["--epochs", "1", "--latent-dim", "2", "--hidden-units", "16", "--eval-samples", "2",
+               "--batch-size", "256", "--quiet"]
+
+
+def _deployment_commands():
+    """`(line, words)` of every command in export/README.md's sections 1 to 2b, in order."""
+    text = (ROOT / "export" / "README.md").read_text()
+    section = text[text.index("## 1. Train"):text.index("## Limits")]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append((line.strip(), words))
+    return commands
+
+
+@pytest.mark.slow
+def test_the_deployment_readme_runs_as_written(tmp_path, monkeypatch, serving):
+    """Every command of export/README.md's sections 1-2b, in order, in a folder holding the
+    repository's `export/`: `tfvae` commands through the CLI (training at tiny scale:
+    `_TINY_TRAIN` appended), `python` commands in a subprocess, `docker run ...
+    tensorflow/serving` replaced by the stand-in TF Serving serving what the README exported
+    (the client's commands get its `--url`, `curl` its address); `docker build` is not run.
+    The ONNX runner's outputs are then compared with the Keras models."""
+    models, base = serving
+    (tmp_path / "export").symlink_to(ROOT / "export")
+    monkeypatch.chdir(tmp_path)
+    skipped, printed = [], {}
+    for line, words in _deployment_commands():
+        program = words[0]
+        if program == "tfvae":
+            args = words[1:] + (_TINY_TRAIN if words[1] == "train" else [])
+            assert cli.main(args) == 0, line
+        elif program == "docker" and "run" in words and "tensorflow/serving:" in line:
+            base_path = tmp_path / "models" / "tfvae"  # what the README mounts as /models/tfvae
+            latest = max(base_path.iterdir(), key=lambda version: int(version.name))
+            models["tfvae"] = tf.saved_model.load(str(latest))
+        elif program == "docker":
+            skipped.append(line)
+        elif program == "python":
+            if words[1].endswith("tfserving_client.py"):
+                words = words + ["--url", f"{base}/tfvae"]
+            result = subprocess.run([sys.executable, *words[1:]], cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=600)
+            assert result.returncode == 0, (line, result.stdout[-2000:], result.stderr[-3000:])
+            printed[line] = result.stdout
+        elif program == "curl":
+            url = words[1].replace("http://localhost:8501/v1/models", base)
+            with urllib.request.urlopen(url, timeout=60) as answer:
+                metadata = json.loads(answer.read())
+            signatures = metadata["metadata"]["signature_def"]["signature_def"]
+            assert {"encode", "reconstruct", "sample", "serving_default"} <= set(signatures)
+        else:
+            raise AssertionError(f"export/README.md runs `{program}`, which this test cannot: {line}")
+    assert skipped == ["docker build -t tfvae-serving . && docker run -p 8500:8500 -p 8501:8501 "
+                       "tfvae-serving"], skipped
+
+    x = np.load(tmp_path / "x.npy")
+    client_lines = {line: out for line, out in printed.items() if "tfserving_client.py" in line}
+    assert len(client_lines) == 3
+    for line, out in client_lines.items():
+        assert "shape (4," in out, (line, out)
+    _, model = tfvae.runs.load_run(str(tmp_path / "runs" / "digits"))
+    np.testing.assert_allclose(np.load(tmp_path / "recon.npy"), model.reconstruct(x),
+                               rtol=1e-5, atol=2e-5)
+    eps = np.random.default_rng(0).standard_normal((16, model.latent_dim)).astype("float32")
+    np.testing.assert_allclose(np.load(tmp_path / "samples.npy"), model.decode(eps).mean(),
+                               rtol=1e-5, atol=2e-5)
+    _, conditional = tfvae.runs.load_run(str(tmp_path / "runs" / "digits_cond"))
+    labels = np.load(tmp_path / "labels.npy")
+    eps = np.random.default_rng(0).standard_normal((10, conditional.latent_dim)).astype("float32")
+    np.testing.assert_allclose(np.load(tmp_path / "samples_cond.npy"),
+                               conditional.decode(eps, y=labels).mean(), rtol=1e-5, atol=2e-5)
+    x_labels = np.load(tmp_path / "x_labels.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "recon_cond.npy"),
+                               conditional.reconstruct(x, y=x_labels), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_the_readme_names_every_output_of_each_posterior_s_encode_graph():
+    """export/README.md's `encode` row names what the graph returns (a planar flow's `u`, `w`,
+    `b`, not the IAF's `context`), with the widths it states."""
+    text = (ROOT / "export" / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `encode` |"))
+    x = data_for("bernoulli", n=2)
+    widths = {}
+    for posterior in ("diagonal", "iaf", "planar"):
+        model = tiny_model(posterior=posterior)
+        encode, _ = tfvae.export.graph_functions(model)["encode"]
+        outputs = encode(tf.constant(x))
+        for name, value in outputs.items():
+            assert f"`{name}" in row, (posterior, name, row)
+            widths[posterior, name] = value.shape[-1]
+    d, steps = 3, 4  # tiny_model's latent_dim; the planar flow's default steps
+    assert widths["planar", "u"] == widths["planar", "w"] == steps * d and widths["planar", "b"] == steps
+    assert widths["iaf", "context"] == 16
+    for stated in ("`u [B, T·d]`", "`w [B, T·d]`", "`b [B, T]`", "`context [B, c]`"):
+        assert stated in row
