@@ -551,3 +551,49 @@ def test_the_next_write_of_a_file_removes_what_a_killed_writer_left(tmp_path):
                            "scores.csv"])
     assert files.is_leftover(f".scores.csv.{dead}-0123abcd.tmp")
     assert files.is_leftover(".scores.csv.0123abcd.tmp")  # 0.2.0's names still count
+
+
+def test_a_live_reader_keeps_out_an_overwrite_and_a_resume(tmp_path, capsys, live_pid):
+    # 0.2.0 checked the lock only when a reader started: `evaluate R &` then
+    # `train --output R --overwrite` replaced the model under it (issue 20 finding 11).
+    run = _fake_run(str(tmp_path / "run"))
+    reader = os.path.join(run, f"{files.READER_PREFIX}{live_pid}-0123abcd")
+    _write_lock(run, live_pid)
+    os.replace(os.path.join(run, files.LOCK_FILE), reader)  # a reader's file, not a writer's
+    before = _snapshot(run)
+    for mode, extra in (("--overwrite", TINY_RUN), ("--resume", ["--quiet"])):
+        assert cli.main(["train", "--output", run, mode, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"being read by PID {live_pid}" in err
+        assert _snapshot(run) == before
+    # A reader that is gone keeps nobody out, and its file is cleaned up.
+    dead = _dead_pid()
+    os.remove(reader)
+    with open(os.path.join(run, f"{files.READER_PREFIX}{dead}-0123abcd"), "w") as f:
+        json.dump({"pid": dead, "host": socket.gethostname()}, f)
+    assert files.ReadLock.readers(run) == []
+    assert not [n for n in os.listdir(run) if n.startswith(files.READER_PREFIX)]
+
+
+@pytest.mark.slow
+def test_a_reader_is_refused_while_a_writer_holds_the_run_and_holds_its_lock_while_reading(
+        tmp_path, live_pid, monkeypatch, digits_run):
+    run = _fake_run(str(tmp_path / "run"))
+    _write_lock(run, live_pid)
+    with raises("still being trained by", f"PID {live_pid}"):
+        with files.ReadLock(run):
+            pass
+    assert not [n for n in os.listdir(run) if n.startswith(files.READER_PREFIX)]
+    # `tfvae evaluate` holds its reader file for the whole evaluation.
+    from tfvae import evaluation
+
+    seen = []
+
+    def evaluate(*args, **kwargs):
+        seen.extend(n for n in os.listdir(digits_run) if n.startswith(files.READER_PREFIX))
+        return {"elbo": -1.0}
+
+    monkeypatch.setattr(evaluation, "evaluate_model", evaluate)
+    assert cli.main(["evaluate", digits_run, "--output", str(tmp_path / "e.json")]) == 0
+    assert len(seen) == 1 and seen[0].startswith(f"{files.READER_PREFIX}{os.getpid()}-")
+    assert not [n for n in os.listdir(digits_run) if n.startswith(files.READER_PREFIX)]

@@ -21,6 +21,8 @@ from tfvae import files
 
 logger = logging.getLogger("tfvae")
 
+# The commands that read a run directory (each holds a files.ReadLock on it while it runs).
+_READERS = ("evaluate", "encode", "score", "sample", "export")
 # The most float32 data `tfvae sample` decodes in one go: into a .npy, and into a .png grid.
 MAX_SAMPLE_BYTES = 2 * 2**30
 MAX_GRID_BYTES = 64 * 2**20
@@ -613,7 +615,11 @@ def main(argv=None):
     try:
         if args.command in ("train", "evaluate", "encode", "score", "prepare-data"):
             _quiet_dataset_downloads(verbose)
-        handlers[args.command](args, argv)
+        if args.command in _READERS and os.path.isdir(args.run):
+            with files.ReadLock(args.run):  # held for the whole read: no overwrite under it
+                handlers[args.command](args, argv)
+        else:
+            handlers[args.command](args, argv)
     except _EXPECTED_ERRORS as error:
         print(f"tfvae {args.command}: error: {_reason(error, args)}", file=sys.stderr)
         return 2

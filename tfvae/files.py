@@ -27,6 +27,7 @@ import zipfile
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".tfvae.lock"
+READER_PREFIX = ".tfvae.reader-"  # + PID-token: one file per process reading a run
 FRESH_LOCK_SECONDS = 10.0  # an unreadable lock this young is one being written
 
 
@@ -92,8 +93,9 @@ def remove_stale_temporaries(path):
 
 
 def is_leftover(name):
-    """Whether a file name in a run directory is the lock or an unfinished temporary file."""
-    return name == LOCK_FILE or bool(_TEMPORARY.match(name))
+    """Whether a file name in a run directory is a lock (the writer's or a reader's) or an
+    unfinished temporary file, not part of the run."""
+    return name == LOCK_FILE or name.startswith(READER_PREFIX) or bool(_TEMPORARY.match(name))
 
 
 def remove_temporaries(directory):
@@ -416,3 +418,84 @@ class RunLock:
         self.path = os.path.join(directory, LOCK_FILE)
         if self.held:
             _HELD_LOCKS.add(os.path.abspath(self.path))
+
+
+class ReadLock:
+    """A shared lock on a run directory, held by a process reading it for its whole read.
+
+    Each reader writes its own file (`.tfvae.reader-PID-TOKEN`, holding its PID and
+    host), then checks that no writer holds the `RunLock`; a writer, once it holds
+    the `RunLock`, checks that no live reader is left (`readers`). As both announce
+    themselves before they look for the other, one of two that start together
+    always sees the other, so a run is never replaced under a reader (0.2.0 only
+    checked the lock when a reader started).
+
+    Use it as a context manager around everything that reads the run::
+
+        with files.ReadLock(run_directory):
+            config, model = runs.load_run(run_directory)
+            ...
+
+    Args:
+      directory: the run directory.
+
+    Raises:
+      ValueError: on entering, a live process is training the run (naming its PID).
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.path = None
+
+    def __enter__(self):
+        name = f"{READER_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        path = os.path.join(self.directory, name)
+        try:
+            with open(path, "x") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        except OSError:
+            return self  # a folder we cannot write into: nobody can replace the run either
+        self.path = path
+        owner = RunLock.owner(self.directory)
+        if owner is not None:
+            self._remove()
+            raise ValueError(f"`{self.directory}` is still being trained by "
+                             f"{RunLock.describe(owner)}; wait until training ends.")
+        return self
+
+    def __exit__(self, *unused):
+        self._remove()
+
+    def _remove(self):
+        if self.path is not None:
+            _remove_quietly(self.path)
+            self.path = None
+
+    @staticmethod
+    def readers(directory):
+        """`[{"pid", "host"}]` of the live processes reading `directory` (files of dead
+        readers on this host are removed)."""
+        found = []
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return found
+        for name in names:
+            if not name.startswith(READER_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                if _age(path) >= FRESH_LOCK_SECONDS:
+                    _remove_quietly(path)
+                continue
+            if host == socket.gethostname() and (pid == os.getpid() or not _process_alive(pid)
+                                                 or _started_after(pid, time.time() - _age(path))):
+                if pid != os.getpid():
+                    _remove_quietly(path)
+                continue
+            found.append({"pid": pid, "host": host})
+        return found

@@ -294,6 +294,19 @@ def _holds_files(directory):
         files.is_leftover(name) for name in os.listdir(directory))
 
 
+def _lock_without_readers(directory):
+    """The run's `RunLock`, taken only if no live process is reading the run."""
+    lock = files.RunLock(directory).acquire()
+    readers = files.ReadLock.readers(directory)
+    if readers:
+        lock.release()
+        raise ValueError(
+            f"Refusing to change `{directory}`: it is being read by "
+            f"{', '.join(files.RunLock.describe(r) for r in readers)} (tfvae evaluate, encode, "
+            "score, sample or export); wait until it ends.")
+    return lock
+
+
 class RunOutput:
     """A run directory being written, as a transaction, under the run's lock.
 
@@ -323,15 +336,19 @@ class RunOutput:
         self._old_lock = None
 
     def begin(self):
-        """Takes the lock (moving an earlier run aside with `overwrite`). Returns `self`."""
+        """Takes the lock (moving an earlier run aside with `overwrite`). Returns `self`.
+
+        Raises:
+          ValueError: another process trains or reads the run (naming its PID).
+        """
         directory = self.directory
         if self.resume:
-            self._lock = files.RunLock(directory).acquire()
+            self._lock = _lock_without_readers(directory)
             files.remove_temporaries(directory)
             return self
         try:
             if _holds_files(directory):
-                self._old_lock = files.RunLock(directory).acquire()
+                self._old_lock = _lock_without_readers(directory)
                 parent, name = os.path.split(os.path.normpath(directory))
                 aside = os.path.join(parent, f".{name}.old-{os.getpid()}")
                 os.rename(directory, aside)
