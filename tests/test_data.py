@@ -481,3 +481,14 @@ def test_array_headers_that_declare_more_than_the_file_holds_are_refused_before_
             archive.writestr("x.npy", member)
         with raises("`dataset`", name, "'x.npy'"):
             data.load(str(tmp_path / name))
+
+
+def test_values_beyond_float32_and_complex_arrays_are_named_for_what_they_are(tmp_path):
+    # 0.2.0 said "holds 2560 NaN or inf" for finite float64 values of 1e300, and dropped
+    # the imaginary part of complex data with only a warning (issue 20 findings 14, 16).
+    np.save(tmp_path / "big.npy", np.full((4, 2), 1e300))
+    with raises("`dataset`", "1e+300", "beyond float32"):
+        data.load(str(tmp_path / "big.npy"))
+    np.save(tmp_path / "c.npy", np.ones((4, 2), np.complex64))
+    with raises("`dataset`", "complex numbers"):
+        data.load(str(tmp_path / "c.npy"))

@@ -243,3 +243,18 @@ def test_a_malformed_tf_config_is_named(monkeypatch, value):
 def test_too_many_classes_are_refused_before_a_huge_one_hot():
     with raises("`conditional`", "largest label is 999999999", "class indices"):
         runs.condition_dim(RunConfig(conditional=True), np.array([0, 1, 999_999_999]))
+
+
+def test_a_symlinked_output_a_seed_beyond_32_bits_and_dynamic_binarisation_are_named(
+        tmp_path):
+    # Issue 20 findings 15 and 16: --overwrite renamed a symlinked --output; a large seed
+    # failed inside NumPy; binarize='static' was reported when 'dynamic' was passed.
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with raises("`output`", "symbolic link", str(tmp_path / "real")):
+        runs.check_output(str(tmp_path / "link"), overwrite=True)
+    with invalid("seed", 2**32):
+        RunConfig(seed=2**32).validate()
+    np.save(tmp_path / "wide.npy", np.linspace(-2, 2, 40, dtype="float32").reshape(20, 2))
+    with invalid("binarize", "dynamic", "[0, 1]"):
+        runs.load_dataset(RunConfig(dataset=str(tmp_path / "wide.npy"), binarize="dynamic"))

@@ -284,12 +284,22 @@ def _array(x, path, name, split):
         raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
                          f"({split} split) must be a numeric array [n, ...]. Received: dtype "
                          f"{x.dtype}, shape {x.shape}")
-    x = _as_images(x)
-    if not np.all(np.isfinite(x)):
+    if np.iscomplexobj(x):
         raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
-                         f"({split} split) holds {int(np.sum(~np.isfinite(x)))} non-finite "
-                         "value(s) (NaN or inf).")
-    return x
+                         f"({split} split) holds complex numbers; pass real values (e.g. the "
+                         "magnitude or the real and imaginary parts as channels).")
+    if x.dtype.kind == "f" and x.size:
+        finite = np.isfinite(x)
+        if not np.all(finite):
+            raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
+                             f"({split} split) holds {int(np.sum(~finite))} non-finite "
+                             "value(s) (NaN or inf).")
+        largest = float(np.max(np.abs(x)))
+        if largest > np.finfo(np.float32).max:
+            raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
+                             f"({split} split) holds values up to {largest:g}, beyond float32's "
+                             f"range (±{np.finfo(np.float32).max:.3g}); scale the data.")
+    return _as_images(x)
 
 
 def _as_images(x):

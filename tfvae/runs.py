@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 TENSORBOARD_DIR = "tensorboard"
 MAX_CLASSES = 65_536  # a conditional run's one-hot width limit
+MAX_SEED = 2**32 - 1  # Keras's and NumPy's seeds are 32-bit
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISION_POLICIES = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -186,6 +187,9 @@ class RunConfig:
             _checks.non_negative_float(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
+        if self.seed > MAX_SEED:
+            raise ValueError(f"Received an invalid value for `seed`, expected an integer in "
+                             f"0..{MAX_SEED}. Received: seed={self.seed}")
         for name in ("conditional", "decompose_gap", "tensorboard", "skip_corrupt"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
@@ -255,6 +259,11 @@ def check_output(directory, overwrite=False, resume=False):
     or `overwrite` (replace it — only if it is a tfvae run directory), and a
     run still being trained by a live process is refused either way.
     """
+    if isinstance(directory, str) and directory and os.path.islink(
+            os.path.normpath(directory)):
+        # --overwrite would rename the link, not the run it points to.
+        raise ValueError(f"Received an invalid value for `output`: `{directory}` is a symbolic "
+                         f"link; pass the folder it points to ({os.path.realpath(directory)}).")
     if not isinstance(directory, str) or not directory:
         raise ValueError("Received an invalid value for `output`, expected a directory path. "
                          f"Received: output={directory!r}")
@@ -442,6 +451,14 @@ def load_dataset(config):
             f"Received an invalid value for `dataset`: its training examples have shape "
             f"{np.shape(x_train)[1:]} and its validation examples {np.shape(x_val)[1:]}. "
             f"Received: dataset={config.dataset!r}")
+    if config.binarize in ("static", "dynamic"):
+        for x, split in ((x_train, "training"), (x_val, "validation")):
+            if np.size(x) and not (np.min(x) >= 0 and np.max(x) <= 1):
+                raise ValueError(
+                    "Received an invalid value for `binarize`: binarising draws Bernoulli(x) "
+                    f"and needs data in [0, 1]; the {split} split of dataset "
+                    f"{config.dataset!r} holds values in [{np.min(x)}, {np.max(x)}]. Received: "
+                    f"binarize={config.binarize!r}")
     train_mode = "none" if config.binarize == "dynamic" else config.binarize
     x_train = data_lib.prepare(x_train, config.likelihood, train_mode, seed=config.seed)
     x_val = _prepare_held_out(config, x_val)

@@ -231,6 +231,9 @@ def _first_channels(path):
     except UnidentifiedImageError:
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not an image "
                          "file that can be read.") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"Received an invalid value for `dataset`: {path!r} is too large to "
+                         f"decode safely ({error}).") from None
     return 1 if mode in ("1", "L", "LA", "P", "I", "I;16") else 3
 
 
