@@ -258,3 +258,40 @@ def test_a_symlinked_output_a_seed_beyond_32_bits_and_dynamic_binarisation_are_n
     np.save(tmp_path / "wide.npy", np.linspace(-2, 2, 40, dtype="float32").reshape(20, 2))
     with invalid("binarize", "dynamic", "[0, 1]"):
         runs.load_dataset(RunConfig(dataset=str(tmp_path / "wide.npy"), binarize="dynamic"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", [{"latent_dim": 3}, {"likelihood": "gaussian_shared"},
+                                  {"conditional": True}])
+def test_a_run_json_that_does_not_describe_the_model_is_refused(digits_run, tmp_path, edit):
+    # 0.2.0 accepted edited run.json values silently (issue 20 finding 14).
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    settings = json.loads((run / "run.json").read_text())
+    settings.update(edit)
+    (run / "run.json").write_text(json.dumps(settings))
+    key = next(iter(edit))
+    with raises("run.json does not describe model.keras", key):
+        runs.load_run(str(run))
+    runs.load_run(digits_run)  # the original matches
+
+
+def test_a_failed_resume_leaves_run_json_as_it_was(tmp_path):
+    # 0.2.0 recorded the new --epochs before the resume had loaded anything (issue 20
+    # finding 15).
+    import dataclasses
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = RunConfig(epochs=2, latent_dim=2, hidden_units=(8,)).validate()
+    (run / "run.json").write_text(json.dumps(dataclasses.asdict(config)))
+    for name in ("last.keras", "model.keras"):
+        (run / name).write_bytes(b"not a zip archive")
+    before = (run / "run.json").read_bytes()
+    with raises("no checkpoint loads"):
+        runs.train(config, str(run), resume=True, epochs=9, verbose=0)
+    assert (run / "run.json").read_bytes() == before

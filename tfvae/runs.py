@@ -640,7 +640,7 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
         run_output = RunOutput(output, overwrite=overwrite, resume=resume).begin()
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        if chief and (not resume or epochs is not None):
+        if chief and not resume:
             files.write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
         keras.mixed_precision.set_global_policy(PRECISION_POLICIES[config.mixed_precision])
         # A new run is kept from its first checkpoint on (`--resume` continues it); an
@@ -649,6 +649,10 @@ def train(config, output, overwrite=False, resume=False, verbose=1, epochs=None)
         keep_early = run_output is not None and not overwrite
         metrics = _train(config, output, strategy, resume, verbose, report=chief, data=data,
                          on_checkpoint=run_output.commit if keep_early else None)
+        if chief and resume and epochs is not None:
+            # A resumed run's new epoch budget is recorded once it has trained to it, so a
+            # failed resume leaves run.json as it was.
+            files.write_json(os.path.join(output, RUN_FILE), dataclasses.asdict(config))
         if run_output is not None:
             run_output.commit()
         return metrics
@@ -826,7 +830,35 @@ def load_run(directory):
     model_path = os.path.join(directory, "model.keras")
     if not os.path.exists(model_path):
         raise ValueError(f"`{directory}` holds no trained model (no model.keras).")
-    return config, load_model(model_path)
+    model = load_model(model_path)
+    _check_model_matches(config, model, directory)
+    return config, model
+
+
+def _scale_kind(head):
+    """A Gaussian head's learned-scale mode ("shared", ...), "fixed", or None for others."""
+    scale = getattr(head, "scale", None)
+    return scale if isinstance(scale, str) or scale is None else "fixed"
+
+
+def _check_model_matches(config, model, directory):
+    """Refuses a run whose `run.json` does not describe its `model.keras` (an edited
+    setting, or a model copied from another run): every later step trusts both."""
+    expected = builders.LIKELIHOODS[config.likelihood](model.event_shape, 1.0)
+    differences = []
+    if model.latent_dim != config.latent_dim:
+        differences.append(f"latent_dim {config.latent_dim} vs the model's {model.latent_dim}")
+    if type(model.likelihood) is not type(expected) or (
+            _scale_kind(expected) != _scale_kind(model.likelihood)):
+        differences.append(f"likelihood {config.likelihood!r} vs the model's "
+                           f"{type(model.likelihood).__name__}")
+    if (model.condition_dim is not None) != config.conditional:
+        differences.append(f"conditional={config.conditional} vs the model's "
+                           f"condition_dim={model.condition_dim}")
+    if differences:
+        raise ValueError(f"`{directory}`: {RUN_FILE} does not describe model.keras ("
+                         f"{'; '.join(differences)}); it was edited, or the model comes from "
+                         "another run.")
 
 
 def held_out(config, dataset=None, split="validation"):
