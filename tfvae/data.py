@@ -295,7 +295,7 @@ def _array(x, path, name, split):
                              f"({split} split) holds {int(np.sum(~finite))} non-finite "
                              "value(s) (NaN or inf).")
         largest = float(np.max(np.abs(x)))
-        if largest > np.finfo(np.float32).max:
+        if largest > float(np.finfo(np.float32).max):
             raise ValueError(f"Received an invalid value for `dataset`: in {path!r}, {name} "
                              f"({split} split) holds values up to {largest:g}, beyond float32's "
                              f"range (±{np.finfo(np.float32).max:.3g}); scale the data.")

@@ -844,17 +844,28 @@ def _scale_kind(head):
 def _check_model_matches(config, model, directory):
     """Refuses a run whose `run.json` does not describe its `model.keras` (an edited
     setting, or a model copied from another run): every later step trusts both."""
-    expected = builders.LIKELIHOODS[config.likelihood](model.event_shape, 1.0)
     differences = []
-    if model.latent_dim != config.latent_dim:
-        differences.append(f"latent_dim {config.latent_dim} vs the model's {model.latent_dim}")
-    if type(model.likelihood) is not type(expected) or (
-            _scale_kind(expected) != _scale_kind(model.likelihood)):
-        differences.append(f"likelihood {config.likelihood!r} vs the model's "
-                           f"{type(model.likelihood).__name__}")
     if (model.condition_dim is not None) != config.conditional:
         differences.append(f"conditional={config.conditional} vs the model's "
                            f"condition_dim={model.condition_dim}")
+    else:
+        # The model run.json builds must have model.keras's weights, shape for shape.
+        expected = builders.build_vae(**config.model_kwargs(
+            model.event_shape, model.condition_dim, dataset_size=1))
+        if type(model.likelihood) is not type(expected.likelihood) or (
+                _scale_kind(expected.likelihood) != _scale_kind(model.likelihood)):
+            differences.append(f"likelihood {config.likelihood!r} vs the model's "
+                               f"{type(model.likelihood).__name__}")
+        shapes = [tuple(w.shape) for w in model.weights]
+        wanted = [tuple(w.shape) for w in expected.weights]
+        if shapes != wanted:
+            first = next((i for i, (a, b) in enumerate(zip(shapes, wanted)) if a != b),
+                         min(len(shapes), len(wanted)))
+            differences.append(
+                f"its settings build {len(wanted)} weights, the model has {len(shapes)}"
+                if len(shapes) != len(wanted) else
+                f"weight {first} is {shapes[first]} in the model, {wanted[first]} for "
+                f"latent_dim={config.latent_dim}, hidden_units={config.hidden_units}")
     if differences:
         raise ValueError(f"`{directory}`: {RUN_FILE} does not describe model.keras ("
                          f"{'; '.join(differences)}); it was edited, or the model comes from "
