@@ -275,6 +275,23 @@ def _run_and_data_arguments(command):
            "else validation)" if every else " (default: validation)"))
 
 
+def _check_positive(args, *names):
+    """Refuses a non-positive integer flag in one line naming the flag (not the library's
+    parameter it becomes)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"Received an invalid value for `{flag}`, expected a positive "
+                             f"integer. Received: {flag}={value}")
+
+
+def _check_seed(seed):
+    if not 0 <= seed <= 2**32 - 1:
+        raise ValueError("Received an invalid value for `--seed`, expected an integer in "
+                         f"0..{2**32 - 1}. Received: --seed={seed}")
+
+
 def _refuse_existing(path, overwrite):
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"{path} exists; pass --overwrite to replace it.")
@@ -371,6 +388,8 @@ def _evaluate(args, argv):
     from tfvae import data, evaluation, report, runs
 
     _check_run_directory(args.run)
+    _check_positive(args, "num_samples", "gap_examples")
+    _check_seed(args.seed)
     output = os.path.join(args.run, "evaluation.json") if args.output is None else args.output
     _check_output_file(output, args.overwrite)
     figure = os.path.splitext(output)[0] + "_gap.png"
@@ -418,6 +437,7 @@ def _sample(args, argv):
     from tfvae import report, runs
 
     _check_run_directory(args.run)
+    _check_seed(args.seed)
     output = os.path.join(args.run, f"samples-{args.seed}.png") if args.output is None \
         else args.output
     if not output.endswith((".png", ".npy")):
@@ -534,6 +554,7 @@ def _score(args, argv):
     from tfvae import evaluation
 
     output = _table_output(args, f"scores-{_split(args)}.csv")
+    _check_seed(args.seed)
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
                          f"integer. Received: --num-samples={args.num_samples}")
