@@ -458,3 +458,322 @@ def test_skipped_graphs_are_warned_about_and_recorded(tmp_path, caplog):
         saved = json.load(f)
     assert "MixtureOfGaussiansPrior" in saved["skipped"]["sample"] and "elbo" in saved["inputs"]
     assert set(tf.saved_model.load(path).signatures) == set(saved["inputs"])
+
+
+# ---------------------------------------------------------------------------
+# The guard on row reductions (issue 20): the same rows as the likelihood's own rule.
+
+
+def _edge_x_rows(model):
+    """Rows at the edges of each rule: bounds hit exactly, −0.0, one bad element in a big
+    row, ±inf together, non-integer levels close to an integer, and (unbounded data)
+    finite values whose row sum overflows float32."""
+    x, _, _ = _inputs(model, 10, seed=3)
+    levels = getattr(model.likelihood, "num_levels", None)
+    low, high = model.likelihood.data_range
+    x[0] = low if np.isfinite(low) else -3.0e38
+    x[1] = high if np.isfinite(high) else 3.0e38  # Σ overflows: still valid data
+    x[2].flat[-1] = -0.0
+    x[3].flat[-1] = np.nextafter(np.float32(high if np.isfinite(high) else 3.4e38), np.inf)
+    x[4].flat[0], x[4].flat[1] = np.inf, -np.inf
+    x[5].flat[-1] = np.nan
+    x[6].flat[4] = low - 1e-6 if np.isfinite(low) else -3.4e38  # (not a denormal: TF flushes)
+    if levels:
+        x[7].flat[2] = 3.0 + 2 ** -20
+    x[8] = np.float32(1e-30) if not levels else x[8]
+    return x
+
+
+@pytest.mark.parametrize("likelihood", list(tfvae.builders.LIKELIHOODS))
+def test_the_row_guard_refuses_exactly_the_rows_support_mask_refuses(likelihood):
+    model = _model(likelihood)
+    x = np.concatenate([_edge_x_rows(model), _bad_x_rows(model)])
+    expected = ~model.likelihood.support_mask(tf.constant(x)).numpy()
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(_refused_by_keras(model, x), expected)
+    encoded = _traced(export.graph_functions(model), "encode")(tf.constant(x))
+    unguarded = _traced(export.graph_functions(model, guard=False), "encode")(tf.constant(x))
+    for key, value in encoded.items():  # refused rows all NaN, the others untouched
+        value = value.numpy()
+        assert np.isnan(value[expected]).all(), key
+        np.testing.assert_array_equal(value[~expected], unguarded[key].numpy()[~expected],
+                                      err_msg=key)
+
+
+def test_the_guard_compares_rows_not_elements():
+    """No comparison or boolean op of the guarded graphs works on a whole `x`: the
+    guard reads x in row reductions and compares `[B]` vectors (0.2.0 masked every
+    element, which took most of ONNX Runtime's time at B = 1,000)."""
+    boolean_ops = {"IsFinite", "IsNan", "IsInf", "Less", "LessEqual", "Greater", "GreaterEqual",
+                   "Equal", "LogicalAnd", "LogicalOr", "LogicalNot", "All", "SelectV2", "Select"}
+    for likelihood in ("bernoulli", "discretized_logistic", "gaussian_predicted"):
+        model = _model(likelihood)
+        for name in ("encode", "reconstruct"):
+            fn, input_signature = export.graph_functions(model)[name]
+            graph = tf.function(fn, input_signature=input_signature,
+                                autograph=False).get_concrete_function().graph
+            wide = [op.name for op in graph.get_operations() if op.type in boolean_ops
+                    and any(out.shape.rank is None or out.shape.rank > 1 for out in op.outputs)]
+            assert not wide, (likelihood, name, wide)
+
+
+def test_inputs_with_other_row_counts_are_an_error_not_a_broadcast():
+    model = _model(condition_dim=3)
+    functions = export.graph_functions(model)
+    x, eps, _ = _inputs(model, 7)
+    y = np.eye(3, dtype="float32")[np.arange(7) % 3]
+    reconstruct = _traced(functions, "reconstruct")
+    assert reconstruct(tf.constant(x), tf.constant(eps), tf.constant(y))[
+        "reconstruction"].shape[0] == 7
+    for bad_eps, bad_y in ((eps[:3], y), (eps[:1], y), (eps, y[:1]), (eps, y[:0])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="rows_must_match"):
+            reconstruct(tf.constant(x), tf.constant(bad_eps), tf.constant(bad_y))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rows_must_match"):
+        _traced(functions, "sample")(tf.constant(eps), tf.constant(y[:1]))
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_an_empty_batch_gives_empty_outputs(architecture):
+    model = _model("discretized_logistic", architecture, condition_dim=3)
+    functions = export.graph_functions(model)
+    for name in export.SAVED_MODEL_SIGNATURES:
+        fn, input_signature = functions[name]
+        empty = [tf.zeros([0] + spec.shape[1:].as_list()) for spec in input_signature]
+        one = [tf.zeros([1] + spec.shape[1:].as_list()) for spec in input_signature]
+        traced = _traced(functions, name)
+        got, reference = traced(*empty), traced(*one)
+        assert set(got) == set(reference)
+        for key, value in got.items():
+            assert value.shape == (0,) + tuple(reference[key].shape[1:]), (name, key)
+
+
+# ---------------------------------------------------------------------------
+# Leftovers of killed exports.
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _fake_convert(name, fn, input_signature, path, opset):
+    with open(path, "wb") as f:
+        f.write(b"graph")
+
+
+def test_the_next_export_removes_staging_folders_of_dead_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "_convert_to_onnx", _fake_convert)
+    dead = tmp_path / f".onnx.tmp-{_dead_pid()}-0123abcd"
+    live = tmp_path / f".onnx.tmp-{os.getpid()}-0123abcd"  # an export still running
+    other = tmp_path / ".onnx.tmp-mine"  # not an export's name
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "encode.onnx").write_bytes(b"half")
+    impossible = tmp_path / ".1.tmp-99999999999999999999-0123abcd"  # no such PID anywhere
+    impossible.mkdir()
+    export.export_onnx(_model(), str(tmp_path / "onnx"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, "onnx"])
+
+
+@pytest.mark.slow
+def test_an_export_killed_mid_write_is_cleaned_up_by_the_next(tmp_path, monkeypatch):
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+import tfvae
+from tfvae import export
+def convert(name, fn, input_signature, path, opset):
+    open(path, "wb").write(b"half a graph")
+    os.kill(os.getpid(), signal.SIGKILL)
+export._convert_to_onnx = convert
+export.export_onnx(tfvae.build_vae((6, 5, 1), 3, hidden_units=(16,), seed=0), {str(tmp_path / "onnx")!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == -9, result.stderr[-2000:]
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".onnx.tmp-"), leftovers
+    monkeypatch.setattr(export, "_convert_to_onnx", _fake_convert)
+    export.export_onnx(_model(), str(tmp_path / "onnx"))
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
+
+
+# ---------------------------------------------------------------------------
+# Both formats: one named batch dimension, empty batches, each weight once, sizes.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_both_formats_share_one_batch_dimension_and_take_empty_batches(tmp_path, architecture):
+    model = _model("bernoulli", architecture, condition_dim=3)
+    written = export.export_onnx(model, str(tmp_path / "onnx"))
+    loaded = tf.saved_model.load(export.export_saved_model(model, str(tmp_path / "sm"), "vae"))
+    x, eps, z = _inputs(model, 4)
+    y = np.eye(3, dtype="float32")[[0, 1, 2, 0]]
+    feeds = {"x": x, "eps": eps, "z": z, "y": y}
+    for name, path in written.items():
+        proto = onnx.load(path)
+        for value in list(proto.graph.input) + list(proto.graph.output):
+            assert value.type.tensor_type.shape.dim[0].dim_param == "batch", (name, value.name)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
+        empty = {key: value[:0] for key, value in inputs.items()}
+        full = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+        got = dict(zip([o.name for o in session.get_outputs()], session.run(None, empty)))
+        saved = loaded.signatures[name](**{k: tf.constant(v) for k, v in empty.items()})
+        for key, value in full.items():
+            assert got[key].shape == (0,) + value.shape[1:], (name, key)
+            assert tuple(saved[key].shape) == (0,) + value.shape[1:], (name, key)
+        if len(inputs) > 1:  # a row count that differs from the first input's is refused
+            mismatched = {**inputs, list(inputs)[-1]: inputs[list(inputs)[-1]][:1]}
+            with pytest.raises(Exception, match="rows_must_match"):  # onnxruntime's types
+                session.run(None, mismatched)
+            with pytest.raises(tf.errors.InvalidArgumentError, match="rows_must_match"):
+                loaded.signatures[name](**{k: tf.constant(v) for k, v in mismatched.items()})
+
+
+@pytest.mark.slow
+def test_the_saved_model_holds_each_weight_once_and_both_formats_report_sizes(tmp_path):
+    model = _model("gaussian_predicted", hidden_units=(64, 32))
+    weights = sum(w.nbytes for w in model.get_weights())
+    path = export.export_saved_model(model, str(tmp_path / "sm"), "vae")
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    shapes = {k: v for k, v in reader.get_variable_to_shape_map().items()
+              if k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    stored = sum(reader.get_tensor(key).nbytes for key in shapes)
+    assert stored <= weights, (stored, weights, sorted(shapes))  # 0.2.0: twice the weights
+    kernels = [w for w in model.weights if len(w.shape) == 2]
+    assert sum(len(s) == 2 for s in shapes.values()) == len(kernels)
+    with open(os.path.join(path, export.SAVED_MODEL_METADATA)) as f:
+        metadata = json.load(f)
+    assert metadata["weight_bytes"] == weights
+    files = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names
+             if not n.endswith("tfvae.json")]
+    assert metadata["saved_model_bytes"] == sum(os.path.getsize(f) for f in files)
+    assert metadata["variables_bytes"] < 1.05 * weights + 4096
+
+    written = export.export_onnx(model, str(tmp_path / "onnx"))
+    with open(tmp_path / "onnx" / "metadata.json") as f:
+        onnx_metadata = json.load(f)
+    assert onnx_metadata["weight_bytes"] == weights
+    assert onnx_metadata["onnx_bytes"] == {name: os.path.getsize(p) for name, p in written.items()}
+
+
+# ---------------------------------------------------------------------------
+# int8.
+
+
+def test_a_graph_without_matmul_weights_is_refused_for_quantization():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3])
+    added = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "x"], ["out"])],
+                                                "g", [x], [out]))
+    assert "no MatMul or Gemm" in export.quantization_refusal(added)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], [0.0] * 9)
+    multiplied = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["out"])], "g", [x], [out], [weight]))
+    assert export.quantization_refusal(multiplied) is None
+    model = _model()
+    with invalid("quantize", "int4"):
+        export.export_onnx(model, "unused", quantize="int4", validation_data=np.zeros((1, 6, 5, 1)))
+    with invalid("validation_data", None):
+        export.export_onnx(model, "unused", quantize="int8")
+
+
+def _one_sample_elbo(model, x, mean, scale, noise):
+    """log p(x|z) + log N(z; 0, I) − log N(z; mean, scale²) at z = mean + scale · noise,
+    the Gaussian terms with scipy."""
+    from scipy import stats
+
+    z = mean + scale * noise
+    log_px = model.decode(z).log_prob(x).numpy()
+    return (log_px + stats.norm.logpdf(z).sum(1)
+            - stats.norm.logpdf(z, mean, scale).sum(1))
+
+
+@pytest.mark.slow
+def test_int8_export_writes_quantized_graphs_with_their_measured_parity(tmp_path, monkeypatch):
+    model = _model(hidden_units=(64, 32))
+    rng = np.random.default_rng(5)
+    x = (rng.uniform(size=(40,) + model.event_shape) < 0.5).astype("float32")
+    written = export.export_onnx(model, str(tmp_path / "onnx"), quantize="int8",
+                                 validation_data=x)
+    with open(tmp_path / "onnx" / "metadata.json") as f:
+        metadata = json.load(f)
+    assert set(metadata["graphs"]) == set(written) == set(metadata["quantized"])
+    noise = np.random.default_rng(0).standard_normal((40, 3)).astype("float32")
+    sessions = {}
+    for name, path in written.items():
+        entry = metadata["quantized"][name]
+        int8_path = tmp_path / "onnx" / f"{name}.int8.onnx"
+        assert entry["file"] == int8_path.name and entry["bytes"] == os.path.getsize(int8_path)
+        assert entry["bytes"] < 0.8 * entry["float_bytes"] == 0.8 * os.path.getsize(path)
+        assert set(entry["latency_ms"]) == {"1", "1000"}
+        assert entry["validation_examples"] == 40
+        proto = onnx.load(str(int8_path))
+        assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")
+                   for node in proto.graph.node)
+        sessions[name] = (ort.InferenceSession(path, providers=["CPUExecutionProvider"]),
+                          ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]))
+    # The recorded errors are the two graphs' differences on the validation data.
+    float_q, int8_q = (dict(zip(["mean", "scale"], s.run(["mean", "scale"], {"x": x})))
+                       for s in sessions["encode"])
+    for key in ("mean", "scale"):
+        error = np.max(np.abs(int8_q[key] - float_q[key]))
+        assert 0 < error < 0.1
+        np.testing.assert_allclose(metadata["quantized"]["encode"]["max_abs_error"][key], error,
+                                   rtol=1e-6)
+    # ELBO in nats: the int8 encoder's q with the float decoder against the float path.
+    elbo = metadata["quantized"]["encode"]["elbo_nats"]
+    float_elbo = _one_sample_elbo(model, x, float_q["mean"], float_q["scale"], noise)
+    int8_elbo = _one_sample_elbo(model, x, int8_q["mean"], int8_q["scale"], noise)
+    np.testing.assert_allclose(elbo["float"], float_elbo.mean(), rtol=1e-4)
+    np.testing.assert_allclose(elbo["int8"], int8_elbo.mean(), rtol=1e-4)
+    np.testing.assert_allclose(elbo["mean_difference"], (int8_elbo - float_elbo).mean(),
+                               atol=1e-3)
+    assert "refused" in metadata["quantized"]["reconstruct"]["elbo_nats"]
+    assert abs(metadata["quantized"]["decode"]["elbo_nats"]["mean_difference"]) < 1.0
+
+    # A quantizer that fails is a refusal with its reason, not a crash.
+    import onnxruntime.quantization as quantization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure\nwith a second line")
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", broken)
+    export.export_onnx(model, str(tmp_path / "broken"), graphs=("encode",), quantize="int8",
+                       validation_data=x)
+    with open(tmp_path / "broken" / "metadata.json") as f:
+        refused = json.load(f)["quantized"]["encode"]
+    assert refused == {"refused": "onnxruntime's quantizer failed: injected failure"}
+    assert sorted(os.listdir(tmp_path / "broken")) == ["encode.onnx", "metadata.json"]
+
+
+@pytest.mark.slow
+def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
+        digits_run, tmp_path, capsys):
+    """`tfvae export --format onnx --quantize int8` (here rather than in test_cli.py: it is
+    the export module's metadata that is checked)."""
+    from tfvae import cli, runs
+
+    output = str(tmp_path / "onnx")
+    assert cli.main(["export", digits_run, "--format", "onnx", "--output", output,
+                     "--quantize", "int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "encode (int8)" in printed and "nats" in printed
+    with open(os.path.join(output, "metadata.json")) as f:
+        metadata = json.load(f)
+    config = runs.read_config(os.path.join(digits_run, runs.RUN_FILE))
+    x, _ = runs.held_out(config)
+    assert metadata["quantized"]["encode"]["validation_examples"] == min(len(x), 1000)
+    assert metadata["quantized"]["encode"]["elbo_nats"]["float"] < 0
+    for name in metadata["graphs"]:
+        assert os.path.exists(os.path.join(output, f"{name}.int8.onnx"))
+    assert cli.main(["export", digits_run, "--format", "saved_model", "--output",
+                     str(tmp_path / "sm"), "--quantize", "int8"]) == 2
+    assert "--format onnx only" in capsys.readouterr().err
+    assert not (tmp_path / "sm").exists()

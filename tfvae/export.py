@@ -37,10 +37,19 @@ finite value for the Gaussian), a non-finite `eps` / `z` / `y`, or a `y` row
 that is not one-hot. The mask is applied to every output of every graph, after
 the network, so TensorFlow's and ONNX Runtime's different NaN semantics inside
 (relu, matmul) cannot make the formats disagree; valid rows are unaffected.
+The guard works on row reductions (a row's min, max and one sum; `_x_rows`),
+not per-element masks, and multiplies each output row by 1 or NaN: at
+B = 1,000 it costs a few per cent of a graph's time (`benchmarks/bench_export.py`).
+Inputs that must have as many rows as the first (`eps`, `y`) are reshaped to
+its rows, so a mismatch is an error in both formats, never a broadcast; every
+ONNX input and output names its first dimension `batch`. An empty batch (B = 0)
+gives empty outputs (conv networks compute it on one padding row).
 
 Both writers are all-or-nothing: they write into a hidden temporary directory
 beside the destination (flushed and fsynced) and rename it into place, so TF
-Serving never sees a half-written version and a failed export leaves nothing.
+Serving never sees a half-written version and a failed export leaves nothing;
+the folders of exports killed before the rename are removed by the next export
+into the same place (`remove_stale_staging`).
 """
 
 import contextlib
@@ -55,8 +64,6 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from tfvae.model import where_valid
-
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
@@ -64,6 +71,9 @@ ONNX_OPSET = 17
 _GRAPHS_MIN_OPSET = 10
 SAVED_MODEL_SIGNATURES = ("serving_default", "encode", "decode", "reconstruct", "sample", "elbo")
 ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample")
+# The name of every ONNX input's and output's first (batch) dimension.
+BATCH_DIMENSION = "batch"
+QUANTIZE_MODES = ("int8",)
 # The inputs of each graph, before a conditional model's `y`.
 GRAPH_INPUTS = {
     "serving_default": ("x",),
@@ -167,39 +177,161 @@ def _specs(model):
     return specs
 
 
-def _rows(condition):
-    """`[B, ...]` bool → `[B]`: all true in the row."""
-    return tf.reduce_all(condition, axis=list(range(1, condition.shape.rank)))
+# The input guard works on row reductions, not per-element masks: a handful of
+# passes over x that only read it (min, max, one sum), where a mask writes a
+# boolean tensor per comparison. See `_input_checks` for why each is exact.
+
+
+def _flat(value):
+    """`[B, ...]` → `[B, n]` (`n` static, so an empty batch reshapes too)."""
+    size = int(np.prod(value.shape[1:]))
+    if value.shape.rank == 2:
+        return value, size
+    return tf.reshape(value, [-1, size]), size
+
+
+def _finite_sum_rows(rows, size, bound=math.inf):
+    """`[B, n]` → `[B]`: whether the row sum is finite, scaled so that a row of finite
+    values whose magnitude is at most `bound` cannot overflow (a power of two: exact)."""
+    if size * bound < 1e30:  # bounded data: the plain sum cannot overflow
+        return tf.math.is_finite(tf.reduce_sum(rows, axis=1))
+    scale = 2.0 ** -math.ceil(math.log2(2 * max(size, 1)))
+    return tf.math.is_finite(tf.reduce_sum(rows * scale, axis=1))
+
+
+def _x_rows(likelihood):
+    """The likelihood's `support_mask` rule as row reductions: `x [B, *event]` → `[B]`.
+
+    A row is accepted iff its minimum is ≥ `low`, its maximum ≤ `high` and
+    (levels) Σ (x − ⌊x⌋) = 0, else (continuous data) its sum is finite. Exactly
+    `support_mask`'s answer: ±inf fails a bound or the sum, a NaN (whatever
+    min/max do with it) makes the sum NaN; x − ⌊x⌋ ∈ [0, 1) for finite x, and a
+    sum of non-negative floats is 0 only if every term is; the sum of a row in
+    [low, high] cannot overflow, and an unbounded row's sum is scaled by 2⁻ᵏ
+    (`_finite_sum_rows`).
+    """
+    low, high, integers = data_range(likelihood)
+
+    def rows_ok(x):
+        rows, size = _flat(x)
+        checks = []
+        if math.isfinite(low):
+            checks.append(tf.reduce_min(rows, axis=1) >= low)
+        if math.isfinite(high):
+            checks.append(tf.reduce_max(rows, axis=1) <= high)
+        if integers:
+            checks.append(tf.equal(tf.reduce_sum(rows - tf.floor(rows), axis=1), 0.0))
+        else:
+            bound = max(abs(low), abs(high))
+            checks.append(_finite_sum_rows(rows, size, bound))
+        valid = checks[0]
+        for check in checks[1:]:
+            valid = tf.logical_and(valid, check)
+        return valid
+
+    return rows_ok
 
 
 def _input_checks(model, y_format):
-    """`{input name: tensor → [B] bool}`: which rows of each input the model accepts."""
-    x_rows = model.likelihood.support_mask  # the model's own rule (`VAE.valid_rows`)
+    """`{input name: tensor → [B] bool}`: which rows of each input the model accepts
+    (the model's rules — `support_mask`, finite noise and codes, one-hot or finite `y`
+    — computed on row reductions)."""
 
     def finite_rows(v):
-        return _rows(tf.math.is_finite(v))
+        return _finite_sum_rows(*_flat(v))
 
     def y_rows(y):
         if y_format == "vectors":
             return finite_rows(y)
-        binary = tf.logical_or(tf.equal(y, 0.0), tf.equal(y, 1.0))
-        return tf.logical_and(_rows(binary), tf.equal(tf.reduce_sum(y, axis=-1), 1.0))
+        # One-hot: integers (Σ (y − ⌊y⌋) = 0, NaN fails it), ≥ 0, summing to 1.
+        integers = tf.equal(tf.reduce_sum(y - tf.floor(y), axis=1), 0.0)
+        return integers & (tf.reduce_min(y, axis=1) >= 0.0) & tf.equal(
+            tf.reduce_sum(y, axis=1), 1.0)
 
-    return {"x": x_rows, "z": finite_rows, "eps": finite_rows, "y": y_rows}
+    return {"x": _x_rows(model.likelihood), "z": finite_rows, "eps": finite_rows, "y": y_rows}
 
 
-def graph_functions(model, y_format="one_hot"):
+def _nan_rows(valid, outputs):
+    """`outputs` with NaN rows where `valid` `[B]` is false: each output times a per-row
+    factor, 1 or NaN (`model.where_valid`'s answer, exactly: x · 1 = x, x · NaN = NaN;
+    ONNX Runtime's broadcasting `Where` took longer than the whole guard)."""
+    factor = tf.where(valid, 1.0, float("nan"))
+
+    def mask(value):
+        return value * tf.reshape(tf.cast(factor, value.dtype), [-1] + [1] * (value.shape.rank - 1))
+
+    return {key: mask(value) for key, value in outputs.items()}
+
+
+def _same_rows(value, reference, name):
+    """`value` `[B', k]`, checked to have `reference`'s B rows: an error in both formats
+    unless B' = B (TensorFlow and ONNX Runtime would otherwise broadcast a 1-row input).
+
+    Two checks, as each converter removes one: joined with a `[B, 0]` tensor
+    along its columns (Grappler removes a reshape to B rows, tf2onnx the empty
+    join), then reshaped to `[B, k]`."""
+    rows = tf.shape(reference)[0]
+    empty = tf.zeros(tf.stack([rows, 0]), value.dtype)
+    joined = tf.concat([value, empty], axis=1, name=f"{name}_rows_must_match")
+    # tf2onnx drops the empty join; ONNX Runtime keeps this reshape (and TF this join).
+    return tf.reshape(joined, tf.stack([rows, value.shape[1]]), name=f"{name}_rows_must_match_")
+
+
+def _empty_batch_padding(fn, input_signature):
+    """`fn`, computing an empty batch on one zero row whose outputs are dropped.
+
+    oneDNN's convolutions cannot take an empty batch: it gets one padding row
+    (`tf.pad` by `1 - min(B, 1)` rows, none for B ≥ 1) and the outputs are cut
+    to B rows.
+    """
+
+    def padded(*inputs):
+        rows = tf.shape(inputs[0])[0]
+        pad = 1 - tf.minimum(rows, 1)
+        padded_inputs = []
+        for value, spec in zip(inputs, input_signature):
+            widths = tf.concat([[[0, pad]], tf.zeros([spec.shape.rank - 1, 2], tf.int32)], 0)
+            padded_inputs.append(tf.ensure_shape(tf.pad(value, widths), spec.shape))
+        return {key: value[:rows] for key, value in fn(*padded_inputs).items()}
+
+    return padded
+
+
+def _networks_take_empty_batches(model):
+    """Whether the encoder and decoder map 0 rows to 0 rows of the right shape (Keras'
+    convolutions on oneDNN do not)."""
+    c = model.condition_dim
+
+    def run(batch):
+        y = None if c is None else tf.zeros([batch, c])
+        return (model.encoder_output(tf.zeros((batch,) + model.event_shape), y),
+                model.decoder_parameters(tf.zeros([batch, model.latent_dim]), y))
+
+    try:
+        empty, one = run(0), run(1)  # eagerly: it fails as the graphs do, without a trace
+    except (tf.errors.OpError, ValueError):
+        return False
+    return all(e.shape[0] == 0 and e.shape[1:] == o.shape[1:]
+               for e, o in zip(tf.nest.flatten(empty), tf.nest.flatten(one)))
+
+
+def graph_functions(model, y_format="one_hot", guard=True):
     """The export graphs as `{name: (python_function, input_signature)}`.
 
     Functions return dicts of named float32 tensors; see the module docstring.
     A conditional model's graphs all take one more input, `y [B, condition_dim]`,
-    after their others.
+    after their others. Inputs that must have as many rows as the first one
+    (`eps`, `y`) are reshaped to its rows: a mismatch is an error, never a
+    broadcast.
 
     Args:
       model: a `tfvae.VAE`.
       y_format: what a valid `y` row is: `"one_hot"` (one-hot labels, what the
         `tfvae` command trains on) or `"vectors"` (any finite condition vector).
         Default value: `"one_hot"`.
+      guard: whether rows of refused inputs are NaN ("invalid in, NaN out").
+        `False` leaves the guard out: only for measuring what it costs
+        (`benchmarks/bench_export.py`), never for serving. Default value: `True`.
     """
     _check_y_format(y_format)
     specs = _specs(model)
@@ -207,46 +339,63 @@ def graph_functions(model, y_format="one_hot"):
     conditional = model.condition_dim is not None
     checks = _input_checks(model, y_format)
 
-    def guard(outputs, **inputs):
+    def guarded(outputs, **inputs):
         """NaN in every output row whose input row is refused (see the module docstring)."""
+        if not guard:
+            return outputs
         valid = None
         for name, value in inputs.items():
             if value is not None:
                 rows = checks[name](value)
                 valid = rows if valid is None else tf.logical_and(valid, rows)
-        return where_valid(valid, outputs)
+        return _nan_rows(valid, outputs)
+
+    def matched(value, reference, name):
+        return None if value is None else _same_rows(value, reference, name)
 
     def encode(x, y=None):
-        return guard(model.posterior_outputs(x, y), x=x, y=y)
+        y = matched(y, x, "y")
+        return guarded(model.posterior_outputs(x, y), x=x, y=y)
 
     def decode(z, y=None):
+        y = matched(y, z, "y")
         parameters = model.decoder_parameters(z, y)
-        return guard({"mean": likelihood.mean_of(parameters), **parameters}, z=z, y=y)
+        return guarded({"mean": likelihood.mean_of(parameters), **parameters}, z=z, y=y)
 
     def reconstruct(x, eps, y=None):
+        eps, y = _same_rows(eps, x, "eps"), matched(y, x, "y")
         z = posterior.reparameterize(model.posterior_parameters(x, y), eps)
-        return guard({"reconstruction": model.decode_mean(z, y)}, x=x, eps=eps, y=y)
+        return guarded({"reconstruction": model.decode_mean(z, y)}, x=x, eps=eps, y=y)
 
     def sample(eps, y=None):
+        y = matched(y, eps, "y")
         samples = model.decode_mean(model.prior.reparameterize(eps), y)
-        return guard({"samples": samples}, eps=eps, y=y)
+        return guarded({"samples": samples}, eps=eps, y=y)
 
     def elbo(x, eps, y=None):
+        eps, y = _same_rows(eps, x, "eps"), matched(y, x, "y")
         terms = model.elbo_terms(x, y, noise=eps[None])
-        return guard({key: value for key, value in terms.items() if key != "loss"},
-                     x=x, eps=eps, y=y)
+        return guarded({key: value for key, value in terms.items() if key != "loss"},
+                       x=x, eps=eps, y=y)
 
     def serving_default(x, y=None):
-        reconstruction = model(x if y is None else (x, y), training=False)
-        return guard({"reconstruction": reconstruction}, x=x, y=y)
+        # The model's `call` (z = g(0; q(z|x))) through the seams, so that the rows are
+        # guarded once, here, rather than by `call`'s per-element mask and again here.
+        y = matched(y, x, "y")
+        eps = tf.zeros(tf.stack([tf.shape(x)[0], model.latent_dim]))
+        z = posterior.reparameterize(model.posterior_parameters(x, y), eps)
+        return guarded({"reconstruction": model.decode_mean(z, y)}, x=x, y=y)
 
     functions = {"serving_default": serving_default, "encode": encode, "decode": decode,
                  "reconstruct": reconstruct, "sample": sample, "elbo": elbo}
     extra = ("y",) if conditional else ()
-    return {
-        name: (fn, [specs[key] for key in GRAPH_INPUTS[name] + extra])
-        for name, fn in functions.items()
-    }
+    pad = not _networks_take_empty_batches(model)
+    graphs = {}
+    for name, fn in functions.items():
+        input_signature = [specs[key] for key in GRAPH_INPUTS[name] + extra]
+        graphs[name] = (_empty_batch_padding(fn, input_signature) if pad else fn,
+                        input_signature)
+    return graphs
 
 
 def _sample_refusal(model):
@@ -293,7 +442,18 @@ def skipped_parts(model, exported, kind):
     return skipped
 
 
-def _metadata(model, functions, exported, kind, y_format):
+def _weight_bytes(model):
+    """The bytes of the model's weights (each counted once)."""
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights))
+
+
+def _tree_bytes(root):
+    """The bytes of the files under `root`."""
+    return sum(os.path.getsize(os.path.join(directory, name))
+               for directory, _, files in os.walk(root) for name in files)
+
+
+def _metadata(model, functions, exported, kind, y_format, guard=True):
     """What serving tools need to know about the export, as JSON-able data."""
     low, high, integers = data_range(model.likelihood)
     inputs = {
@@ -314,6 +474,8 @@ def _metadata(model, functions, exported, kind, y_format):
                        "high": high if math.isfinite(high) else None, "integers": integers},
         "inputs": inputs,
         "skipped": skipped_parts(model, exported, kind),
+        "input_guard": bool(guard),
+        "weight_bytes": _weight_bytes(model),
     }
 
 
@@ -357,10 +519,53 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+_STAGING = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def _process_alive(pid):
+    """Whether process `pid` exists on this machine (PIDs ≤ 1 or beyond the kernel's
+    range are nobody's staging folder: dead)."""
+    if pid <= 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_staging(parent):
+    """Removes the hidden staging folders (`.NAME.tmp-PID-XXXXXXXX`) that exports killed
+    before their rename (`kill -9`, a power cut) left in `parent`: those whose PID is
+    not a live process. Returns their names."""
+    removed = []
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return removed
+    for name in names:
+        match = _STAGING.match(name)
+        path = os.path.join(parent, name)
+        if match and os.path.isdir(path) and not os.path.islink(path) and not _process_alive(
+                int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    if removed:
+        logger.warning("removed %d unfinished export folder(s) of stopped processes in %s: %s",
+                       len(removed), parent, ", ".join(removed))
+    return removed
+
+
 @contextlib.contextmanager
 def _staging_directory(destination):
-    """A hidden, new directory beside `destination`; removed unless renamed into place."""
+    """A hidden, new directory beside `destination`; removed unless renamed into place.
+    Leftovers of killed exports beside it are removed first (`remove_stale_staging`)."""
     parent = os.path.dirname(os.path.abspath(destination))
+    remove_stale_staging(parent)
     # os.mkdir (unlike tempfile.mkdtemp's 0700) gives the permissions the umask allows.
     staging = os.path.join(
         parent, f".{os.path.basename(destination)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -407,7 +612,7 @@ def next_version(base_dir, model_name):
 
 
 def export_saved_model(model, base_dir, model_name="tfvae", version=None, signatures=None,
-                       y_format="one_hot"):
+                       y_format="one_hot", *, guard=True):
     """Writes a SavedModel in TF Serving's layout, `base_dir/model_name/version/`.
 
     The version directory appears complete or not at all (written beside it
@@ -425,6 +630,8 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
         model supports (`sample` needs a standard normal or hierarchical prior).
       y_format: what a valid `y` row is (see `graph_functions`). Default value:
         `"one_hot"`.
+      guard: `False` leaves out the bad-input guard (see `graph_functions`; only
+        for measuring its cost). Default value: `True`.
 
     Returns:
       The path of the written version directory.
@@ -457,16 +664,19 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
     path = os.path.join(base_dir, model_name, str(version))
     if os.path.exists(path):
         raise ValueError(f"{path} already exists; TF Serving versions are never overwritten.")
-    functions = graph_functions(model, y_format)
+    functions = graph_functions(model, y_format, guard=guard)
+    # The archive saves the variables its endpoints use. `archive.track(model)` would
+    # save each of them a second time (the Keras variables beside the captured ones).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     for name in signatures:
         fn, input_signature = functions[name]
         archive.add_endpoint(name, fn, input_signature=input_signature)
-    metadata = _metadata(model, functions, signatures, "SavedModel", y_format)
+    metadata = _metadata(model, functions, signatures, "SavedModel", y_format, guard)
     _make_directory(os.path.dirname(path), "base_dir")
     with _staging_directory(path) as staging:
         archive.write_out(staging, verbose=False)
+        metadata["saved_model_bytes"] = _tree_bytes(staging)
+        metadata["variables_bytes"] = _tree_bytes(os.path.join(staging, "variables"))
         os.makedirs(os.path.join(staging, os.path.dirname(SAVED_MODEL_METADATA)), exist_ok=True)
         _write_file(os.path.join(staging, SAVED_MODEL_METADATA),
                     json.dumps(metadata, indent=2).encode())
@@ -511,16 +721,33 @@ def _convert_to_onnx(name, fn, input_signature, path, opset):
     unsupported = sorted({node.op_type for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
     if unsupported:
         raise ValueError(f"Cannot export the `{name}` graph to ONNX: unsupported ops {unsupported}.")
+    # Every input and output has B rows: one named dimension (tf2onnx names each `unk__N`).
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_DIMENSION
     _write_file(path, proto.SerializeToString())
 
 
-def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot"):
+def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *, guard=True,
+                quantize=None, validation_data=None):
     """Writes ONNX graphs `directory/<graph>.onnx` plus `metadata.json`.
 
     The directory appears complete or not at all (written beside it under a
     hidden name, then renamed). `metadata.json` records the opset, shapes,
     each graph's inputs, the likelihood's data range, the condition's format,
-    and which graphs were skipped and why (also logged at WARNING).
+    which graphs were skipped and why (also logged at WARNING), and sizes:
+    `onnx_bytes` per graph and the model's `weight_bytes`. Every input's and
+    output's first dimension is named `batch` (`BATCH_DIMENSION`).
+
+    With `quantize="int8"` each graph is also written dynamically quantized
+    (`onnxruntime.quantization.quantize_dynamic`: int8 MatMul/Gemm weights,
+    activations quantized at run time) as `<graph>.int8.onnx`, and
+    `metadata.json["quantized"][graph]` records its size, its latency against
+    the float graph (B = 1 and 1,000, medians), and its parity with the float
+    graph on `validation_data` (see `quantization_report`); a graph that does
+    not quantize is recorded with the reason instead.
 
     Args:
       model: a trained `tfvae.VAE`.
@@ -530,9 +757,15 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot"):
         `None`, which means `ONNX_OPSET` (17).
       y_format: what a valid `y` row is (see `graph_functions`). Default value:
         `"one_hot"`.
+      guard: `False` leaves out the bad-input guard (see `graph_functions`; only
+        for measuring its cost). Default value: `True`.
+      quantize: `None` or `"int8"`. Default value: `None`.
+      validation_data: with `quantize`, held-out `x` or `(x, y)` (`y` integer
+        labels or one-hot rows for a conditional model) to measure the
+        quantized graphs' parity on; the first 1,000 examples are used.
 
     Returns:
-      `{graph: path}` of the written files.
+      `{graph: path}` of the written float graphs.
 
     Raises:
       ValueError: for a bad `opset`, if `directory` holds files (nothing is
@@ -554,8 +787,11 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot"):
         )
     if os.path.isdir(directory) and os.listdir(directory):
         raise ValueError(f"{directory} already holds files; refusing to overwrite them.")
-    functions = graph_functions(model, y_format)
-    metadata = {"opset": opset, **_metadata(model, functions, graphs, "ONNX", y_format),
+    if quantize is not None:
+        quantize = _checks_quantize(quantize, validation_data)
+        validation = _validation_inputs(model, validation_data)
+    functions = graph_functions(model, y_format, guard=guard)
+    metadata = {"opset": opset, **_metadata(model, functions, graphs, "ONNX", y_format, guard),
                 "graphs": {name: f"{name}.onnx" for name in graphs}}
     _make_directory(os.path.dirname(os.path.abspath(directory)), "directory")
     with _staging_directory(directory) as staging:
@@ -563,8 +799,245 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot"):
             fn, input_signature = functions[name]
             _convert_to_onnx(name, fn, input_signature, os.path.join(staging, f"{name}.onnx"),
                              opset)
+        metadata["onnx_bytes"] = {
+            name: os.path.getsize(os.path.join(staging, f"{name}.onnx")) for name in graphs}
+        if quantize is not None:
+            metadata["quantized"] = {
+                name: _quantize_graph(model, name, staging, validation) for name in graphs}
         _write_file(os.path.join(staging, ONNX_METADATA), json.dumps(metadata, indent=2).encode())
         _publish(staging, directory, "ONNX")
     _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory)
     logger.info("wrote ONNX graphs %s to %s", ", ".join(graphs), directory)
     return {name: os.path.join(directory, file) for name, file in metadata["graphs"].items()}
+
+
+# ---------------------------------------------------------------------------
+# int8 (dynamic quantization) and its parity with the float graphs.
+
+_QUANTIZED_OPS = ("MatMul", "Gemm")
+_PARITY_EXAMPLES = 1000
+_LATENCY_BATCHES = (1, 1000)
+
+
+def _checks_quantize(quantize, validation_data):
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"Received an invalid value for `quantize`, expected None or one of "
+            f"{list(QUANTIZE_MODES)}. Received: quantize={quantize!r}")
+    if validation_data is None:
+        raise ValueError(
+            "Received an invalid value for `validation_data`, expected held-out x or (x, y) "
+            "to measure the quantized graphs' parity on. Received: validation_data=None")
+    return quantize
+
+
+def _validation_inputs(model, validation_data):
+    """`{"x", "y"?, "z", "eps", "noise"}` arrays for the graphs, from held-out data (its
+    first `_PARITY_EXAMPLES` rows): `z` the model's deterministic codes of x, `eps`
+    zeros (the noise-free reconstruction), `noise` N(0, I) draws (seed 0) for `sample`."""
+    x, y = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
+    x = np.asarray(x, np.float32)[:_PARITY_EXAMPLES]
+    if x.shape[1:] != model.event_shape or not len(x):
+        raise ValueError(
+            f"Received an invalid value for `validation_data`, expected x of shape "
+            f"(n > 0, {', '.join(map(str, model.event_shape))}). Received: x with shape "
+            f"{tuple(np.shape(x))}")
+    model.likelihood.validate_data(x, "validation_data")
+    inputs = {"x": x}
+    labels = None
+    if model.condition_dim is not None:
+        if y is None:
+            raise ValueError("Received an invalid value for `validation_data`: the model is "
+                             "conditional, expected (x, y). Received: x alone")
+        y = np.asarray(y)[:len(x)]
+        if y.ndim == 1:
+            labels = y.astype(np.int64)
+            y = np.eye(model.condition_dim, dtype=np.float32)[labels]
+        inputs["y"] = y.astype(np.float32)
+    prepared_y = None if labels is None and "y" not in inputs else tf.constant(inputs["y"])
+    inputs["z"] = np.asarray(model.latent_code(x, inputs.get("y") if labels is None else labels))
+    inputs["eps"] = np.zeros((len(x), model.latent_dim), np.float32)
+    inputs["noise"] = np.random.default_rng(0).standard_normal(
+        (len(x), model.latent_dim)).astype(np.float32)
+    inputs["prepared_y"] = prepared_y
+    return inputs
+
+
+def _graph_feeds(name, inputs, conditional):
+    feeds = {"encode": {"x": inputs["x"]}, "decode": {"z": inputs["z"]},
+             "reconstruct": {"x": inputs["x"], "eps": inputs["eps"]},
+             "sample": {"eps": inputs["noise"]}}[name]
+    if conditional:
+        feeds["y"] = inputs["y"]
+    return feeds
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def _run(session, feeds):
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+def _median_latency_ms(sessions, feeds, calls, repeats=7):
+    """`{name: ms}`: the median over `repeats` of the mean time per call, the sessions
+    interleaved in each repeat."""
+    import time
+
+    times = {name: [] for name in sessions}
+    for session in sessions.values():
+        session.run(None, feeds)  # warm up
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                session.run(None, feeds)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: round(1000 * float(np.median(t)), 4) for name, t in times.items()}
+
+
+def _tiled(feeds, rows):
+    return {key: np.resize(value, (rows,) + value.shape[1:]) for key, value in feeds.items()}
+
+
+def _elbo_nats(model, posterior_outputs, decoder_parameters, inputs):
+    """Per-example one-sample ELBO `log p(x|z) + log p(z) − log q(z|x)` at
+    `z = g(noise; q)`, from given posterior outputs (the `encode` graph's) and a
+    decoder `z → likelihood parameters`, in nats."""
+    parameters = dict(posterior_outputs)
+    parameters = {"loc": tf.constant(parameters.pop("mean")),
+                  "scale": tf.constant(parameters.pop("scale")),
+                  **{key: tf.constant(value) for key, value in parameters.items()}}
+    z = model.posterior.reparameterize(parameters, tf.constant(inputs["noise"]))
+    log_px = model.likelihood.log_prob(decoder_parameters(z), tf.constant(inputs["x"]))
+    log_pz = model.prior.distribution().log_prob(z)
+    log_qz = model.posterior.distribution(parameters).log_prob(z)
+    return np.asarray(log_px + log_pz - log_qz, np.float64)
+
+
+def _elbo_parity(model, name, float_session, int8_session, inputs, conditional):
+    """The ELBO of the validation examples with the int8 graph in place of the float one
+    (the int8 encoder's q with the float decoder, or the float q with the int8
+    decoder), against the float path: `{"float", "int8"}` means and the differences."""
+    y = inputs["prepared_y"]
+    keras_q = model.posterior_outputs(tf.constant(inputs["x"]), y)
+    keras_q = {key: np.asarray(value) for key, value in keras_q.items()}
+
+    def keras_decoder(z):
+        return model.decoder_parameters(z, y)
+
+    def graph_decoder(session):
+        def decoder(z):
+            feeds = {"z": np.asarray(z)}
+            if conditional:
+                feeds["y"] = inputs["y"]
+            outputs = _run(session, feeds)
+            outputs.pop("mean")
+            return {key: tf.constant(value) for key, value in outputs.items()}
+        return decoder
+
+    if name == "encode":
+        float_elbo = _elbo_nats(model, _run(float_session, _graph_feeds(name, inputs, conditional)),
+                                keras_decoder, inputs)
+        int8_elbo = _elbo_nats(model, _run(int8_session, _graph_feeds(name, inputs, conditional)),
+                               keras_decoder, inputs)
+    else:  # decode
+        float_elbo = _elbo_nats(model, keras_q, graph_decoder(float_session), inputs)
+        int8_elbo = _elbo_nats(model, keras_q, graph_decoder(int8_session), inputs)
+    difference = int8_elbo - float_elbo
+    return {"float": round(float(np.mean(float_elbo)), 6),
+            "int8": round(float(np.mean(int8_elbo)), 6),
+            "mean_difference": float(np.mean(difference)),
+            "max_abs_difference": float(np.max(np.abs(difference)))}
+
+
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """Silences the quantizer's advice to run its shape-inference pre-processing (logged
+    on the root logger for every graph; tfvae's graphs have their shapes)."""
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+def quantization_refusal(proto):
+    """Why the ONNX graph `proto` cannot be dynamically quantized (`None` if it can): it
+    must have a MatMul or Gemm whose weight is a constant."""
+    constants = {init.name for init in proto.graph.initializer}
+    constants |= {out for node in proto.graph.node if node.op_type == "Constant"
+                  for out in node.output}
+    if not any(node.op_type in _QUANTIZED_OPS and any(i in constants for i in node.input)
+               for node in proto.graph.node):
+        return "it has no MatMul or Gemm with constant weights to quantize"
+    return None
+
+
+def _quantize_graph(model, name, directory, inputs):
+    """Writes `directory/<name>.int8.onnx` and returns its metadata entry: size, latency
+    and parity against `<name>.onnx`, or `{"refused": reason}`."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_path = os.path.join(directory, f"{name}.onnx")
+    int8_file = f"{name}.int8.onnx"
+    int8_path = os.path.join(directory, int8_file)
+    refusal = quantization_refusal(onnx.load(float_path))
+    if refusal is None:
+        try:
+            with _without_preprocessing_advice():
+                quantize_dynamic(float_path, int8_path,
+                                 op_types_to_quantize=list(_QUANTIZED_OPS),
+                                 weight_type=QuantType.QInt8)
+            quantized = onnx.load(int8_path)
+            onnx.checker.check_model(quantized)
+            if not any("Integer" in node.op_type or "Quant" in node.op_type
+                       for node in quantized.graph.node):
+                refusal = "onnxruntime's quantizer left every MatMul/Gemm in float"
+        except Exception as error:  # noqa: BLE001 - the quantizer raises many types.
+            refusal = f"onnxruntime's quantizer failed: {str(error).splitlines()[0]}"
+    if refusal is not None:
+        if os.path.exists(int8_path):
+            os.remove(int8_path)
+        logger.warning("ONNX graph `%s` is not quantized: %s", name, refusal)
+        return {"refused": refusal}
+    conditional = model.condition_dim is not None
+    sessions = {"float": _session(float_path), "int8": _session(int8_path)}
+    feeds = _graph_feeds(name, inputs, conditional)
+    float_out, int8_out = _run(sessions["float"], feeds), _run(sessions["int8"], feeds)
+    errors = {}
+    for key, value in float_out.items():
+        difference = np.abs(np.asarray(int8_out[key], np.float64) - value)
+        errors[key] = float(np.nanmax(difference)) if np.isfinite(difference).any() else None
+    entry = {
+        "file": int8_file,
+        "bytes": os.path.getsize(int8_path),
+        "float_bytes": os.path.getsize(float_path),
+        "validation_examples": len(inputs["x"]),
+        "max_abs_error": errors,
+        "latency_ms": {str(rows): _median_latency_ms(
+            sessions, _tiled(feeds, rows), calls=50 if rows == 1 else 3)
+            for rows in _LATENCY_BATCHES},
+    }
+    entry["size_ratio"] = round(entry["bytes"] / entry["float_bytes"], 4)
+    if name in ("encode", "decode"):
+        try:
+            entry["elbo_nats"] = _elbo_parity(model, name, sessions["float"], sessions["int8"],
+                                              inputs, conditional)
+        except Exception as error:  # noqa: BLE001 - a posterior without log_prob of its sample
+            entry["elbo_nats"] = {"refused": f"{type(error).__name__}: "
+                                             f"{str(error).splitlines()[0] if str(error) else ''}"}
+    else:
+        entry["elbo_nats"] = {"refused": f"`{name}` outputs only the likelihood's mean, not "
+                                         "its parameters"}
+    return entry
