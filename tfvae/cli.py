@@ -205,6 +205,10 @@ def _parser(defaults=True):
     export.add_argument("--model-name", default="tfvae", help="TF Serving model name")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
+    export.add_argument("--quantize", choices=("int8",), default=None,
+                        help="ONNX only: also write dynamically quantized graphs "
+                        "(GRAPH.int8.onnx: int8 MatMul/Gemm weights), with their size, latency "
+                        "and parity on the run's validation data in metadata.json")
 
     for name, text in (("encode", "write every example's posterior q(z|x): mean, scale, code"),
                        ("score", "write per-example ELBO terms, reconstruction error and "
@@ -570,6 +574,10 @@ def _score(args, argv):
 def _export_saved_model(model, output, args):
     from tfvae import export
 
+    if args.quantize is not None:
+        raise ValueError("Received an invalid value for `--quantize`: it applies to "
+                         f"--format onnx only. Received: --quantize={args.quantize} "
+                         "--format saved_model")
     path = export.export_saved_model(model, output, args.model_name, version=args.version)
     print(f"wrote SavedModel {path}")
 
@@ -579,9 +587,52 @@ def _export_onnx(model, output, args):
 
     # A given --opset goes to the library as it is (it refuses bad values).
     opset = export.ONNX_OPSET if args.opset is None else args.opset
-    written = export.export_onnx(model, output, opset=opset)
+    quantize = {}
+    if args.quantize is not None:
+        quantize = {"quantize": args.quantize,
+                    "validation_data": _validation_sample(args.run, model)}
+    written = export.export_onnx(model, output, opset=opset, **quantize)
     for name, path in written.items():
         print(f"wrote {name}: {path}")
+    if quantize:
+        with open(os.path.join(output, export.ONNX_METADATA)) as f:
+            quantized = json.load(f)["quantized"]
+        for name, entry in quantized.items():
+            if "refused" in entry:
+                print(f"not quantized {name}: {entry['refused']}")
+                continue
+            elbo = entry["elbo_nats"].get("mean_difference")
+            print(f"wrote {name} ({args.quantize}): {os.path.join(output, entry['file'])} "
+                  f"({entry['size_ratio']:.2f}x the size, max abs error "
+                  f"{max(v for v in entry['max_abs_error'].values() if v is not None):.2g}"
+                  + (f", ELBO {elbo:+.3g} nats" if elbo is not None else "")
+                  + f" on {entry['validation_examples']} validation examples)")
+
+
+def _validation_sample(run, model, limit=1000):
+    """The run's held-out data (its first `limit` examples), as `x` or `(x, labels)` for
+    a conditional model: what `--quantize` measures parity on."""
+    import numpy as np
+
+    from tfvae import data, runs
+
+    config = runs.read_config(os.path.join(run, runs.RUN_FILE))
+    if data.is_streamed(config.dataset):
+        batches, _ = runs.held_out_stream(config, None, "validation", batch_size=256)
+        xs, ys, rows = [], [], 0
+        for batch in batches:
+            x, y = batch if isinstance(batch, tuple) else (batch, None)
+            xs.append(np.asarray(x))
+            ys.append(None if y is None else np.asarray(y))
+            rows += len(xs[-1])
+            if rows >= limit:
+                break
+        x = np.concatenate(xs)[:limit]
+        y = None if ys[0] is None else np.concatenate(ys)[:limit]
+    else:
+        x, y = runs.held_out(config)
+        x, y = x[:limit], None if y is None else y[:limit]
+    return x if model.condition_dim is None else (x, y)
 
 
 # `tfvae export --format` names -> writers.
