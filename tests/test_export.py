@@ -563,18 +563,30 @@ def _fake_convert(name, fn, input_signature, path, opset):
 
 
 def test_the_next_export_removes_staging_folders_of_dead_processes(tmp_path, monkeypatch):
+    import hashlib
+    import socket
+
     monkeypatch.setattr(export, "_convert_to_onnx", _fake_convert)
-    dead = tmp_path / f".onnx.tmp-{_dead_pid()}-0123abcd"
-    live = tmp_path / f".onnx.tmp-{os.getpid()}-0123abcd"  # an export still running
-    other = tmp_path / ".onnx.tmp-mine"  # not an export's name
-    for folder in (dead, live, other):
-        folder.mkdir()
-        (folder / "encode.onnx").write_bytes(b"half")
-    impossible = tmp_path / ".1.tmp-99999999999999999999-0123abcd"  # no such PID anywhere
-    impossible.mkdir()
-    export.export_onnx(_model(), str(tmp_path / "onnx"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [live.name, other.name, "onnx"])
+    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+    other_host = "0" * 8 if host != "0" * 8 else "1" * 8
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = _dead_pid()
+        removed = [f".onnx.tmp-{dead}-{host}-0123abcd",  # killed on this host
+                   f".onnx.tmp-{dead}-0123abcd",  # killed, named by 0.2.0
+                   f".1.tmp-{os.getpid()}-{host}-0123abcd",  # an earlier process with our PID
+                   ".1.tmp-99999999999999999999-0123abcd"]  # no such PID anywhere
+        kept = [f".onnx.tmp-{running.pid}-{host}-0123abcd",  # an export still running
+                f".onnx.tmp-{dead}-{other_host}-0123abcd",  # another machine's (shared disk)
+                ".onnx.tmp-mine"]  # not an export's name
+        for name in removed + kept:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "encode.onnx").write_bytes(b"half")
+        export.export_onnx(_model(), str(tmp_path / "onnx"))
+    finally:
+        running.kill()
+        running.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["onnx"])
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ into the same place (`remove_stale_staging`).
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -60,6 +61,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -519,13 +521,22 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-_STAGING = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+# `.NAME.tmp-PID-HOST-XXXXXXXX` (HOST: 8 hex digits of the host name's hash; 0.2.0's
+# names have no HOST).
+_STAGING = re.compile(r"^\..+\.tmp-(\d+)-(?:([0-9a-f]{8})-)?[0-9a-f]{8}$")
+# This process's staging folders being written (a folder with this process's PID that
+# is not here is a leftover of an earlier process that had the same PID: containers).
+_WRITING = set()
+
+
+def _host_tag():
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def _process_alive(pid):
-    """Whether process `pid` exists on this machine (PIDs ≤ 1 or beyond the kernel's
-    range are nobody's staging folder: dead)."""
-    if pid <= 1:
+    """Whether process `pid` exists on this machine (PID 0, negative PIDs and PIDs beyond
+    the kernel's range are nobody's)."""
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -538,10 +549,18 @@ def _process_alive(pid):
     return True
 
 
+def _stale(path, pid, host):
+    if host is not None and host != _host_tag():
+        return False  # another machine's export on a shared file system: not ours to judge
+    if pid == os.getpid():
+        return os.path.abspath(path) not in _WRITING
+    return not _process_alive(pid)
+
+
 def remove_stale_staging(parent):
-    """Removes the hidden staging folders (`.NAME.tmp-PID-XXXXXXXX`) that exports killed
-    before their rename (`kill -9`, a power cut) left in `parent`: those whose PID is
-    not a live process. Returns their names."""
+    """Removes the hidden staging folders that exports killed before their rename
+    (`kill -9`, a power cut) left in `parent`: those of this host whose process is
+    gone. Returns their names."""
     removed = []
     try:
         names = sorted(os.listdir(parent))
@@ -550,8 +569,8 @@ def remove_stale_staging(parent):
     for name in names:
         match = _STAGING.match(name)
         path = os.path.join(parent, name)
-        if match and os.path.isdir(path) and not os.path.islink(path) and not _process_alive(
-                int(match.group(1))):
+        if (match and os.path.isdir(path) and not os.path.islink(path)
+                and _stale(path, int(match.group(1)), match.group(2))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(name)
     if removed:
@@ -567,12 +586,14 @@ def _staging_directory(destination):
     parent = os.path.dirname(os.path.abspath(destination))
     remove_stale_staging(parent)
     # os.mkdir (unlike tempfile.mkdtemp's 0700) gives the permissions the umask allows.
-    staging = os.path.join(
-        parent, f".{os.path.basename(destination)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    staging = os.path.join(parent, f".{os.path.basename(destination)}.tmp-{os.getpid()}-"
+                                   f"{_host_tag()}-{secrets.token_hex(4)}")
     os.mkdir(staging)
+    _WRITING.add(staging)
     try:
         yield staging
     finally:
+        _WRITING.discard(staging)
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
 
