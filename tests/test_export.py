@@ -750,6 +750,15 @@ def test_int8_export_writes_quantized_graphs_with_their_measured_parity(tmp_path
     assert "refused" in metadata["quantized"]["reconstruct"]["elbo_nats"]
     assert abs(metadata["quantized"]["decode"]["elbo_nats"]["mean_difference"]) < 1.0
 
+    # A graph whose int8 version would not be smaller (a small conv decoder: its MatMul
+    # weights are few, the quantization ops add bytes) is refused, with the reason.
+    conv = _model(architecture="conv")
+    export.export_onnx(conv, str(tmp_path / "conv"), graphs=("decode",), quantize="int8",
+                       validation_data=x)
+    with open(tmp_path / "conv" / "metadata.json") as f:
+        assert "not smaller" in json.load(f)["quantized"]["decode"]["refused"]
+    assert sorted(os.listdir(tmp_path / "conv")) == ["decode.onnx", "metadata.json"]
+
     # A quantizer that fails is a refusal with its reason, not a crash.
     import onnxruntime.quantization as quantization
 

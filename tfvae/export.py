@@ -1025,6 +1025,10 @@ def _quantize_graph(model, name, directory, inputs):
             if not any("Integer" in node.op_type or "Quant" in node.op_type
                        for node in quantized.graph.node):
                 refusal = "onnxruntime's quantizer left every MatMul/Gemm in float"
+            elif os.path.getsize(int8_path) >= os.path.getsize(float_path):
+                refusal = (f"quantized, it is not smaller ({os.path.getsize(int8_path)} bytes "
+                           f"against {os.path.getsize(float_path)}): its MatMul/Gemm weights "
+                           "are too few (convolutions stay in float)")
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types.
             refusal = f"onnxruntime's quantizer failed: {str(error).splitlines()[0]}"
     if refusal is not None:
