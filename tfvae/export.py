@@ -875,12 +875,11 @@ def _validation_inputs(model, validation_data):
             labels = y.astype(np.int64)
             y = np.eye(model.condition_dim, dtype=np.float32)[labels]
         inputs["y"] = y.astype(np.float32)
-    prepared_y = None if labels is None and "y" not in inputs else tf.constant(inputs["y"])
     inputs["z"] = np.asarray(model.latent_code(x, inputs.get("y") if labels is None else labels))
     inputs["eps"] = np.zeros((len(x), model.latent_dim), np.float32)
     inputs["noise"] = np.random.default_rng(0).standard_normal(
         (len(x), model.latent_dim)).astype(np.float32)
-    inputs["prepared_y"] = prepared_y
+    inputs["prepared_y"] = tf.constant(inputs["y"]) if "y" in inputs else None
     return inputs
 
 
