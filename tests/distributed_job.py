@@ -5,7 +5,6 @@ configured at process start, so they cannot run inside the pytest process).
     python tests/distributed_job.py worker OUT.json     # one MultiWorkerMirroredStrategy worker (TF_CONFIG)
     python tests/distributed_job.py tcvae OUT.json      # β-TCVAE: one device vs MirroredStrategy on 2 CPUs
     python tests/distributed_job.py records OUT.json DIR          # one worker on record shards
-    python tests/distributed_job.py records_single OUT.json DIR   # one device, the same batches
 """
 
 import json
@@ -109,8 +108,9 @@ def train_on_records(strategy, folder):
 
 
 def train_records_on_one_device(folder):
-    """The single-device reference: the global batches two workers make of two shards
-    (a worker's half-batch from each shard, worker 0's first), as in-memory arrays."""
+    """The single-device reference (test_distribute calls it in its own process): the
+    global batches two workers make of two shards (a worker's half-batch from each
+    shard, worker 0's first), as in-memory arrays."""
     from tfvae import data
     from tfvae import sources
 
@@ -151,8 +151,6 @@ def main(mode, output, folder=None):
         result = train(tf.distribute.MultiWorkerMirroredStrategy())
     elif mode == "records":
         result = train_on_records(tf.distribute.MultiWorkerMirroredStrategy(), folder)
-    elif mode == "records_single":
-        result = train_records_on_one_device(folder)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     with open(output, "w") as f:
