@@ -26,7 +26,6 @@ an interrupted run keeps what it measured. Temporary data are deleted per N.
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import re
