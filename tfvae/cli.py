@@ -291,9 +291,11 @@ def _check_positive(args, *names):
 
 
 def _check_seed(seed):
-    if not 0 <= seed <= 2**32 - 1:
+    from tfvae import runs
+
+    if not 0 <= seed <= runs.MAX_SEED:
         raise ValueError("Received an invalid value for `--seed`, expected an integer in "
-                         f"0..{2**32 - 1}. Received: --seed={seed}")
+                         f"0..{runs.MAX_SEED}. Received: --seed={seed}")
 
 
 def _refuse_existing(path, overwrite):

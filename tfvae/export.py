@@ -66,6 +66,8 @@ import socket
 import numpy as np
 import tensorflow as tf
 
+from tfvae import files
+
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
@@ -503,8 +505,8 @@ def _write_file(path, data):
 
 def _fsync_tree(root):
     """fsyncs every file and directory under `root` (and `root` itself)."""
-    for directory, _, files in os.walk(root):
-        for name in files:
+    for directory, _, names in os.walk(root):
+        for name in names:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -533,28 +535,12 @@ def _host_tag():
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _process_alive(pid):
-    """Whether process `pid` exists on this machine (PID 0, negative PIDs and PIDs beyond
-    the kernel's range are nobody's)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    except OSError:
-        return False
-    return True
-
-
 def _stale(path, pid, host):
     if host is not None and host != _host_tag():
         return False  # another machine's export on a shared file system: not ours to judge
     if pid == os.getpid():
         return os.path.abspath(path) not in _WRITING
-    return not _process_alive(pid)
+    return not files.process_alive(pid)
 
 
 def remove_stale_staging(parent):

@@ -84,7 +84,7 @@ def remove_stale_temporaries(path):
     for entry in entries:
         found = _TEMPORARY.match(entry)
         if (found and found.group("name") == name and found.group("pid")
-                and not _process_alive(int(found.group("pid")))):
+                and not process_alive(int(found.group("pid")))):
             _remove_quietly(os.path.join(directory, entry))
             removed.append(entry)
     if removed:
@@ -283,7 +283,7 @@ def _age(path):
 _HELD_LOCKS = set()
 
 
-def _process_alive(pid):
+def process_alive(pid):
     """Whether a process `pid` runs on this host (this process included)."""
     if pid == os.getpid():
         return True
@@ -307,7 +307,15 @@ def _lock_owner_alive(pid, path):
     process only if it holds that lock, another only if it is alive."""
     if pid == os.getpid():
         return os.path.abspath(path) in _HELD_LOCKS
-    return _process_alive(pid)
+    return process_alive(pid)
+
+
+def _writer_gone(pid, host, path, alive):
+    """Whether the process that wrote the lock file `path` (PID and host inside it) is gone:
+    on this host, `alive(pid, path)` is false, or the PID now belongs to a process started
+    after the file was written (a reused PID). Another host's writer is never judged gone."""
+    return host == socket.gethostname() and (
+        not alive(pid, path) or _started_after(pid, time.time() - _age(path)))
 
 
 def _started_after(pid, moment):
@@ -359,9 +367,7 @@ class RunLock:
                 return {"pid": None, "host": None}
             logger.warning("ignoring the unreadable lock file %s", path)
             return None
-        if host == socket.gethostname() and (
-                not _lock_owner_alive(pid, path)
-                or _started_after(pid, time.time() - _age(path))):
+        if _writer_gone(pid, host, path, alive=_lock_owner_alive):
             return None
         return {"pid": pid, "host": host}
 
@@ -492,10 +498,10 @@ class ReadLock:
                 if _age(path) >= FRESH_LOCK_SECONDS:
                     _remove_quietly(path)
                 continue
-            if host == socket.gethostname() and (pid == os.getpid() or not _process_alive(pid)
-                                                 or _started_after(pid, time.time() - _age(path))):
-                if pid != os.getpid():
-                    _remove_quietly(path)
+            if pid == os.getpid() and host == socket.gethostname():
+                continue  # this process's own read
+            if _writer_gone(pid, host, path, alive=lambda pid, path: process_alive(pid)):
+                _remove_quietly(path)
                 continue
             found.append({"pid": pid, "host": host})
         return found

@@ -76,6 +76,13 @@ def hash_split(keys, fraction, seed):
     return tf.strings.to_hash_bucket_fast(keys, _BUCKETS) < int(round(fraction * _BUCKETS))
 
 
+def _split_side(keep):
+    """`key -> bool`: whether an example is on the `validation` side of the hash split
+    `keep = (fraction, seed, validation)`."""
+    fraction, seed, validation = keep
+    return lambda key: tf.equal(hash_split(key, fraction, seed), validation)
+
+
 def key_ids(keys):
     """int64 ids of string keys (a 63-bit FarmHash fingerprint)."""
     return tf.strings.to_hash_bucket_fast(tf.convert_to_tensor(keys), 2**63 - 1)
@@ -298,21 +305,16 @@ class ImageFolderSource(Source):
         Default value: `None`.
       classes: the class sub-folder names, in label order (the splits of one
         dataset share the training split's). Default value: the sorted sub-folders.
-      keep: an optional bool per file (a split of the folder).
     """
 
     dtype = "uint8"
     scale = 255.0
 
-    def __init__(self, path, image_size=None, channels=None, classes=None, keep=None,
-                 name=None):
+    def __init__(self, path, image_size=None, channels=None, classes=None, name=None):
         self.name = name or path
         self.root = path
         self.classes = _subfolders(path) if classes is None else list(classes)
         paths, keys, labels = _folder_files(path, self.classes)
-        if keep is not None:
-            paths, keys, labels = ([v for v, k in zip(values, keep) if k]
-                                   for values in (paths, keys, labels))
         if not paths:
             raise ValueError(f"Received an invalid value for `dataset`: no images in "
                              f"{self.name!r}.")
@@ -457,14 +459,9 @@ class RecordSource(Source):
         serialized = files.interleave(read, cycle_length=min(len(self.files), 16),
                                       block_length=1, **parallel)
         if self.keep is not None:
-            fraction, split_seed, validation = self.keep
-
-            def kept(record):
-                key = tf.io.parse_single_example(
-                    record, {"key": tf.io.FixedLenFeature([], tf.string)})["key"]
-                return tf.equal(hash_split(key, fraction, split_seed), validation)
-
-            serialized = serialized.filter(kept)
+            in_split = _split_side(self.keep)
+            serialized = serialized.filter(lambda record: in_split(tf.io.parse_single_example(
+                record, {"key": tf.io.FixedLenFeature([], tf.string)})["key"]))
         if shuffle:
             serialized = serialized.shuffle(shuffle_buffer(self.event_shape, self.dtype),
                                             seed=seed,
@@ -765,9 +762,8 @@ class NpySource(Source):
         examples = starts.map(chunk, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=True).unbatch()
         if self.keep is not None:
-            fraction, split_seed, validation = self.keep
-            examples = examples.filter(lambda e: tf.equal(
-                hash_split(e["key"], fraction, split_seed), validation))
+            in_split = _split_side(self.keep)
+            examples = examples.filter(lambda e: in_split(e["key"]))
         if shuffle:
             examples = examples.shuffle(shuffle_buffer(self.event_shape, self.dtype),
                                         seed=seed, reshuffle_each_iteration=True)
