@@ -240,13 +240,9 @@ def profile(args):
     """Bare input pipelines, no model: examples/s of one pass over the 50k training split.
 
     The in-memory pipeline (`tfvae.data.make_dataset`), the streamed ones
-    (`tfvae.sources.pipeline` over the records and the PNG folder), and variants
-    of the record pipeline built here to show where the time goes.
+    (`tfvae.sources.pipeline` over the records and the PNG folder), shuffled and not.
     """
-    import tensorflow as tf
-
     from tfvae import data as data_lib
-    from tfvae import records
     from tfvae import sources
 
     n = args.ns[0]
@@ -285,35 +281,6 @@ def profile(args):
     timed_pass("records: sources.pipeline(no shuffle)",
                sources.pipeline(rec, 64, "bernoulli", "none", shuffle=False))
 
-    def variant(shuffle_buffer=sources.SHUFFLE_BUFFER, cycle=16, block=1, deterministic=True,
-                parse="after_batch", read_batch=None):
-        files = tf.data.Dataset.from_tensor_slices(list(rec.files)).shuffle(16, seed=0)
-        if read_batch:  # records read and shuffled in groups, unbatched late
-            serialized = files.interleave(
-                lambda f: tf.data.TFRecordDataset(f).batch(read_batch), cycle_length=cycle,
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-            if shuffle_buffer:
-                serialized = serialized.shuffle(max(1, shuffle_buffer // read_batch), seed=0)
-            serialized = serialized.rebatch(64)
-        else:
-            serialized = files.interleave(
-                tf.data.TFRecordDataset, cycle_length=cycle, block_length=block,
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-            if shuffle_buffer:
-                serialized = serialized.shuffle(shuffle_buffer, seed=0)
-            serialized = serialized.batch(64)
-        parsed = serialized.map(
-            lambda s: records.parse_batch(s, rec.event_shape, rec.dtype, rec.labelled),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-        return parsed.map(lambda b: tf.cast(b["x"], tf.float32),
-                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    timed_pass("records variant: as shipped (buffer 100k, cycle 16, block 1)", variant())
-    timed_pass("records variant: buffer 10k", variant(shuffle_buffer=10_000))
-    timed_pass("records variant: no shuffle", variant(shuffle_buffer=0))
-    timed_pass("records variant: block_length 64", variant(block=64))
-    timed_pass("records variant: deterministic=False", variant(deterministic=False))
-    timed_pass("records variant: read in groups of 64, shuffle groups", variant(read_batch=64))
     path = os.path.join(RESULTS, f"profile-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
     save({"date": datetime.datetime.now().isoformat(timespec="seconds"), "n": n,
           "command": " ".join([sys.executable, *sys.argv]), "tfvae_commit": git_commit(),

@@ -216,7 +216,7 @@ def test_record_metadata_is_checked(tmp_path):
     _, output, _ = _write(tmp_path, x, shards=2)
     path = os.path.join(output, records.METADATA)
     text = open(path).read()
-    open(path, "w").write(text.replace('"version": 1', '"version": 9'))
+    open(path, "w").write(text.replace('"version": 2', '"version": 9'))
     with raises("`dataset`", "version 9"):
         data.source_splits(output)
     open(path, "w").write(text)
@@ -228,6 +228,44 @@ def test_record_metadata_is_checked(tmp_path):
     with invalid("shards", 0):
         records.write_splits({"train": sources.ArraySource(x)}, str(tmp_path / "new"), shards=0)
     assert not os.path.exists(tmp_path / "new")
+
+
+@pytest.mark.parametrize("pack", [1, 4, 128])
+def test_packs_of_any_size_and_version_1_folders_read_the_same_examples(tmp_path, pack):
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (23, 2, 3), dtype=np.uint8), rng.integers(0, 5, 23)
+    output = str(tmp_path / "r")
+    records.write_splits({"train": sources.ArraySource(x, y)}, output, shards=2, pack=pack)
+    if pack == 1:  # one example per record is version 1's layout: such folders still read
+        path = os.path.join(output, records.METADATA)
+        text = open(path).read()
+        open(path, "w").write(text.replace('"version": 2', '"version": 1'))
+    records_per_shard = [sum(1 for _ in tf.data.TFRecordDataset(os.path.join(
+        output, records.shard_name("train", i, 2)))) for i in range(2)]
+    assert records_per_shard == [-(-12 // pack), -(-11 // pack)]
+    train = sources.record_splits(output)["train"]
+    got = _all(train, batch_size=5)
+    order = np.argsort(got["id"])
+    np.testing.assert_array_equal(got["id"][order], np.arange(23))
+    np.testing.assert_array_equal(got["x"][order].reshape(x.shape), x)
+    np.testing.assert_array_equal(got["y"][order], y)
+    # Shard i holds examples i, i + 2, ... in order (what a multi-worker run relies on).
+    shard = sources.RecordSource([train.files[1]], (2, 3, 1), "uint8", 255, True)
+    np.testing.assert_array_equal(_all(shard, batch_size=4)["id"], np.arange(1, 23, 2))
+    with invalid("pack", 0):
+        records.write_splits({"train": sources.ArraySource(x)}, str(tmp_path / "n"), pack=0)
+
+
+def test_a_record_whose_x_does_not_hold_its_examples_is_named(tmp_path):
+    output = str(tmp_path / "r")
+    os.makedirs(output)
+    path = os.path.join(output, "bad.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:  # 3 ids, 2 examples' bytes
+        writer.write(records.serialize(np.zeros((2, 4), np.uint8), [0, 1, 2], ["a", "b", "c"]))
+    source = sources.RecordSource([path], (4,), "uint8", 255, False)
+    with raises("`dataset`", "bad.tfrecord", "wrong number of bytes"):
+        with sources.reading(source):
+            _all(source)
 
 
 def test_unsplit_shards_are_split_by_the_hash_of_their_keys(tmp_path):

@@ -7,16 +7,23 @@ reads, e.g. `gs://...`)::
     train-00000-of-00004.tfrecord    one split's shards ...
     validation-00000-of-00001.tfrecord
 
-Every record is a `tf.train.Example` with the features
+Every record is a `tf.train.Example` holding a *pack* of n consecutive
+examples of its shard (n = `pack`, 128 by default, fewer in a shard's last
+record), with the features
 
 | feature | type | meaning |
 | --- | --- | --- |
-| `x` | bytes | the example's values, C order, in `dtype` (`uint8` or `float32`, little-endian) |
-| `y` | int64 (0 or 1 value) | its label (class index), absent in an unlabelled dataset |
-| `id` | int64 | its id: the seed of its static binarisation draw (`random.example_uniform`) |
-| `key` | bytes | its key: where it came from (a relative file path, a row index); it decides hash splits |
+| `x` | bytes | the n examples' values, one after another, each C order, in `dtype` (`uint8` or `float32`, little-endian) |
+| `y` | int64, n values | their labels (class indices), absent in an unlabelled dataset |
+| `id` | int64, n values | their ids: the seeds of their static binarisation draws (`random.example_uniform`) |
+| `key` | bytes, n values | their keys: where they came from (a relative file path, a row index); they decide hash splits |
 
-and `tfvae_records.json` says `shape` (one example's shape, `[H, W, C]`),
+Packing is what makes the format fast: a reader pays the per-record costs
+(read, checksum, protobuf parse) once per pack, not once per example
+(measured in `benchmarks/bench_streaming.py`). Version 1 folders (one example
+per record) are the case n = 1 and are read as they are.
+
+and `tfvae_records.json` says `version` (2), `pack`, `shape` (one example's shape, `[H, W, C]`),
 `dtype`, `scale` (the stored values divided by `scale` lie in [0, 1]: 255 for
 8-bit images, 1 otherwise), `labelled`, `num_classes`, `binary` (every value
 is 0 or `scale`), and per split its `files` and `examples`. A glob of shards
@@ -34,7 +41,9 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 FORMAT = "tfvae-records"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # versions this tfvae reads (version 1: one example per record)
+PACK = 128  # examples per record
 METADATA = "tfvae_records.json"
 EXTENSION = ".tfrecord"
 DTYPES = ("uint8", "float32")
@@ -45,14 +54,14 @@ def shard_name(split, index, count):
     return f"{split}-{index:05d}-of-{count:05d}{EXTENSION}"
 
 
-def serialize(x, id_, key, y=None):
-    """One example as a serialized `tf.train.Example` (see the module docstring).
+def serialize(x, ids, keys, y=None):
+    """A pack of examples as one serialized `tf.train.Example` (see the module docstring).
 
     Args:
-      x: a numpy array of one example, `uint8` or `float32`.
-      id_: its int id.
-      key: its key (str).
-      y: its integer label, or None.
+      x: a numpy array `[n] + shape` of n examples, `uint8` or `float32`.
+      ids: their int ids, `[n]`.
+      keys: their keys (str), `[n]`.
+      y: their integer labels `[n]`, or None.
 
     Returns:
       bytes.
@@ -60,42 +69,56 @@ def serialize(x, id_, key, y=None):
     feature = {
         "x": tf.train.Feature(bytes_list=tf.train.BytesList(
             value=[np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tobytes()])),
-        "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(id_)])),
-        "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+        "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
+        "key": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[k.encode() if isinstance(k, str) else bytes(k) for k in keys])),
     }
     if y is not None:
-        feature["y"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(y)]))
+        feature["y"] = tf.train.Feature(int64_list=tf.train.Int64List(
+            value=[int(v) for v in y]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def parse_batch(serialized, shape, dtype, labelled):
-    """Parses a batch of serialized records (one `parse_example` call per batch: fast).
+def parse_pack(serialized, shape, dtype, labelled):
+    """Parses one record: a pack of n examples (one protobuf parse per pack: fast).
 
     Args:
-      serialized: a string tensor `[batch]`.
+      serialized: a string scalar tensor, one record.
       shape: one example's shape.
       dtype: `"uint8"` or `"float32"`.
       labelled: whether the records have labels `y`.
 
     Returns:
-      A dict of tensors: `x` `[batch] + shape` in `dtype`, `id` int64 `[batch]`,
-      `key` string `[batch]`, and `y` int64 `[batch]` if `labelled`.
+      A dict of tensors: `x` `[n] + shape` in `dtype`, `id` int64 `[n]`, `key`
+      string `[n]`, and `y` int64 `[n]` if `labelled`.
+
+    Raises:
+      tf.errors.InvalidArgumentError (when run): a record whose `x` does not hold
+      n examples of `shape`, or whose features do not agree in n.
     """
     spec = {"x": tf.io.FixedLenFeature([], tf.string),
-            "id": tf.io.FixedLenFeature([], tf.int64),
-            "key": tf.io.FixedLenFeature([], tf.string)}
+            "id": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
+            "key": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)}
     if labelled:
-        spec["y"] = tf.io.FixedLenFeature([], tf.int64)
-    parsed = tf.io.parse_example(serialized, spec)
+        spec["y"] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
+    parsed = tf.io.parse_single_example(serialized, spec)
+    count = tf.shape(parsed["id"])[0]
     size = int(np.prod(shape))
-    x = tf.io.decode_raw(parsed["x"], tf.as_dtype(dtype), little_endian=True,
-                         fixed_length=size * np.dtype(dtype).itemsize)
-    parsed["x"] = tf.reshape(x, [-1, *shape])
+    x = tf.io.decode_raw(parsed["x"], tf.as_dtype(dtype), little_endian=True)
+    checks = [tf.debugging.assert_equal(tf.size(x), count * size,
+                                        message="a record's x holds the wrong number of bytes"),
+              tf.debugging.assert_equal(tf.shape(parsed["key"])[0], count,
+                                        message="a record's key and id counts differ")]
+    if labelled:
+        checks.append(tf.debugging.assert_equal(tf.shape(parsed["y"])[0], count,
+                                                message="a record's y and id counts differ"))
+    with tf.control_dependencies(checks):
+        parsed["x"] = tf.reshape(x, [count, *shape])
     return parsed
 
 
 def peek(path):
-    """`(shape_size_in_bytes, labelled)` of the first record of the file `path` (None if empty)."""
+    """`(one_example_size_in_bytes, labelled)` from the first record of `path` (None if empty)."""
     for record in tf.data.TFRecordDataset([path]).take(1):
         try:
             features = tf.train.Example.FromString(record.numpy()).features.feature
@@ -106,7 +129,14 @@ def peek(path):
                 f"Received an invalid value for `dataset`: {path!r} does not hold tfvae records "
                 f"(features x, id, key and optional y; found {sorted(features)}). Convert the "
                 "data with `tfvae prepare-data`.")
-        return len(features["x"].bytes_list.value[0]), "y" in features
+        count = len(features["id"].int64_list.value)
+        nbytes = len(features["x"].bytes_list.value[0])
+        if count == 0 or nbytes % count:
+            raise ValueError(
+                f"Received an invalid value for `dataset`: {path!r}'s first record holds "
+                f"{nbytes} bytes of x for {count} example id(s); expected a whole number of "
+                "examples.")
+        return nbytes // count, "y" in features
     return None
 
 
@@ -134,10 +164,10 @@ def read_metadata(folder):
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is not tfvae "
                          f"record metadata (its `format` is not {FORMAT!r}).")
-    if metadata.get("version") != VERSION:
+    if metadata.get("version") not in READS:
         raise ValueError(f"Received an invalid value for `dataset`: {path!r} is record format "
-                         f"version {metadata.get('version')!r}; this tfvae reads version "
-                         f"{VERSION}. Prepare the data again with `tfvae prepare-data`.")
+                         f"version {metadata.get('version')!r}; this tfvae reads versions "
+                         f"{', '.join(map(str, READS))}. Prepare the data again with `tfvae prepare-data`.")
     missing = [name for split in metadata.get("splits", {}).values() for name in split["files"]
                if not tf.io.gfile.exists(os.path.join(folder, name))]
     if missing:
@@ -146,12 +176,13 @@ def read_metadata(folder):
     return metadata
 
 
-def write_splits(splits, output, shards=1, batch_size=1024, skip_corrupt=False):
+def write_splits(splits, output, shards=1, batch_size=1024, skip_corrupt=False, pack=PACK):
     """Writes sources (`tfvae.sources.Source`) as a prepared folder of record shards.
 
     Each split is read once, in order, and its examples dealt round-robin to
     `shards` shard files (example i to shard i mod shards), so shards hold
-    equal counts to within one and a multi-worker run can split them by file.
+    equal counts to within one and a multi-worker run can split them by file;
+    each shard packs its examples `pack` to a record, in order.
     Values, labels, ids and keys are stored as the sources give them, so a run
     on the folder sees the same examples, splits and static binarisation draws
     as a run on the source itself. Everything is written into a hidden folder
@@ -164,6 +195,7 @@ def write_splits(splits, output, shards=1, batch_size=1024, skip_corrupt=False):
         Default value: `1`.
       batch_size: examples read per step. Default value: `1024`.
       skip_corrupt: leave out examples that cannot be read. Default value: `False`.
+      pack: examples per record. Default value: `PACK` (128).
 
     Returns:
       The metadata written to `tfvae_records.json`.
@@ -179,6 +211,9 @@ def write_splits(splits, output, shards=1, batch_size=1024, skip_corrupt=False):
     if shards < 1 or isinstance(shards, bool) or not isinstance(shards, int):
         raise ValueError("Received an invalid value for `shards`, expected a positive integer. "
                          f"Received: shards={shards!r}")
+    if pack < 1 or isinstance(pack, bool) or not isinstance(pack, int):
+        raise ValueError("Received an invalid value for `pack`, expected a positive integer. "
+                         f"Received: pack={pack!r}")
     if tf.io.gfile.exists(output):
         raise ValueError(f"Received an invalid value for `output`: {output!r} exists; choose a "
                          "new folder.")
@@ -186,14 +221,14 @@ def write_splits(splits, output, shards=1, batch_size=1024, skip_corrupt=False):
     staging = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
     tf.io.gfile.makedirs(staging)
     try:
-        metadata = {"shape": list(first.event_shape), "dtype": first.dtype,
+        metadata = {"shape": list(first.event_shape), "dtype": first.dtype, "pack": pack,
                     "scale": first.scale, "labelled": all(s.labelled for s in splits.values()),
                     "splits": {}}
         binary, top = True, -1
         for split, source in splits.items():
             entry, split_binary, split_top = _write_split(source, split, staging, shards,
                                                           batch_size, metadata["labelled"],
-                                                          skip_corrupt)
+                                                          skip_corrupt, pack)
             metadata["splits"][split] = entry
             binary, top = binary and split_binary, max(top, split_top)
             logger.info("wrote %d %s examples to %d shard(s)", entry["examples"], split,
@@ -209,11 +244,38 @@ def write_splits(splits, output, shards=1, batch_size=1024, skip_corrupt=False):
     return metadata
 
 
-def _write_split(source, split, folder, shards, batch_size, labelled, skip_corrupt):
+class _ShardWriter:
+    """One shard file: examples buffered and written `pack` to a record, in order."""
+
+    def __init__(self, path, pack, labelled):
+        self.writer = tf.io.TFRecordWriter(path)
+        self.pack, self.labelled = pack, labelled
+        self.buffer, self.count = [], 0
+
+    def add(self, x, id_, key, y):
+        self.buffer.append((x, id_, key, y))
+        self.count += 1
+        if len(self.buffer) == self.pack:
+            self.flush()
+
+    def flush(self):
+        if self.buffer:
+            x, ids, keys, ys = zip(*self.buffer)
+            self.writer.write(serialize(np.stack(x), ids, keys, ys if self.labelled else None))
+            self.buffer = []
+
+    def close(self):
+        try:
+            self.flush()
+        finally:
+            self.writer.close()
+
+
+def _write_split(source, split, folder, shards, batch_size, labelled, skip_corrupt, pack):
     """Writes one split's shards; returns `(metadata entry, binary, largest label)`."""
     names = [shard_name(split, i, shards) for i in range(shards)]
-    writers = [tf.io.TFRecordWriter(os.path.join(folder, n)) for n in names]
-    counts, binary, top, count = [0] * shards, True, -1, 0
+    writers = [_ShardWriter(os.path.join(folder, n), pack, labelled) for n in names]
+    binary, top, count = True, -1, 0
     try:
         for batch in source.batches(batch_size, skip_corrupt=skip_corrupt):
             x = batch["x"].numpy()
@@ -226,13 +288,12 @@ def _write_split(source, split, folder, shards, batch_size, labelled, skip_corru
             if labelled and len(ys):
                 top = max(top, int(ys.max()))
             for row in range(len(x)):
-                shard = count % shards
-                writers[shard].write(serialize(x[row], ids[row], keys[row].decode(), ys[row]))
-                counts[shard] += 1
+                writers[count % shards].add(x[row], ids[row], keys[row], ys[row])
                 count += 1
     finally:
         for writer in writers:
             writer.close()
+    counts = [w.count for w in writers]
     kept = [i for i in range(shards) if counts[i]]
     for i in range(shards):
         if not counts[i]:

@@ -439,7 +439,7 @@ class RecordSource(Source):
         self.name = name or os.path.dirname(self.files[0])
 
     def _parse(self, serialized):
-        return records.parse_batch(serialized, self.event_shape, self.dtype, self.labelled)
+        return records.parse_pack(serialized, self.event_shape, self.dtype, self.labelled)
 
     def batches(self, batch_size, shuffle=False, seed=0, skip_corrupt=False):
         files = tf.data.Dataset.from_tensor_slices(list(self.files))
@@ -458,29 +458,30 @@ class RecordSource(Source):
             else {}
         serialized = files.interleave(read, cycle_length=min(len(self.files), 16),
                                       block_length=1, **parallel)
+        # One parse per record (a pack of examples), then the examples one by one.
+        packs = serialized.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=True)
+        if skip_corrupt:
+            packs = packs.ignore_errors()
         if self.keep is not None:
             in_split = _split_side(self.keep)
-            serialized = serialized.filter(lambda record: in_split(tf.io.parse_single_example(
-                record, {"key": tf.io.FixedLenFeature([], tf.string)})["key"]))
+
+            def kept(pack):
+                mask = in_split(pack["key"])
+                return {name: tf.boolean_mask(value, mask) for name, value in pack.items()}
+
+            packs = packs.map(kept, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        examples = packs.unbatch()
         if shuffle:
-            serialized = serialized.shuffle(shuffle_buffer(self.event_shape, self.dtype),
-                                            seed=seed,
-                                            reshuffle_each_iteration=True)
-        parsed = serialized.batch(batch_size).map(self._parse,
-                                                  num_parallel_calls=tf.data.AUTOTUNE,
-                                                  deterministic=True)
-        return _with_options(parsed, file_based=True)
+            examples = examples.shuffle(shuffle_buffer(self.event_shape, self.dtype), seed=seed,
+                                        reshuffle_each_iteration=True)
+        return _with_options(examples.batch(batch_size), file_based=True)
 
     def find_unreadable(self):
-        spec = {"x": tf.io.FixedLenFeature([], tf.string)}
-        size = int(np.prod(self.event_shape)) * np.dtype(self.dtype).itemsize
         for path in self.files:
             try:
-                for record in tf.data.TFRecordDataset([path]).batch(1024):
-                    x = tf.io.parse_example(record, spec)["x"]
-                    if not bool(tf.reduce_all(tf.strings.length(x) == size)):
-                        return path, (f"a record's x holds the wrong number of bytes for shape "
-                                      f"{list(self.event_shape)} and dtype {self.dtype}")
+                for _ in tf.data.TFRecordDataset([path]).map(self._parse):
+                    pass
             except READ_ERRORS as error:
                 return path, _tf_reason(error)
         return None
