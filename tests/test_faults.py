@@ -255,8 +255,11 @@ def test_a_stale_lock_alone_does_not_make_a_directory_a_used_one(tmp_path):
     directory.mkdir()
     _write_lock(str(directory), _dead_pid())
     runs.check_output(str(directory))  # neither "already holds files" nor a live writer
-    with raises("Cannot resume", "does not exist or is empty"):
+    # What a kill during a first start's run.json write leaves: the lock and a temporary.
+    (directory / f".run.json.{_dead_pid()}-0123abcd.tmp.json").write_text("{")
+    with raises("Cannot resume", "holds no run yet", "start it again without --resume"):
         runs.check_output(str(directory), resume=True)
+    runs.check_output(str(directory))  # ... and a new start is allowed
 
 
 # ---------------------------------------------------------------------------

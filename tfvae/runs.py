@@ -293,6 +293,13 @@ def check_output(directory, overwrite=False, resume=False):
                 f"Refusing to delete `{directory}`: it is not a tfvae run directory "
                 f"(no {RUN_FILE}). Choose another --output."
             )
+    elif resume and os.path.isdir(directory) and os.listdir(directory):
+        # Only a stale lock or unfinished temporaries: a first start stopped before it
+        # wrote run.json. There are no settings to resume with; a new start is allowed
+        # (it cleans the leftovers).
+        raise ValueError(f"Cannot resume: `{directory}` holds no run yet (its first start was "
+                         f"stopped before it wrote {RUN_FILE}); start it again without "
+                         "--resume.")
     elif resume:
         raise ValueError(f"Cannot resume: `{directory}` does not exist or is empty.")
 
