@@ -290,9 +290,9 @@ def test_a_bad_split_is_refused_before_the_output_is_created(tmp_path, where, sp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset, fragments", [
-    ("missing.npz", ["`dataset`", "no such file"]),
-    ("nan_train", ["`dataset`", "train split"]),
-    ("nan_valid", ["`dataset`", "validation split"]),
+    ("missing.npz", ["`--dataset`", "no such file"]),
+    ("nan_train", ["`--dataset`", "train split"]),
+    ("nan_valid", ["`--dataset`", "validation split"]),
 ])
 def test_overwrite_with_bad_data_keeps_the_earlier_run(digits_run, tmp_path, capsys, dataset,
                                                        fragments):

@@ -709,8 +709,28 @@ def _reason(error, args):
                             if name is not None)
         text = f"{error.strerror}: {files}"
     else:
-        text = str(error) or type(error).__name__
+        text = _as_flags(str(error) or type(error).__name__, args)
     return " ".join(text.split())
+
+
+# Parsed arguments that are positional, not `--flags`.
+_POSITIONALS = ("command", "run", "source")
+# Library argument names that are a command's positional argument.
+_POSITIONAL_NAMES = {"prepare-data": {"dataset": "SOURCE"}}
+
+
+def _as_flags(text, args):
+    """The library's argument names in `text` as the command's flags: `latent_dim` ->
+    `--latent-dim` (and `Received: latent_dim=0` -> `Received: --latent-dim 0`)."""
+    for dest in vars(args):
+        if dest in _POSITIONALS:
+            continue
+        flag = _flag(dest)
+        text = text.replace(f"`{dest}`", f"`{flag}`").replace(f"Received: {dest}=",
+                                                              f"Received: {flag} ")
+    for name, positional in _POSITIONAL_NAMES.get(args.command, {}).items():
+        text = text.replace(f"`{name}`", positional)
+    return text
 
 
 def _json_source(error, args):
