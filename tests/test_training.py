@@ -209,6 +209,21 @@ def test_same_seed_same_training_different_seed_differs():
     assert not np.allclose(run(7), run(8), rtol=1e-6)
 
 
+def test_training_noise_depends_on_the_step_only_not_on_validation_passes():
+    """A step's noise is a function of (seed, optimizer step): the validation passes between
+    epochs (which draw noise too) do not change what training draws."""
+    x = _data_for("bernoulli", n=24)
+
+    def weights(**kwargs):
+        model = _tiny(seed=3)
+        model.compile(optimizer="adam")
+        model.fit(x, epochs=3, batch_size=8, shuffle=False, verbose=0, **kwargs)
+        return model.get_weights()
+
+    for a, b in zip(weights(), weights(validation_data=x[:8])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_beta_tcvae_epoch_metrics_are_per_example_means_of_its_terms(digits):
     _, (x_val, _) = digits
     model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), seed=1, objective="beta_tcvae",

@@ -850,7 +850,8 @@ def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, see
     dataset = source.batches(batch_size, shuffle=shuffle, seed=seed, skip_corrupt=skip_corrupt)
     if source.size is not None and not skip_corrupt:
         # A known length: Keras then runs no extra probing step at the end of an epoch
-        # (that step advances the model's noise seed: the same data would train otherwise).
+        # (that step counts an optimizer iteration, which moves the step-indexed noise and
+        # Adam's bias correction: the same data would train another model).
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(
             -(-source.size // batch_size)))
     # Dynamic draws come from one stateful generator: kept on one thread, in order.

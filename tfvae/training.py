@@ -14,7 +14,8 @@ thing, through a small hook:
 A training step: `fit` → `_check_data` (arrays, tensors, datasets, before
 Keras traces) → `train_step` → `_unpack` (x, y prepared by the model's
 `Conditioning`) → `_update_beta` (the warm-up, in-graph) → `_step_terms` (the
-per-step seed and the replica's noise offset) → `objective_terms` (the model)
+step's seed, a pure function of the model's seed and the optimizer's step, and
+the replica's noise offset) → `objective_terms` (the model)
 → the mean over the global batch → gradients (DReG swaps in the encoder's own
 surrogate) → `_update_metrics` (exact epoch means, all-reduced across
 replicas).
@@ -28,6 +29,7 @@ import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import options
+from tfvae import random as tfvae_random
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,11 @@ class Trainer:
             name="beta_schedule",
         )
         self._seed_generator = keras.random.SeedGenerator(seed)
+        # Training noise is drawn from fold_in(train_seed, optimizer step): a pure function of
+        # the step, so evaluation passes, Keras' end-of-epoch probe of a stream of unknown
+        # length and a resume change nothing that training draws.
+        self._train_seed = (int(np.random.randint(0, 2**31 - 1)) if seed is None
+                            else int(seed) % 2**31)
         self._trackers = [keras.metrics.Mean(name=name) for name in metric_names]
 
     @property
@@ -170,7 +177,10 @@ class Trainer:
         return x, self.conditioning.prepare(y, tf.shape(x)[0]), sample_weight
 
     def _step_terms(self, x, training, y=None):
-        seed = tf.cast(self._seed_generator.next(), tf.int32)
+        if training:
+            seed = tfvae_random.fold_in(self._train_seed, self.optimizer.iterations)
+        else:  # evaluation: fresh noise per batch
+            seed = tf.cast(self._seed_generator.next(), tf.int32)
         offset = 0
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
