@@ -77,7 +77,11 @@ SAVED_MODEL_SIGNATURES = ("serving_default", "encode", "decode", "reconstruct", 
 ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample")
 # The name of every ONNX input's and output's first (batch) dimension.
 BATCH_DIMENSION = "batch"
-QUANTIZE_MODES = ("int8",)
+# "int8": dynamic (int8 weights, activations quantized at run time); "int8-static":
+# activations too, with ranges calibrated on example data beforehand.
+QUANTIZE_MODES = ("int8", "int8-static")
+# How many calibration examples static quantization runs through each graph (at most).
+CALIBRATION_EXAMPLES = 512
 # The inputs of each graph, before a conditional model's `y`.
 GRAPH_INPUTS = {
     "serving_default": ("x",),
@@ -92,6 +96,10 @@ Y_FORMATS = ("one_hot", "vectors")
 # (TF Serving ignores `assets.extra/`; it is part of the SavedModel layout).
 SAVED_MODEL_METADATA = os.path.join("assets.extra", "tfvae.json")
 ONNX_METADATA = "metadata.json"
+# The ONNX graphs keep their weights here, each distinct tensor once (`tfvae.onnx_weights`);
+# the int8 graphs keep theirs in the second file.
+WEIGHTS_FILE = "weights.bin"
+INT8_WEIGHTS_FILE = "weights.int8.bin"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _SAMPLE_PRIORS = "standard normal or hierarchical"
 _ONNX_ELBO_REASON = (
@@ -738,7 +746,7 @@ def _convert_to_onnx(name, fn, input_signature, path, opset):
 
 
 def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *, guard=True,
-                quantize=None, validation_data=None):
+                quantize=None, validation_data=None, calibration_data=None):
     """Writes ONNX graphs `directory/<graph>.onnx` plus `metadata.json`.
 
     The directory appears complete or not at all (written beside it under a
@@ -794,9 +802,13 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         )
     if os.path.isdir(directory) and os.listdir(directory):
         raise ValueError(f"{directory} already holds files; refusing to overwrite them.")
+    calibration = None
     if quantize is not None:
-        quantize = _checks_quantize(quantize, validation_data)
+        quantize = _checks_quantize(quantize, validation_data, calibration_data)
         validation = _validation_inputs(model, validation_data)
+        if quantize == "int8-static":
+            calibration = _validation_inputs(model, calibration_data, "calibration_data",
+                                             CALIBRATION_EXAMPLES)
     functions = graph_functions(model, y_format, guard=guard)
     metadata = {"opset": opset, **_metadata(model, functions, graphs, "ONNX", y_format, guard),
                 "graphs": {name: f"{name}.onnx" for name in graphs}}
@@ -806,11 +818,12 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
             fn, input_signature = functions[name]
             _convert_to_onnx(name, fn, input_signature, os.path.join(staging, f"{name}.onnx"),
                              opset)
-        metadata["onnx_bytes"] = {
-            name: os.path.getsize(os.path.join(staging, f"{name}.onnx")) for name in graphs}
-        if quantize is not None:
+        if quantize is not None:  # from the self-contained graphs, before they share weights
+            metadata["quantize"] = quantize
             metadata["quantized"] = {
-                name: _quantize_graph(model, name, staging, validation) for name in graphs}
+                name: _quantize_graph(model, name, staging, validation, calibration)
+                for name in graphs}
+        _share_weights(metadata, staging, graphs)
         _write_file(os.path.join(staging, ONNX_METADATA), json.dumps(metadata, indent=2).encode())
         _publish(staging, directory, "ONNX")
     _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory)
@@ -818,15 +831,37 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
     return {name: os.path.join(directory, file) for name, file in metadata["graphs"].items()}
 
 
+def _share_weights(metadata, directory, graphs):
+    """Moves the weights of the float graphs into `WEIGHTS_FILE` and those of the int8 ones
+    into `INT8_WEIGHTS_FILE`, each distinct tensor once (`onnx_weights.share_weights`),
+    and records the sizes in `metadata`."""
+    from tfvae import onnx_weights
+
+    paths = [os.path.join(directory, f"{name}.onnx") for name in graphs]
+    metadata["weights"] = onnx_weights.share_weights(paths, os.path.join(directory, WEIGHTS_FILE))
+    metadata["onnx_bytes"] = {name: os.path.getsize(path) for name, path in zip(graphs, paths)}
+    metadata["onnx_total_bytes"] = sum(metadata["onnx_bytes"].values()) + metadata["weights"][
+        "bytes"]
+    quantized = {name: entry["file"] for name, entry in metadata.get("quantized", {}).items()
+                 if "file" in entry}
+    if quantized:
+        int8_paths = [os.path.join(directory, file) for file in quantized.values()]
+        metadata["int8_weights"] = onnx_weights.share_weights(
+            int8_paths, os.path.join(directory, INT8_WEIGHTS_FILE))
+        for name, path in zip(quantized, int8_paths):
+            metadata["quantized"][name]["onnx_bytes"] = os.path.getsize(path)
+
+
 # ---------------------------------------------------------------------------
 # int8 (dynamic quantization) and its parity with the float graphs.
 
 _QUANTIZED_OPS = ("MatMul", "Gemm")
+_STATIC_QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 _PARITY_EXAMPLES = 1000
 _LATENCY_BATCHES = (1, 1000)
 
 
-def _checks_quantize(quantize, validation_data):
+def _checks_quantize(quantize, validation_data, calibration_data):
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
             f"Received an invalid value for `quantize`, expected None or one of "
@@ -835,26 +870,37 @@ def _checks_quantize(quantize, validation_data):
         raise ValueError(
             "Received an invalid value for `validation_data`, expected held-out x or (x, y) "
             "to measure the quantized graphs' parity on. Received: validation_data=None")
+    if quantize == "int8-static" and calibration_data is None:
+        raise ValueError(
+            "Received an invalid value for `calibration_data`, expected example x or (x, y) "
+            "(e.g. training data) to calibrate the activations' ranges on for "
+            "quantize='int8-static'. Received: calibration_data=None")
+    if quantize != "int8-static" and calibration_data is not None:
+        raise ValueError(
+            f"Received an invalid value for `calibration_data`: it applies to "
+            f"quantize='int8-static' only. Received: calibration_data with quantize={quantize!r}")
     return quantize
 
 
-def _validation_inputs(model, validation_data):
+def _validation_inputs(model, validation_data, argument="validation_data",
+                       limit=_PARITY_EXAMPLES):
     """`{"x", "y"?, "z", "eps", "noise"}` arrays for the graphs, from held-out data (its
-    first `_PARITY_EXAMPLES` rows): `z` the model's deterministic codes of x, `eps`
-    zeros (the noise-free reconstruction), `noise` N(0, I) draws (seed 0) for `sample`."""
+    first `limit` rows): `z` the model's deterministic codes of x, `eps` zeros (the
+    noise-free reconstruction), `noise` N(0, I) draws (seed 0) for `sample`. `argument`
+    names the data in errors."""
     x, y = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
-    x = np.asarray(x, np.float32)[:_PARITY_EXAMPLES]
+    x = np.asarray(x, np.float32)[:limit]
     if x.shape[1:] != model.event_shape or not len(x):
         raise ValueError(
-            f"Received an invalid value for `validation_data`, expected x of shape "
+            f"Received an invalid value for `{argument}`, expected x of shape "
             f"(n > 0, {', '.join(map(str, model.event_shape))}). Received: x with shape "
             f"{tuple(np.shape(x))}")
-    model.likelihood.validate_data(x, "validation_data")
+    model.likelihood.validate_data(x, argument)
     inputs = {"x": x}
     labels = None
     if model.condition_dim is not None:
         if y is None:
-            raise ValueError("Received an invalid value for `validation_data`: the model is "
+            raise ValueError(f"Received an invalid value for `{argument}`: the model is "
                              "conditional, expected (x, y). Received: x alone")
         y = np.asarray(y)[:len(x)]
         if y.ndim == 1:
@@ -977,43 +1023,81 @@ def _without_preprocessing_advice():
         logging.getLogger().removeFilter(advice)
 
 
-def quantization_refusal(proto):
-    """Why the ONNX graph `proto` cannot be dynamically quantized (`None` if it can): it
-    must have a MatMul or Gemm whose weight is a constant."""
+def quantization_refusal(proto, ops=_QUANTIZED_OPS):
+    """Why the ONNX graph `proto` cannot be quantized (`None` if it can): it must have one
+    of `ops` (default: MatMul or Gemm, what dynamic quantization covers) whose weight
+    is a constant."""
     constants = {init.name for init in proto.graph.initializer}
     constants |= {out for node in proto.graph.node if node.op_type == "Constant"
                   for out in node.output}
-    if not any(node.op_type in _QUANTIZED_OPS and any(i in constants for i in node.input)
+    if not any(node.op_type in ops and any(i in constants for i in node.input)
                for node in proto.graph.node):
-        return "it has no MatMul or Gemm with constant weights to quantize"
+        return f"it has no {' or '.join(ops)} with constant weights to quantize"
     return None
 
 
-def _quantize_graph(model, name, directory, inputs):
+class _CalibrationFeeds:
+    """`onnxruntime.quantization.CalibrationDataReader`'s protocol (`get_next`: feeds, then
+    None) over one graph's calibration feeds, in batches of `rows`."""
+
+    def __init__(self, feeds, rows=128):
+        count = len(next(iter(feeds.values())))
+        self._batches = iter([{key: value[start:start + rows] for key, value in feeds.items()}
+                              for start in range(0, count, rows)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def _quantize_file(float_path, int8_path, feeds=None):
+    """Quantizes the graph at `float_path` into `int8_path`: dynamically (int8 MatMul/Gemm
+    weights, activations quantized at run time) or, given calibration `feeds`,
+    statically (int8 weights of MatMul/Gemm/Conv and uint8 activations whose ranges are
+    the calibration data's min/max; QDQ format, which ONNX Runtime fuses into integer
+    kernels)."""
+    from onnxruntime import quantization
+
+    with _without_preprocessing_advice():
+        if feeds is None:
+            quantization.quantize_dynamic(float_path, int8_path,
+                                          op_types_to_quantize=list(_QUANTIZED_OPS),
+                                          weight_type=quantization.QuantType.QInt8)
+        else:
+            quantization.quantize_static(
+                float_path, int8_path, _CalibrationFeeds(feeds),
+                quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=list(_STATIC_QUANTIZED_OPS),
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+                calibrate_method=quantization.CalibrationMethod.MinMax)
+
+
+def _quantize_graph(model, name, directory, inputs, calibration=None):
     """Writes `directory/<name>.int8.onnx` and returns its metadata entry: size, latency
-    and parity against `<name>.onnx`, or `{"refused": reason}`."""
+    and parity against `<name>.onnx`, or `{"refused": reason}`. Static quantization
+    (calibrated on `calibration`'s arrays) when `calibration` is given, else dynamic."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     float_path = os.path.join(directory, f"{name}.onnx")
     int8_file = f"{name}.int8.onnx"
     int8_path = os.path.join(directory, int8_file)
-    refusal = quantization_refusal(onnx.load(float_path))
+    conditional = model.condition_dim is not None
+    ops = _QUANTIZED_OPS if calibration is None else _STATIC_QUANTIZED_OPS
+    refusal = quantization_refusal(onnx.load(float_path), ops)
     if refusal is None:
         try:
-            with _without_preprocessing_advice():
-                quantize_dynamic(float_path, int8_path,
-                                 op_types_to_quantize=list(_QUANTIZED_OPS),
-                                 weight_type=QuantType.QInt8)
+            _quantize_file(float_path, int8_path, None if calibration is None else
+                           _graph_feeds(name, calibration, conditional))
             quantized = onnx.load(int8_path)
             onnx.checker.check_model(quantized)
             if not any("Integer" in node.op_type or "Quant" in node.op_type
                        for node in quantized.graph.node):
-                refusal = "onnxruntime's quantizer left every MatMul/Gemm in float"
+                refusal = f"onnxruntime's quantizer left every {'/'.join(ops)} in float"
             elif os.path.getsize(int8_path) >= os.path.getsize(float_path):
                 refusal = (f"quantized, it is not smaller ({os.path.getsize(int8_path)} bytes "
-                           f"against {os.path.getsize(float_path)}): its MatMul/Gemm weights "
-                           "are too few (convolutions stay in float)")
+                           f"against {os.path.getsize(float_path)}): its "
+                           f"{'/'.join(ops)} weights are too few"
+                           + (" (convolutions stay in float)" if calibration is None else ""))
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types.
             refusal = f"onnxruntime's quantizer failed: {str(error).splitlines()[0]}"
     if refusal is not None:
@@ -1021,7 +1105,6 @@ def _quantize_graph(model, name, directory, inputs):
             os.remove(int8_path)
         logger.warning("ONNX graph `%s` is not quantized: %s", name, refusal)
         return {"refused": refusal}
-    conditional = model.condition_dim is not None
     sessions = {"float": _session(float_path), "int8": _session(int8_path)}
     feeds = _graph_feeds(name, inputs, conditional)
     float_out, int8_out = _run(sessions["float"], feeds), _run(sessions["int8"], feeds)
@@ -1031,9 +1114,11 @@ def _quantize_graph(model, name, directory, inputs):
         errors[key] = float(np.nanmax(difference)) if np.isfinite(difference).any() else None
     entry = {
         "file": int8_file,
+        "mode": "dynamic" if calibration is None else "static",
         "bytes": os.path.getsize(int8_path),
         "float_bytes": os.path.getsize(float_path),
         "validation_examples": len(inputs["x"]),
+        **({} if calibration is None else {"calibration_examples": len(calibration["x"])}),
         "max_abs_error": errors,
         "latency_ms": {str(rows): _median_latency_ms(
             sessions, _tiled(feeds, rows), calls=50 if rows == 1 else 3)
