@@ -115,11 +115,25 @@ def _export(model, root, threads):
         callers["onnx" + suffix] = {
             name: (lambda s: lambda feeds: s.run(None, feeds))(s) for name, s in sessions.items()}
         if guard:
+            with open(os.path.join(root, "onnx", export.ONNX_METADATA)) as f:
+                onnx_metadata = json.load(f)
             sizes = {"onnx_bytes": {name: os.path.getsize(file) for name, file in written.items()},
+                     "onnx_weights_bytes": onnx_metadata.get("weights", {}).get("bytes"),
+                     "onnx_total_bytes": onnx_metadata.get("onnx_total_bytes"),
+                     # Each graph with its own copy of its weights (0.2.0's layout).
+                     "onnx_unshared_bytes": _unshared_bytes(written),
                      "saved_model_bytes": sum(
                          os.path.getsize(os.path.join(d, f))
                          for d, _, files in os.walk(path) for f in files)}
     return callers, sizes
+
+
+def _unshared_bytes(written):
+    try:
+        from tfvae import onnx_weights
+    except ImportError:  # a tfvae whose graphs hold their own weights
+        return sum(os.path.getsize(file) for file in written.values())
+    return sum(onnx_weights.graph_bytes(file) for file in written.values())
 
 
 def _time(callers, feeds_by_variant, calls, repeats):

@@ -876,7 +876,7 @@ def test_static_int8_calibrates_activation_ranges_on_the_calibration_data(tmp_pa
 
 @pytest.mark.slow
 def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
-        digits_run, tmp_path, capsys):
+        digits_run, tmp_path, capsys, monkeypatch):
     """`tfvae export --format onnx --quantize int8` (here rather than in test_cli.py: it is
     the export module's metadata that is checked)."""
     from tfvae import cli, runs
@@ -898,3 +898,21 @@ def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
                      str(tmp_path / "sm"), "--quantize", "int8"]) == 2
     assert "--format onnx only" in capsys.readouterr().err
     assert not (tmp_path / "sm").exists()
+
+    # int8-static: calibrated on the run's training split (its first 512 examples).
+    given = {}
+
+    def export_onnx(model, directory, **kwargs):
+        given.update(kwargs)
+        os.makedirs(directory)
+        with open(os.path.join(directory, export.ONNX_METADATA), "w") as f:
+            json.dump({"quantized": {}}, f)
+        return {}
+
+    monkeypatch.setattr(export, "export_onnx", export_onnx)
+    assert cli.main(["export", digits_run, "--format", "onnx", "--output",
+                     str(tmp_path / "static"), "--quantize", "int8-static"]) == 0
+    train_x, _ = runs.held_out(config, split="train")
+    assert given["quantize"] == "int8-static"
+    np.testing.assert_array_equal(given["calibration_data"], train_x[:512])
+    np.testing.assert_array_equal(given["validation_data"], x[:1000])

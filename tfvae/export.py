@@ -747,22 +747,36 @@ def _convert_to_onnx(name, fn, input_signature, path, opset):
 
 def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *, guard=True,
                 quantize=None, validation_data=None, calibration_data=None):
-    """Writes ONNX graphs `directory/<graph>.onnx` plus `metadata.json`.
+    """Writes ONNX graphs `directory/<graph>.onnx`, their weights and `metadata.json`.
 
     The directory appears complete or not at all (written beside it under a
-    hidden name, then renamed). `metadata.json` records the opset, shapes,
-    each graph's inputs, the likelihood's data range, the condition's format,
-    which graphs were skipped and why (also logged at WARNING), and sizes:
-    `onnx_bytes` per graph and the model's `weight_bytes`. Every input's and
-    output's first dimension is named `batch` (`BATCH_DIMENSION`).
+    hidden name, then renamed). The graphs keep their weights in one shared
+    file, `weights.bin` (`WEIGHTS_FILE`), each distinct tensor once (ONNX
+    external data; `tfvae.onnx_weights`): the decoder's weights, used by
+    `decode`, `reconstruct` and `sample`, are stored once. ONNX Runtime reads
+    the graphs from their paths as usual; keep `weights.bin` beside them.
+    `metadata.json` records the opset, shapes, each graph's inputs, the
+    likelihood's data range, the condition's format, which graphs were skipped
+    and why (also logged at WARNING), and sizes: `onnx_bytes` per graph file,
+    `weights` (the shared file: `file`, `bytes`, distinct `tensors`,
+    `references` to them), `onnx_total_bytes` (all of them) and the model's
+    `weight_bytes`. Every input's and output's first dimension is named `batch`
+    (`BATCH_DIMENSION`).
 
-    With `quantize="int8"` each graph is also written dynamically quantized
+    With `quantize` each graph is also written quantized as `<graph>.int8.onnx`
+    (its weights shared in `weights.int8.bin`): `"int8"` dynamically
     (`onnxruntime.quantization.quantize_dynamic`: int8 MatMul/Gemm weights,
-    activations quantized at run time) as `<graph>.int8.onnx`, and
-    `metadata.json["quantized"][graph]` records its size, its latency against
-    the float graph (B = 1 and 1,000, medians), and its parity with the float
-    graph on `validation_data` (see `quantization_report`); a graph that does
-    not quantize is recorded with the reason instead.
+    activations quantized at run time), `"int8-static"` statically
+    (`quantize_static`, QDQ format: int8 MatMul/Gemm/Conv weights, uint8
+    activations whose ranges are calibrated (min/max) on `calibration_data`).
+    `metadata.json["quantized"][graph]` records its `mode`, its sizes
+    (`bytes` and `float_bytes`: the int8 and the float graph each on its own,
+    weights inside, as the quantizer compared them; `onnx_bytes`: its file
+    beside the shared weights), its latency against the float graph (B = 1 and
+    1,000, medians), and its parity with the float graph on `validation_data`
+    (max abs error per output; the ELBO in nats with the int8 encoder or
+    decoder); a graph that does not quantize, or does not get smaller, is
+    recorded with the reason instead.
 
     Args:
       model: a trained `tfvae.VAE`.
@@ -774,10 +788,15 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         `"one_hot"`.
       guard: `False` leaves out the bad-input guard (see `graph_functions`; only
         for measuring its cost). Default value: `True`.
-      quantize: `None` or `"int8"`. Default value: `None`.
+      quantize: `None`, `"int8"` or `"int8-static"` (`QUANTIZE_MODES`).
+        Default value: `None`.
       validation_data: with `quantize`, held-out `x` or `(x, y)` (`y` integer
         labels or one-hot rows for a conditional model) to measure the
         quantized graphs' parity on; the first 1,000 examples are used.
+      calibration_data: with `quantize="int8-static"` (only), example `x` or
+        `(x, y)` to calibrate the activations' ranges on, e.g. training data
+        (`tfvae export --quantize int8-static` uses the run's training split);
+        the first `CALIBRATION_EXAMPLES` (512) are used.
 
     Returns:
       `{graph: path}` of the written float graphs.
@@ -853,7 +872,7 @@ def _share_weights(metadata, directory, graphs):
 
 
 # ---------------------------------------------------------------------------
-# int8 (dynamic quantization) and its parity with the float graphs.
+# int8 (dynamic or static quantization) and its parity with the float graphs.
 
 _QUANTIZED_OPS = ("MatMul", "Gemm")
 _STATIC_QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
