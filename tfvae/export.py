@@ -45,6 +45,11 @@ its rows, so a mismatch is an error in both formats, never a broadcast; every
 ONNX input and output names its first dimension `batch`. An empty batch (B = 0)
 gives empty outputs (conv networks compute it on one padding row).
 
+ONNX graphs are written for ONNX Runtime's CPU kernels: convolutions on small
+feature maps become one matrix product over the batch (`tfvae.onnx_dense`),
+and the graphs keep their weights in one shared file, each tensor once
+(`tfvae.onnx_weights`).
+
 Both writers are all-or-nothing: they write into a hidden temporary directory
 beside the destination (flushed and fsynced) and rename it into place, so TF
 Serving never sees a half-written version and a failed export leaves nothing;
@@ -67,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import files
+from tfvae import onnx_dense
 
 logger = logging.getLogger(__name__)
 
@@ -742,6 +748,10 @@ def _convert_to_onnx(name, fn, input_signature, path, opset):
         if len(dims):
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIMENSION
+    # ONNX Runtime runs small convolutions faster as one matrix product over the batch.
+    replaced = onnx_dense.dense_convolutions(proto)
+    if replaced:
+        logger.debug("`%s`: convolutions %s as matrix products", name, replaced)
     _write_file(path, proto.SerializeToString())
 
 
