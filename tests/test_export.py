@@ -682,6 +682,7 @@ def test_the_saved_model_holds_each_weight_once_and_both_formats_report_sizes(tm
         os.path.getsize(p) for p in written.values()) + os.path.getsize(shared)
 
 
+@pytest.mark.slow
 def test_the_onnx_graphs_hold_each_weight_once_in_one_shared_file(tmp_path):
     """Four graphs, three of them with the decoder: every Keras weight is in `weights.bin`
     exactly once (its bytes, found by search), nothing weight-sized is left inside a graph,
