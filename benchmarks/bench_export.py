@@ -1,6 +1,6 @@
 """Exported graphs: ONNX Runtime against the SavedModel, with and without the input guard.
 
-    python benchmarks/bench_export.py [--repeats 15]
+    python benchmarks/bench_export.py [--repeats 15] [--threads 1]
         [--models mlp mnist_mlp levels_mlp conv] [--json FILE]
 
 Each model (untrained: timing does not depend on the weights) is exported four
@@ -10,8 +10,13 @@ exactly this measurement). Every graph is then called in this one process, the
 four variants interleaved (their order rotated) in each of `--repeats` rounds:
 the SavedModel's signature from TensorFlow (`tf.saved_model.load(...)
 .signatures[name](**tensors)`, eager, as a TF-side client calls it) and the
-ONNX graph through `onnxruntime.InferenceSession.run` (CPU provider, default
-threads). A round times `calls` calls of one variant (B = 1: 200, B = 1,000: 10);
+ONNX graph through `onnxruntime.InferenceSession.run` (CPU provider,
+`ORT_ENABLE_ALL` graph optimizations). Both runtimes get the same number of
+intra-op threads, `--threads` (default 1), and run one op at a time
+(TensorFlow's inter-op pool: 1 thread; ONNX Runtime's sequential executor):
+with more threads than free cores both runtimes' parallel kernels wait for
+their slowest thread, and ONNX Runtime's default (one per physical core,
+spinning) suffers most from other processes' load. A round times `calls` calls of one variant (B = 1: 200, B = 1,000: 10);
 the figure is the median over rounds of the mean time per call, in ms.
 
 Derived columns, each the median over rounds of a ratio within the round (the
@@ -64,7 +69,25 @@ def _feeds(name, inputs):
             "sample": ("eps",)}[name]
 
 
-def _export(model, root):
+def _session_options(threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _set_tensorflow_threads(threads):
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _export(model, root, threads):
     """`{variant: {graph: callable(feeds)}}` and the files' sizes."""
     import onnxruntime as ort
     import tensorflow as tf
@@ -86,16 +109,31 @@ def _export(model, root):
         callers["saved_model" + suffix] = {
             name: (lambda fn: lambda feeds: fn(**feeds))(fn) for name, fn in signatures.items()}
         callers["saved_model" + suffix]["_keep"] = loaded  # keep the variables alive
-        sessions = {name: ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+        sessions = {name: ort.InferenceSession(file, _session_options(threads),
+                                               providers=["CPUExecutionProvider"])
                     for name, file in written.items()}
         callers["onnx" + suffix] = {
             name: (lambda s: lambda feeds: s.run(None, feeds))(s) for name, s in sessions.items()}
         if guard:
+            with open(os.path.join(root, "onnx", export.ONNX_METADATA)) as f:
+                onnx_metadata = json.load(f)
             sizes = {"onnx_bytes": {name: os.path.getsize(file) for name, file in written.items()},
+                     "onnx_weights_bytes": onnx_metadata.get("weights", {}).get("bytes"),
+                     "onnx_total_bytes": onnx_metadata.get("onnx_total_bytes"),
+                     # Each graph with its own copy of its weights (0.2.0's layout).
+                     "onnx_unshared_bytes": _unshared_bytes(written),
                      "saved_model_bytes": sum(
                          os.path.getsize(os.path.join(d, f))
                          for d, _, files in os.walk(path) for f in files)}
     return callers, sizes
+
+
+def _unshared_bytes(written):
+    try:
+        from tfvae import onnx_weights
+    except ImportError:  # a tfvae whose graphs hold their own weights
+        return sum(os.path.getsize(file) for file in written.values())
+    return sum(onnx_weights.graph_bytes(file) for file in written.values())
 
 
 def _time(callers, feeds_by_variant, calls, repeats):
@@ -116,7 +154,7 @@ def _time(callers, feeds_by_variant, calls, repeats):
     return {variant: np.asarray(t) for variant, t in times.items()}
 
 
-def run_model(name, repeats):
+def run_model(name, repeats, threads=1):
     import tensorflow as tf
 
     import tfvae
@@ -125,7 +163,7 @@ def run_model(name, repeats):
     model = tfvae.build_vae(event_shape, latent_dim, seed=0, **kwargs)
     root = tempfile.mkdtemp(prefix="bench_export_")
     try:
-        callers, sizes = _export(model, root)
+        callers, sizes = _export(model, root, threads)
         results = {}
         for graph in GRAPHS:
             for batch in BATCHES:
@@ -189,18 +227,22 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["mlp", "mnist_mlp", "levels_mlp"],
                         choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of both runtimes (default 1)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
     import tensorflow as tf
 
+    _set_tensorflow_threads(args.threads)  # before TensorFlow runs anything
     print(HEADER)
-    results = [run_model(name, args.repeats) for name in args.models]
+    results = [run_model(name, args.repeats, args.threads) for name in args.models]
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "tensorflow": tf.__version__, "onnxruntime": ort.__version__,
-              "repeats": args.repeats, "models": results}
+              "repeats": args.repeats, "intra_op_threads": args.threads,
+              "inter_op_threads": 1, "models": results}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

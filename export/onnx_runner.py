@@ -7,7 +7,9 @@
     python export/onnx_runner.py DIR sample -n 16 --seed 0 --save samples.npy
     python export/onnx_runner.py DIR sample --y labels.npy      # a conditional model
 
-DIR is what `tfvae export RUN --format onnx` wrote: `*.onnx` and `metadata.json`.
+DIR is what `tfvae export RUN --format onnx` wrote: `*.onnx`, `weights.bin` (the
+weights of all the graphs, each stored once; the graphs refer to it, so keep it
+beside them) and `metadata.json`.
 Latent widths and inputs come from the graphs themselves; `--y` (integer class
 labels `[B]`, one-hot encoded here, or one-hot rows `[B, C]` of any numeric type)
 is required for a conditional model and refused for an unconditional one. Noise
@@ -51,11 +53,13 @@ class OnnxVAE:
             raise RunnerError(
                 f"{directory} is not a tfvae ONNX export (no readable metadata.json: "
                 f"{error})".splitlines()[0]) from error
-        self.sessions = {
-            name: ort.InferenceSession(os.path.join(directory, file),
-                                       providers=["CPUExecutionProvider"])
-            for name, file in self.metadata["graphs"].items()
-        }
+        weights = self.metadata.get("weights", {}).get("file")
+        if weights and not os.path.isfile(os.path.join(directory, weights)):
+            raise RunnerError(
+                f"{os.path.join(directory, weights)} is missing: the graphs keep their weights "
+                "there (copy it with the .onnx files)")
+        self.sessions = {name: _session(os.path.join(directory, file))
+                         for name, file in self.metadata["graphs"].items()}
         self.condition_dim = self.metadata.get("condition_dim")
 
     def inputs(self, graph):
@@ -143,6 +147,15 @@ class OnnxVAE:
         if eps is None:
             eps = noise("random", n, self.width("sample", "eps"), seed)
         return self.run("sample", eps=eps, y=y)["samples"]
+
+
+def _session(path):
+    """An onnxruntime session of the graph at `path` (its external weights are read from its
+    directory); a missing or unreadable graph is a `RunnerError`."""
+    try:
+        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types
+        raise RunnerError(f"cannot load {path}: {error}".splitlines()[0]) from error
 
 
 def _rows(value, name):

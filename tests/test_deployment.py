@@ -3,6 +3,7 @@ local stand-in server, the ONNX runner without TensorFlow, and the Dockerfile's 
 
 import http.server
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -365,6 +366,10 @@ def test_onnx_runner_says_why_a_graph_was_not_exported(tmp_path, capsys):
     _one_line_error(capsys, "no `sample` graph", "VampPrior cannot be sampled from standard normal")
     assert runner.main([str(tmp_path / "missing"), "sample"]) == 2
     _one_line_error(capsys, "not a tfvae ONNX export")
+    # The graphs keep their weights in one shared file: without it, one line saying so.
+    os.remove(tmp_path / "vamp" / tfvae.export.WEIGHTS_FILE)
+    assert runner.main([str(tmp_path / "vamp"), "encode", "--x", "unused.npy"]) == 2
+    _one_line_error(capsys, "weights.bin is missing", "copy it with the .onnx files")
 
 
 def test_dockerfile_references_exist_and_images_are_pinned():

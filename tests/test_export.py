@@ -15,7 +15,7 @@ import tfvae
 from tfvae import export
 from tfvae import objectives
 
-from helpers import invalid
+from helpers import invalid, raises
 
 LEVELS = ("categorical", "discretized_logistic")
 
@@ -558,8 +558,13 @@ def _dead_pid():
 
 
 def _fake_convert(name, fn, input_signature, path, opset):
-    with open(path, "wb") as f:
-        f.write(b"graph")
+    """A one-node graph in place of the conversion (fast)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y])
+    onnx.save(helper.make_model(graph), path)
 
 
 def test_the_next_export_removes_staging_folders_of_dead_processes(tmp_path, monkeypatch):
@@ -671,6 +676,43 @@ def test_the_saved_model_holds_each_weight_once_and_both_formats_report_sizes(tm
         onnx_metadata = json.load(f)
     assert onnx_metadata["weight_bytes"] == weights
     assert onnx_metadata["onnx_bytes"] == {name: os.path.getsize(p) for name, p in written.items()}
+    shared = tmp_path / "onnx" / export.WEIGHTS_FILE
+    assert onnx_metadata["weights"]["bytes"] == os.path.getsize(shared)
+    assert onnx_metadata["onnx_total_bytes"] == sum(
+        os.path.getsize(p) for p in written.values()) + os.path.getsize(shared)
+
+
+@pytest.mark.slow
+def test_the_onnx_graphs_hold_each_weight_once_in_one_shared_file(tmp_path):
+    """Four graphs, three of them with the decoder: every Keras weight is in `weights.bin`
+    exactly once (its bytes, found by search), nothing weight-sized is left inside a graph,
+    and the graphs still compute the model's answers from their path."""
+    model = _model(hidden_units=(24, 12))
+    rng = np.random.default_rng(3)  # distinct values: no two weights share their bytes
+    model.set_weights([rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+    written = export.export_onnx(model, str(tmp_path / "onnx"))
+    assert sorted(os.listdir(tmp_path / "onnx")) == sorted(
+        [f"{name}.onnx" for name in written] + [export.WEIGHTS_FILE, "metadata.json"])
+    stored = (tmp_path / "onnx" / export.WEIGHTS_FILE).read_bytes()
+    network = [np.asarray(w) for w in model.trainable_weights]  # (not the training schedule)
+    for weight in network:
+        assert stored.count(weight.tobytes()) == 1, weight.shape
+    weights = sum(w.nbytes for w in network)
+    assert weights <= len(stored) <= weights + 64 * len(network)
+    for name, path in written.items():
+        proto = onnx.load(path, load_external_data=False)
+        inline = [t.name for t in proto.graph.initializer
+                  if t.data_location != onnx.TensorProto.EXTERNAL and np.prod(t.dims) > 1
+                  and t.data_type == onnx.TensorProto.FLOAT]
+        assert not inline, (name, inline)
+    x, eps, z = _inputs(model, 5)
+    reference = _reference(model, x, eps, z)
+    for name, path in written.items():
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        outputs = dict(zip([o.name for o in session.get_outputs()],
+                           session.run(None, _feeds(name, x, eps, z))))
+        for key, value in reference[name].items():
+            np.testing.assert_allclose(outputs[key], value, rtol=1e-5, atol=2e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -722,8 +764,14 @@ def test_int8_export_writes_quantized_graphs_with_their_measured_parity(tmp_path
     for name, path in written.items():
         entry = metadata["quantized"][name]
         int8_path = tmp_path / "onnx" / f"{name}.int8.onnx"
-        assert entry["file"] == int8_path.name and entry["bytes"] == os.path.getsize(int8_path)
-        assert entry["bytes"] < 0.8 * entry["float_bytes"] == 0.8 * os.path.getsize(path)
+        assert entry["file"] == int8_path.name
+        assert entry["onnx_bytes"] == os.path.getsize(int8_path)
+        # `bytes`, `float_bytes`: each graph on its own, with its weights inside it.
+        assert entry["bytes"] == pytest.approx(len(onnx.load(str(int8_path)).SerializeToString()),
+                                               rel=0.02)
+        assert entry["float_bytes"] == pytest.approx(len(onnx.load(path).SerializeToString()),
+                                                     rel=0.02)
+        assert entry["bytes"] < 0.8 * entry["float_bytes"]
         assert set(entry["latency_ms"]) == {"1", "1000"}
         assert entry["validation_examples"] == 40
         proto = onnx.load(str(int8_path))
@@ -731,6 +779,11 @@ def test_int8_export_writes_quantized_graphs_with_their_measured_parity(tmp_path
                    for node in proto.graph.node)
         sessions[name] = (ort.InferenceSession(path, providers=["CPUExecutionProvider"]),
                           ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"]))
+    # The int8 graphs share their weights too, in their own file (an int8-only device needs
+    # only it), a quarter of the float kernels' bytes and the float biases.
+    int8_weights = tmp_path / "onnx" / export.INT8_WEIGHTS_FILE
+    assert metadata["int8_weights"]["bytes"] == os.path.getsize(int8_weights)
+    assert os.path.getsize(int8_weights) < 0.5 * metadata["weights"]["bytes"]
     # The recorded errors are the two graphs' differences on the validation data.
     float_q, int8_q = (dict(zip(["mean", "scale"], s.run(["mean", "scale"], {"x": x})))
                        for s in sessions["encode"])
@@ -750,14 +803,18 @@ def test_int8_export_writes_quantized_graphs_with_their_measured_parity(tmp_path
     assert "refused" in metadata["quantized"]["reconstruct"]["elbo_nats"]
     assert abs(metadata["quantized"]["decode"]["elbo_nats"]["mean_difference"]) < 1.0
 
-    # A graph whose int8 version would not be smaller (a small conv decoder: its MatMul
-    # weights are few, the quantization ops add bytes) is refused, with the reason.
+    # A graph whose int8 version would not be smaller (a small conv decoder whose
+    # convolutions stay convolutions: its MatMul weights are few, the quantization ops add
+    # bytes) is refused, with the reason.
+    from tfvae import onnx_dense
+
+    monkeypatch.setattr(onnx_dense, "MAX_ELEMENTS", 0)
     conv = _model(architecture="conv")
     export.export_onnx(conv, str(tmp_path / "conv"), graphs=("decode",), quantize="int8",
                        validation_data=x)
     with open(tmp_path / "conv" / "metadata.json") as f:
         assert "not smaller" in json.load(f)["quantized"]["decode"]["refused"]
-    assert sorted(os.listdir(tmp_path / "conv")) == ["decode.onnx", "metadata.json"]
+    assert sorted(os.listdir(tmp_path / "conv")) == ["decode.onnx", "metadata.json", "weights.bin"]
 
     # A quantizer that fails is a refusal with its reason, not a crash.
     import onnxruntime.quantization as quantization
@@ -771,12 +828,60 @@ def test_int8_export_writes_quantized_graphs_with_their_measured_parity(tmp_path
     with open(tmp_path / "broken" / "metadata.json") as f:
         refused = json.load(f)["quantized"]["encode"]
     assert refused == {"refused": "onnxruntime's quantizer failed: injected failure"}
-    assert sorted(os.listdir(tmp_path / "broken")) == ["encode.onnx", "metadata.json"]
+    assert sorted(os.listdir(tmp_path / "broken")) == ["encode.onnx", "metadata.json",
+                                                      "weights.bin"]
+
+
+@pytest.mark.slow
+def test_static_int8_calibrates_activation_ranges_on_the_calibration_data(tmp_path):
+    """`quantize="int8-static"`: activations are quantized with ranges from
+    `calibration_data` (here x in [0, 0.5): x's uint8 scale is 0.5 / 255, where the
+    validation data in [0, 1) would give 1 / 255), weights are int8, and the recorded
+    parity is the graphs' difference on the validation data."""
+    model = _model(hidden_units=(64, 32))
+    rng = np.random.default_rng(7)
+    x = rng.uniform(size=(60,) + model.event_shape).astype("float32")
+    calibration = 0.5 * rng.uniform(size=(50,) + model.event_shape).astype("float32")
+    with invalid("calibration_data", None):
+        export.export_onnx(model, "unused", quantize="int8-static", validation_data=x)
+    with raises("`calibration_data`", "int8-static' only"):
+        export.export_onnx(model, "unused", quantize="int8", validation_data=x,
+                           calibration_data=calibration)
+    written = export.export_onnx(model, str(tmp_path / "onnx"), graphs=("encode",),
+                                 quantize="int8-static", validation_data=x,
+                                 calibration_data=calibration)
+    with open(tmp_path / "onnx" / "metadata.json") as f:
+        metadata = json.load(f)
+    entry = metadata["quantized"]["encode"]
+    assert metadata["quantize"] == "int8-static" and entry["mode"] == "static"
+    assert entry["calibration_examples"] == 50 and entry["validation_examples"] == 60
+    int8_path = str(tmp_path / "onnx" / entry["file"])
+    proto = onnx.load(int8_path)
+    ops = {node.op_type for node in proto.graph.node}
+    assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    x_flat = next(node.output[0] for node in proto.graph.node
+                  if node.op_type == "Reshape" and node.input[0] == "x")
+    x_scale = next(float(initializers[node.input[1]]) for node in proto.graph.node
+                   if node.op_type == "QuantizeLinear" and node.input[0] == x_flat)
+    np.testing.assert_allclose(x_scale, calibration.max() / 255, rtol=1e-5)
+    weights = [initializers[node.input[0]] for node in proto.graph.node
+               if node.op_type == "DequantizeLinear" and node.input[0] in initializers
+               and initializers[node.input[0]].ndim == 2]
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    float_session = ort.InferenceSession(written["encode"], providers=["CPUExecutionProvider"])
+    int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
+    for key in ("mean", "scale"):
+        error = np.max(np.abs(int8_session.run([key], {"x": x})[0]
+                              - float_session.run([key], {"x": x})[0]))
+        assert 0 < error < np.inf  # (x above the calibrated 0.5 saturates: not small here)
+        np.testing.assert_allclose(entry["max_abs_error"][key], error, rtol=1e-6)
+    assert np.isfinite(entry["elbo_nats"]["mean_difference"])
 
 
 @pytest.mark.slow
 def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
-        digits_run, tmp_path, capsys):
+        digits_run, tmp_path, capsys, monkeypatch):
     """`tfvae export --format onnx --quantize int8` (here rather than in test_cli.py: it is
     the export module's metadata that is checked)."""
     from tfvae import cli, runs
@@ -798,3 +903,21 @@ def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
                      str(tmp_path / "sm"), "--quantize", "int8"]) == 2
     assert "--format onnx only" in capsys.readouterr().err
     assert not (tmp_path / "sm").exists()
+
+    # int8-static: calibrated on the run's training split (its first 512 examples).
+    given = {}
+
+    def export_onnx(model, directory, **kwargs):
+        given.update(kwargs)
+        os.makedirs(directory)
+        with open(os.path.join(directory, export.ONNX_METADATA), "w") as f:
+            json.dump({"quantized": {}}, f)
+        return {}
+
+    monkeypatch.setattr(export, "export_onnx", export_onnx)
+    assert cli.main(["export", digits_run, "--format", "onnx", "--output",
+                     str(tmp_path / "static"), "--quantize", "int8-static"]) == 0
+    train_x, _ = runs.held_out(config, split="train")
+    assert given["quantize"] == "int8-static"
+    np.testing.assert_array_equal(given["calibration_data"], train_x[:512])
+    np.testing.assert_array_equal(given["validation_data"], x[:1000])

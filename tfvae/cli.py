@@ -205,10 +205,12 @@ def _parser(defaults=True):
     export.add_argument("--model-name", default="tfvae", help="TF Serving model name")
     export.add_argument("--version", type=int, help="SavedModel version (default: next free)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
-    export.add_argument("--quantize", choices=("int8",), default=None,
-                        help="ONNX only: also write dynamically quantized graphs "
-                        "(GRAPH.int8.onnx: int8 MatMul/Gemm weights), with their size, latency "
-                        "and parity on the run's validation data in metadata.json")
+    export.add_argument("--quantize", choices=("int8", "int8-static"), default=None,
+                        help="ONNX only: also write quantized graphs (GRAPH.int8.onnx), with "
+                        "their size, latency and parity on the run's validation data in "
+                        "metadata.json. int8: dynamic (int8 MatMul/Gemm weights); "
+                        "int8-static: int8 MatMul/Gemm/Conv weights and uint8 activations "
+                        "calibrated on the first 512 examples of the run's training split")
 
     for name, text in (("encode", "write every example's posterior q(z|x): mean, scale, code"),
                        ("score", "write per-example ELBO terms, reconstruction error and "
@@ -593,6 +595,9 @@ def _export_onnx(model, output, args):
     if args.quantize is not None:
         quantize = {"quantize": args.quantize,
                     "validation_data": _validation_sample(args.run, model)}
+        if args.quantize == "int8-static":
+            quantize["calibration_data"] = _validation_sample(
+                args.run, model, limit=export.CALIBRATION_EXAMPLES, split="train")
     written = export.export_onnx(model, output, opset=opset, **quantize)
     for name, path in written.items():
         print(f"wrote {name}: {path}")
@@ -611,16 +616,17 @@ def _export_onnx(model, output, args):
                   + f" on {entry['validation_examples']} validation examples)")
 
 
-def _validation_sample(run, model, limit=1000):
-    """The run's held-out data (its first `limit` examples), as `x` or `(x, labels)` for
-    a conditional model: what `--quantize` measures parity on."""
+def _validation_sample(run, model, limit=1000, split="validation"):
+    """The first `limit` examples of the run's `split` (prepared as its held-out data), as
+    `x` or `(x, labels)` for a conditional model: what `--quantize` measures parity on
+    (validation) and calibrates static quantization on (train)."""
     import numpy as np
 
     from tfvae import data, runs
 
     config = runs.read_config(os.path.join(run, runs.RUN_FILE))
     if data.is_streamed(config.dataset):
-        batches, _ = runs.held_out_stream(config, None, "validation", batch_size=256)
+        batches, _ = runs.held_out_stream(config, None, split, batch_size=256)
         xs, ys, rows = [], [], 0
         for batch in batches:
             x, y = batch if isinstance(batch, tuple) else (batch, None)
@@ -632,7 +638,7 @@ def _validation_sample(run, model, limit=1000):
         x = np.concatenate(xs)[:limit]
         y = None if ys[0] is None else np.concatenate(ys)[:limit]
     else:
-        x, y = runs.held_out(config)
+        x, y = runs.held_out(config, split=split)
         x, y = x[:limit], None if y is None else y[:limit]
     return x if model.condition_dim is None else (x, y)
 

@@ -45,6 +45,11 @@ its rows, so a mismatch is an error in both formats, never a broadcast; every
 ONNX input and output names its first dimension `batch`. An empty batch (B = 0)
 gives empty outputs (conv networks compute it on one padding row).
 
+ONNX graphs are written for ONNX Runtime's CPU kernels: convolutions on small
+feature maps become one matrix product over the batch (`tfvae.onnx_dense`),
+and the graphs keep their weights in one shared file, each tensor once
+(`tfvae.onnx_weights`).
+
 Both writers are all-or-nothing: they write into a hidden temporary directory
 beside the destination (flushed and fsynced) and rename it into place, so TF
 Serving never sees a half-written version and a failed export leaves nothing;
@@ -67,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import files
+from tfvae import onnx_dense
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +83,11 @@ SAVED_MODEL_SIGNATURES = ("serving_default", "encode", "decode", "reconstruct", 
 ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample")
 # The name of every ONNX input's and output's first (batch) dimension.
 BATCH_DIMENSION = "batch"
-QUANTIZE_MODES = ("int8",)
+# "int8": dynamic (int8 weights, activations quantized at run time); "int8-static":
+# activations too, with ranges calibrated on example data beforehand.
+QUANTIZE_MODES = ("int8", "int8-static")
+# How many calibration examples static quantization runs through each graph (at most).
+CALIBRATION_EXAMPLES = 512
 # The inputs of each graph, before a conditional model's `y`.
 GRAPH_INPUTS = {
     "serving_default": ("x",),
@@ -92,6 +102,10 @@ Y_FORMATS = ("one_hot", "vectors")
 # (TF Serving ignores `assets.extra/`; it is part of the SavedModel layout).
 SAVED_MODEL_METADATA = os.path.join("assets.extra", "tfvae.json")
 ONNX_METADATA = "metadata.json"
+# The ONNX graphs keep their weights here, each distinct tensor once (`tfvae.onnx_weights`);
+# the int8 graphs keep theirs in the second file.
+WEIGHTS_FILE = "weights.bin"
+INT8_WEIGHTS_FILE = "weights.int8.bin"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _SAMPLE_PRIORS = "standard normal or hierarchical"
 _ONNX_ELBO_REASON = (
@@ -734,27 +748,45 @@ def _convert_to_onnx(name, fn, input_signature, path, opset):
         if len(dims):
             dims[0].Clear()
             dims[0].dim_param = BATCH_DIMENSION
+    # ONNX Runtime runs small convolutions faster as one matrix product over the batch.
+    replaced = onnx_dense.dense_convolutions(proto)
+    if replaced:
+        logger.debug("`%s`: convolutions %s as matrix products", name, replaced)
     _write_file(path, proto.SerializeToString())
 
 
 def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *, guard=True,
-                quantize=None, validation_data=None):
-    """Writes ONNX graphs `directory/<graph>.onnx` plus `metadata.json`.
+                quantize=None, validation_data=None, calibration_data=None):
+    """Writes ONNX graphs `directory/<graph>.onnx`, their weights and `metadata.json`.
 
     The directory appears complete or not at all (written beside it under a
-    hidden name, then renamed). `metadata.json` records the opset, shapes,
-    each graph's inputs, the likelihood's data range, the condition's format,
-    which graphs were skipped and why (also logged at WARNING), and sizes:
-    `onnx_bytes` per graph and the model's `weight_bytes`. Every input's and
-    output's first dimension is named `batch` (`BATCH_DIMENSION`).
+    hidden name, then renamed). The graphs keep their weights in one shared
+    file, `weights.bin` (`WEIGHTS_FILE`), each distinct tensor once (ONNX
+    external data; `tfvae.onnx_weights`): the decoder's weights, used by
+    `decode`, `reconstruct` and `sample`, are stored once. ONNX Runtime reads
+    the graphs from their paths as usual; keep `weights.bin` beside them.
+    `metadata.json` records the opset, shapes, each graph's inputs, the
+    likelihood's data range, the condition's format, which graphs were skipped
+    and why (also logged at WARNING), and sizes: `onnx_bytes` per graph file,
+    `weights` (the shared file: `file`, `bytes`, distinct `tensors`,
+    `references` to them), `onnx_total_bytes` (all of them) and the model's
+    `weight_bytes`. Every input's and output's first dimension is named `batch`
+    (`BATCH_DIMENSION`).
 
-    With `quantize="int8"` each graph is also written dynamically quantized
+    With `quantize` each graph is also written quantized as `<graph>.int8.onnx`
+    (its weights shared in `weights.int8.bin`): `"int8"` dynamically
     (`onnxruntime.quantization.quantize_dynamic`: int8 MatMul/Gemm weights,
-    activations quantized at run time) as `<graph>.int8.onnx`, and
-    `metadata.json["quantized"][graph]` records its size, its latency against
-    the float graph (B = 1 and 1,000, medians), and its parity with the float
-    graph on `validation_data` (see `quantization_report`); a graph that does
-    not quantize is recorded with the reason instead.
+    activations quantized at run time), `"int8-static"` statically
+    (`quantize_static`, QDQ format: int8 MatMul/Gemm/Conv weights, uint8
+    activations whose ranges are calibrated (min/max) on `calibration_data`).
+    `metadata.json["quantized"][graph]` records its `mode`, its sizes
+    (`bytes` and `float_bytes`: the int8 and the float graph each on its own,
+    weights inside, as the quantizer compared them; `onnx_bytes`: its file
+    beside the shared weights), its latency against the float graph (B = 1 and
+    1,000, medians), and its parity with the float graph on `validation_data`
+    (max abs error per output; the ELBO in nats with the int8 encoder or
+    decoder); a graph that does not quantize, or does not get smaller, is
+    recorded with the reason instead.
 
     Args:
       model: a trained `tfvae.VAE`.
@@ -766,10 +798,15 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         `"one_hot"`.
       guard: `False` leaves out the bad-input guard (see `graph_functions`; only
         for measuring its cost). Default value: `True`.
-      quantize: `None` or `"int8"`. Default value: `None`.
+      quantize: `None`, `"int8"` or `"int8-static"` (`QUANTIZE_MODES`).
+        Default value: `None`.
       validation_data: with `quantize`, held-out `x` or `(x, y)` (`y` integer
         labels or one-hot rows for a conditional model) to measure the
         quantized graphs' parity on; the first 1,000 examples are used.
+      calibration_data: with `quantize="int8-static"` (only), example `x` or
+        `(x, y)` to calibrate the activations' ranges on, e.g. training data
+        (`tfvae export --quantize int8-static` uses the run's training split);
+        the first `CALIBRATION_EXAMPLES` (512) are used.
 
     Returns:
       `{graph: path}` of the written float graphs.
@@ -794,9 +831,13 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         )
     if os.path.isdir(directory) and os.listdir(directory):
         raise ValueError(f"{directory} already holds files; refusing to overwrite them.")
+    calibration = None
     if quantize is not None:
-        quantize = _checks_quantize(quantize, validation_data)
+        quantize = _checks_quantize(quantize, validation_data, calibration_data)
         validation = _validation_inputs(model, validation_data)
+        if quantize == "int8-static":
+            calibration = _validation_inputs(model, calibration_data, "calibration_data",
+                                             CALIBRATION_EXAMPLES)
     functions = graph_functions(model, y_format, guard=guard)
     metadata = {"opset": opset, **_metadata(model, functions, graphs, "ONNX", y_format, guard),
                 "graphs": {name: f"{name}.onnx" for name in graphs}}
@@ -806,11 +847,12 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
             fn, input_signature = functions[name]
             _convert_to_onnx(name, fn, input_signature, os.path.join(staging, f"{name}.onnx"),
                              opset)
-        metadata["onnx_bytes"] = {
-            name: os.path.getsize(os.path.join(staging, f"{name}.onnx")) for name in graphs}
-        if quantize is not None:
+        if quantize is not None:  # from the self-contained graphs, before they share weights
+            metadata["quantize"] = quantize
             metadata["quantized"] = {
-                name: _quantize_graph(model, name, staging, validation) for name in graphs}
+                name: _quantize_graph(model, name, staging, validation, calibration)
+                for name in graphs}
+        _share_weights(metadata, staging, graphs)
         _write_file(os.path.join(staging, ONNX_METADATA), json.dumps(metadata, indent=2).encode())
         _publish(staging, directory, "ONNX")
     _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory)
@@ -818,15 +860,37 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
     return {name: os.path.join(directory, file) for name, file in metadata["graphs"].items()}
 
 
+def _share_weights(metadata, directory, graphs):
+    """Moves the weights of the float graphs into `WEIGHTS_FILE` and those of the int8 ones
+    into `INT8_WEIGHTS_FILE`, each distinct tensor once (`onnx_weights.share_weights`),
+    and records the sizes in `metadata`."""
+    from tfvae import onnx_weights
+
+    paths = [os.path.join(directory, f"{name}.onnx") for name in graphs]
+    metadata["weights"] = onnx_weights.share_weights(paths, os.path.join(directory, WEIGHTS_FILE))
+    metadata["onnx_bytes"] = {name: os.path.getsize(path) for name, path in zip(graphs, paths)}
+    metadata["onnx_total_bytes"] = sum(metadata["onnx_bytes"].values()) + metadata["weights"][
+        "bytes"]
+    quantized = {name: entry["file"] for name, entry in metadata.get("quantized", {}).items()
+                 if "file" in entry}
+    if quantized:
+        int8_paths = [os.path.join(directory, file) for file in quantized.values()]
+        metadata["int8_weights"] = onnx_weights.share_weights(
+            int8_paths, os.path.join(directory, INT8_WEIGHTS_FILE))
+        for name, path in zip(quantized, int8_paths):
+            metadata["quantized"][name]["onnx_bytes"] = os.path.getsize(path)
+
+
 # ---------------------------------------------------------------------------
-# int8 (dynamic quantization) and its parity with the float graphs.
+# int8 (dynamic or static quantization) and its parity with the float graphs.
 
 _QUANTIZED_OPS = ("MatMul", "Gemm")
+_STATIC_QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 _PARITY_EXAMPLES = 1000
 _LATENCY_BATCHES = (1, 1000)
 
 
-def _checks_quantize(quantize, validation_data):
+def _checks_quantize(quantize, validation_data, calibration_data):
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
             f"Received an invalid value for `quantize`, expected None or one of "
@@ -835,26 +899,37 @@ def _checks_quantize(quantize, validation_data):
         raise ValueError(
             "Received an invalid value for `validation_data`, expected held-out x or (x, y) "
             "to measure the quantized graphs' parity on. Received: validation_data=None")
+    if quantize == "int8-static" and calibration_data is None:
+        raise ValueError(
+            "Received an invalid value for `calibration_data`, expected example x or (x, y) "
+            "(e.g. training data) to calibrate the activations' ranges on for "
+            "quantize='int8-static'. Received: calibration_data=None")
+    if quantize != "int8-static" and calibration_data is not None:
+        raise ValueError(
+            f"Received an invalid value for `calibration_data`: it applies to "
+            f"quantize='int8-static' only. Received: calibration_data with quantize={quantize!r}")
     return quantize
 
 
-def _validation_inputs(model, validation_data):
+def _validation_inputs(model, validation_data, argument="validation_data",
+                       limit=_PARITY_EXAMPLES):
     """`{"x", "y"?, "z", "eps", "noise"}` arrays for the graphs, from held-out data (its
-    first `_PARITY_EXAMPLES` rows): `z` the model's deterministic codes of x, `eps`
-    zeros (the noise-free reconstruction), `noise` N(0, I) draws (seed 0) for `sample`."""
+    first `limit` rows): `z` the model's deterministic codes of x, `eps` zeros (the
+    noise-free reconstruction), `noise` N(0, I) draws (seed 0) for `sample`. `argument`
+    names the data in errors."""
     x, y = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
-    x = np.asarray(x, np.float32)[:_PARITY_EXAMPLES]
+    x = np.asarray(x, np.float32)[:limit]
     if x.shape[1:] != model.event_shape or not len(x):
         raise ValueError(
-            f"Received an invalid value for `validation_data`, expected x of shape "
+            f"Received an invalid value for `{argument}`, expected x of shape "
             f"(n > 0, {', '.join(map(str, model.event_shape))}). Received: x with shape "
             f"{tuple(np.shape(x))}")
-    model.likelihood.validate_data(x, "validation_data")
+    model.likelihood.validate_data(x, argument)
     inputs = {"x": x}
     labels = None
     if model.condition_dim is not None:
         if y is None:
-            raise ValueError("Received an invalid value for `validation_data`: the model is "
+            raise ValueError(f"Received an invalid value for `{argument}`: the model is "
                              "conditional, expected (x, y). Received: x alone")
         y = np.asarray(y)[:len(x)]
         if y.ndim == 1:
@@ -977,43 +1052,81 @@ def _without_preprocessing_advice():
         logging.getLogger().removeFilter(advice)
 
 
-def quantization_refusal(proto):
-    """Why the ONNX graph `proto` cannot be dynamically quantized (`None` if it can): it
-    must have a MatMul or Gemm whose weight is a constant."""
+def quantization_refusal(proto, ops=_QUANTIZED_OPS):
+    """Why the ONNX graph `proto` cannot be quantized (`None` if it can): it must have one
+    of `ops` (default: MatMul or Gemm, what dynamic quantization covers) whose weight
+    is a constant."""
     constants = {init.name for init in proto.graph.initializer}
     constants |= {out for node in proto.graph.node if node.op_type == "Constant"
                   for out in node.output}
-    if not any(node.op_type in _QUANTIZED_OPS and any(i in constants for i in node.input)
+    if not any(node.op_type in ops and any(i in constants for i in node.input)
                for node in proto.graph.node):
-        return "it has no MatMul or Gemm with constant weights to quantize"
+        return f"it has no {' or '.join(ops)} with constant weights to quantize"
     return None
 
 
-def _quantize_graph(model, name, directory, inputs):
+class _CalibrationFeeds:
+    """`onnxruntime.quantization.CalibrationDataReader`'s protocol (`get_next`: feeds, then
+    None) over one graph's calibration feeds, in batches of `rows`."""
+
+    def __init__(self, feeds, rows=128):
+        count = len(next(iter(feeds.values())))
+        self._batches = iter([{key: value[start:start + rows] for key, value in feeds.items()}
+                              for start in range(0, count, rows)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def _quantize_file(float_path, int8_path, feeds=None):
+    """Quantizes the graph at `float_path` into `int8_path`: dynamically (int8 MatMul/Gemm
+    weights, activations quantized at run time) or, given calibration `feeds`,
+    statically (int8 weights of MatMul/Gemm/Conv and uint8 activations whose ranges are
+    the calibration data's min/max; QDQ format, which ONNX Runtime fuses into integer
+    kernels)."""
+    from onnxruntime import quantization
+
+    with _without_preprocessing_advice():
+        if feeds is None:
+            quantization.quantize_dynamic(float_path, int8_path,
+                                          op_types_to_quantize=list(_QUANTIZED_OPS),
+                                          weight_type=quantization.QuantType.QInt8)
+        else:
+            quantization.quantize_static(
+                float_path, int8_path, _CalibrationFeeds(feeds),
+                quant_format=quantization.QuantFormat.QDQ,
+                op_types_to_quantize=list(_STATIC_QUANTIZED_OPS),
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+                calibrate_method=quantization.CalibrationMethod.MinMax)
+
+
+def _quantize_graph(model, name, directory, inputs, calibration=None):
     """Writes `directory/<name>.int8.onnx` and returns its metadata entry: size, latency
-    and parity against `<name>.onnx`, or `{"refused": reason}`."""
+    and parity against `<name>.onnx`, or `{"refused": reason}`. Static quantization
+    (calibrated on `calibration`'s arrays) when `calibration` is given, else dynamic."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     float_path = os.path.join(directory, f"{name}.onnx")
     int8_file = f"{name}.int8.onnx"
     int8_path = os.path.join(directory, int8_file)
-    refusal = quantization_refusal(onnx.load(float_path))
+    conditional = model.condition_dim is not None
+    ops = _QUANTIZED_OPS if calibration is None else _STATIC_QUANTIZED_OPS
+    refusal = quantization_refusal(onnx.load(float_path), ops)
     if refusal is None:
         try:
-            with _without_preprocessing_advice():
-                quantize_dynamic(float_path, int8_path,
-                                 op_types_to_quantize=list(_QUANTIZED_OPS),
-                                 weight_type=QuantType.QInt8)
+            _quantize_file(float_path, int8_path, None if calibration is None else
+                           _graph_feeds(name, calibration, conditional))
             quantized = onnx.load(int8_path)
             onnx.checker.check_model(quantized)
             if not any("Integer" in node.op_type or "Quant" in node.op_type
                        for node in quantized.graph.node):
-                refusal = "onnxruntime's quantizer left every MatMul/Gemm in float"
+                refusal = f"onnxruntime's quantizer left every {'/'.join(ops)} in float"
             elif os.path.getsize(int8_path) >= os.path.getsize(float_path):
                 refusal = (f"quantized, it is not smaller ({os.path.getsize(int8_path)} bytes "
-                           f"against {os.path.getsize(float_path)}): its MatMul/Gemm weights "
-                           "are too few (convolutions stay in float)")
+                           f"against {os.path.getsize(float_path)}): its "
+                           f"{'/'.join(ops)} weights are too few"
+                           + (" (convolutions stay in float)" if calibration is None else ""))
         except Exception as error:  # noqa: BLE001 - the quantizer raises many types.
             refusal = f"onnxruntime's quantizer failed: {str(error).splitlines()[0]}"
     if refusal is not None:
@@ -1021,7 +1134,6 @@ def _quantize_graph(model, name, directory, inputs):
             os.remove(int8_path)
         logger.warning("ONNX graph `%s` is not quantized: %s", name, refusal)
         return {"refused": refusal}
-    conditional = model.condition_dim is not None
     sessions = {"float": _session(float_path), "int8": _session(int8_path)}
     feeds = _graph_feeds(name, inputs, conditional)
     float_out, int8_out = _run(sessions["float"], feeds), _run(sessions["int8"], feeds)
@@ -1031,9 +1143,11 @@ def _quantize_graph(model, name, directory, inputs):
         errors[key] = float(np.nanmax(difference)) if np.isfinite(difference).any() else None
     entry = {
         "file": int8_file,
+        "mode": "dynamic" if calibration is None else "static",
         "bytes": os.path.getsize(int8_path),
         "float_bytes": os.path.getsize(float_path),
         "validation_examples": len(inputs["x"]),
+        **({} if calibration is None else {"calibration_examples": len(calibration["x"])}),
         "max_abs_error": errors,
         "latency_ms": {str(rows): _median_latency_ms(
             sessions, _tiled(feeds, rows), calls=50 if rows == 1 else 3)

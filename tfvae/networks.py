@@ -276,7 +276,9 @@ class ConvDecoder(keras.layers.Layer):
     def call(self, inputs):
         h = _apply([*self.hidden, self.project, self.reshape, *self.deconvs], inputs)
         height, width, _ = self.target_shape
-        return self.out(h[:, :height, :width, :])
+        if tuple(h.shape[1:3]) != (height, width):  # (no copy where nothing is cropped)
+            h = h[:, :height, :width, :]
+        return self.out(h)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],) + self.target_shape
