@@ -79,7 +79,9 @@ def test_gap_parts_match_the_closed_forms(family):
     np.testing.assert_allclose(got["approximation_gap"] + got["amortization_gap"], got["gap"],
                                rtol=1e-5, atol=1e-5)
     assert abs(got["last_improvement"]) < 0.05
-    assert got["optimization_trace"].shape == (800,)
+    # `steps` is a maximum: the optimisation stopped once every example had converged.
+    assert got["converged"].all() and got["optimization_trace"].shape == (got["steps"],)
+    assert got["steps"] <= 800
 
 
 def test_optimized_posterior_beats_the_encoder_on_every_example():
@@ -121,3 +123,145 @@ def test_bad_arguments_name_themselves(kwargs, match):
     model = tfvae.build_vae((4,), 2, hidden_units=(4,))
     with pytest.raises(ValueError, match=match):
         gap.decompose_gap(model, np.zeros((2, 4), "float32"), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Converge or say so: bad encoders on a linear-Gaussian model with a diagonal head.
+
+
+def _designed_model(precision, sigma=0.5, data_dim=4, n=6, seed=0):
+    """A linear-Gaussian VAE whose posterior precision is `precision` (`Λ = I + WᵀW/σ²`),
+    a diagonal head and a linear encoder; returns the model, x and the closed forms."""
+    rng = np.random.default_rng(seed)
+    d = len(precision)
+    rotation = np.linalg.qr(rng.normal(size=(data_dim, data_dim)))[0][:, :d]
+    w = rotation @ (sigma * np.linalg.cholesky(precision - np.eye(d)).T)
+    b = rng.normal(size=data_dim)
+    x = rng.normal(size=(n, d)) @ w.T + b + sigma * rng.normal(size=(n, data_dim))
+    keras.utils.set_random_seed(1)
+    head = tfvae.DiagonalGaussianPosterior(d)
+    encoder = tfvae.MLP(head.params_size, (), name="encoder")
+    decoder = tfvae.MLP(data_dim, (), name="decoder")
+    model = tfvae.VAE(encoder, decoder, head,
+                      tfvae.GaussianLikelihood((data_dim,), scale=sigma), seed=0)
+    decoder.weights[0].assign(w.T.astype("float32"))
+    decoder.weights[1].assign(b.astype("float32"))
+    cov = np.linalg.inv(precision)
+    gain = cov @ w.T / sigma**2  # posterior mean = gain (x − b)
+    truth = {
+        "log_px": stats.multivariate_normal(b, w @ w.T + sigma**2 * np.eye(data_dim)).logpdf(x),
+        "means": (gain @ (x - b).T).T, "cov": cov, "gain": gain, "b": b,
+        # KL(q* ‖ p(z|x)) of the best diagonal q (mean m, variances 1/Λ_jj).
+        "approximation_gap": 0.5 * (np.sum(np.log(np.diag(precision)))
+                                    - np.linalg.slogdet(precision)[1]),
+    }
+    return model, x.astype("float32"), truth
+
+
+def _set_linear_encoder(model, kernel, bias, scale):
+    """q_φ(z|x) = N(x kernel + bias, scale² I) through the diagonal head's softplus."""
+    d = kernel.shape[1]
+    raw_scale = np.log(np.expm1(scale))
+    model.encoder.weights[0].assign(np.concatenate([kernel, np.zeros_like(kernel)], 1)
+                                    .astype("float32"))
+    model.encoder.weights[1].assign(np.concatenate([bias, np.full(d, raw_scale)])
+                                    .astype("float32"))
+
+
+def _elbo_closed_form(model, x, truth, raw):
+    """ELBO(q) = log p(x) − KL(q ‖ p(z|x)) for raw diagonal-head parameters `[n, 2d]`."""
+    parameters = model.posterior.parameters(raw)
+    loc, scale = parameters["loc"].numpy(), parameters["scale"].numpy()
+    kl = np.array([_kl_gauss(loc[i], np.diag(scale[i] ** 2), truth["means"][i], truth["cov"])
+                   for i in range(len(x))])
+    return truth["log_px"] - kl
+
+
+_CORRELATED = 8.0 * (0.25 * np.eye(2) + 0.75)  # partial correlation −0.75, Λ − I ⪰ 0
+
+_ENCODERS = {
+    # (kernel, bias, scale) from the posterior's gain G and offset: mean = G (x − b).
+    "wide": lambda t: (t["gain"].T, -t["gain"] @ t["b"], 3.0),
+    "narrow and far": lambda t: (t["gain"].T, -t["gain"] @ t["b"] + 4.0, 0.05),
+    "wrong sign": lambda t: (-t["gain"].T, t["gain"] @ t["b"], 0.3),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", list(_ENCODERS))
+def test_bad_encoders_converge_to_the_closed_form_split(encoder):
+    model, x, truth = _designed_model(_CORRELATED)
+    _set_linear_encoder(model, *_ENCODERS[encoder](truth))
+    elbo_phi = _elbo_closed_form(model, x, truth, model.encoder_output(x))
+    tolerance = 0.01
+    got = gap.decompose_gap(model, x, steps=3000, learning_rate=0.05, tolerance=tolerance,
+                            eval_samples=2000, log_px_samples=2000, seed=1)
+    assert got["converged"].all() and got["num_unconverged"] == 0, got["final_gain"]
+    assert got["steps"] < 3000
+    best_elbo = truth["log_px"] - truth["approximation_gap"]
+    # Within the stated error: 3 Monte Carlo standard errors plus the optimiser's residual,
+    # which a converged example keeps below a few window tolerances.
+    residual = 3 * tolerance
+    assert np.all(np.abs(got["elbo_optimized"] - best_elbo)
+                  < 3 * got["elbo_optimized_stderr"] + residual)
+    assert np.all(np.abs(got["approximation_gap"] - truth["approximation_gap"])
+                  < 3 * got["approximation_gap_stderr"] + residual)
+    assert np.all(np.abs(got["amortization_gap"] - (best_elbo - elbo_phi))
+                  < 3 * got["amortization_gap_stderr"] + residual)
+    assert np.all(np.abs(got["log_px"] - truth["log_px"]) < 3 * got["log_px_stderr"])
+    assert np.all(got["log_px_ess"] > 100)
+
+
+def test_too_few_steps_are_flagged_not_reported_as_converged(caplog):
+    model, x, truth = _designed_model(_CORRELATED)
+    _set_linear_encoder(model, *_ENCODERS["narrow and far"](truth))
+    with caplog.at_level("WARNING", logger="tfvae.gap"):
+        got = gap.decompose_gap(model, x, steps=20, eval_samples=40, log_px_samples=20)
+    assert got["steps"] == 20 and got["optimization_trace"].shape == (20,)
+    assert not got["converged"].any() and got["num_unconverged"] == len(x)
+    assert np.all(got["final_gain"] > 0.01)
+    # The flagged split really is wrong: the approximation gap is far above the truth.
+    assert np.all(got["approximation_gap"] > truth["approximation_gap"] + 1.0)
+    assert f"{len(x)} of {len(x)} examples did not converge" in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# Honest errors: 95 % intervals cover the exact value, for each estimate's own target.
+
+
+def _coverage(errors, stderrs):
+    return float(np.mean(np.abs(np.asarray(errors)) < 1.96 * np.asarray(stderrs)))
+
+
+@pytest.mark.slow
+def test_gap_intervals_cover_the_closed_forms_with_a_correlated_posterior():
+    # Partial correlation 0.75: the best diagonal q* is under-dispersed (the weights of
+    # q* alone have infinite variance), the case where log p(x) used to be biased low.
+    model, x, truth = _designed_model(_CORRELATED, n=20)
+    _set_linear_encoder(model, *_ENCODERS["wide"](truth))
+    elbo_phi = _elbo_closed_form(model, x, truth, model.encoder_output(x))
+    errors = {key: [] for key in ("log_px", "elbo", "elbo_optimized", "gap",
+                                  "approximation_gap", "amortization_gap")}
+    stderrs = {key: [] for key in errors}
+    to_optimum, optimum_stderr, mean_z = [], [], []
+    for seed in range(6):
+        got = gap.decompose_gap(model, x, steps=3000, learning_rate=0.05, seed=seed)
+        assert got["converged"].all()
+        elbo_star = _elbo_closed_form(model, x, truth, got["raw_optimized"])  # its own target
+        exact = {"log_px": truth["log_px"], "elbo": elbo_phi, "elbo_optimized": elbo_star,
+                 "gap": truth["log_px"] - elbo_phi,
+                 "approximation_gap": truth["log_px"] - elbo_star,
+                 "amortization_gap": elbo_star - elbo_phi}
+        for key in errors:
+            errors[key].append(got[key] - exact[key])
+            stderrs[key].append(got[key + "_stderr"])
+        # Against the family's optimum (the closed-form approximation gap).
+        to_optimum.append(got["approximation_gap"] - truth["approximation_gap"])
+        optimum_stderr.append(got["approximation_gap_stderr"])
+        # The mean over these examples, with its Monte Carlo error (examples fixed).
+        mean_z.append(np.mean(to_optimum[-1]) / np.sqrt(np.sum(optimum_stderr[-1] ** 2)) * len(x))
+    for key in errors:
+        assert 0.90 <= _coverage(errors[key], stderrs[key]) <= 0.99, key
+    inside = np.abs(np.concatenate(to_optimum)) < 2 * np.concatenate(optimum_stderr)
+    assert inside.mean() >= 0.90
+    assert np.all(np.abs(mean_z) < 3), mean_z
