@@ -60,10 +60,12 @@ def test_gap_parts_match_the_closed_forms(family):
         assert kl_star.min() > 0.01  # the family really misses the posterior here
 
     got = gap.decompose_gap(model, x, steps=800, learning_rate=0.05, eval_samples=4000,
-                            log_px_samples=40000, seed=0)
+                            log_px_samples=4000, seed=0)
 
-    # log p(x) (q* as proposal, K = 40,000 on a 2-D latent) is close to exact.
-    np.testing.assert_allclose(got["log_px"], log_px, atol=0.01)
+    # log p(x) (a defensive mixture around q*, K = 4,000 on a 2-D latent) is close to
+    # exact, within its stated error.
+    assert np.all(got["log_px_stderr"] < 0.01)
+    assert np.all(np.abs(got["log_px"] - log_px) < 4 * got["log_px_stderr"] + 1e-3)
     # The two ELBOs match their closed forms within their Monte Carlo error.
     tolerance = 4 * got["elbo_stderr"] + 0.01
     assert np.all(np.abs(got["elbo"] - (log_px - kl_phi)) < tolerance)
@@ -212,6 +214,7 @@ def test_bad_encoders_converge_to_the_closed_form_split(encoder):
     assert np.all(got["log_px_ess"] > 100)
 
 
+@pytest.mark.slow
 def test_too_few_steps_are_flagged_not_reported_as_converged(caplog):
     model, x, truth = _designed_model(_CORRELATED)
     _set_linear_encoder(model, *_ENCODERS["narrow and far"](truth))

@@ -33,9 +33,10 @@ SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_inform
 def summary(metrics):
     """`[(key, text)]` for the `SUMMARY_KEYS` in `metrics`: floats to 4 decimals, others as is.
 
-    The gap's parts are marked `≤` / `≥` (bounds, not estimates) when some of
-    their examples did not converge (`gap_unconverged`)."""
-    bounds = {"approximation_gap": "≤ ", "amortization_gap": "≥ "} if metrics.get(
+    When some examples of the gap split did not converge (`gap_unconverged`),
+    `amortization_gap` is marked `≥` (a lower bound) and `approximation_gap`
+    `~` (unreliable, see `gap_note`)."""
+    bounds = {"approximation_gap": "~ ", "amortization_gap": "≥ "} if metrics.get(
         "gap_unconverged") else {}
     return [
         (key, bounds.get(key, "") + (f"{metrics[key]:.4f}" if isinstance(metrics[key], float)
@@ -654,8 +655,8 @@ def gap_note(metrics):
     if not metrics.get("gap_unconverged"):
         return None
     return (f"{metrics['gap_unconverged']} of {metrics['gap_examples']} examples did not "
-            f"converge in {metrics['gap_steps']} steps: approximation_gap is an upper bound "
-            "and amortization_gap a lower bound (raise --gap-steps)")
+            f"converge in {metrics['gap_steps']} steps: amortization_gap is a lower bound, "
+            "approximation_gap and gap_log_px unreliable (raise --gap-steps)")
 
 
 def aggregate_log_density(model, x, z, y=None, chunk_size=256):
