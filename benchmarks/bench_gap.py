@@ -45,8 +45,8 @@ def issue_case(examples):
     truth = 0.5 * (np.sum(np.log(np.diag(precision))) - np.linalg.slogdet(precision)[1])
     log_px = stats.multivariate_normal(b, w @ w.T + sigma**2 * np.eye(data_dim)).logpdf(x)
     print(f"issue 21's case, {examples} examples: closed-form approximation gap {truth:.3f}")
-    print("| run | steps | unconverged | approximation gap ± MC error | log p(x) error ± MC error "
-          "| seconds |")
+    print("| run | steps | unconverged | approximation gap ± MC error "
+          "| log p(x) error ± MC error | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, kwargs in (("300 steps (the old default)", {"steps": 300}),
                           ("default (converge or flag)", {})):

@@ -247,7 +247,7 @@ def test_gap_intervals_cover_the_closed_forms_with_a_correlated_posterior():
                                   "approximation_gap", "amortization_gap")}
     stderrs = {key: [] for key in errors}
     to_optimum, optimum_stderr, mean_z = [], [], []
-    for seed in range(6):
+    for seed in range(5):  # 100 intervals per quantity
         got = gap.decompose_gap(model, x, steps=3000, learning_rate=0.05, seed=seed)
         assert got["converged"].all()
         elbo_star = _elbo_closed_form(model, x, truth, got["raw_optimized"])  # its own target

@@ -640,7 +640,8 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
                       ("elbo", "gap_elbo"), ("elbo_optimized", "elbo_optimized")):
         values = np.asarray(parts[key], np.float64)
         result[name] = float(values.mean())
-        result[name + "_examples_stderr"] = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        spread = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        result[name + "_examples_stderr"] = spread
         if key + "_stderr" in parts:
             stderr = np.asarray(parts[key + "_stderr"], np.float64)
             result[name + "_mc_stderr"] = float(np.sqrt(np.sum(stderr**2)) / n)

@@ -306,7 +306,8 @@ def decompose_gap(model, x, y=None, steps=4000, learning_rate=0.02, num_samples=
     elbo_se, star_se = _stderr(draws)
     amortization_se = _stderr(draws[1] - draws[0])  # paired: the same noise for both
     px = _log_likelihood(model, xt, yt, fit["raw"], max(2, log_px_samples),
-                         tfvae_random.fold_in(eval_seed, 2**30), defensive_fraction=defensive_fraction)
+                         tfvae_random.fold_in(eval_seed, 2**30),
+                         defensive_fraction=defensive_fraction)
     log_px, log_px_se = px["log_px"], px["stderr"]
     trace = fit["trace"]
     window = max(1, len(trace) // 10)
