@@ -268,3 +268,31 @@ def test_gap_intervals_cover_the_closed_forms_with_a_correlated_posterior():
     inside = np.abs(np.concatenate(to_optimum)) < 2 * np.concatenate(optimum_stderr)
     assert inside.mean() >= 0.90
     assert np.all(np.abs(mean_z) < 3), mean_z
+
+
+def test_the_means_carry_the_monte_carlo_error_and_the_spread_between_examples_apart(
+        monkeypatch):
+    from tfvae import evaluation
+
+    rng = np.random.default_rng(0)
+    n = 8
+    parts = {key: rng.normal(size=n) for key in (
+        "approximation_gap", "amortization_gap", "log_px", "elbo", "elbo_optimized")}
+    parts |= {key + "_stderr": rng.uniform(0.1, 0.5, size=n) for key in list(parts)}
+    parts |= {"log_px_ess": np.array([5.0, 50, 500, 9, 10, 700, 800, 900]),
+              "converged": np.array([True] * 6 + [False] * 2), "steps": 123,
+              "last_improvement": 0.0}
+    monkeypatch.setattr(evaluation.gap, "decompose_gap", lambda model, x, y, seed, **kw: parts)
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,))
+    got = evaluation.gap_decomposition(model, np.zeros((n, 4), "float32"), num_examples=n)
+    for key, name in (("approximation_gap", "approximation_gap"), ("log_px", "gap_log_px")):
+        assert got[name] == pytest.approx(parts[key].mean())
+        # Examples fixed: the errors of the n independent estimates, added in quadrature.
+        assert got[name + "_mc_stderr"] == pytest.approx(
+            np.sqrt(np.sum(parts[key + "_stderr"] ** 2)) / n)
+        assert got[name + "_examples_stderr"] == pytest.approx(stats.sem(parts[key]))
+    assert got["gap_unconverged"] == 2 and got["gap_steps"] == 123
+    assert got["gap_log_px_low_ess"] == 2 and got["gap_log_px_ess_min"] == 5.0
+    assert got["gap_log_px_ess_median"] == pytest.approx(275.0)
+    assert "2 of 8 examples did not converge in 123 steps" in evaluation.gap_note(got)
+    assert evaluation.gap_note({**got, "gap_unconverged": 0}) is None

@@ -623,8 +623,10 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
     Returns:
       A dict: floats `approximation_gap`, `amortization_gap`, `gap_log_px`,
       `gap_elbo`, `elbo_optimized` (means over the examples, nats), each with
-      `*_mc_stderr` and `*_examples_stderr`; `gap_log_px_ess_min` (the
-      smallest effective sample size of an example's log p(x)),
+      `*_mc_stderr` and `*_examples_stderr`; `gap_log_px_ess_min` and
+      `gap_log_px_ess_median` (effective sample sizes of the examples' log
+      p(x)) and `gap_log_px_low_ess` (examples below `LOW_ESS`, whose log p(x)
+      error bars are themselves unreliable),
       `gap_last_improvement`, and ints `gap_examples`, `gap_steps` (steps
       taken) and `gap_unconverged` (examples whose q* did not converge).
     """
@@ -646,8 +648,16 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
             stderr = np.asarray(parts[key + "_stderr"], np.float64)
             result[name + "_mc_stderr"] = float(np.sqrt(np.sum(stderr**2)) / n)
     if "log_px_ess" in parts:
-        result["gap_log_px_ess_min"] = float(np.min(parts["log_px_ess"]))
+        ess = np.asarray(parts["log_px_ess"], np.float64)
+        result["gap_log_px_ess_min"] = float(np.min(ess))
+        result["gap_log_px_ess_median"] = float(np.median(ess))
+        result["gap_log_px_low_ess"] = int(np.sum(ess < LOW_ESS))
     return result
+
+
+# Below this many effective importance samples an example's log p(x) standard error
+# is itself unreliable (the largest weights dominate and may not have been drawn yet).
+LOW_ESS = 10
 
 
 def gap_note(metrics):

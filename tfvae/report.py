@@ -170,10 +170,16 @@ def _gap_errors(metrics):
             "The Monte Carlo error is the estimate's own standard error for these examples "
             "(what more samples would remove); the spread between examples, sd/√n, is how "
             "much the mean would move on other examples. log p(x) is importance-sampled with "
-            "a defensive mixture of q* and a wide Student-t (smallest effective sample size "
-            f"{metrics.get('gap_log_px_ess_min', float('nan')):.0f}).",
+            "a defensive mixture of q* and a wide Student-t (effective sample size: smallest "
+            f"{metrics.get('gap_log_px_ess_min', float('nan')):.0f}, median "
+            f"{metrics.get('gap_log_px_ess_median', float('nan')):.0f}).",
             "",
         ]
+    if metrics.get("gap_log_px_low_ess"):
+        lines += [f"{metrics['gap_log_px_low_ess']} examples have fewer than "
+                  f"{evaluation.LOW_ESS} effective samples: their log p(x) error bars are "
+                  "themselves unreliable (raise `log_px_samples` of `tfvae.gap.decompose_gap`).",
+                  ""]
     if metrics.get("gap_unconverged"):
         lines += [f"**Not converged:** {evaluation.gap_note(metrics)}.", ""]
     elif "gap_steps" in metrics:
