@@ -190,7 +190,7 @@ _ENCODERS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", list(_ENCODERS))
+@pytest.mark.parametrize("encoder", ["narrow and far", "wrong sign"])  # "wide": the coverage test
 def test_bad_encoders_converge_to_the_closed_form_split(encoder):
     model, x, truth = _designed_model(_CORRELATED)
     _set_linear_encoder(model, *_ENCODERS[encoder](truth))
