@@ -83,7 +83,13 @@ def run(name, seed, args):
         "gap_examples": args.gap_examples,
         "gap_subset": {key: float(np.mean(decomposition[key])) for key in (
             "log_px", "elbo", "elbo_optimized", "gap", "approximation_gap", "amortization_gap")},
+        "gap_subset_mc_stderr": {key: float(np.sqrt(np.sum(decomposition[key + "_stderr"] ** 2))
+                                        / len(decomposition[key])) for key in (
+            "log_px", "elbo", "elbo_optimized", "gap", "approximation_gap", "amortization_gap")},
         "gap_last_improvement": decomposition["last_improvement"],
+        "gap_unconverged": decomposition["num_unconverged"],
+        "gap_steps_taken": decomposition["steps"],
+        "gap_log_px_ess_min": float(np.min(decomposition["log_px_ess"])),
     }
 
 
@@ -100,7 +106,8 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=5000, help="importance samples for log p(x)")
     parser.add_argument("--eval-examples", type=int, default=10000)
     parser.add_argument("--gap-examples", type=int, default=500)
-    parser.add_argument("--gap-steps", type=int, default=300)
+    parser.add_argument("--gap-steps", type=int, default=4000,
+                        help="the most steps of q*'s optimisation (it stops once converged)")
     parser.add_argument("--gap-k", type=int, default=1000)
     parser.add_argument("--verbose", type=int, default=2)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",

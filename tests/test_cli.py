@@ -245,7 +245,7 @@ def splits_run(tmp_path_factory):
     assert cli.main(["train", "--dataset", str(folder / "d.npz"), "--output", str(run),
                      "--epochs", "1", "--hidden-units", "8", "--latent-dim", "2",
                      "--eval-samples", "4", "--quiet", "--decompose-gap",
-                     "--gap-examples", "5"]) == 0
+                     "--gap-examples", "5", "--gap-steps", "400"]) == 0
     return folder / "d.npz", arrays, run
 
 
@@ -285,6 +285,27 @@ def test_evaluate_decompose_gap_writes_the_parts_and_a_figure(splits_run, tmp_pa
     assert got["gap_examples"] == 4 and (tmp_path / "e_gap.png").exists()
     # A second evaluation refuses to overwrite the figure or the JSON.
     assert cli.main(["evaluate", str(run), "--decompose-gap", "--output", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_an_unconverged_gap_split_is_marked_and_says_which_flag_to_raise(splits_run, tmp_path,
+                                                                         capsys):
+    run, out = splits_run[2], tmp_path / "e.json"
+    assert cli.main(["evaluate", str(run), "--decompose-gap", "--gap-examples", "4",
+                     "--gap-steps", "2", "--num-samples", "4", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["gap_unconverged"] == 4 and got["gap_steps"] == 2
+    note = tfvae.evaluation.gap_note(got)
+    assert "raise --gap-steps" in note
+    printed = capsys.readouterr().out
+    warnings = [line for line in printed.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {note}"]
+    assert "4 of 4 examples did not converge in 2 steps" in warnings[0]
+    table = dict(line.split(None, 1) for line in printed.splitlines()[1:] if "_gap" in line)
+    assert table["approximation_gap"].strip().startswith("~")
+    assert table["amortization_gap"].strip().startswith("≥")
+    for key in ("approximation_gap", "amortization_gap", "gap_log_px"):
+        assert got[key + "_mc_stderr"] > 0 and got[key + "_examples_stderr"] > 0
 
 
 # ---------------------------------------------------------------------------

@@ -44,3 +44,27 @@ def test_integer_levels_are_scaled_for_display(tmp_path):
     vectors = np.random.default_rng(0).uniform(size=(3, 5))  # vectors are drawn as lines
     path = report.plot_grid(vectors, str(tmp_path / "v.png"), "vectors", columns=2)
     assert os.path.getsize(path) > 0
+
+
+@pytest.mark.parametrize("unconverged", [0, 3])
+def test_the_gap_split_reports_both_errors_and_marks_an_unconverged_split(tmp_path, unconverged):
+    metrics = {"elbo": -2.5, "log_px": -2.25, "num_samples": 7, "gap_examples": 10,
+               "gap_steps": 400, "gap_unconverged": unconverged, "gap_log_px_ess_min": 321.0,
+               "gap_log_px_ess_median": 456.0, "gap_log_px_low_ess": unconverged}
+    for i, key in enumerate(("approximation_gap", "amortization_gap", "gap_log_px")):
+        metrics |= {key: 1.0 + i, key + "_mc_stderr": 0.01 * (i + 1),
+                    key + "_examples_stderr": 0.1 * (i + 1)}
+    config = {"dataset": "digits", "architecture": "mlp", "latent_dim": 3,
+              "likelihood": "bernoulli", "prior": "standard_normal", "beta": 1.0}
+    text = open(report.write_markdown(str(tmp_path / "report.md"), config, metrics, {})).read()
+    assert "| amortization_gap | 2.000 | ± 0.020 | ± 0.200 |" in text
+    assert "smallest 321, median 456" in text
+    if unconverged:
+        assert "**Not converged:** 3 of 10 examples did not converge in 400 steps" in text
+        assert "3 examples have fewer than 10 effective samples" in text
+        assert "| approximation_gap | ~ 1.0000 |" in text  # the summary table marks them
+        assert "| amortization_gap | ≥ 2.0000 |" in text
+    else:
+        assert "Not converged" not in text and "converged (within 400 steps)" in text
+        assert "effective samples:" not in text
+        assert "| approximation_gap | 1.0000 |" in text

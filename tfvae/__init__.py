@@ -12,6 +12,7 @@ from tfvae import disentanglement
 from tfvae import evaluation
 from tfvae import export
 from tfvae import gap
+from tfvae import marginal
 from tfvae import objectives
 from tfvae import random
 from tfvae import records

@@ -135,6 +135,8 @@ def _train_arguments(train, defaults=True):
            help="split the held-out ELBO gap into amortization and approximation gaps "
            "(optimises q per example; see --gap-examples)")
     option("gap_examples", type=int, help="held-out examples for --decompose-gap")
+    option("gap_steps", type=int, help="the most optimisation steps per example for "
+           "--decompose-gap; it stops earlier once every example has converged")
     option("tensorboard", action=argparse.BooleanOptionalAction,
            help="write TensorBoard logs into OUTPUT/tensorboard: scalars per epoch, "
            "reconstructions, samples and latent histograms (default: on; "
@@ -192,6 +194,10 @@ def _parser(defaults=True):
                           "(writes OUTPUT_gap.png)")
     evaluate.add_argument("--gap-examples", type=int, default=500,
                           help="examples for --decompose-gap (default: %(default)s)")
+    evaluate.add_argument("--gap-steps", type=int, default=4000,
+                          help="the most optimisation steps per example for --decompose-gap; "
+                          "it stops earlier once every example has converged (default: "
+                          "%(default)s)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output", help="JSON file (default: RUN/evaluation.json)")
     evaluate.add_argument("--overwrite", action="store_true")
@@ -390,13 +396,15 @@ def _print_table(metrics):
     print(f"{'quantity':<16}{'value':>14}")
     for key, text in evaluation.summary(metrics):
         print(f"{key:<16}{text:>14}")
+    if evaluation.gap_note(metrics):
+        print(f"warning: {evaluation.gap_note(metrics)}")
 
 
 def _evaluate(args, argv):
     from tfvae import data, evaluation, report, runs
 
     _check_run_directory(args.run)
-    _check_positive(args, "num_samples", "gap_examples")
+    _check_positive(args, "num_samples", "gap_examples", "gap_steps")
     _check_seed(args.seed)
     output = os.path.join(args.run, "evaluation.json") if args.output is None else args.output
     _check_output_file(output, args.overwrite)
@@ -430,7 +438,7 @@ def _evaluate(args, argv):
         with reading:
             metrics.update(evaluation.gap_decomposition(model, x, y=y,
                                                         num_examples=args.gap_examples,
-                                                        seed=args.seed))
+                                                        seed=args.seed, steps=args.gap_steps))
         name = os.path.basename(os.path.normpath(args.run))
         files.write_with(figure, lambda path: report.plot_gap({name: metrics}, path))
         print(f"wrote {figure}")

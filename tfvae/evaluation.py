@@ -31,9 +31,16 @@ SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_inform
 
 
 def summary(metrics):
-    """`[(key, text)]` for the `SUMMARY_KEYS` in `metrics`: floats to 4 decimals, others as is."""
+    """`[(key, text)]` for the `SUMMARY_KEYS` in `metrics`: floats to 4 decimals, others as is.
+
+    When some examples of the gap split did not converge (`gap_unconverged`),
+    `amortization_gap` is marked `≥` (a lower bound) and `approximation_gap`
+    `~` (unreliable, see `gap_note`)."""
+    bounds = {"approximation_gap": "~ ", "amortization_gap": "≥ "} if metrics.get(
+        "gap_unconverged") else {}
     return [
-        (key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+        (key, bounds.get(key, "") + (f"{metrics[key]:.4f}" if isinstance(metrics[key], float)
+                                     else str(metrics[key])))
         for key in SUMMARY_KEYS if key in metrics
     ]
 
@@ -596,6 +603,15 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
     optimisation costs hundreds of ELBO evaluations per example); a dataset
     is read only that far (`first_examples`).
 
+    Each mean comes with two errors, named apart: `*_mc_stderr`, the Monte
+    Carlo error of the estimate for these very examples (`sqrt(Σ se_i²) / n`
+    from the per-example errors of `tfvae.gap.decompose_gap`: how far the
+    number is from what exact integrals would give on the same examples), and
+    `*_examples_stderr`, the spread between examples (`sd / √n`: how much the
+    mean would move on another draw of examples). When some examples did not
+    converge, `gap_unconverged` counts them (`gap_note` says which way the
+    means are then off).
+
     Args:
       model: a `tfvae.VAE`.
       x: held-out data: an array, or a `tf.data.Dataset` (`batches`); y: the
@@ -605,22 +621,53 @@ def gap_decomposition(model, x, y=None, num_examples=500, seed=0, **kwargs):
       **kwargs: passed to `tfvae.gap.decompose_gap` (`steps`, `eval_samples`, ...).
 
     Returns:
-      A dict of floats: `approximation_gap`, `amortization_gap`, `gap_log_px`,
-      `gap_elbo`, `elbo_optimized` (means over the examples, nats), their
-      standard errors `*_stderr` over examples, `gap_last_improvement` and
-      `gap_examples`.
+      A dict: floats `approximation_gap`, `amortization_gap`, `gap_log_px`,
+      `gap_elbo`, `elbo_optimized` (means over the examples, nats), each with
+      `*_mc_stderr` and `*_examples_stderr`; `gap_log_px_ess_min` and
+      `gap_log_px_ess_median` (effective sample sizes of the examples' log
+      p(x)) and `gap_log_px_low_ess` (examples below `LOW_ESS`, whose log p(x)
+      error bars are themselves unreliable),
+      `gap_last_improvement`, and ints `gap_examples`, `gap_steps` (steps
+      taken) and `gap_unconverged` (examples whose q* did not converge).
     """
     x, y = first_examples(model, x, y, num_examples)
     n = len(x)
     parts = gap.decompose_gap(model, x, y=y, seed=seed, **kwargs)
-    result = {"gap_examples": n, "gap_last_improvement": parts["last_improvement"]}
+    converged = np.asarray(parts.get("converged", np.ones(n, bool)), bool)
+    result = {"gap_examples": n, "gap_last_improvement": parts["last_improvement"],
+              "gap_steps": int(parts.get("steps", 0)),
+              "gap_unconverged": int((~converged).sum())}
     for key, name in (("approximation_gap", "approximation_gap"),
                       ("amortization_gap", "amortization_gap"), ("log_px", "gap_log_px"),
                       ("elbo", "gap_elbo"), ("elbo_optimized", "elbo_optimized")):
         values = np.asarray(parts[key], np.float64)
         result[name] = float(values.mean())
-        result[name + "_stderr"] = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        spread = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        result[name + "_examples_stderr"] = spread
+        if key + "_stderr" in parts:
+            stderr = np.asarray(parts[key + "_stderr"], np.float64)
+            result[name + "_mc_stderr"] = float(np.sqrt(np.sum(stderr**2)) / n)
+    if "log_px_ess" in parts:
+        ess = np.asarray(parts["log_px_ess"], np.float64)
+        result["gap_log_px_ess_min"] = float(np.min(ess))
+        result["gap_log_px_ess_median"] = float(np.median(ess))
+        result["gap_log_px_low_ess"] = int(np.sum(ess < LOW_ESS))
     return result
+
+
+# Below this many effective importance samples an example's log p(x) standard error
+# is itself unreliable (the largest weights dominate and may not have been drawn yet).
+LOW_ESS = 10
+
+
+def gap_note(metrics):
+    """The one line that says a gap split in `metrics` is not converged and what to
+    raise, or `None` when it converged (or there is none)."""
+    if not metrics.get("gap_unconverged"):
+        return None
+    return (f"{metrics['gap_unconverged']} of {metrics['gap_examples']} examples did not "
+            f"converge in {metrics['gap_steps']} steps: amortization_gap is a lower bound, "
+            "approximation_gap and gap_log_px unreliable (raise --gap-steps)")
 
 
 def aggregate_log_density(model, x, z, y=None, chunk_size=256):

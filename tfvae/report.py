@@ -153,16 +153,53 @@ def plot_latent_space(model, x, labels, path):
     return _save(fig, path)
 
 
+def _gap_errors(metrics):
+    """report.md's lines on the gap split's errors and convergence."""
+    lines = []
+    if "approximation_gap_mc_stderr" in metrics:
+        lines += [
+            "| part | mean | Monte Carlo error | spread between examples |",
+            "| --- | --- | --- | --- |",
+        ] + [
+            f"| {key} | {metrics[key]:.3f} | ± {metrics[key + '_mc_stderr']:.3f} | "
+            f"± {metrics[key + '_examples_stderr']:.3f} |"
+            for key in ("approximation_gap", "amortization_gap", "gap_log_px")
+            if key + "_mc_stderr" in metrics and key + "_examples_stderr" in metrics
+        ] + [
+            "",
+            "The Monte Carlo error is the estimate's own standard error for these examples "
+            "(what more samples would remove); the spread between examples, sd/√n, is how "
+            "much the mean would move on other examples. log p(x) is importance-sampled with "
+            "a defensive mixture of q* and a wide Student-t (effective sample size: smallest "
+            f"{metrics.get('gap_log_px_ess_min', float('nan')):.0f}, median "
+            f"{metrics.get('gap_log_px_ess_median', float('nan')):.0f}).",
+            "",
+        ]
+    if metrics.get("gap_log_px_low_ess"):
+        lines += [f"{metrics['gap_log_px_low_ess']} examples have fewer than "
+                  f"{evaluation.LOW_ESS} effective samples: their log p(x) error bars are "
+                  "themselves unreliable (raise `log_px_samples` of `tfvae.gap.decompose_gap`).",
+                  ""]
+    if metrics.get("gap_unconverged"):
+        lines += [f"**Not converged:** {evaluation.gap_note(metrics)}.", ""]
+    elif "gap_steps" in metrics:
+        lines += [f"Every example's q* converged (within {metrics['gap_steps']} steps).", ""]
+    return lines
+
+
 def plot_gap(rows, path):
     """Stacked bars: each row's ELBO gap as amortization + approximation gap (nats).
 
     Args:
-      rows: `{label: metrics}` with `amortization_gap` and `approximation_gap`.
+      rows: `{label: metrics}` with `amortization_gap` and `approximation_gap`
+        (a label gets "(not converged)" when its `gap_unconverged` > 0).
       path: the PNG to write.
     """
     fig = Figure(figsize=(1.5 + 1.2 * len(rows), 3.5))
     ax = fig.add_subplot()
-    labels = list(rows)
+    labels = [label + (" (not converged)" if rows[label].get("gap_unconverged") else "")
+              for label in rows]
+    rows = dict(zip(labels, rows.values()))
     amortization = [rows[label]["amortization_gap"] for label in labels]
     approximation = [rows[label]["approximation_gap"] for label in labels]
     ax.bar(labels, amortization, label="amortization gap")
@@ -258,7 +295,7 @@ def write_markdown(path, config, metrics, figures):
             "what the encoder loses by predicting q, `approximation_gap = log p(x) − ELBO(q*)` "
             "what the posterior family loses (Cremer et al., 2018).",
             "",
-        ]
+        ] + _gap_errors(metrics)
     lines += [
         "",
         "## Figures",

@@ -151,6 +151,7 @@ class RunConfig:
     conditional: bool = False  # condition encoder and decoder on the dataset's labels
     decompose_gap: bool = False  # split the held-out gap into amortization + approximation
     gap_examples: int = 500  # held-out examples whose q is optimised for that split
+    gap_steps: int = 4000  # the most Adam steps per example for that split (stops when converged)
     tensorboard: bool = True  # TensorBoard logs in OUTPUT/tensorboard
     mi_weight: float = 1.0  # β-TCVAE's α (index-code mutual information)
     tc_weight: float = 1.0  # β-TCVAE's β (total correlation)
@@ -179,7 +180,7 @@ class RunConfig:
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
-                     "steps_per_execution", "k", "gap_examples"):
+                     "steps_per_execution", "k", "gap_examples", "gap_steps"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("top_latent_dim", "free_bits_groups"):
             _checks.non_negative_int(name, getattr(self, name))
@@ -807,7 +808,7 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
     if config.decompose_gap:
         metrics.update(evaluation.gap_decomposition(best, x_sample, y=conditions,
                                                     num_examples=config.gap_examples,
-                                                    seed=config.seed))
+                                                    seed=config.seed, steps=config.gap_steps))
     files.write_json(os.path.join(output, "metrics.json"), metrics)
     figures = report_lib.write_figures(best, history, x_sample, labels, output, seed=config.seed)
     if config.decompose_gap:
