@@ -671,3 +671,23 @@ def test_active_units_of_a_gaussian_use_its_closed_form_mean(digits):
     _, got = evaluation.active_units(model, x, threshold=0.0, num_samples=2)
     np.testing.assert_allclose(got, model.encode(x).mean().numpy().astype(np.float64).var(0),
                                rtol=1e-5)
+
+
+@pytest.mark.slow  # trains (~5-10 s on a busy machine)
+def test_surgery_logs_put_the_held_out_set_s_terms_in_the_epoch_logs(digits):
+    (x_train, _), (x_val, _) = digits
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), objective="beta_tcvae",
+                            dataset_size=len(x_train), seed=0)
+    model.compile(optimizer="adam")
+    logs = tfvae.SurgeryLogs(x_val, num_examples=40, every=5)
+    history = model.fit(x_train[:128], epochs=2, batch_size=64, verbose=0,
+                        callbacks=[logs]).history
+    # Only the last epoch (before `every`): the surgery of the first 40 examples, as
+    # elbo_surgery gives it.
+    assert len(history["surgery_mi"]) == 1 and len(history["mi"]) == 2
+    want = evaluation.elbo_surgery(model, x_val[:40], seed=0)
+    for short, key in (("mi", "mutual_information"), ("tc", "total_correlation"),
+                       ("dwkl", "dimension_wise_kl"), ("marginal_kl", "marginal_kl")):
+        assert history[f"surgery_{short}"][-1] == pytest.approx(want[key], rel=1e-6)
+        assert history[f"surgery_{short}_heldout"][-1] == pytest.approx(want[key + "_heldout"],
+                                                                        rel=1e-6)

@@ -27,7 +27,9 @@ from tfvae.surgery import aggregate_log_density, elbo_surgery  # noqa: F401 (pub
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
 SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_information",
-                "marginal_kl", "total_correlation", "dimension_wise_kl", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
+                "marginal_kl", "total_correlation", "dimension_wise_kl", "mi_fraction_of_bound",
+                "mutual_information_heldout", "marginal_kl_heldout", "total_correlation_heldout",
+                "dimension_wise_kl_heldout", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
                 "bits_per_dim", "active_units", "mig")
 
 
@@ -613,9 +615,15 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
       `score_examples` (same seeds). `likelihood_score` says what `log_px`
       is (`LikelihoodHead.score_kind` of all the data: `"mass"`, `"density"`
       or `"cross_entropy"`), and `bits_per_dim` (from `log_px`) is given only
-      for a mass, i.e. discrete data. With `surgery_examples`, also the mean
-      KL's split `mutual_information` + `marginal_kl` (and their standard
-      errors, `mi_upper_bound`, `surgery_examples`) where the posterior allows it.
+      for a mass, i.e. discrete data. `active_units` counts the units whose
+      E_q[z] varies over the data (`active_units`, Monte Carlo for flows and
+      the hierarchy). With `surgery_examples` (at least 3), also
+      `elbo_surgery`'s keys where the posterior allows it: the mean KL's
+      split `mutual_information` + `marginal_kl` (+ `total_correlation` +
+      `dimension_wise_kl`) for those examples' own aggregate posterior, with
+      `*_mc_stderr` and `*_example_sd`, `surgery_target`, `mi_upper_bound`,
+      `mi_fraction_of_bound`, `mi_saturated`, and the population's
+      `*_heldout` with `*_heldout_stderr`.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     surgery_examples = _checks.non_negative_int("surgery_examples", surgery_examples)
