@@ -270,7 +270,7 @@ class SurgeryLogs(keras.callbacks.Callback):
     The `mi`, `tc` and `dwkl` that `fit` reports for `objective="beta_tcvae"`
     are minibatch estimates (`objectives.log_aggregate_posterior`): their
     log q(z) is biased low by Jensen's inequality, so `mi` comes out high,
-    `dwkl` low (it can be negative) and `tc` usually low, by amounts that
+    `dwkl` low (it can be negative) and `tc` either way, by amounts that
     depend on the batch size. This callback adds the set's own numbers
     (`surgery.elbo_surgery` on the first `num_examples` of `x`, the same
     noise every time) to the epoch logs, where `keras.callbacks.CSVLogger`,

@@ -55,7 +55,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         dimensions and a prior that factorises over them, and no free bits).
         Those three are minibatch estimates, biased by the batch's log q(z)
         (`objectives.tc_decomposition`): `mi` high, `dwkl` low and possibly
-        negative, `tc` usually low; only their sum is exact. For the terms
+        negative, `tc` either way; only their sum is exact. For the terms
         themselves use `tfvae.SurgeryLogs` (epoch end) or
         `tfvae.evaluation.elbo_surgery`.
         Default value: `"elbo"`.
