@@ -275,7 +275,8 @@ def elbo_surgery(model, x, y=None, num_samples=2, seed=0, chunk_size=256,
             "ELBO surgery: the information estimate %.3f nats is within %.2f nats of its "
             "ceiling log N = %.3f (N = %d examples): the set cannot show more, and the "
             "marginal KL and total correlation are inflated by what it cuts off. Use more "
-            "examples, or the *_heldout estimates (the population's aggregate posterior).",
+            "examples; the *_heldout estimates (the population's aggregate posterior) err "
+            "the other way.",
             mi, saturation_nats, bound, n)
     if per_dimension and (result["dimension_wise_kl"] < 0
                           or result["dimension_wise_kl_heldout"] < 0):
