@@ -55,10 +55,10 @@ def test_the_surgery_paragraph_states_its_target_and_flags_a_saturated_informati
                "mi_saturated": True, "saturation_nats": 1.0}
     text = open(report.write_markdown(str(tmp_path / "a.md"), config, metrics, {})).read()
     assert "aggregate posterior of these N examples" in text and "log N = 3.00" in text
-    assert "(here 97% of it)" in text and "within 1 nat of log N" in text
+    assert "(here 97% of it)" in text and "within 1 nats of log N" in text
     assert "negative `dimension_wise_kl`" in text
     metrics.update(mutual_information=1.0, mi_fraction_of_bound=1.0 / np.log(20),
                    mi_saturated=False, dimension_wise_kl=0.2)
     text = open(report.write_markdown(str(tmp_path / "b.md"), config, metrics, {})).read()
     assert "aggregate posterior of these N examples" in text
-    assert "within 1 nat" not in text and "negative" not in text
+    assert "within 1 nats" not in text and "negative" not in text

@@ -249,8 +249,8 @@ def write_markdown(path, config, metrics, figures):
         ]
         if metrics.get("mi_saturated"):
             lines += [
-                f"**The information estimate is within {metrics.get('saturation_nats', 1.0):g} "
-                "nat of log N**: the set cannot show more, so `marginal_kl` and "
+                f"**The information estimate is within {metrics.get('saturation_nats', 2.0):g} "
+                "nats of log N**: the set cannot show more, so `marginal_kl` and "
                 "`total_correlation` are inflated by what it cuts off. Read them as upper "
                 "limits, the `*_heldout` numbers as the other side (they err upward for the "
                 "information), and use more examples.",
