@@ -151,12 +151,14 @@ def test_bits_per_dim_only_for_discrete_data(likelihood, x, kind):
     assert ("bits_per_dim" in result) == (kind == "mass")
 
 
-def _linear_gaussian_encoder(n=4000, seed=0):
+def _linear_gaussian_encoder(n=4000, seed=0, scale=(0.2, 0.3)):
     """Gaussian data x ~ N(μ, Σ) in 3-D and a linear encoder q(z|x) = N(Ax + c, diag s²):
-    the aggregate posterior is N(Aμ + c, AΣAᵀ + S), so both surgery terms have closed forms."""
+    the aggregate posterior is N(Aμ + c, AΣAᵀ + S), so every surgery term has a closed form.
+
+    Returns the model, x `[n, 3]` and the population's terms (a dict)."""
     rng = np.random.default_rng(seed)
     big, small = 3, 2
-    a, c, s = rng.normal(size=(small, big)), 0.3 * rng.normal(size=small), np.array([0.2, 0.3])
+    a, c, s = rng.normal(size=(small, big)), 0.3 * rng.normal(size=small), np.asarray(scale)
     mu, root = rng.normal(size=big), 0.5 * rng.normal(size=(big, big))
     cov_x = root @ root.T + 0.2 * np.eye(big)
     x = rng.multivariate_normal(mu, cov_x, size=n).astype("float32")
@@ -171,10 +173,15 @@ def _linear_gaussian_encoder(n=4000, seed=0):
     encoder.weights[1].assign(bias.astype("float32"))
     q_cov = np.diag(s**2)
     agg_mean, agg_cov = a @ mu + c, a @ cov_x @ a.T + q_cov
-    mutual_information = 0.5 * np.log(np.linalg.det(agg_cov) / np.linalg.det(q_cov))
-    marginal_kl = 0.5 * (np.trace(agg_cov) + agg_mean @ agg_mean - small
-                         - np.log(np.linalg.det(agg_cov)))
-    return model, x, mutual_information, marginal_kl
+    variances = np.diag(agg_cov)
+    population = {
+        "mutual_information": 0.5 * np.log(np.linalg.det(agg_cov) / np.linalg.det(q_cov)),
+        "marginal_kl": 0.5 * (np.trace(agg_cov) + agg_mean @ agg_mean - small
+                              - np.log(np.linalg.det(agg_cov))),
+        "total_correlation": 0.5 * (np.sum(np.log(variances)) - np.log(np.linalg.det(agg_cov))),
+        "dimension_wise_kl": 0.5 * np.sum(variances + agg_mean**2 - 1 - np.log(variances)),
+    }
+    return model, x, population
 
 
 def _aggregate_total_correlation(model, x):
@@ -187,36 +194,123 @@ def _aggregate_total_correlation(model, x):
 
 
 def test_elbo_surgery_matches_the_closed_forms_of_a_linear_gaussian_encoder():
-    model, x, mutual_information, marginal_kl = _linear_gaussian_encoder()
-    assert mutual_information > 1.0  # the code carries real information here
+    model, x, population = _linear_gaussian_encoder()
+    assert population["mutual_information"] > 1.0  # the code carries real information here
     got = evaluation.elbo_surgery(model, x, num_samples=2, seed=0)
-    # Closed forms are population values; the 4,000 data points add O(1/√N) noise.
-    for key, expected in (("mutual_information", mutual_information),
-                          ("marginal_kl", marginal_kl)):
-        assert abs(got[key] - expected) < 4 * got[key + "_stderr"] + 0.03, (key, got[key], expected)
+    # The held-out estimates target the population: the closed forms, within their error
+    # (the jackknife over examples) and a small allowance for their O(1/N) Jensen bias.
+    for key, expected in population.items():
+        assert abs(got[key + "_heldout"] - expected) < 3 * got[key + "_heldout_stderr"] + 0.01, (
+            key, got[key + "_heldout"], expected)
     # The two terms add up to the mean KL, which the model computes analytically.
     kl = model.elbo(x, seed=0)["kl"].numpy().mean()
-    assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_stderr"]
+    assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_mc_stderr"]
     assert got["kl_estimate"] == pytest.approx(got["mutual_information"] + got["marginal_kl"])
     # The aggregate is Gaussian with covariance C = AΣAᵀ + S: its total correlation is
     # ½ (Σ_j log C_jj − log det C), and KL(q(z) ‖ p(z)) = TC + Σ_j KL(q(z_j) ‖ p(z_j)).
     total_correlation, agg_cov = _aggregate_total_correlation(model, x)
     assert total_correlation > 0.05  # the aggregate's dimensions do depend on each other
     assert abs(got["total_correlation"] - total_correlation) < (
-        4 * got["total_correlation_stderr"] + 0.03)
-    assert got["total_correlation"] + got["dimension_wise_kl"] == pytest.approx(
-        got["marginal_kl"], abs=1e-3)
+        4 * got["total_correlation_mc_stderr"] + 0.03)
+    for suffix in ("", "_heldout"):
+        assert got["total_correlation" + suffix] + got["dimension_wise_kl" + suffix] == (
+            pytest.approx(got["marginal_kl" + suffix], abs=1e-3))
     assert got["mi_upper_bound"] == pytest.approx(np.log(4000)) and got["surgery_examples"] == 4000
+    assert got["mi_fraction_of_bound"] == pytest.approx(got["mutual_information"] / np.log(4000))
+    assert not got["mi_saturated"] and "evaluation set" in got["surgery_target"]
+    # The Monte Carlo error of the draws is far below the spread between examples.
+    assert got["marginal_kl_mc_stderr"] < got["marginal_kl_example_sd"] / np.sqrt(4000)
+
+
+def _log_normal(z, loc, scale):
+    return -0.5 * np.square((z - loc) / scale) - np.log(scale) - 0.5 * np.log(2 * np.pi)
+
+
+def _logsumexp(values, axis):
+    top = values.max(axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.exp(values - top).sum(axis))
+
+
+def _finite_set_terms(loc, scale, nodes):
+    """The surgery terms of the finite mixture q_N of 2-D diagonal Gaussians N(loc_n, scale_n²)
+    against N(0, I), by Gauss–Hermite quadrature of each E_{q(z|x_n)}[·] (nodes² points)."""
+    t, w = np.polynomial.hermite.hermgauss(nodes)
+    t, w = t * np.sqrt(2.0), w / np.sqrt(np.pi)
+    grid = np.stack(np.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 2)
+    weights = np.outer(w, w).reshape(-1)
+    n = len(loc)
+    terms = dict.fromkeys(("mutual_information", "marginal_kl", "kl_estimate",
+                           "total_correlation", "dimension_wise_kl"), 0.0)
+    for i in range(n):
+        z = loc[i] + scale[i] * grid
+        per_dimension = _log_normal(z[:, None, :], loc[None], scale[None])  # [K, N, 2]
+        own = per_dimension[:, i].sum(-1)
+        log_q = _logsumexp(per_dimension.sum(-1), 1) - np.log(n)
+        product = (_logsumexp(per_dimension, 1) - np.log(n)).sum(-1)
+        log_p = _log_normal(z, 0.0, 1.0).sum(-1)
+        for key, values in (("mutual_information", own - log_q), ("marginal_kl", log_q - log_p),
+                            ("kl_estimate", own - log_p), ("total_correlation", log_q - product),
+                            ("dimension_wise_kl", product - log_p)):
+            terms[key] += weights @ values / n
+    return terms
+
+
+@pytest.mark.slow  # 120 surgeries (~10 s)
+def test_surgery_monte_carlo_errors_cover_the_finite_set_terms_computed_by_quadrature():
+    model, x, _ = _linear_gaussian_encoder(n=20, scale=(0.5, 0.6))
+    q = model.encode(x)
+    loc, scale = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    exact = _finite_set_terms(loc, scale, nodes=60)
+    finer = _finite_set_terms(loc, scale, nodes=90)
+    for key, value in exact.items():
+        assert value == pytest.approx(finer[key], abs=1e-8)  # the quadrature has converged
+    replicates = 120
+    covered = dict.fromkeys(exact, 0)
+    for seed in range(replicates):
+        got = evaluation.elbo_surgery(model, x, num_samples=8, seed=seed)
+        for key, value in exact.items():
+            covered[key] += abs(got[key] - value) <= 1.96 * got[key + "_mc_stderr"]
+    for key, count in covered.items():
+        assert 0.90 <= count / replicates <= 0.99, (key, count)
+
+
+def test_heldout_surgery_converges_to_the_population_where_the_finite_set_saturates(caplog):
+    # Narrow posteriors: the population's information is about log 20, so 20 examples
+    # cannot show it and the finite-set TC and marginal KL absorb what is cut off.
+    small, x_small, population = _linear_gaussian_encoder(n=20, scale=(0.08, 0.1))
+    assert population["mutual_information"] > np.log(20)
+    with caplog.at_level("WARNING", logger="tfvae.surgery"):
+        got = evaluation.elbo_surgery(small, x_small, num_samples=4)
+    assert got["mi_saturated"] and got["mi_fraction_of_bound"] > 1 - 1 / np.log(20)
+    assert any("ceiling log N" in r.getMessage() for r in caplog.records)
+    assert got["total_correlation"] > population["total_correlation"] + 0.25
+    assert got["marginal_kl"] > population["marginal_kl"] + 0.5
+    # Held out, the same 20 examples bracket the population's information from above, with
+    # an error that says they are too few.
+    assert got["mutual_information_heldout"] > population["mutual_information"] > got[
+        "mutual_information"]
+    assert got["mutual_information_heldout_stderr"] > 0.5
+    # With more examples the held-out estimates reach the population's terms, and the two
+    # estimates bracket the information and the marginal KL (InfoNCE / leave-one-out bounds).
+    large, x_large, _ = _linear_gaussian_encoder(n=800, scale=(0.08, 0.1))
+    got = evaluation.elbo_surgery(large, x_large, num_samples=2)
+    for key, expected in population.items():
+        assert abs(got[key + "_heldout"] - expected) < 3 * got[key + "_heldout_stderr"] + 0.05, (
+            key, got[key + "_heldout"], expected)
+    assert got["mutual_information"] < population["mutual_information"] < got[
+        "mutual_information_heldout"]
+    assert got["marginal_kl_heldout"] < population["marginal_kl"] < got["marginal_kl"]
 
 
 def test_the_information_estimate_is_bounded_by_log_n(digits):
-    model, x, _, _ = _linear_gaussian_encoder(n=12)
+    model, x, _ = _linear_gaussian_encoder(n=12)
     bias = model.encoder.weights[1].numpy()
     bias[2:] = -30.0  # σ ≈ min_scale: each code identifies its example
     model.encoder.weights[1].assign(bias)
     got = evaluation.elbo_surgery(model, x, num_samples=3)
     assert got["mutual_information"] <= np.log(12) + 1e-6
     assert got["mutual_information"] == pytest.approx(np.log(12), abs=1e-3)
+    assert got["mi_saturated"]
 
 
 @pytest.mark.parametrize("posterior", ["diagonal", "full", "iaf", "planar"])
@@ -239,9 +333,14 @@ def test_elbo_surgery_terms_add_up_to_the_mean_kl_on_a_full_covariance_model(dig
     model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), posterior="full", seed=0)
     got = evaluation.elbo_surgery(model, x, num_samples=8)
     kl = model.elbo(x, seed=0)["kl"].numpy().mean()
-    assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_stderr"] + 1e-3
-    with pytest.raises(ValueError, match="at least 2 examples"):
-        evaluation.elbo_surgery(model, x[:1])
+    assert abs(got["kl_estimate"] - kl) < 4 * got["kl_estimate_mc_stderr"] + 1e-3
+    assert "total_correlation" not in got  # q does not factorise over dimensions
+    assert got["mutual_information_heldout"] + got["marginal_kl_heldout"] == pytest.approx(
+        got["kl_estimate"])
+    with pytest.raises(ValueError, match="at least 3 examples"):
+        evaluation.elbo_surgery(model, x[:2])
+    with pytest.raises(ValueError, match="num_samples.*at least 2 draws"):
+        evaluation.elbo_surgery(model, x, num_samples=1)
 
 
 def test_evaluate_model_reports_the_surgery_terms_of_its_first_examples(digits):
@@ -534,3 +633,61 @@ def test_array_conditions_must_number_one_per_example(rows):
         evaluation.score_examples(model, x, y=y)
     with raises("`y`", f"{rows} rows"):
         evaluation.encode_dataset(model, x, y=y)
+
+
+def _reference_moments(model, x, num_samples, seed):
+    """E_q[z] and Var_q[z] per example by TFP's own sampler of q (not `reparameterize`),
+    float64 `[n, d]` each."""
+    q = model.posterior.distribution(model.posterior_parameters(*model.prepare_inputs(x)))
+    z = q.sample(num_samples, seed=seed).numpy().astype(np.float64)
+    return z.mean(axis=0), z.var(axis=0)
+
+
+def test_active_units_of_a_flow_measure_the_variance_of_its_posterior_mean(digits):
+    x = digits[1][0][:100]
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), posterior="planar", seed=0)
+    assert model.posterior.closed_form_mean(
+        model.posterior_parameters(*model.prepare_inputs(x[:2]))) is None
+    means, variances = _reference_moments(model, x, 20000, seed=1)
+    want = means.var(axis=0)
+    codes = model.latent_code(x).numpy().var(axis=0)  # the flow's image of the base mean
+    assert np.max(np.abs(codes - want)) > 0.004  # is not E_q[z]: the test can tell them apart
+    _, got = evaluation.active_units(model, x, threshold=0.0, num_samples=4000)
+    np.testing.assert_allclose(got, want, atol=1.5e-3)
+    # With few draws per example the mean's own noise is subtracted: unbiased over seeds.
+    few = np.array([evaluation.active_units(model, x, num_samples=4, seed=s)[1]
+                    for s in range(10)])
+    error = few.std(axis=0, ddof=1) / np.sqrt(10)
+    assert np.all(np.abs(few.mean(axis=0) - want) < 4 * error + 1e-3), (few.mean(0), want, error)
+    uncorrected_bias = 0.99 * variances.mean(axis=0) / 4  # (n − 1)/n · E Var_q(z) / S
+    assert np.all(4 * error + 1e-3 < uncorrected_bias)  # the test would see it
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluation.active_units(model, x, num_samples=1)
+
+
+def test_active_units_of_a_gaussian_use_its_closed_form_mean(digits):
+    x = digits[1][0][:50]
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), posterior="full", seed=0)
+    _, got = evaluation.active_units(model, x, threshold=0.0, num_samples=2)
+    np.testing.assert_allclose(got, model.encode(x).mean().numpy().astype(np.float64).var(0),
+                               rtol=1e-5)
+
+
+@pytest.mark.slow  # trains (~5-10 s on a busy machine)
+def test_surgery_logs_put_the_held_out_set_s_terms_in_the_epoch_logs(digits):
+    (x_train, _), (x_val, _) = digits
+    model = tfvae.build_vae((8, 8, 1), 3, hidden_units=(16,), objective="beta_tcvae",
+                            dataset_size=len(x_train), seed=0)
+    model.compile(optimizer="adam")
+    logs = tfvae.SurgeryLogs(x_val, num_examples=40, every=5)
+    history = model.fit(x_train[:128], epochs=2, batch_size=64, verbose=0,
+                        callbacks=[logs]).history
+    # Only the last epoch (before `every`): the surgery of the first 40 examples, as
+    # elbo_surgery gives it.
+    assert len(history["surgery_mi"]) == 1 and len(history["mi"]) == 2
+    want = evaluation.elbo_surgery(model, x_val[:40], seed=0)
+    for short, key in (("mi", "mutual_information"), ("tc", "total_correlation"),
+                       ("dwkl", "dimension_wise_kl"), ("marginal_kl", "marginal_kl")):
+        assert history[f"surgery_{short}"][-1] == pytest.approx(want[key], rel=1e-6)
+        assert history[f"surgery_{short}_heldout"][-1] == pytest.approx(want[key + "_heldout"],
+                                                                        rel=1e-6)

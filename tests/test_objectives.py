@@ -620,6 +620,36 @@ def test_tc_decomposition_telescopes_to_log_q_over_p_per_example():
     np.testing.assert_allclose(terms["tc"], tc, rtol=1e-5, atol=2e-5)
 
 
+def test_minibatch_tc_terms_are_biased_as_documented_against_the_whole_set():
+    # N = 96 posteriors, one draw each; the whole-set split (M = N, exact mixture) against
+    # the mean over 6 random partitions into batches of M = 16 (dataset_size = N): the
+    # per-draw sum is the same, but log q̂ is biased low, so mi reads high and dwkl low
+    # (tc, the difference of two low estimates, may move either way: here it reads high).
+    n, m, d = 96, 16, 3
+    rng = np.random.default_rng(8)
+    loc = rng.normal(size=(n, d))
+    scale = rng.uniform(0.1, 0.3, size=(n, d))
+    z = (loc + scale * rng.standard_normal((n, d)))[None]
+    prior = _standard_normal(d).log_prob
+    as_tensor = lambda a: tf.constant(a, tf.float32)  # noqa: E731
+    whole = objectives.tc_decomposition(as_tensor(z), as_tensor(loc), as_tensor(scale), prior,
+                                        dataset_size=n)
+    whole = {key: value.numpy().mean() for key, value in whole.items()}
+    differences = []
+    for _ in range(6):
+        order = rng.permutation(n)
+        parts = [objectives.tc_decomposition(as_tensor(z[:, rows]), as_tensor(loc[rows]),
+                                             as_tensor(scale[rows]), prior, dataset_size=n)
+                 for rows in np.split(order, n // m)]
+        differences.append({key: np.concatenate([p[key].numpy() for p in parts]).mean()
+                            - whole[key] for key in ("mi", "tc", "dwkl")})
+    mean = {key: np.mean([d_[key] for d_ in differences]) for key in ("mi", "tc", "dwkl")}
+    spread = {key: np.std([d_[key] for d_ in differences], ddof=1) / np.sqrt(6) for key in mean}
+    assert mean["mi"] > 5 * spread["mi"] and mean["mi"] > 0.1
+    assert mean["dwkl"] < -5 * spread["dwkl"]
+    assert mean["mi"] + mean["tc"] + mean["dwkl"] == pytest.approx(0.0, abs=1e-4)
+
+
 def _linear_decoder_parts(d, D, seed):
     rng = np.random.default_rng(seed)
     weight = rng.normal(size=(D, d))

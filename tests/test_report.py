@@ -68,3 +68,21 @@ def test_the_gap_split_reports_both_errors_and_marks_an_unconverged_split(tmp_pa
         assert "Not converged" not in text and "converged (within 400 steps)" in text
         assert "effective samples:" not in text
         assert "| approximation_gap | 1.0000 |" in text
+
+
+def test_the_surgery_paragraph_states_its_target_and_flags_a_saturated_information(tmp_path):
+    config = {"dataset": "digits", "architecture": "mlp", "latent_dim": 3,
+              "likelihood": "bernoulli", "prior": "standard_normal", "beta": 1.0}
+    metrics = {"elbo": -2.5, "kl": 0.5, "mutual_information": 2.9, "marginal_kl": 1.0,
+               "dimension_wise_kl": -0.01, "surgery_examples": 20,
+               "mi_upper_bound": float(np.log(20)), "mi_fraction_of_bound": 2.9 / np.log(20),
+               "mi_saturated": True, "saturation_nats": 1.0}
+    text = open(report.write_markdown(str(tmp_path / "a.md"), config, metrics, {})).read()
+    assert "aggregate posterior of these N examples" in text and "log N = 3.00" in text
+    assert "(here 97% of it)" in text and "within 1 nats of log N" in text
+    assert "negative `dimension_wise_kl`" in text
+    metrics.update(mutual_information=1.0, mi_fraction_of_bound=1.0 / np.log(20),
+                   mi_saturated=False, dimension_wise_kl=0.2)
+    text = open(report.write_markdown(str(tmp_path / "b.md"), config, metrics, {})).read()
+    assert "aggregate posterior of these N examples" in text
+    assert "within 1 nats" not in text and "negative" not in text

@@ -24,6 +24,7 @@ from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
 from tfvae.callbacks import KLWarmup
 from tfvae.callbacks import LatentSummaries
+from tfvae.callbacks import SurgeryLogs
 from tfvae.callbacks import StopOnNonFinite
 from tfvae.heads import BernoulliLikelihood
 from tfvae.heads import CategoricalPixelLikelihood
@@ -80,6 +81,7 @@ __all__ = [
     "IAFPosterior",
     "KLWarmup",
     "LatentSummaries",
+    "SurgeryLogs",
     "StopOnNonFinite",
     "LevelLikelihood",
     "LikelihoodHead",

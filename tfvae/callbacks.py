@@ -13,6 +13,7 @@ from tfvae import _checks
 from tfvae import evaluation
 from tfvae import files
 from tfvae import options
+from tfvae import surgery
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +262,53 @@ class AtomicCSVLogger(keras.callbacks.Callback):
             writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], lineterminator="\n")
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+class SurgeryLogs(keras.callbacks.Callback):
+    """ELBO surgery of fixed held-out examples at the end of every `every` epochs, in the logs.
+
+    The `mi`, `tc` and `dwkl` that `fit` reports for `objective="beta_tcvae"`
+    are minibatch estimates (`objectives.log_aggregate_posterior`): their
+    log q(z) is biased low by Jensen's inequality, so `mi` comes out high,
+    `dwkl` low (it can be negative) and `tc` either way, by amounts that
+    depend on the batch size. This callback adds the set's own numbers
+    (`surgery.elbo_surgery` on the first `num_examples` of `x`, the same
+    noise every time) to the epoch logs, where `keras.callbacks.CSVLogger`,
+    TensorBoard and the history see them if they come after it:
+    `surgery_mi`, `surgery_tc`, `surgery_dwkl`, `surgery_marginal_kl` (the
+    set's aggregate posterior; `surgery_mi` at most log N) and the same with
+    `_heldout` (the population's, each example left out). Only the first two
+    exist for a posterior without independent dimensions (no TC / DWKL).
+
+    Args:
+      x: held-out examples `[n] + event_shape`; y: their conditions, for a
+        conditional model. Default value: `None`.
+      num_examples: examples in the surgery (cost grows as their square).
+        Default value: `1000`.
+      every: epochs between evaluations (and after the last). Default value: `1`.
+      seed: noise seed. Default value: `0`.
+    """
+
+    _NAMES = {"mutual_information": "mi", "total_correlation": "tc",
+              "dimension_wise_kl": "dwkl", "marginal_kl": "marginal_kl"}
+
+    def __init__(self, x, y=None, num_examples=1000, every=1, seed=0):
+        super().__init__()
+        self.num_examples = _checks.positive_int("num_examples", num_examples)
+        self.x = x[:self.num_examples]
+        self.y = None if y is None else y[:self.num_examples]
+        self.every = _checks.positive_int("every", every)
+        self.seed = seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") if self.params else None
+        if logs is None or ((epoch + 1) % self.every and epoch + 1 != last):
+            return
+        result = surgery.elbo_surgery(self.model, self.x, y=self.y, seed=self.seed)
+        for key, short in self._NAMES.items():
+            for suffix in ("", "_heldout"):
+                if key + suffix in result:
+                    logs[f"surgery_{short}{suffix}"] = result[key + suffix]
 
 
 class LatentSummaries(keras.callbacks.Callback):

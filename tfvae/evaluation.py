@@ -22,11 +22,14 @@ from tfvae import disentanglement
 from tfvae import gap
 from tfvae import objectives
 from tfvae import random as tfvae_random
+from tfvae.surgery import aggregate_log_density, elbo_surgery  # noqa: F401 (public here)
 
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
 SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_information",
-                "marginal_kl", "total_correlation", "dimension_wise_kl", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
+                "marginal_kl", "total_correlation", "dimension_wise_kl", "mi_fraction_of_bound",
+                "mutual_information_heldout", "marginal_kl_heldout", "total_correlation_heldout",
+                "dimension_wise_kl_heldout", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
                 "bits_per_dim", "active_units", "mig")
 
 
@@ -265,22 +268,79 @@ def _kl_sums(model, batch):
     return np.sum(model.prior.kl_per_dimension(mu, sigma).numpy(), axis=0)
 
 
-def _codes(model, batch):
-    """The deterministic codes `latent_code(x)` of a batch, `[b, latent_dim]`."""
-    return model.latent_code(batch.x, y=batch.condition).numpy()
-
-
 # A unit is active when the variance of its posterior mean over the data exceeds this.
 ACTIVE_UNIT_THRESHOLD = 0.01
 
+# Draws per example for E_q[z] where the posterior has no closed form for it.
+MEAN_SAMPLES = 64
 
-def active_units(model, x, threshold=ACTIVE_UNIT_THRESHOLD, batch_size=256, y=None):
+
+class PosteriorMeanMoments:
+    """The variance over examples of E_q[z], from batches of examples, in one pass.
+
+    Where the posterior writes out its mean (`Posterior.closed_form_mean`, the
+    Gaussians) it is used as is. Otherwise (flows, the hierarchy) E_q[z] is the
+    average of `reparameterize` over `num_samples` standard normal draws per
+    example; over n examples, that average's variance (ddof 0) exceeds the
+    variance of E_q[z] by `(n − 1)/n · E_n[Var_q(z|x_n)] / S` in expectation,
+    which is estimated from the same draws (each example's sample variance,
+    ddof 1) and subtracted: `variance` is unbiased for the ddof-0 variance of
+    the examples' exact means. It can come out slightly negative for a unit
+    whose mean does not vary (such a unit is inactive at any threshold ≥ 0).
+
+    Args:
+      model: a `tfvae.VAE`.
+      num_samples: draws per example S ≥ 2 where there is no closed form.
+        Default value: `MEAN_SAMPLES` (64).
+      seed: noise seed. Default value: `0`.
+    """
+
+    def __init__(self, model, num_samples=MEAN_SAMPLES, seed=0):
+        self.model = model
+        self.num_samples = _checks.positive_int("num_samples", num_samples)
+        if self.num_samples < 2:
+            _fail("num_samples", "at least 2 draws per example (their spread is the Monte "
+                  "Carlo error that is subtracted)", f"num_samples={num_samples}")
+        self.seed = seed
+        self.moments = RunningMoments()
+        self._noise_variance = 0.0  # Σ_n Var_q(z|x_n) / S, summed over examples
+        self.monte_carlo = False
+
+    def update(self, batch):
+        """Adds the examples of a `Batch`."""
+        model = self.model
+        parameters = model.posterior_parameters(*model.prepare_inputs(batch.x, batch.condition))
+        mean = model.posterior.closed_form_mean(parameters)
+        if mean is not None:
+            self.moments.update(np.asarray(mean))
+            return
+        self.monte_carlo = True
+        b, s = len(batch.x), self.num_samples
+        noise = tf.random.stateless_normal(
+            [s, b, model.latent_dim],
+            seed=tfvae_random.make_seed(tfvae_random.fold_in(self.seed, batch.start)))
+        z = model.posterior.reparameterize(parameters, noise).numpy().astype(np.float64)
+        self.moments.update(z.mean(axis=0))
+        self._noise_variance = self._noise_variance + z.var(axis=0, ddof=1).sum(axis=0) / s
+
+    @property
+    def variance(self):
+        """Var_n E_q[z_j|x_n] per dimension, `[latent_dim]` float64 (ddof 0)."""
+        n = self.moments.count
+        return self.moments.variance - self._noise_variance * (n - 1) / n**2
+
+
+def active_units(model, x, threshold=ACTIVE_UNIT_THRESHOLD, batch_size=256, y=None,
+                 num_samples=MEAN_SAMPLES, seed=0):
     """Counts latent dimensions whose posterior mean varies across the data.
 
-    A unit is active when `Cov_x(E_q[z_j])` exceeds `threshold` (Burda et al., 2016);
-    E_q[z] is `model.latent_code(x)` (the flow's image of the base mean for flows).
-    The variance is accumulated batch by batch (`RunningMoments`): one pass,
-    memory flat in the number of examples.
+    A unit is active when `Cov_x(E_q[z_j])` exceeds `threshold` (Burda et al.,
+    2016). E_q[z] is the posterior's closed-form mean where it has one (the
+    Gaussians), else a Monte Carlo average of `num_samples` draws per example
+    whose own noise is subtracted from the variance (`PosteriorMeanMoments`;
+    flows and the hierarchy, where the noise-free code `latent_code(x)` is not
+    the mean). Accumulated batch by batch: one pass, memory flat in the number
+    of examples.
 
     Args:
       model: a `tfvae.VAE`.
@@ -288,13 +348,16 @@ def active_units(model, x, threshold=ACTIVE_UNIT_THRESHOLD, batch_size=256, y=No
       threshold: the variance above which a unit is active. Default value: `0.01`.
       batch_size: examples per batch. Default value: `256`.
       y: the conditions of an array `x`, for a conditional model. Default value: `None`.
+      num_samples: draws per example where E_q[z] has no closed form. Default
+        value: `64`.
+      seed: noise seed of those draws. Default value: `0`.
 
     Returns:
       `(count, variances)` with `variances` float64 of shape `[latent_dim]`.
     """
-    moments = RunningMoments()
+    moments = PosteriorMeanMoments(model, num_samples=num_samples, seed=seed)
     for batch in batches(model, x, y, batch_size):
-        moments.update(_codes(model, batch))
+        moments.update(batch)
     variances = moments.variance
     return int(np.sum(variances > threshold)), variances
 
@@ -559,19 +622,25 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
       `score_examples` (same seeds). `likelihood_score` says what `log_px`
       is (`LikelihoodHead.score_kind` of all the data: `"mass"`, `"density"`
       or `"cross_entropy"`), and `bits_per_dim` (from `log_px`) is given only
-      for a mass, i.e. discrete data. With `surgery_examples`, also the mean
-      KL's split `mutual_information` + `marginal_kl` (and their standard
-      errors, `mi_upper_bound`, `surgery_examples`) where the posterior allows it.
+      for a mass, i.e. discrete data. `active_units` counts the units whose
+      E_q[z] varies over the data (`active_units`, Monte Carlo for flows and
+      the hierarchy). With `surgery_examples` (at least 3), also
+      `elbo_surgery`'s keys where the posterior allows it: the mean KL's
+      split `mutual_information` + `marginal_kl` (+ `total_correlation` +
+      `dimension_wise_kl`) for those examples' own aggregate posterior, with
+      `*_mc_stderr` and `*_example_sd`, `surgery_target`, `mi_upper_bound`,
+      `mi_fraction_of_bound`, `mi_saturated`, and the population's
+      `*_heldout` with `*_heldout_stderr`.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     surgery_examples = _checks.non_negative_int("surgery_examples", surgery_examples)
-    scores, moments = _ScoreSums(model), RunningMoments()
+    scores, moments = _ScoreSums(model), PosteriorMeanMoments(model, seed=seed)
     kl_total = np.zeros(model.latent_dim) if _has_kl_per_dimension(model) else None
     first = _FirstExamples(surgery_examples)
     for i, batch in enumerate(batches(model, x, y, batch_size, verbose)):
         scores.update(batch, _score_batch(model, batch, seed + i, num_samples,
                                           squared_error=False))
-        moments.update(_codes(model, batch))
+        moments.update(batch)
         if kl_total is not None:
             kl_total += _kl_sums(model, batch)
         first.update(batch)
@@ -585,7 +654,7 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     result["active_units"] = int(np.sum(moments.variance > ACTIVE_UNIT_THRESHOLD))
     if kl_total is not None:  # else not defined for this posterior / prior pair
         result["kl_per_dimension"] = [float(v) for v in kl_total / scores.count]
-    if first.count >= 2:
+    if first.count >= 3:
         x_first, y_first = first.arrays()
         try:
             result.update(elbo_surgery(model, x_first, y=y_first, seed=seed))
@@ -668,109 +737,6 @@ def gap_note(metrics):
     return (f"{metrics['gap_unconverged']} of {metrics['gap_examples']} examples did not "
             f"converge in {metrics['gap_steps']} steps: amortization_gap is a lower bound, "
             "approximation_gap and gap_log_px unreliable (raise --gap-steps)")
-
-
-def aggregate_log_density(model, x, z, y=None, chunk_size=256):
-    """`log q(z)` of the aggregate posterior `q(z) = (1/N) Σ_n q(z|x_n)` over the N examples of `x`.
-
-    Args:
-      model: a `tfvae.VAE`; its posterior's `log_prob` must score any z under
-        every example's q at once (it broadcasts over examples).
-      x: data `[N] + event_shape`; y: their conditions, for a conditional model.
-      z: latents `[M, latent_dim]`.
-      chunk_size: latents scored against all N posteriors at a time (memory
-        `chunk_size × N`). Default value: `256`.
-
-    Returns:
-      A float32 tensor `[M]`: `logsumexp_n log q(z_m|x_n) − log N`.
-    """
-    chunk_size = _checks.positive_int("chunk_size", chunk_size)
-    posterior = model.posterior.distribution(model.posterior_parameters(*model.prepare_inputs(x, y)))
-    z = tf.convert_to_tensor(z, tf.float32)
-    try:
-        chunks = [tf.reduce_logsumexp(posterior.log_prob(z[i : i + chunk_size, None, :]), axis=1)
-                  for i in range(0, int(z.shape[0]), chunk_size)]
-    except (ValueError, tf.errors.InvalidArgumentError) as error:
-        raise ValueError(
-            "The aggregate posterior needs a posterior whose log_prob scores any z under "
-            f"every example's q. Received: {type(model.posterior).__name__} "
-            f"({error.__class__.__name__})"
-        ) from None
-    return tf.concat(chunks, 0) - np.log(len(x))
-
-
-def elbo_surgery(model, x, y=None, num_samples=1, seed=0, chunk_size=256):
-    """The mean KL split into index-code information and the aggregate posterior's KL.
-
-    Mathematical details (Hoffman & Johnson, "ELBO surgery", 2016): with the
-    aggregate posterior `q(z) = (1/N) Σ_n q(z|x_n)` over the N examples of `x`,
-
-        E_n KL(q(z|x_n) ‖ p(z)) = I_q(x; z) + KL(q(z) ‖ p(z)),
-
-    `I_q(x; z) = E_n E_{q(z|x_n)}[log q(z|x_n) − log q(z)]`. Both are
-    estimated with `num_samples` draws `z ~ q(z|x_m)` per example and
-    `log q(z) = logsumexp_n log q(z|x_n) − log N`, a batched log-mean-exp
-    over the whole set (cost N² · num_samples posterior densities, in chunks
-    of `chunk_size` draws). Since `log q(z) ≥ log q(z|x_m) − log N`, the
-    information estimate is at most `log N` (returned as `mi_upper_bound`): on
-    small sets a code can carry more than the estimate can show. The two
-    terms add up to a Monte Carlo estimate of the mean KL (`kl_estimate`).
-
-    Args:
-      model: a `tfvae.VAE` (see `aggregate_log_density`).
-      x: data `[N] + event_shape`, N ≥ 2; y: their conditions, for a
-        conditional model.
-      num_samples: draws per example. Default value: `1`.
-      seed: noise seed. Default value: `0`.
-      chunk_size: draws scored against all N posteriors at a time. Default
-        value: `256`.
-
-    Returns:
-      A dict of floats in nats: `mutual_information`, `marginal_kl`,
-      `kl_estimate` (their sum) and their standard errors `*_stderr` over
-      the draws, `mi_upper_bound` (`log N`) and `surgery_examples` (N). When
-      q has independent dimensions and p factorises over them, also the
-      split `marginal_kl = total_correlation + dimension_wise_kl` (Chen et
-      al., 2018) on the same draws, with `log q(z_j)` by the same mixture.
-    """
-    num_samples = _checks.positive_int("num_samples", num_samples)
-    chunk_size = _checks.positive_int("chunk_size", chunk_size)
-    n = len(x)
-    if n < 2:
-        raise ValueError(
-            "Received an invalid value for `x`, expected at least 2 examples (the aggregate "
-            f"posterior is a mixture over them). Received: x with {n} examples"
-        )
-    parameters = model.posterior_parameters(*model.prepare_inputs(x, y))
-    noise = tf.random.stateless_normal([num_samples, n, model.latent_dim],
-                                       seed=tfvae_random.make_seed(seed))
-    z = model.posterior.reparameterize(parameters, noise)  # [S, N, d]
-    own = tf.reshape(model.posterior.distribution(parameters).log_prob(z), [-1])  # log q(z|x_m)
-    z = tf.reshape(z, [-1, model.latent_dim])
-    log_q = aggregate_log_density(model, x, z, y=y, chunk_size=chunk_size)
-    prior = model.prior.distribution()
-    parts = {
-        "mutual_information": (own - log_q).numpy().astype(np.float64),
-        "marginal_kl": (log_q - prior.log_prob(z)).numpy().astype(np.float64),
-    }
-    parts["kl_estimate"] = parts["mutual_information"] + parts["marginal_kl"]
-    if model.posterior.independent_dimensions and model.prior.has_kl_per_dimension:
-        # β-TCVAE's split of the aggregate posterior's KL (Chen et al., 2018), on the
-        # same draws: KL(q(z) ‖ p(z)) = TC + Σ_j KL(q(z_j) ‖ p(z_j)).
-        draws = tf.reshape(z, [num_samples, n, model.latent_dim])
-        product = tf.concat([
-            tf.reduce_sum(objectives.log_aggregate_posterior(
-                draws[:, i : i + chunk_size], parameters["loc"], parameters["scale"],
-                dataset_size=n, self_index=tf.range(i, min(i + chunk_size, n)))[1], axis=-1)
-            for i in range(0, n, chunk_size)], axis=1)  # Σ_j log q(z_j), [S, N]
-        product = tf.reshape(product, [-1]).numpy().astype(np.float64)
-        parts["total_correlation"] = log_q.numpy().astype(np.float64) - product
-        parts["dimension_wise_kl"] = product - prior.log_prob(z).numpy().astype(np.float64)
-    result = {"mi_upper_bound": float(np.log(n)), "surgery_examples": n}
-    for key, values in parts.items():
-        result[key] = float(values.mean())
-        result[key + "_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
-    return result
 
 
 def disentanglement_metrics(model, x, factors, names, y=None, num_bins=20, batch_size=256):

@@ -115,6 +115,8 @@ class Posterior(DistributionHead):
       for q (its density depends on the encoder only through `parameters`:
       false when the head has weights of its own).
     * `default_prior()` and `check_prior(prior)`: which priors go with it.
+    * `closed_form_mean(parameters)`: E_q[z], or None when the head has no
+      closed form for it (then callers average `reparameterize` over noise).
     """
 
     independent_dimensions = False
@@ -123,6 +125,11 @@ class Posterior(DistributionHead):
 
     def reparameterize(self, parameters, eps):
         raise NotImplementedError
+
+    def closed_form_mean(self, parameters):
+        """E_q[z] `[batch, latent_dim]` from q's `parameters`, or None when this head
+        does not write it out (a flow, a hierarchy: estimate it by Monte Carlo)."""
+        return None
 
     def analytic_kl(self, parameters, prior):
         """KL(q ‖ p) per example in closed form from q's `parameters`, or None when this
@@ -200,6 +207,10 @@ class GaussianPosterior(Posterior):
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.min_scale = _checks.non_negative_float("min_scale", min_scale)
         self.event_shape = (self.latent_dim,)
+
+    def closed_form_mean(self, parameters):
+        """E_q[z] = μ, the `loc` parameter."""
+        return parameters["loc"]
 
     def get_config(self):
         return {**super().get_config(), "latent_dim": self.latent_dim, "min_scale": self.min_scale}

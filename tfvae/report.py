@@ -273,12 +273,30 @@ def write_markdown(path, config, metrics, figures):
         lines += [
             f"ELBO surgery (Hoffman & Johnson, 2016; first {metrics.get('surgery_examples')} "
             "examples): the mean KL is `mutual_information` I_q(x; z), what the code carries "
-            f"about x (an estimate bounded by log N = {metrics.get('mi_upper_bound', 0):.2f}), "
-            "plus `marginal_kl` KL(q(z) ‖ p(z)), how far the aggregate posterior is from the "
-            "prior; for a factorised q and p that splits into `total_correlation` (dependence "
-            "between the code's dimensions) and `dimension_wise_kl` (Chen et al., 2018).",
+            "about x, plus `marginal_kl` KL(q(z) ‖ p(z)), how far the aggregate posterior is "
+            "from the prior; for a factorised q and p that splits into `total_correlation` "
+            "(dependence between the code's dimensions) and `dimension_wise_kl` (Chen et al., "
+            "2018). Target: the aggregate posterior of these N examples, q_N(z) = (1/N) Σ_n "
+            "q(z|x_n), whose information is at most log N = "
+            f"{metrics.get('mi_upper_bound', 0):.2f} (here "
+            f"{100 * metrics.get('mi_fraction_of_bound', 0):.0f}% of it); the `*_heldout` "
+            "numbers score each example's codes under the others' mixture and estimate the "
+            "population's terms (see `tfvae.surgery`).",
             "",
         ]
+        if metrics.get("mi_saturated"):
+            lines += [
+                f"**The information estimate is within {metrics.get('saturation_nats', 2.0):g} "
+                "nats of log N**: the set cannot show more, so `marginal_kl` and "
+                "`total_correlation` are inflated by what it cuts off. Read them as upper "
+                "limits, the `*_heldout` numbers as the other side (they err upward for the "
+                "information), and use more examples.",
+                "",
+            ]
+        if any(metrics.get(key, 0) < 0 for key in ("dimension_wise_kl",
+                                                     "dimension_wise_kl_heldout")):
+            lines += ["A negative `dimension_wise_kl` is estimation error (a KL is ≥ 0): read "
+                      "it as about 0.", ""]
     if "mig" in metrics:
         gaps = ", ".join(f"{key[4:]} {value:.3f}" for key, value in metrics.items()
                          if key.startswith("mig_"))
