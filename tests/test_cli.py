@@ -190,7 +190,7 @@ def test_evaluate_takes_a_file_that_holds_only_the_split_asked_for(run_dir, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     for fragment in ("has no validation split", "'x_test' (12, 8, 8), 'y_test' (12,)",
-                     "--split validation needs 'x_valid'"):
+                     "a validation split needs 'x_valid'"):
         assert fragment in err
 
 

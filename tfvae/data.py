@@ -146,7 +146,7 @@ def load_array_file(path, validation_fraction=0.2, seed=0):
             f"Received an invalid value for `dataset`: {path!r} holds no training data: "
             f"training needs an array 'x' (split at random) or 'x_train' (with 'x_valid' / "
             f"'x_val' / 'x_validation'), and it holds {_member_list(path)}. Its splits can "
-            "be evaluated one at a time (--split).")
+            "be evaluated one at a time (`tfvae evaluate --split`).")
     if "validation" in splits:
         for split in ("train", "validation"):
             _check_examples(splits[split][0], f"{path!r} ({split} split)", minimum=1)
@@ -707,7 +707,7 @@ def _no_split(dataset, split):
     elif split == "validation":
         wanted += " (or 'x' / 'x_train' alone, split at random)"
     return (f"Received an invalid value for `split`: {dataset!r} has no {split} split: it "
-            f"holds {_member_list(dataset)}, and --split {split} needs {wanted}. "
+            f"holds {_member_list(dataset)}, and a {split} split needs {wanted}. "
             f"Received: split={split!r}")
 
 
