@@ -742,8 +742,10 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
         if resume:
             _truncate_history(history_path, initial_epoch)
         history = _read_history(history_path) if resume else {}
-        size = run_data.train_size(data) if (
-            config.objective == "beta_tcvae" or config.lr_schedule != "constant") else None
+        # The training examples N (counted if the source does not know them): β-TCVAE's N
+        # for a new model, and the length of a decaying learning rate.
+        size = run_data.train_size(data) if config.lr_schedule != "constant" or (
+            model is None and config.objective == "beta_tcvae") else None
         if model is None:
             model = builders.build_vae(**config.model_kwargs(
                 data.input_shape, num_classes,
