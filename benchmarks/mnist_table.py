@@ -3,8 +3,10 @@
     python benchmarks/mnist_table.py [--results benchmarks/results/mnist]
 
 Prints one markdown row per variant: mean ± sample sd over the seeds present
-(a single seed shows no spread), in nats per validation digit; then each variant's
-log p(x) gain over the plain VAE beside both seed-to-seed spreads.
+(a single seed shows no spread), in nats per validation digit; then one row per
+`tfvae train` recipe measured by bench_cli_defaults.py (`results/mnist_cli/`, the
+columns it does not measure shown as —); then each variant's log p(x) gain over
+the plain VAE beside both seed-to-seed spreads.
 """
 
 import argparse
@@ -58,6 +60,38 @@ def rows(results):
     return lines
 
 
+def cli_rows(results):
+    """One row per `tfvae train` recipe (learning rate and schedule) of bench_cli_defaults.py."""
+    by_recipe = {}
+    for result in results:
+        config = result["config"]
+        key = (config.get("lr_schedule", "constant"), config["learning_rate"])
+        by_recipe.setdefault(key, []).append(result)
+    lines = []
+    default = (DEFAULT_SCHEDULE, DEFAULT_RATE)
+    for (schedule, rate), runs in sorted(by_recipe.items(), key=lambda kv: kv[0] != default):
+        get = lambda key: [r[key] for r in runs]  # noqa: E731
+        recipe = (f"cosine {_rate(rate)} → {_rate(rate * 0.1)}" if schedule == "cosine"
+                  else f"{schedule} {_rate(rate)}")
+        label = ("`tfvae train` defaults" if (schedule, rate) == default else "`tfvae train`")
+        lines.append(
+            f"| {label} (Adam {recipe}) | {len(runs)} | "
+            f"{_cell(get('elbo'))} | {_cell(get('log_px'))} | {_cell(get('gap'))} | — | — | "
+            f"{_cell(get('kl'))} | {_cell(get('active_units'), 0)} | — | "
+            f"{_cell(np.asarray(get('eval_seconds')) / 60, 1)} |")
+    return lines
+
+
+def _rate(rate):
+    """A learning rate as `1e-3`, `2e-4`."""
+    mantissa, exponent = f"{rate:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+# The command line's defaults, for labelling its row (tfvae.runs.RunConfig).
+DEFAULT_SCHEDULE, DEFAULT_RATE = "cosine", 1e-3
+
+
 def margins(results, baseline="VAE"):
     """Each variant's log p(x) gain over `baseline` against both seed-to-seed spreads.
 
@@ -92,6 +126,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results",
                                                           "mnist"))
+    parser.add_argument("--cli-results", default=os.path.join(os.path.dirname(__file__),
+                                                              "results", "mnist_cli"))
     args = parser.parse_args(argv)
     results = []
     for path in sorted(glob.glob(os.path.join(args.results, "*.json"))):
@@ -101,6 +137,12 @@ def main(argv=None):
           "active units | train (min) | eval (min) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(rows(results)))
+    cli = []
+    for path in sorted(glob.glob(os.path.join(args.cli_results, "*.json"))):
+        with open(path) as f:
+            cli.append(json.load(f))
+    if cli:
+        print("\n".join(cli_rows(cli)))
     lines = margins(results)
     if lines:
         print()

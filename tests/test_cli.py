@@ -64,6 +64,21 @@ def test_train_writes_model_metrics_history_figures_and_report(run_dir):
     assert f"{metrics['elbo']:.4f}" in report
 
 
+def _cosine(lr0, total, t):
+    """The cosine decay to 0.1 · lr0 over `total` steps, written out."""
+    return lr0 * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * min(t, total) / total)))
+
+
+def test_train_decays_the_learning_rate_over_the_runs_epochs_by_default(run_dir):
+    # TINY: 2 epochs of ⌈1,437 / 128⌉ = 12 steps (digits: 1,797 examples, 20 % held out);
+    # each epoch's row holds the rate after its last step.
+    config = json.load(open(os.path.join(run_dir, "run.json")))
+    assert config["lr_schedule"] == "cosine" and "--lr-schedule" not in TINY
+    lr0 = runs.RunConfig().learning_rate
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in _history(run_dir)],
+                               [_cosine(lr0, 24, 12), 0.1 * lr0], rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_train_refuses_to_overwrite_an_earlier_run(run_dir, capsys):
     before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
@@ -99,6 +114,13 @@ def test_overwrite_and_resume(run_dir, tmp_path):
     assert cli.main(["train", "--output", output, "--resume", "--quiet"]) == 0
     rows = _history(output)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    # The default cosine schedule spanned 2 epochs of 12 steps, and after the resume spans
+    # the 3 epochs in run.json from the optimizer's step 24 (not from 0).
+    lr0 = runs.RunConfig().learning_rate
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in rows],
+                               [_cosine(lr0, 24, 12), _cosine(lr0, 24, 24),
+                                _cosine(lr0, 36, 36)], rtol=1e-5)
+    assert int(runs.load_model(os.path.join(output, "last.keras")).optimizer.iterations) == 36
 
 
 @pytest.mark.parametrize(
@@ -145,6 +167,34 @@ def test_evaluate_writes_json_and_refuses_to_overwrite(run_dir, tmp_path, capsys
     assert metrics["elbo_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo"], rel=1e-5)
     assert "log_px" in capsys.readouterr().out
     assert cli.main(["evaluate", run_dir, "--num-samples", "10", "--output", output]) == 2
+
+
+@pytest.mark.slow
+def test_evaluate_takes_a_file_that_holds_only_the_split_asked_for(run_dir, tmp_path, capsys):
+    # 0.2.0 refused a held-out file of x_test alone, though --help said a .npz with x_test
+    # is what --split test needs (issue 21, item 8).
+    x_test = (np.random.default_rng(0).uniform(size=(12, 8, 8)) > 0.5).astype("uint8")
+    dataset = str(tmp_path / "test_only.npz")
+    np.savez(dataset, x_test=x_test, y_test=np.arange(12) % 10)
+    out = tmp_path / "test.json"
+    assert cli.main(["evaluate", run_dir, "--dataset", dataset, "--split", "test",
+                     "--num-samples", "4", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    # The same numbers as the model on that array (binary pixels: nothing to prepare).
+    want = tfvae.evaluation.evaluate_model(runs.load_run(run_dir)[1],
+                                           x_test.astype("float32")[..., None],
+                                           num_samples=4, seed=0)
+    assert (got["num_examples"], got["split"]) == (12, "test")
+    np.testing.assert_allclose([got["elbo"], got["log_px"]], [want["elbo"], want["log_px"]],
+                               rtol=1e-5)
+    capsys.readouterr()
+    assert cli.main(["evaluate", run_dir, "--dataset", dataset, "--split", "validation",
+                     "--output", str(tmp_path / "v.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for fragment in ("has no validation split", "'x_test' (12, 8, 8), 'y_test' (12,)",
+                     "a validation split needs 'x_valid'"):
+        assert fragment in err
 
 
 def test_evaluate_rejects_a_directory_without_a_run(tmp_path, capsys):

@@ -268,6 +268,53 @@ def test_npz_train_only_is_split_at_random_and_test_is_refused(tmp_path):
         data.load_split(str(tmp_path / "d.npz"), "valid")
 
 
+@pytest.mark.parametrize("key, split", [("x_test", "test"), ("x_valid", "validation"),
+                                        ("x_validation", "validation")])
+def test_npz_holding_one_split_serves_it_whatever_other_splits_it_lacks(tmp_path, key, split):
+    # 0.2.0 refused a file of x_test alone: "holds neither an array named 'x' nor
+    # predefined splits" (issue 21, item 8).
+    path = str(tmp_path / "one.npz")
+    x = (np.random.default_rng(0).uniform(size=(7, 4, 4)) > 0.5).astype("uint8")
+    labels = np.arange(7) % 3
+    np.savez(path, **{key: x, "y" + key[1:]: labels})
+    got_x, got_y = data.load_split(path, split)
+    np.testing.assert_array_equal(got_x[..., 0], x)
+    np.testing.assert_array_equal(got_y, labels)
+    np.testing.assert_array_equal(data.load_split(path, data.ALL)[0][..., 0], x)
+    # Any other split, or training, is refused naming the arrays the file holds.
+    held = (f"{key!r} (7, 4, 4)", f"'y{key[1:]}' (7,)")
+    for other in (s for s in data.SPLITS if s != split):
+        with raises("`split`", f"has no {other} split", *held, f"split={other!r}"):
+            data.load_split(path, other)
+    with raises("`dataset`", "holds no training data", "'x_train'", *held):
+        data.load(path)
+
+
+def test_npz_of_x_and_x_test_splits_x_at_random_and_serves_x_test(tmp_path):
+    path = str(tmp_path / "d.npz")
+    x, x_test = np.zeros((10, 2, 2), "float32"), np.full((3, 2, 2), 0.5, "float32")
+    np.savez(path, x=x, x_test=x_test)
+    (x_train, _), (x_val, _) = data.load(path, validation_fraction=0.2)
+    assert (len(x_train), len(x_val)) == (8, 2)
+    np.testing.assert_array_equal(data.load_split(path, "test")[0][..., 0], x_test)
+
+
+def test_every_example_of_a_npz_comes_in_the_order_train_validation_test(tmp_path):
+    # 0.2.0 gave train, test, validation, against its own docstring.
+    arrays = splits_npz(tmp_path / "d.npz")
+    x, y = data.load_split(str(tmp_path / "d.npz"), data.ALL)
+    order = ("x_train", "x_valid", "x_test")
+    np.testing.assert_array_equal(x[..., 0], np.concatenate([arrays[k] for k in order]))
+    np.testing.assert_array_equal(y, np.concatenate([arrays["y" + k[1:]] for k in order]))
+
+
+def test_an_npz_without_any_known_array_lists_what_it_holds(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 2, 2)))
+    with raises("`dataset`", "neither an array named 'x' nor predefined splits",
+                "'images' (4, 2, 2)"):
+        data.load(str(tmp_path / "d.npz"))
+
+
 def test_uint8_intensities_are_still_scaled(tmp_path):
     np.savez(tmp_path / "g.npz", x=np.full((5, 2, 2), 255, "uint8"))
     (x_train, _), _ = data.load(str(tmp_path / "g.npz"))

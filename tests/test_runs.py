@@ -294,3 +294,40 @@ def test_a_failed_resume_leaves_run_json_as_it_was(tmp_path):
     with raises("no checkpoint loads"):
         runs.train(config, str(run), resume=True, epochs=9, verbose=0)
     assert (run / "run.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------
+# The learning-rate schedule (`--lr-schedule`): new runs decay, old runs keep their rate.
+
+GOLDEN_RUN = os.path.join(os.path.dirname(__file__), "data", "golden_run")
+
+
+def _cosine(lr0, total, t):
+    """The cosine decay to 0.1 · lr0 over `total` steps, written out (numpy)."""
+    return lr0 * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * np.minimum(t, total) / total)))
+
+
+def test_new_runs_decay_and_a_run_json_without_a_schedule_reads_as_constant(tmp_path):
+    assert RunConfig().lr_schedule == "cosine"
+    golden = json.load(open(os.path.join(GOLDEN_RUN, "run.json")))
+    assert "lr_schedule" not in golden  # written by 0.1.0, which trained at a constant rate
+    assert runs.read_config(os.path.join(GOLDEN_RUN, "run.json")).lr_schedule == "constant"
+    # A run.json that names its schedule keeps it.
+    (tmp_path / "run.json").write_text(json.dumps({**golden, "lr_schedule": "cosine"}))
+    assert runs.read_config(str(tmp_path / "run.json")).lr_schedule == "cosine"
+    (tmp_path / "run.json").write_text(json.dumps({**golden, "lr_schedule": "step"}))
+    with raises("`lr_schedule`", "lr_schedule='step'", "'constant', 'cosine'"):
+        runs.read_config(str(tmp_path / "run.json"))
+    with invalid("lr_schedule", "Cosine"):
+        RunConfig(lr_schedule="Cosine").validate()
+
+
+def test_a_runs_learning_rate_decays_over_its_epochs_and_an_old_run_keeps_its_constant():
+    config = RunConfig(epochs=3, batch_size=128, learning_rate=4e-3)
+    assert runs.steps_per_epoch(config, 1437) == 12 and runs.steps_per_epoch(config, 1536) == 12
+    schedule = runs.learning_rate_of(config, 1437)  # 3 epochs of 12 steps
+    steps = np.array([0, 18, 36, 50])
+    np.testing.assert_allclose([float(schedule(int(t))) for t in steps],
+                               _cosine(4e-3, 36, steps), rtol=1e-6)
+    old = runs.read_config(os.path.join(GOLDEN_RUN, "run.json"))
+    assert runs.learning_rate_of(old) == 0.002  # a constant, as 0.1.0 trained it

@@ -399,3 +399,37 @@ def test_good_data_passes_fit_evaluate_and_predict(vec_model):
     x_img = np.full((2, 3, 3, 1), 0.5, "float32")
     # A fresh model: the shared one's predict function was traced for bad data.
     assert _fresh_img_model().predict(x_img, verbose=0).shape == (2, 3, 3, 1)
+
+
+# ---------------------------------------------------------------------------
+# The learning-rate schedule of a run (`--lr-schedule`).
+
+
+def _cosine(lr0, total, t):
+    """The cosine decay to 0.1 · lr0 over `total` steps, written out (numpy)."""
+    done = np.minimum(t, total) / total
+    return lr0 * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * done)))
+
+
+def test_the_cosine_schedule_is_its_closed_form_at_the_start_middle_and_end():
+    schedule = tfvae.training.learning_rate_schedule("cosine", 3e-3, 40)
+    steps = np.array([0, 7, 20, 33, 40, 41, 400])
+    got = np.array([float(schedule(int(t))) for t in steps])
+    np.testing.assert_allclose(got, _cosine(3e-3, 40, steps), rtol=1e-6)
+    # The three landmarks: lr0 at the first step, the mean of lr0 and 0.1 lr0 halfway,
+    # 0.1 lr0 from the last step on.
+    np.testing.assert_allclose(got[[0, 2, 4, 6]], [3e-3, 0.55 * 3e-3, 3e-4, 3e-4], rtol=1e-6)
+    # Saved with the optimizer (a .keras file holds its config), read back the same.
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert float(again(20)) == pytest.approx(float(schedule(20)), rel=1e-7)
+    assert tfvae.training.learning_rate_schedule("constant", 3e-3, None) == 3e-3
+
+
+@pytest.mark.parametrize("args, name, value", [
+    (("linear", 1e-3, 10), "lr_schedule", "linear"),
+    (("cosine", 0.0, 10), "learning_rate", 0.0),
+    (("cosine", 1e-3, 0), "total_steps", 0),
+])
+def test_a_bad_learning_rate_schedule_is_refused_by_name(args, name, value):
+    with invalid(name, value):
+        tfvae.training.learning_rate_schedule(*args)

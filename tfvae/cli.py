@@ -116,7 +116,11 @@ def _train_arguments(train, defaults=True):
            help="IWAE encoder gradients: standard or doubly reparameterised")
     option("epochs", type=int)
     option("batch_size", type=int)
-    option("learning_rate", type=float)
+    option("learning_rate", type=float, help="Adam's initial learning rate (default: "
+           "%(default)s)")
+    option("lr_schedule", choices=options.LR_SCHEDULES,
+           help="constant, or cosine: decay to 0.1x the learning rate over --epochs, by the "
+           "optimizer's step count, so --resume continues it (default: %(default)s)")
     option("patience", type=int, help="early-stopping patience in epochs")
     option("seed", type=int)
     option("jit_compile", _FLAGS["jit_compile"], action=argparse.BooleanOptionalAction,
@@ -282,7 +286,11 @@ def _run_and_data_arguments(command):
     every = command.prog.split()[-1] in ("encode", "score")
     command.add_argument(
         "--split", choices=data.SPLITS + ((data.ALL,) if every else ()), default=None,
-        help="which split of the dataset; test needs a TFDS name or a .npz with x_test"
+        help="which split of the dataset. A .npz needs only the split asked for: x_test "
+        "(y_test) for test, x_valid / x_val / x_validation for validation, x_train for train, "
+        "whatever other arrays it lacks; x (or x_train alone) is split at random into train "
+        "and validation; an error lists the arrays a file holds. Elsewhere test needs a TFDS "
+        "name or an image folder with test/"
         + ("; all: every example in the dataset's order (default: all with --dataset, "
            "else validation)" if every else " (default: validation)"))
 

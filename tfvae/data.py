@@ -40,6 +40,7 @@ SPLITS = ("train", "validation", "test")
 ALL = "all"
 # `.npz` keys of predefined splits; the validation split may have any of these names.
 _NPZ_VALIDATION_KEYS = ("x_valid", "x_val", "x_validation")
+_NPZ_SPLIT_KEYS = {"train": ("x_train",), "validation": _NPZ_VALIDATION_KEYS, "test": ("x_test",)}
 LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
 BINARIZE = ("auto", "none", "static", "dynamic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -133,11 +134,19 @@ def load_array_file(path, validation_fraction=0.2, seed=0):
     named like their images (a file with `x_train` but no validation split
     has one carved from `x_train` at random). Images `[n, H, W]` get a
     channel axis; `uint8` intensities are scaled to [0, 1] (0/1 arrays are kept).
+    Training needs `x` or `x_train`; a file of other splits only (`x_test`
+    alone, say) is read one split at a time by `load_split`.
 
     Returns:
       `((x_train, y_train), (x_val, y_val))`; `y` is None without labels.
     """
     splits = _array_file_splits(path)
+    if "train" not in splits:
+        raise ValueError(
+            f"Received an invalid value for `dataset`: {path!r} holds no training data: "
+            f"training needs an array 'x' (split at random) or 'x_train' (with 'x_valid' / "
+            f"'x_val' / 'x_validation'), and it holds {_member_list(path)}. Its splits can "
+            "be evaluated one at a time (`tfvae evaluate --split`).")
     if "validation" in splits:
         for split in ("train", "validation"):
             _check_examples(splits[split][0], f"{path!r} ({split} split)", minimum=1)
@@ -231,17 +240,40 @@ def _check_numpy_file(path):
 
 
 def _archive_splits(archive, path):
+    """`{split: (x, y)}` of a `.npz`, in the order train, validation, test: its predefined
+    splits, whichever it holds (`train` is `x` in a file without `x_train`, and then
+    only `x_test` is taken beside it)."""
     keys = list(archive)
-    if "x_train" in keys:
-        names = {"train": "x_train", "test": "x_test"}
-        names["validation"] = next((k for k in _NPZ_VALIDATION_KEYS if k in keys), None)
-        return {split: _array_pair(archive, path, key, split)
-                for split, key in names.items() if key in keys}
-    if "x" not in keys:
+    names = {split: next((k for k in candidates if k in keys), None)
+             for split, candidates in _NPZ_SPLIT_KEYS.items()}
+    if names["train"] is None and "x" in keys:
+        names = {"train": "x", "test": names["test"]}
+    if not any(names.values()):
         raise ValueError(
-            f"{path!r} holds neither an array named 'x' nor predefined splits ('x_train' "
-            f"with 'x_valid' / 'x_val' / 'x_validation', 'x_test'). Received: {keys}")
-    return {"train": _array_pair(archive, path, "x", "train")}
+            f"Received an invalid value for `dataset`: {path!r} holds neither an array named "
+            "'x' nor predefined splits ('x_train', 'x_valid' / 'x_val' / 'x_validation', "
+            f"'x_test'); it holds {_member_list(path, keys)}.")
+    return {split: _array_pair(archive, path, key, split)
+            for split, key in names.items() if key is not None}
+
+
+def _member_list(path, keys=None):
+    """The arrays a `.npz` holds, for an error message: `'x_test' (10, 28, 28), 'y_test' (10,)`."""
+    if not str(path).endswith(".npz"):
+        return "one array (a .npy file)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            shapes = {}
+            for info in archive.infolist():
+                with archive.open(info) as f:
+                    shapes[info.filename[:-4] if info.filename.endswith(".npy")
+                           else info.filename] = _declared_bytes(f)[1]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        shapes = dict.fromkeys(keys or ())
+    if not shapes:
+        return "no arrays"
+    return ", ".join(repr(name) if shape is None else f"{name!r} {tuple(shape)}"
+                     for name, shape in shapes.items())
 
 
 def _array_pair(archive, path, key, split):
@@ -630,7 +662,12 @@ def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, dat
     `train` and `validation` are the two halves `load` returns (the same
     random split for the same `seed`); `test` needs a dataset that has one: a
     TFDS name, or a `.npz` with `x_test`; `all` is every example in the
-    dataset's own order (`all_examples`).
+    dataset's own order (`all_examples`). A `.npz` needs only the split asked
+    for: `x_test` (`y_test`) alone is its test split, `x_valid` alone its
+    validation split, whatever other arrays it lacks.
+
+    Raises:
+      ValueError: the dataset has no such split (naming the arrays a `.npz` holds).
     """
     split = _checks.one_of("split", split, SPLITS + (ALL,))
     if split == ALL:
@@ -645,15 +682,33 @@ def load_split(dataset, split="validation", validation_fraction=0.2, seed=0, dat
                              f"{split} split (it has {', '.join(found)}). Received: "
                              f"split={split!r}")
         return _materialised(found, (split,))[0]
-    if split == "test":
-        splits = _array_file_splits(dataset) if str(dataset).endswith(".npz") else {}
-        if "test" not in splits:
-            raise ValueError(
-                f"Received an invalid value for `split`: {dataset!r} has no test split (a TFDS "
-                "name or a .npz with 'x_test' has one). Received: split='test'")
-        return splits["test"]
+    if str(dataset).endswith((".npz", ".npy")):
+        splits = _array_file_splits(os.fspath(dataset))
+        # Given splits are taken as they are; `x` or `x_train` alone is split at random.
+        if split == "test" or "train" not in splits or "validation" in splits:
+            if split not in splits:
+                raise ValueError(_no_split(dataset, split))
+            _check_examples(splits[split][0], f"{dataset!r} ({split} split)", minimum=1)
+            return splits[split]
+    elif split == "test":
+        raise ValueError(_no_split(dataset, split))
     train, validation = load(dataset, validation_fraction, seed, data_dir)
     return train if split == "train" else validation
+
+
+def _no_split(dataset, split):
+    """The error of a `split` that `dataset` (loaded into memory) does not have."""
+    if not str(dataset).endswith(".npz"):
+        return (f"Received an invalid value for `split`: {dataset!r} has no {split} split (a "
+                f"TFDS name or a .npz with 'x_test' has one). Received: split={split!r}")
+    wanted = " / ".join(repr(key) for key in _NPZ_SPLIT_KEYS[split])
+    if split == "train":
+        wanted += " or 'x' (split at random)"
+    elif split == "validation":
+        wanted += " (or 'x' / 'x_train' alone, split at random)"
+    return (f"Received an invalid value for `split`: {dataset!r} has no {split} split: it "
+            f"holds {_member_list(dataset)}, and a {split} split needs {wanted}. "
+            f"Received: split={split!r}")
 
 
 def _all_rows(dataset):
@@ -671,7 +726,8 @@ def _all_rows(dataset):
     if dataset in TFDS_NAMES:
         raise ValueError(f"Received an invalid value for `split`: a TFDS dataset is read by "
                          f"split; pass train, validation or test. Received: split={ALL!r}")
-    load(dataset)  # the same checks and errors as any other use of the file
+    if not str(dataset).endswith((".npy", ".npz")):
+        load(dataset)  # not a file tfvae reads whole: load's own error
     parts = [part for split, part in _array_file_splits(os.fspath(dataset)).items()
              if split in ("train", "validation", "test")]
     x = np.concatenate([p[0] for p in parts])

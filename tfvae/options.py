@@ -15,6 +15,8 @@ OBJECTIVES = ("elbo", "iwae", "beta_tcvae")
 KL_WEIGHTED_OBJECTIVES = ("elbo", "beta_tcvae")
 TC_WEIGHTS = ("mi_weight", "tc_weight", "dwkl_weight")
 GRADIENT_ESTIMATORS = ("standard", "dreg")
+# How a run's learning rate moves over its epochs (`tfvae.training.learning_rate_schedule`).
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_objective(objective, beta=1.0, free_bits=0.0, warmup_epochs=0.0):

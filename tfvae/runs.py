@@ -41,6 +41,7 @@ from tfvae import files
 from tfvae import options
 from tfvae import report as report_lib
 from tfvae import run_data
+from tfvae import training
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ class RunConfig:
     num_samples: int = 1
     epochs: int = 150
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3  # Adam's initial rate (chosen by measurement: README)
+    lr_schedule: str = "cosine"  # decay to 0.1x over `epochs` (tfvae.training), or "constant"
     patience: int = 10
     seed: int = 0
     jit_compile: bool | None = None  # None: XLA for MLPs, and for conv nets on GPU
@@ -179,6 +181,7 @@ class RunConfig:
         _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
+        _checks.one_of("lr_schedule", self.lr_schedule, options.LR_SCHEDULES)
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
                      "steps_per_execution", "k", "gap_examples", "gap_steps"):
             _checks.positive_int(name, getattr(self, name))
@@ -246,6 +249,10 @@ class RunConfig:
             "condition_dim": condition_dim,
         }
 
+
+# Settings a run.json written before they existed means by its silence (the behaviour of
+# those versions), where that differs from RunConfig's default for a new run.
+_LEGACY_DEFAULTS = {"lr_schedule": "constant"}
 
 # RunConfig fields passed to build_vae as they are.
 _MODEL_FIELDS = ("latent_dim", "likelihood", "architecture", "hidden_units", "filters",
@@ -546,6 +553,7 @@ def read_config(path):
     if unknown:
         raise ValueError(f"`{path}` has unknown settings {unknown}; it should hold only the "
                          "settings `tfvae train` writes.")
+    fields = {**_LEGACY_DEFAULTS, **fields}
     try:
         return RunConfig(**fields).validate()
     except (ValueError, TypeError) as error:
@@ -684,6 +692,27 @@ def _open_data(config):
     return run_data.from_arrays(config, splits, condition_dim(config, splits[0][1], splits[1][1]))
 
 
+def learning_rate_of(config, train_size=None):
+    """Adam's learning rate for a run: `config.learning_rate`, or (`lr_schedule="cosine"`)
+    a `CosineDecay` from it to 0.1x over the run's `epochs` × `steps_per_epoch` steps,
+    read at the optimizer's step count (`tfvae.training.learning_rate_schedule`).
+    `train_size` (the training examples) is needed for a schedule only."""
+    if config.lr_schedule == "constant":
+        return training.learning_rate_schedule("constant", config.learning_rate, None)
+    return training.learning_rate_schedule(
+        config.lr_schedule, config.learning_rate,
+        config.epochs * steps_per_epoch(config, train_size))
+
+
+def steps_per_epoch(config, train_size):
+    """The optimizer steps in one epoch of a run with `train_size` training examples:
+    ⌈N / batch⌉, shared out between the workers of a multi-worker run (each reads its
+    own part of the data in batches of `batch_size`, and they step together)."""
+    batches = -(-train_size // config.batch_size)
+    workers = _num_workers() if config.strategy == "multiworker" else 1
+    return max(1, -(-batches // workers))
+
+
 def condition_dim(config, y_train, y_val=None):
     """The number of classes a conditional run conditions on (None if not conditional)."""
     if not config.conditional:
@@ -721,10 +750,14 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
         if resume:
             _truncate_history(history_path, initial_epoch)
         history = _read_history(history_path) if resume else {}
+        # The training examples N (counted if the source does not know them): β-TCVAE's N
+        # for a new model, and the length of a decaying learning rate.
+        size = run_data.train_size(data) if config.lr_schedule != "constant" or (
+            model is None and config.objective == "beta_tcvae") else None
         if model is None:
-            size = run_data.train_size(data) if config.objective == "beta_tcvae" else None
-            model = builders.build_vae(**config.model_kwargs(data.input_shape, num_classes,
-                                                             dataset_size=size))
+            model = builders.build_vae(**config.model_kwargs(
+                data.input_shape, num_classes,
+                dataset_size=size if config.objective == "beta_tcvae" else None))
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
             # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but
@@ -737,10 +770,16 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
             logger.info("distributed training: turning off XLA and steps_per_execution")
             jit_compile, steps_per_execution = False, 1
         resumed = initial_epoch > 0
+        learning_rate = learning_rate_of(config, size)
+        # A resumed model keeps its optimizer: Adam's moments and the step count (which
+        # drives the in-graph β warm-up and the learning-rate schedule). A scheduled rate
+        # is set again from run.json, so a resume that changes --epochs stretches the
+        # decay over the new budget from the step it stopped at.
+        optimizer = model.optimizer if resumed else keras.optimizers.Adam(learning_rate)
+        if resumed and config.lr_schedule != "constant":
+            optimizer.learning_rate = learning_rate
         model.compile(
-            # A resumed model keeps its optimizer: Adam's moments and the step count
-            # (which drives the in-graph β warm-up).
-            optimizer=model.optimizer if resumed else keras.optimizers.Adam(config.learning_rate),
+            optimizer=optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
         )

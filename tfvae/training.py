@@ -31,6 +31,38 @@ from tfvae import _checks
 from tfvae import options
 from tfvae import random as tfvae_random
 
+# The cosine schedule ends at this fraction of the initial learning rate.
+FINAL_LR_FRACTION = 0.1
+
+
+def learning_rate_schedule(name, learning_rate, total_steps):
+    """Adam's learning rate for a run: a constant, or a cosine decay over `total_steps`.
+
+    The cosine schedule is Keras's `CosineDecay` (saved with the optimizer in a
+    `.keras` file) read at the optimizer's step count, so a resumed run
+    continues it where it stopped.
+
+    Mathematical details: `lr(t) = lr₀ · (f + (1 − f) · ½ (1 + cos(π · min(t, T) / T)))`
+    with `f = FINAL_LR_FRACTION`, `T = total_steps` and `t` the optimizer's
+    iteration count: `lr₀` at the first step, `f · lr₀` from step `T` on.
+
+    Args:
+      name: one of `tfvae.options.LR_SCHEDULES`.
+      learning_rate: the initial rate `lr₀`.
+      total_steps: `T`, the optimizer steps the decay spans (the run's epochs ×
+        its steps per epoch; unused by `"constant"`).
+
+    Returns:
+      A float (`"constant"`) or a `keras.optimizers.schedules.LearningRateSchedule`.
+    """
+    name = _checks.one_of("lr_schedule", name, options.LR_SCHEDULES)
+    learning_rate = _checks.positive_float("learning_rate", learning_rate)
+    if name == "constant":
+        return learning_rate
+    total_steps = _checks.positive_int("total_steps", total_steps)
+    return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps,
+                                                  alpha=FINAL_LR_FRACTION)
+
 
 @dataclasses.dataclass(frozen=True)
 class BetaSchedule:
