@@ -20,7 +20,6 @@ import tensorflow as tf
 from tfvae import _checks
 from tfvae import disentanglement
 from tfvae import gap
-from tfvae import objectives
 from tfvae import random as tfvae_random
 from tfvae.surgery import aggregate_log_density, elbo_surgery  # noqa: F401 (public here)
 
