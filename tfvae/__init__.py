@@ -7,6 +7,7 @@
 
 import importlib
 
+from tfvae import anomaly
 from tfvae import data
 from tfvae import disentanglement
 from tfvae import evaluation
@@ -18,6 +19,7 @@ from tfvae import records
 from tfvae import shapes
 from tfvae import sources
 from tfvae import tables
+from tfvae import tabular
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
@@ -50,6 +52,7 @@ from tfvae.priors import MixtureOfGaussiansPrior
 from tfvae.priors import Prior
 from tfvae.priors import StandardNormalPrior
 from tfvae.priors import VampPrior
+from tfvae.tabular_likelihood import TabularLikelihood
 
 __version__ = "0.2.0"
 
@@ -87,8 +90,10 @@ __all__ = [
     "PlanarFlowPosterior",
     "Prior",
     "StandardNormalPrior",
+    "TabularLikelihood",
     "VAE",
     "VampPrior",
+    "anomaly",
     "build_vae",
     "data",
     "disentanglement",
@@ -105,4 +110,5 @@ __all__ = [
     "shapes",
     "sources",
     "tables",
+    "tabular",
 ]
