@@ -9,14 +9,17 @@ from helpers import invalid, raises
 
 
 def _data(seed=0):
-    """Normal rows: 3 correlated continuous columns and a 0/1 column; outliers break the
-    correlation in column 1 only."""
+    """Normal rows: 3 continuous columns driven by one factor t, and a 0/1 column; outliers
+    break column 1 only (columns 0 and 2 still agree on t)."""
     rng = np.random.default_rng(seed)
-    t = rng.normal(size=(300, 1))
-    normal = np.c_[t, 2 * t + 0.1 * rng.normal(size=(300, 1)), rng.normal(size=(300, 1)),
-                   rng.random((300, 1)) < 0.3]
-    t = rng.normal(size=(20, 1))
-    outliers = np.c_[t, -2 * t + np.sign(t) * 3, rng.normal(size=(20, 1)), rng.random((20, 1)) < 0.3]
+
+    def rows(n, sign):
+        t = rng.normal(size=(n, 1))
+        noise = 0.1 * rng.normal(size=(n, 2))
+        column_1 = 2 * t + noise[:, :1] if sign > 0 else -2 * t + 3 * np.sign(t)
+        return np.c_[t, column_1, -t + noise[:, 1:], rng.random((n, 1)) < 0.3]
+
+    return rows(300, 1), rows(20, -1)
     return normal, outliers
 
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import builders
+from tfvae import data
 from tfvae import random as tfvae_random
 from tfvae import tabular
 from tfvae.tabular_likelihood import TabularLikelihood
@@ -150,8 +151,10 @@ class VAEDetector:
             rows.shape[1:], self.latent_dim, likelihood=head, hidden_units=self.hidden_units,
             seed=self.seed, **self.build_options)
         self.model_.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
-        self.model_.fit(rows, epochs=self.epochs, batch_size=min(self.batch_size, len(rows)),
-                        shuffle=True, verbose=self.verbose)
+        # A seeded pipeline: the same rows and seed train the same weights.
+        batches = data.make_dataset(rows, min(self.batch_size, len(rows)), shuffle=True,
+                                    seed=self.seed)
+        self.model_.fit(batches, epochs=self.epochs, verbose=self.verbose)
         self.decision_scores_ = self._scores(rows)
         self.threshold_ = contamination_threshold(self.decision_scores_, self.contamination)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
@@ -197,46 +200,69 @@ class VAEDetector:
         self._check_fitted()
         return self._feature_scores(self._rows(X))
 
-    # ------------------------------------------------------------------
-
-    def _batches(self, rows, size=256):
-        for start in range(0, len(rows), size):
-            yield tf.constant(rows[start:start + size])
-
     def _feature_scores(self, rows):
-        if getattr(self, "_column_terms", None) is None:
-            self._column_terms = tf.function(self._mean_column_terms, reduce_retracing=True)
-        seed = tfvae_random.make_seed(self.seed)
-        out = [-self._column_terms(x, tfvae_random.fold_in(seed, i)).numpy()
-               for i, x in enumerate(self._batches(rows))]
-        return np.concatenate(out).astype(np.float64)
-
-    def _mean_column_terms(self, x, seed):
-        """`E_q[log p_j(x_j|z)]` `[b, d]` over `num_score_samples` draws of z (sample-major)."""
-        model, samples = self.model_, self.num_score_samples
-        parameters = model.posterior_parameters(x)
-        tiled = tf.nest.map_structure(
-            lambda v: tf.tile(v, tf.concat([[samples], tf.ones([tf.rank(v) - 1], tf.int32)],
-                                           0)), parameters)
-        batch = tf.shape(x)[0]
-        eps = tf.random.stateless_normal(tf.stack([samples * batch, model.latent_dim]), seed)
-        z = model.posterior.reparameterize(tiled, eps)
-        terms = model.likelihood.column_log_probs(model.decoder_parameters(z),
-                                                  tf.tile(x, [samples, 1]))
-        return tf.reduce_mean(tf.reshape(terms, tf.stack([samples, batch, -1])), axis=0)
+        return feature_scores(self.model_, rows, self.num_score_samples, self.seed)
 
     def _scores(self, rows):
-        if self.score == "reconstruction":
-            return self._feature_scores(rows).sum(axis=1)
-        model, out = self.model_, []
-        for i, x in enumerate(self._batches(rows)):
-            seed = self.seed + i
-            if self.score == "log_px":
-                value = model.log_likelihood(x, num_samples=self.num_score_samples, seed=seed,
-                                             chunk_size=min(self.num_score_samples, 64))
-            elif self.score == "iwae":
-                value = model.iwae_bound(x, k=self.k, seed=seed)
-            else:
-                value = model.elbo(x, num_samples=self.num_score_samples, seed=seed)["elbo"]
-            out.append(-np.asarray(value, np.float64))
-        return np.concatenate(out)
+        return scores(self.model_, rows, self.score, self.num_score_samples, self.k, self.seed)
+
+
+def _batches(rows, size=256):
+    for start in range(0, len(rows), size):
+        yield tf.constant(rows[start:start + size])
+
+
+def feature_scores(model, rows, num_samples=64, seed=0):
+    """Each column's `−E_q[log p_j(x_j|z)]` `[n, d]` (float64) for coded rows `[n, d]` of a
+    model with a `TabularLikelihood`, over `num_samples` draws of z per row (batch `i` of 256
+    rows draws from `fold_in(seed, i)`)."""
+    columns = model.__dict__.setdefault("_tfvae_column_terms", {})  # not tracked by Keras
+    if num_samples not in columns:
+        columns[num_samples] = tf.function(
+            lambda x, s: _mean_column_terms(model, x, s, num_samples), reduce_retracing=True)
+    base = tfvae_random.make_seed(seed)
+    out = [-columns[num_samples](x, tfvae_random.fold_in(base, i)).numpy()
+           for i, x in enumerate(_batches(np.asarray(rows, np.float32)))]
+    return np.concatenate(out).astype(np.float64)
+
+
+def _mean_column_terms(model, x, seed, samples):
+    """`E_q[log p_j(x_j|z)]` `[b, d]` over `samples` draws of z (sample-major)."""
+    parameters = model.posterior_parameters(x)
+    tiled = tf.nest.map_structure(
+        lambda v: tf.tile(v, tf.concat([[samples], tf.ones([tf.rank(v) - 1], tf.int32)], 0)),
+        parameters)
+    batch = tf.shape(x)[0]
+    eps = tf.random.stateless_normal(tf.stack([samples * batch, model.latent_dim]), seed)
+    z = model.posterior.reparameterize(tiled, eps)
+    terms = model.likelihood.column_log_probs(model.decoder_parameters(z),
+                                              tf.tile(x, [samples, 1]))
+    return tf.reduce_mean(tf.reshape(terms, tf.stack([samples, batch, -1])), axis=0)
+
+
+def scores(model, rows, score="log_px", num_samples=64, k=10, seed=0):
+    """Anomaly scores `[n]` (float64, higher = more anomalous) of coded rows `[n, d]`.
+
+    Args:
+      model: a `tfvae.VAE` with a `TabularLikelihood`.
+      rows: coded rows (`Schema.encode`).
+      score: one of `SCORES` (module docstring). Default value: `"log_px"`.
+      num_samples: samples per row for `log_px`, `elbo` and `reconstruction`.
+        Default value: `64`.
+      k: the IWAE bound's samples. Default value: `10`.
+      seed: the noise's seed (batch `i` of 256 rows uses `seed + i`). Default value: `0`.
+    """
+    _checks.one_of("score", score, SCORES)
+    if score == "reconstruction":
+        return feature_scores(model, rows, num_samples, seed).sum(axis=1)
+    out = []
+    for i, x in enumerate(_batches(np.asarray(rows, np.float32))):
+        if score == "log_px":
+            value = model.log_likelihood(x, num_samples=num_samples, seed=seed + i,
+                                         chunk_size=min(num_samples, 64))
+        elif score == "iwae":
+            value = model.iwae_bound(x, k=k, seed=seed + i)
+        else:
+            value = model.elbo(x, num_samples=num_samples, seed=seed + i)["elbo"]
+        out.append(-np.asarray(value, np.float64))
+    return np.concatenate(out)
