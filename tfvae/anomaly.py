@@ -154,7 +154,7 @@ class VAEDetector:
         # A seeded pipeline: the same rows and seed train the same weights.
         batches = data.make_dataset(rows, min(self.batch_size, len(rows)), shuffle=True,
                                     seed=self.seed)
-        self.model_.fit(batches, epochs=self.epochs, verbose=self.verbose)
+        self.model_.fit(batches, epochs=self.epochs, shuffle=False, verbose=self.verbose)
         self.decision_scores_ = self._scores(rows)
         self.threshold_ = contamination_threshold(self.decision_scores_, self.contamination)
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
