@@ -84,11 +84,11 @@ def test_tighter_scores_are_negative_log_likelihood_bounds(fitted, score):
     detector, X_train, _ = fitted
     rows = X_train[:30]
     elbo = detector.decision_function(rows)
-    detector.set_params(score=score, num_score_samples=32, k=32)
+    detector.set_params(score=score, num_score_samples=32, iwae_k=32)
     try:
         tighter = detector.decision_function(rows)
     finally:
-        detector.set_params(score="elbo", num_score_samples=8, k=10)
+        detector.set_params(score="elbo", num_score_samples=8, iwae_k=10)
     # −log p(x) ≤ −IWAE_k ≤ −ELBO on average (the ELBO here from 8 samples: compare means).
     assert tighter.mean() < elbo.mean()
 

@@ -10,7 +10,7 @@ The score is the negative of one of the model's bounds on log p(x):
 
 * `"log_px"`: −log p(x), importance-sampled with `num_score_samples` samples
   (`VAE.log_likelihood`, the tightest);
-* `"iwae"`: −(the IWAE bound with `k` samples) (`VAE.iwae_bound`);
+* `"iwae"`: −(the IWAE bound with `iwae_k` samples) (`VAE.iwae_bound`);
 * `"elbo"`: −ELBO with `num_score_samples` posterior samples;
 * `"reconstruction"`: −E_q[log p(x|z)] (no KL term): the sum over columns
   of `feature_scores`.
@@ -59,7 +59,7 @@ class VAEDetector:
       learning_rate: Adam's learning rate. Default value: `1e-3`.
       num_score_samples: samples per row for `log_px`, `elbo`,
         `reconstruction` and `feature_scores`. Default value: `64`.
-      k: importance samples of the `iwae` score. Default value: `10`.
+      iwae_k: importance samples of the `iwae` score. Default value: `10`.
       likelihood_scale: σ of continuous columns: `"per_dimension"` or
         `"predicted"` (`TabularLikelihood`'s `scale`). Default value: `"per_dimension"`.
       schema: a `tfvae.tabular.Schema` of the columns; `None` infers one from
@@ -67,14 +67,17 @@ class VAEDetector:
       seed: seeds the weights, the training noise and the scores' noise (the
         same rows always get the same scores). Default value: `0`.
       verbose: Keras' `fit` verbosity. Default value: `0`.
+      jit_compile, steps_per_execution: Keras' `compile` speed options (XLA, training
+        steps per call; `tfvae train` uses `True` and `16` for MLPs). Default values:
+        `False`, `1`.
       **build_options: further `tfvae.build_vae` options (`posterior`,
-        `prior`, `objective`, `k` is this detector's, `beta`, ...).
+        `prior`, `objective`, `k` (training IWAE samples), `beta`, ...).
     """
 
     def __init__(self, score="log_px", contamination=0.1, latent_dim=8, hidden_units=(64, 32),
-                 epochs=50, batch_size=64, learning_rate=1e-3, num_score_samples=64, k=10,
+                 epochs=50, batch_size=64, learning_rate=1e-3, num_score_samples=64, iwae_k=10,
                  likelihood_scale="per_dimension", schema=None, seed=0, verbose=0,
-                 **build_options):
+                 jit_compile=False, steps_per_execution=1, **build_options):
         self.score = score
         self.contamination = contamination
         self.latent_dim = latent_dim
@@ -83,11 +86,13 @@ class VAEDetector:
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.num_score_samples = num_score_samples
-        self.k = k
+        self.iwae_k = iwae_k
         self.likelihood_scale = likelihood_scale
         self.schema = schema
         self.seed = seed
         self.verbose = verbose
+        self.jit_compile = jit_compile
+        self.steps_per_execution = steps_per_execution
         self.build_options = dict(build_options)
         self._check_arguments()
 
@@ -98,7 +103,7 @@ class VAEDetector:
                 contamination, (int, float, np.floating)) or not 0 < contamination <= 0.5:
             raise ValueError("Received an invalid value for `contamination`, expected a number "
                              f"in (0, 0.5]. Received: contamination={contamination!r}")
-        for name in ("epochs", "batch_size", "num_score_samples", "k", "latent_dim"):
+        for name in ("epochs", "batch_size", "num_score_samples", "iwae_k", "latent_dim"):
             _checks.positive_int(name, getattr(self, name))
         _checks.positive_float("learning_rate", self.learning_rate)
         _checks.non_negative_int("seed", self.seed)
@@ -106,8 +111,9 @@ class VAEDetector:
     # scikit-learn's estimator protocol (clone, grid search), as PyOD's detectors have it.
     def get_params(self, deep=True):
         names = ("score", "contamination", "latent_dim", "hidden_units", "epochs",
-                 "batch_size", "learning_rate", "num_score_samples", "k",
-                 "likelihood_scale", "schema", "seed", "verbose")
+                 "batch_size", "learning_rate", "num_score_samples", "iwae_k",
+                 "likelihood_scale", "schema", "seed", "verbose", "jit_compile",
+                 "steps_per_execution")
         return {**{name: getattr(self, name) for name in names}, **self.build_options}
 
     def set_params(self, **params):
@@ -150,7 +156,9 @@ class VAEDetector:
         self.model_ = builders.build_vae(
             rows.shape[1:], self.latent_dim, likelihood=head, hidden_units=self.hidden_units,
             seed=self.seed, **self.build_options)
-        self.model_.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
+        self.model_.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                            jit_compile=self.jit_compile,
+                            steps_per_execution=self.steps_per_execution)
         # A seeded pipeline: the same rows and seed train the same weights.
         batches = data.make_dataset(rows, min(self.batch_size, len(rows)), shuffle=True,
                                     seed=self.seed)
@@ -204,7 +212,8 @@ class VAEDetector:
         return feature_scores(self.model_, rows, self.num_score_samples, self.seed)
 
     def _scores(self, rows):
-        return scores(self.model_, rows, self.score, self.num_score_samples, self.k, self.seed)
+        return scores(self.model_, rows, self.score, self.num_score_samples, self.iwae_k,
+                      self.seed)
 
 
 def _batches(rows, size=256):
