@@ -127,10 +127,16 @@ def test_scoring_rows_are_checked_against_the_schema(mixed_csv, tmp_path):
         tabular.load_table(short, schema=schema)
 
 
-def test_constant_columns_can_be_ignored_instead():
-    schema = tabular.infer_schema(tabular.array_columns(np.c_[np.arange(4.0), np.ones(4)]),
-                                  constant="ignore")
+def test_constant_columns_can_be_ignored_instead(tmp_path):
+    columns = tabular.array_columns(np.c_[np.arange(4.0), np.ones(4)])
+    schema = tabular.infer_schema(columns, constant="ignore")
     assert schema.names == ["x_0"] and schema.columns[1].kind == "ignore"
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps({"constant": "ignore"}))
+    assert tabular.infer_schema(columns, overrides=tabular.read_overrides(str(path))) == schema
+    path.write_text(json.dumps({"constant": "drop"}))
+    with raises("`schema`", "'drop'"):
+        tabular.read_overrides(str(path))
 
 
 def test_bad_files_are_refused(tmp_path):

@@ -21,7 +21,10 @@ exactly two values are binary and other number columns continuous. A small
 JSON schema file overrides any column (`Schema.read` / `infer_schema(overrides=)`)::
 
     {"labels": "is_fraud",
-     "columns": {"zip_code": "categorical", "customer_id": "ignore"}}
+     "columns": {"zip_code": "categorical", "customer_id": "ignore"},
+     "constant": "ignore"}
+
+(`"constant": "ignore"` drops columns with one value instead of refusing them.)
 
 `Schema.encode(columns)` turns a table into the float32 rows the model takes:
 continuous columns raw (unscaled: the model standardises them itself), binary
@@ -246,10 +249,11 @@ def read_overrides(path):
             config = json.load(f)
     except json.JSONDecodeError as error:
         _fail("schema", "a JSON schema file", f"{path!r} ({error})")
-    if not isinstance(config, dict) or not set(config) <= {"labels", "columns"} or not \
-            isinstance(config.get("columns", {}), dict):
-        _fail("schema", 'a JSON object {"labels": NAME, "columns": {NAME: KIND}}',
-              f"{path!r} with {str(config)[:200]}")
+    if not isinstance(config, dict) or not set(config) <= {"labels", "columns", "constant"} \
+            or not isinstance(config.get("columns", {}), dict) \
+            or config.get("constant", "error") not in ("error", "ignore"):
+        _fail("schema", 'a JSON object {"labels": NAME, "columns": {NAME: KIND}, "constant": '
+              '"error" or "ignore"}', f"{path!r} with {str(config)[:200]}")
     return config
 
 
@@ -264,7 +268,8 @@ def infer_schema(columns, labels=None, overrides=None, constant="error"):
         "vocabulary": [...]}}}` (a schema file, `read_overrides`); columns
         not named are inferred. Default value: `None`.
       constant: what a column with one value becomes: `"error"` (a
-        `ValueError` naming it) or `"ignore"`. Default value: `"error"`.
+        `ValueError` naming it) or `"ignore"`. Default value: `"error"`
+        (or `overrides["constant"]`).
 
     Returns:
       A `Schema`.
@@ -272,6 +277,7 @@ def infer_schema(columns, labels=None, overrides=None, constant="error"):
     if constant not in ("error", "ignore"):
         _fail("constant", "'error' or 'ignore'", f"constant={constant!r}")
     overrides = dict(overrides or {})
+    constant = overrides.get("constant", constant)
     declared = dict(overrides.get("columns", {}))
     labels = overrides.get("labels", labels) if labels is None else labels
     if labels is not None and labels not in columns:
