@@ -222,7 +222,8 @@ def tables(path):
             out.append(f"| **mean ({len(complete)} datasets)** | | " + " | ".join(
                 f"{m:.3f}" for m in means) + " |")
             out.append("| **average rank** | | " + " | ".join(f"{r:.2f}" for r in ranks) + " |")
-    out.append("\n### Time per fit and per scoring of the 30 % (s, median over datasets and seeds)\n")
+    out.append("\n### Time per fit and per scoring of the 30 % "
+               "(s, median over datasets and seeds)\n")
     out.append("| detector | fit | score |")
     out.append("| --- | ---: | ---: |")
     for k in detectors:

@@ -20,7 +20,6 @@ def _data(seed=0):
         return np.c_[t, column_1, -t + noise[:, 1:], rng.random((n, 1)) < 0.3]
 
     return rows(300, 1), rows(20, -1)
-    return normal, outliers
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_tighter_scores_are_negative_log_likelihood_bounds(fitted, score):
         tighter = detector.decision_function(rows)
     finally:
         detector.set_params(score="elbo", num_score_samples=8, iwae_k=10)
-    # −log p(x) ≤ −IWAE_k ≤ −ELBO on average (the ELBO here from 8 samples: compare means).
+    # −log p(x) ≤ −IWAE_k ≤ −ELBO on average (the ELBO from 8 samples: compare means).
     assert tighter.mean() < elbo.mean()
 
 
