@@ -66,9 +66,8 @@ def test_train_then_score_a_mixed_type_csv(table_run, capsys):
     np.testing.assert_array_equal(scores["label"], np.arange(120) % 20 == 0)
     assert 0.0 < scores["flag"].mean() < 0.3  # about the contamination of the training rows
 
-    fixed = str(folder / "fixed.csv")
-    assert cli.main(["score", run, "--dataset", table, "--threshold", "1e9",
-                     "--output", fixed]) == 0
+    assert cli.main(["score", run, "--dataset", table, "--threshold", "1e9"]) == 0
+    fixed = os.path.join(run, "scores-all.csv")  # the default output: every row
     assert _read(fixed)["flag"].sum() == 0
     np.testing.assert_allclose(_read(fixed)["score"], scores["score"])  # seeded: same scores
 

@@ -594,12 +594,13 @@ def _encode(args, argv):
 def _score(args, argv):
     from tfvae import evaluation, table_runs
 
-    output = _table_output(args, f"scores-{_split(args)}.csv")
+    table = table_runs.is_table_run(args.run)  # a table run scores every row
+    output = _table_output(args, "scores-all.csv" if table else f"scores-{_split(args)}.csv")
     _check_seed(args.seed)
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
                          f"integer. Received: --num-samples={args.num_samples}")
-    if table_runs.is_table_run(args.run):
+    if table:
         return _score_table(args, output)
     if args.threshold is not None:
         raise ValueError("Received an invalid value for `--threshold`: it applies to runs "
