@@ -23,6 +23,7 @@ standardises continuous columns inside the model.
 """
 
 import logging
+import weakref
 
 import keras
 import numpy as np
@@ -62,8 +63,9 @@ class VAEDetector:
       iwae_k: importance samples of the `iwae` score. Default value: `10`.
       likelihood_scale: σ of continuous columns: `"per_dimension"` or
         `"predicted"` (`TabularLikelihood`'s `scale`). Default value: `"per_dimension"`.
-      schema: a `tfvae.tabular.Schema` of the columns; `None` infers one from
-        the training rows. Default value: `None`.
+      schema: a `tfvae.tabular.Schema` of the columns, named `x_0`, `x_1`, ...
+        (`tabular.array_columns`); `None` infers one from the training rows.
+        Default value: `None`.
       seed: seeds the weights, the training noise and the scores' noise (the
         same rows always get the same scores). Default value: `0`.
       verbose: Keras' `fit` verbosity. Default value: `0`.
@@ -221,16 +223,24 @@ def _batches(rows, size=256):
         yield tf.constant(rows[start:start + size])
 
 
+# Per model, the compiled column terms of `feature_scores` (one graph per sample count).
+_COLUMN_TERMS = weakref.WeakKeyDictionary()
+
+
 def feature_scores(model, rows, num_samples=64, seed=0):
     """Each column's `−E_q[log p_j(x_j|z)]` `[n, d]` (float64) for coded rows `[n, d]` of a
     model with a `TabularLikelihood`, over `num_samples` draws of z per row (batch `i` of 256
     rows draws from `fold_in(seed, i)`)."""
-    columns = model.__dict__.setdefault("_tfvae_column_terms", {})  # not tracked by Keras
-    if num_samples not in columns:
-        columns[num_samples] = tf.function(
-            lambda x, s: _mean_column_terms(model, x, s, num_samples), reduce_retracing=True)
+    functions = _COLUMN_TERMS.setdefault(model, {})
+    if num_samples not in functions:
+        held = weakref.ref(model)  # the cache must not keep the model alive
+
+        def column_terms(x, noise_seed):
+            return _mean_column_terms(held(), x, noise_seed, num_samples)
+
+        functions[num_samples] = tf.function(column_terms, reduce_retracing=True)
     base = tfvae_random.make_seed(seed)
-    out = [-columns[num_samples](x, tfvae_random.fold_in(base, i)).numpy()
+    out = [-functions[num_samples](x, tfvae_random.fold_in(base, i)).numpy()
            for i, x in enumerate(_batches(np.asarray(rows, np.float32)))]
     return np.concatenate(out).astype(np.float64)
 
