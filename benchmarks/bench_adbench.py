@@ -4,7 +4,7 @@
         --peers-python /work/benchenv-adbench/bin/python --seeds 0 1 2 3 4
     python benchmarks/bench_adbench.py --data ../shared/data/adbench --datasets 14_glass 29_Pima \\
         --seeds 0 --configs vae              # a quick subset
-    python benchmarks/bench_adbench.py --table benchmarks/results/adbench/results.json
+    python benchmarks/bench_adbench.py --table benchmarks/results/adbench/results.jsonl
 
 ADBench's unsupervised protocol (Han et al., 2022): for each dataset and seed, a
 stratified 70 / 30 split; every detector is fitted on the 70 % **without labels**
@@ -145,13 +145,18 @@ def main(argv=None):
     parser.add_argument("--peers-python", default=None,
                         help="the peers' environment's python (default: no peers)")
     parser.add_argument("--output", default="benchmarks/results/adbench/results.jsonl")
-    parser.add_argument("--table", default=None, help="print the tables of a results file")
+    parser.add_argument("--table", nargs="*", default=None,
+                        help="print the tables of results files (with --datasets, --seeds "
+                        "and --only to select rows)")
+    parser.add_argument("--only", default=None,
+                        help="--table: only detectors whose name starts with this")
     parser.add_argument("--peer-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_worker:
         return peer_worker(*args.peer_worker)
     if args.table:
-        print(tables(args.table))
+        seeds = None if args.seeds == [0, 1, 2, 3, 4] else args.seeds
+        print(tables(args.table, args.datasets, seeds, args.only))
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     names = args.datasets or sorted(f[:-4] for f in os.listdir(args.data) if f.endswith(".npz"))
@@ -186,14 +191,20 @@ def main(argv=None):
                 best = max(rows, key=lambda r: r["roc_auc"])
                 print(f"{name} seed {seed}: tfvae-{config} fit {rows[0]['fit_s']:.1f}s, "
                       f"best {best['detector']} {best['roc_auc']:.3f}", flush=True)
-    print(tables(args.output))
+    print(tables([args.output]))
     return 0
 
 
-def tables(path):
-    """Markdown: mean ROC-AUC / PR-AUC per dataset and detector, average ranks, times."""
-    with open(path) as f:
-        rows = [r for r in map(json.loads, f) if "error" not in r]
+def tables(paths, datasets=None, seeds=None, only=None):
+    """Markdown: mean ROC-AUC / PR-AUC per dataset and detector, average ranks, times
+    (rows of the `paths` files, optionally of some datasets, seeds and detectors only)."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            rows += [r for r in map(json.loads, f) if "error" not in r]
+    rows = [r for r in rows if (datasets is None or r["dataset"] in datasets)
+            and (seeds is None or r["seed"] in seeds)
+            and (only is None or r["detector"].startswith(only))]
     detectors = sorted({r["detector"] for r in rows}, key=lambda d: (d.startswith("tfvae"), d))
     datasets = sorted({r["dataset"] for r in rows}, key=lambda d: int(d.split("_")[0]))
     cell = {}
