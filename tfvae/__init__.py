@@ -7,6 +7,7 @@
 
 import importlib
 
+from tfvae import anomaly
 from tfvae import data
 from tfvae import disentanglement
 from tfvae import evaluation
@@ -19,6 +20,7 @@ from tfvae import records
 from tfvae import shapes
 from tfvae import sources
 from tfvae import tables
+from tfvae import tabular
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
@@ -52,6 +54,7 @@ from tfvae.priors import MixtureOfGaussiansPrior
 from tfvae.priors import Prior
 from tfvae.priors import StandardNormalPrior
 from tfvae.priors import VampPrior
+from tfvae.tabular_likelihood import TabularLikelihood
 
 __version__ = "0.2.0"
 
@@ -90,8 +93,10 @@ __all__ = [
     "PlanarFlowPosterior",
     "Prior",
     "StandardNormalPrior",
+    "TabularLikelihood",
     "VAE",
     "VampPrior",
+    "anomaly",
     "build_vae",
     "data",
     "disentanglement",
@@ -108,4 +113,5 @@ __all__ = [
     "shapes",
     "sources",
     "tables",
+    "tabular",
 ]

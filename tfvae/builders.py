@@ -104,7 +104,9 @@ def build_vae(
       likelihood: one of `LIKELIHOODS` (`"bernoulli"`, `"continuous_bernoulli"`,
         `"gaussian"` (fixed σ = `likelihood_scale`), `"gaussian_shared"`,
         `"gaussian_per_dimension"`, `"gaussian_predicted"`, `"categorical"`,
-        `"discretized_logistic"`). Default value: `"bernoulli"`.
+        `"discretized_logistic"`), or a likelihood head whose `event_shape` is
+        `input_shape` (e.g. a `tfvae.TabularLikelihood` for table rows).
+        Default value: `"bernoulli"`.
       architecture: `"mlp"` or `"conv"` (images `(H, W, C)` only).
         Default value: `"mlp"`.
       hidden_units: MLP widths (the decoder mirrors them). Default value: `(256, 128)`.
@@ -134,7 +136,12 @@ def build_vae(
     """
     input_shape = _checks.shape("input_shape", input_shape)
     latent_dim = _checks.positive_int("latent_dim", latent_dim)
-    _checks.one_of("likelihood", likelihood, tuple(LIKELIHOODS))
+    if not isinstance(likelihood, heads.LikelihoodHead):
+        _checks.one_of("likelihood", likelihood, tuple(LIKELIHOODS))
+    elif tuple(likelihood.event_shape) != input_shape:
+        raise ValueError(
+            "Received an invalid value for `likelihood`: its event_shape "
+            f"{tuple(likelihood.event_shape)} differs from input_shape={input_shape}.")
     _checks.one_of("architecture", architecture, ARCHITECTURES)
     _checks.one_of("posterior", posterior, tuple(POSTERIORS))
     _checks.one_of("prior", prior, PRIORS)
@@ -151,7 +158,8 @@ def build_vae(
         seed = _checks.non_negative_int("seed", seed)
     part_seed = lambda key: networks.derive_seed(seed, key)  # noqa: E731
 
-    likelihood_head = LIKELIHOODS[likelihood](input_shape, likelihood_scale)
+    likelihood_head = (likelihood if isinstance(likelihood, heads.LikelihoodHead)
+                       else LIKELIHOODS[likelihood](input_shape, likelihood_scale))
     if posterior == "hierarchical":
         dims = (latent_dim, max(1, latent_dim // 2) if top is None else top)
         posterior_head = hierarchy.HierarchicalPosterior(dims, seed=part_seed(_POSTERIOR))

@@ -184,6 +184,15 @@ def _parser(defaults=True):
                       "may be given with it")
     train.add_argument("--quiet", action="store_true", default=default(False),
                        help="no progress bars")
+    # Tables (--dataset a .csv, .parquet, or .npz with a matrix X): tfvae.table_runs.
+    train.add_argument("--labels-column", default=default(None),
+                       help="tables: the labels column (e.g. anomaly labels), never a feature")
+    train.add_argument("--schema", default=default(None),
+                       help="tables: a JSON schema file overriding inferred column types, e.g. "
+                       '{"labels": "y", "columns": {"zip": "categorical", "id": "ignore"}}')
+    train.add_argument("--contamination", type=float, default=default(0.1),
+                       help="tables: the expected fraction of anomalies in the training rows; "
+                       "sets the threshold recorded in metrics.json (default: 0.1)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run on held-out data",
                               parents=[common],
@@ -239,6 +248,10 @@ def _parser(defaults=True):
     score_parser.add_argument("--num-samples", type=int, default=None,
                               help="also score log p(x) with K importance samples (default: no)")
     score_parser.add_argument("--seed", type=int, default=0)
+    score_parser.add_argument("--threshold", default=None,
+                              help="table runs: flag rows whose score (-log p(x)) exceeds 'auto' "
+                              "(the training threshold in RUN/metrics.json) or a number "
+                              "(default: auto)")
 
     prepare = sub.add_parser(
         "prepare-data", help="convert a dataset to TFRecord shards, read fast and streamed",
@@ -384,10 +397,16 @@ def _flag(dest):
 
 
 def _train(args, argv):
-    from tfvae import runs
+    from tfvae import runs, tabular
 
     _check_output_directory(args.output)
     _check_resume_options(args, argv)
+    if tabular.is_table(args.dataset):
+        return _train_table(args)
+    if args.labels_column is not None or args.schema is not None:
+        raise ValueError("Received an invalid value for `--labels-column` / `--schema`: they "
+                         "apply to tables (.csv, .parquet, or .npz with a matrix X). Received: "
+                         f"--dataset={args.dataset!r}")
     kwargs = {}
     if args.resume and "epochs" in _passed_options(argv):
         kwargs["epochs"] = args.epochs  # train the resumed run up to this many epochs
@@ -396,6 +415,22 @@ def _train(args, argv):
     if metrics:  # empty on multi-worker workers other than the chief
         _print_table(metrics)
         print(f"report: {os.path.join(args.output, 'report.md')}")
+
+
+def _train_table(args):
+    """`tfvae train --dataset TABLE`: `tfvae.table_runs.train`."""
+    from tfvae import table_runs
+
+    if args.resume:
+        raise ValueError("Received an invalid value for `--resume`: table runs cannot be "
+                         f"resumed yet; train again with --overwrite. Received: "
+                         f"--dataset={args.dataset!r}")
+    metrics = table_runs.train(_config(args), args.output, labels_column=args.labels_column,
+                               schema_file=args.schema, contamination=args.contamination,
+                               overwrite=args.overwrite, verbose=0 if args.quiet else 1)
+    _print_table(metrics)
+    print(f"threshold (-log p(x), contamination {args.contamination}): "
+          f"{metrics['threshold']:.4f}")
 
 
 def _print_table(metrics):
@@ -575,13 +610,20 @@ def _encode(args, argv):
 
 
 def _score(args, argv):
-    from tfvae import evaluation
+    from tfvae import evaluation, table_runs
 
-    output = _table_output(args, f"scores-{_split(args)}.csv")
+    table = table_runs.is_table_run(args.run)  # a table run scores every row
+    output = _table_output(args, "scores-all.csv" if table else f"scores-{_split(args)}.csv")
     _check_seed(args.seed)
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
                          f"integer. Received: --num-samples={args.num_samples}")
+    if table:
+        return _score_table(args, output)
+    if args.threshold is not None:
+        raise ValueError("Received an invalid value for `--threshold`: it applies to runs "
+                         f"trained on tables, and {args.run!r} is not one. Received: "
+                         f"--threshold={args.threshold!r}")
     model, batches, reading = _run_data(args, args.batch_size)
     rows = _write_rows(output, evaluation.iter_scores(model, batches,
                                                       num_samples=args.num_samples,
@@ -589,6 +631,20 @@ def _score(args, argv):
                                                       verbose=int(sys.stdout.isatty())),
                        reading)
     print(f"wrote {output} ({rows} examples)")
+
+
+def _score_table(args, output):
+    """`tfvae score TABLE_RUN`: per-row scores, per-feature scores and flags."""
+    from tfvae import runs, table_runs
+
+    if args.split not in (None, "all"):
+        raise ValueError("Received an invalid value for `--split`: a table run scores every "
+                         f"row of --dataset. Received: --split={args.split!r}")
+    threshold = table_runs.parse_threshold(args.threshold)
+    dataset = args.dataset or runs.read_config(os.path.join(args.run, runs.RUN_FILE)).dataset
+    rows, applied = table_runs.score(args.run, dataset, output, threshold,
+                                     num_samples=args.num_samples, seed=args.seed)
+    print(f"wrote {output} ({rows} rows, flagged where score > {applied:.4f})")
 
 
 def _export_saved_model(model, output, args):
