@@ -256,6 +256,24 @@ def test_packs_of_any_size_and_version_1_folders_read_the_same_examples(tmp_path
         records.write_splits({"train": sources.ArraySource(x)}, str(tmp_path / "n"), pack=0)
 
 
+def test_shuffled_records_are_every_example_once_mixed_across_packs_and_new_each_epoch(
+        tmp_path):
+    x = np.arange(600, dtype=np.float32).reshape(600, 1) / 600
+    output = str(tmp_path / "r")
+    records.write_splits({"train": sources.ArraySource(x)}, output, shards=2, pack=8)
+    train = sources.record_splits(output)["train"]
+    dataset = train.batches(32, shuffle=True, seed=1)
+    epochs = [np.concatenate([b["id"].numpy() for b in dataset]) for _ in range(2)]
+    for ids in epochs:
+        np.testing.assert_array_equal(np.sort(ids), np.arange(600))
+        # Shard i holds ids i, i + 2, ...: its pack j holds its examples 8j .. 8j + 7.
+        first = {(i % 2, (i // 2) // 8) for i in ids[:32]}
+        assert len(first) >= 16, first  # a batch mixes many packs, not a few runs
+    assert not np.array_equal(epochs[0], epochs[1])
+    again = np.concatenate([b["id"].numpy() for b in train.batches(32, shuffle=True, seed=1)])
+    np.testing.assert_array_equal(again, epochs[0])  # the same seed, the same first epoch
+
+
 def test_a_record_whose_x_does_not_hold_its_examples_is_named(tmp_path):
     output = str(tmp_path / "r")
     os.makedirs(output)

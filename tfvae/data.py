@@ -623,7 +623,8 @@ def _hash_split_records(source, fraction, seed):
     return {split: sources.RecordSource(
         source.files, source.event_shape, source.dtype, source.scale, source.labelled,
         num_classes=source.num_classes, binary=source.binary,
-        keep=(fraction, seed, split == "validation"), name=f"{source.name} ({split} split)")
+        keep=(fraction, seed, split == "validation"), name=f"{source.name} ({split} split)",
+        pack=source.pack)
         for split in ("train", "validation")}
 
 
