@@ -110,4 +110,4 @@ def test_table_flags_are_refused_elsewhere(tmp_path, capsys):
     assert "--labels-column" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", str(tmp_path / "t.csv"), "--contamination", "0.9",
                      "--output", str(tmp_path / "r"), *TINY]) == 2
-    assert "`contamination`" in capsys.readouterr().err
+    assert "`--contamination`" in capsys.readouterr().err
