@@ -409,6 +409,8 @@ def test_kill_9_at_a_write_leaves_a_run_that_resumes(tmp_path, target, nth):
         # Nothing to resume: the directory holds only the dead process's lock and a
         # temporary file, and a plain retry is not refused.
         assert all(n == files.LOCK_FILE or n.startswith(".run.json.") for n in names)
+        with pytest.raises(ValueError, match="holds no run yet .* without --resume"):
+            runs.check_output(run, resume=True)  # what `--resume` says, in one line
         assert cli.main(["train", "--output", run, *TINY_RUN]) == 0
     else:
         assert cli.main(["train", "--output", run, "--resume", "--quiet"]) == 0
