@@ -615,9 +615,7 @@ def _score(args, argv):
     table = table_runs.is_table_run(args.run)  # a table run scores every row
     output = _table_output(args, "scores-all.csv" if table else f"scores-{_split(args)}.csv")
     _check_seed(args.seed)
-    if args.num_samples is not None and args.num_samples < 1:
-        raise ValueError("Received an invalid value for `--num-samples`, expected a positive "
-                         f"integer. Received: --num-samples={args.num_samples}")
+    _check_positive(args, "num_samples")
     if table:
         return _score_table(args, output)
     if args.threshold is not None:

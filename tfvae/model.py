@@ -53,11 +53,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         the decomposed KL (`objectives.beta_tcvae`: `fit` reports `mi`, `tc`
         and `dwkl` beside the ELBO terms; needs a posterior with independent
         dimensions and a prior that factorises over them, and no free bits).
-        Those three are minibatch estimates, biased by the batch's log q(z)
-        (`objectives.tc_decomposition`): `mi` high, `dwkl` low and possibly
-        negative, `tc` either way; only their sum is exact. For the terms
-        themselves use `tfvae.SurgeryLogs` (epoch end) or
-        `tfvae.evaluation.elbo_surgery`.
+        Those are biased minibatch estimates (`objectives.tc_decomposition`);
+        `tfvae.SurgeryLogs` gives the set's terms at epoch end.
         Default value: `"elbo"`.
       k: importance samples for `objective="iwae"`. Default value: `5`.
       gradient_estimator: for IWAE, `"standard"` or `"dreg"` (doubly

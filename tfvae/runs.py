@@ -697,11 +697,10 @@ def learning_rate_of(config, train_size=None):
     a `CosineDecay` from it to 0.1x over the run's `epochs` × `steps_per_epoch` steps,
     read at the optimizer's step count (`tfvae.training.learning_rate_schedule`).
     `train_size` (the training examples) is needed for a schedule only."""
-    if config.lr_schedule == "constant":
-        return training.learning_rate_schedule("constant", config.learning_rate, None)
-    return training.learning_rate_schedule(
-        config.lr_schedule, config.learning_rate,
-        config.epochs * steps_per_epoch(config, train_size))
+    total_steps = (None if config.lr_schedule == "constant"
+                   else config.epochs * steps_per_epoch(config, train_size))
+    return training.learning_rate_schedule(config.lr_schedule, config.learning_rate,
+                                           total_steps)
 
 
 def steps_per_epoch(config, train_size):

@@ -154,10 +154,9 @@ class Trainer:
         )
         self._seed_generator = keras.random.SeedGenerator(seed)
         # Training noise is drawn from fold_in(train_seed, optimizer step): a pure function of
-        # the step, so evaluation passes, Keras' end-of-epoch probe of a stream of unknown
-        # length and a resume change nothing that training draws.
-        self._train_seed = (int(np.random.randint(0, 2**31 - 1)) if seed is None
-                            else int(seed) % 2**31)
+        # the step, so evaluation passes between epochs change nothing training draws, and
+        # (with a seed) neither does a resume.
+        self._train_seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
         self._trackers = [keras.metrics.Mean(name=name) for name in metric_names]
 
     @property
