@@ -19,7 +19,6 @@ from tfvae import builders
 from tfvae import cli
 from tfvae import data
 from tfvae import evaluation
-from tfvae import options
 from tfvae import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,8 +226,9 @@ def test_train_choices_are_the_registries():
         "binarize": data.BINARIZE,
         "strategy": runs.STRATEGIES,
         "mixed_precision": runs.PRECISION_POLICIES,
-        "objective": options.OBJECTIVES,
-        "gradient_estimator": options.GRADIENT_ESTIMATORS,
+        "objective": tfvae.objective_parts.names(),
+        "gradient_estimator": tfvae.objective_parts.IWAE.hyperparameters[
+            "gradient_estimator"].choices,
     }
     for dest, registry in expected.items():
         assert tuple(actions[dest].choices) == tuple(registry), dest

@@ -183,8 +183,9 @@ def test_beta_tcvae_names_that_do_not_factorise_are_refused(extra, culprit):
 def test_build_vae_passes_the_beta_tcvae_options_to_the_model():
     model = tfvae.build_vae((4,), 2, hidden_units=(4,), objective="beta_tcvae", mi_weight=0.5,
                             tc_weight=6.0, dwkl_weight=2.0, dataset_size=1000, seed=0)
-    assert (model.objective, model.mi_weight, model.tc_weight, model.dwkl_weight,
-            model.dataset_size) == ("beta_tcvae", 0.5, 6.0, 2.0, 1000)
+    objective = model.objective
+    assert (objective.name, objective.mi_weight, objective.tc_weight, objective.dwkl_weight,
+            objective.dataset_size) == ("beta_tcvae", 0.5, 6.0, 2.0, 1000)
     assert [m.name for m in model.metrics] == ["loss", "elbo", "reconstruction", "kl", "mi", "tc",
                                                "dwkl"]
 

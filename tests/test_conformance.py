@@ -178,11 +178,7 @@ def _fit(model, jit_compile):
 
 
 def _metric_names(model):
-    names = {"loss", "elbo", "reconstruction", "kl"}
-    if model.objective == "iwae":
-        names.add("iwae")
-    if model.objective == "beta_tcvae":
-        names |= {"mi", "tc", "dwkl"}
+    names = {"loss", "elbo", "reconstruction", "kl"} | set(model.objective.metric_names)
     if model.hierarchical:
         names |= {"kl_z1", "kl_z2"}
     return names
@@ -348,7 +344,7 @@ def test_variant_is_built_as_specified(zoo, name):
     model, _, history = zoo.fitted(name)
     _assert_built_as_specified(model, VARIANTS[name])
     # The epoch logs also record the scheduled quantities (β for objectives with a KL term).
-    schedules = {"learning_rate"} | ({"beta"} if model.objective != "iwae" else set())
+    schedules = {"learning_rate"} | ({"beta"} if model.objective.kl_weighted else set())
     assert set(history) == _metric_names(model) | schedules
     assert all(np.isfinite(v).all() for v in history.values())
     if model.hierarchical:  # the decoder sees z1 only

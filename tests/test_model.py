@@ -173,18 +173,19 @@ def test_tc_terms_with_explicit_noise_are_the_hand_computed_terms():
     expected = {**_hand_terms(model, x, eps, 0.5, 0.0), **_hand_tc_terms(model, x, eps, 40)}
     expected["loss"] = -expected["reconstruction"] + 0.5 * (
         0.3 * expected["mi"] + 6.0 * expected["tc"] + 2.0 * expected["dwkl"])
-    terms = model.tc_terms(tf.constant(x), noise=tf.constant(eps, tf.float32))
+    terms = model.objective_terms(tf.constant(x), noise=tf.constant(eps, tf.float32))
     assert set(terms) == set(expected) == {"loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl"}
     for key, value in expected.items():
         assert terms[key].shape == (6,)
         np.testing.assert_allclose(terms[key], value, rtol=1e-5, atol=2e-4, err_msg=key)
-    # The ELBO's own terms are the ELBO objective's, and the objective is tc_terms.
+    # The ELBO's own terms are the ELBO objective's, and one encoder pass serves both.
     elbo = model.elbo_terms(tf.constant(x), noise=tf.constant(eps, tf.float32))
     for key in ("elbo", "reconstruction", "kl"):
         np.testing.assert_allclose(terms[key], elbo[key], rtol=1e-6, err_msg=key)
     seed = tfvae.random.make_seed(5)
     objective = model.objective_terms(tf.constant(x), seed=seed)
-    for key, value in model.tc_terms(tf.constant(x), seed=seed).items():
+    context = model.step_context(tf.constant(x), seed=seed)
+    for key, value in model.objective.terms(model, context).items():
         np.testing.assert_array_equal(objective[key], value)
 
 
@@ -197,7 +198,7 @@ def test_tc_terms_in_a_graph_leave_invalid_rows_out_of_the_aggregate():
     broken = x.copy()
     broken[2, 1, 1, 0] = np.nan
     eps = np.random.default_rng(0).normal(size=(1, 5, 3)).astype("float32")
-    terms = tf.function(lambda x, eps: model.tc_terms(x, noise=eps), jit_compile=True)
+    terms = tf.function(lambda x, eps: model.objective_terms(x, noise=eps), jit_compile=True)
     got = terms(tf.constant(broken), tf.constant(eps))
     want = terms(tf.constant(np.delete(x, 2, 0)), tf.constant(np.delete(eps, 2, 1)))
     for key in ("loss", "elbo", "reconstruction", "kl", "mi", "tc", "dwkl"):
@@ -207,10 +208,10 @@ def test_tc_terms_in_a_graph_leave_invalid_rows_out_of_the_aggregate():
 
 
 def test_tc_terms_ask_the_parts_what_they_can_do():
-    # A model built for another objective still refuses tc_terms it cannot compute.
+    # The objective's own rules read the parts of a model built for another objective.
     model = tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="full", seed=0)
     with raises("`objective`", "independent Gaussian dimensions", "FullCovarianceGaussianPosterior"):
-        model.tc_terms(tf.constant(unit_data(n=3)))
+        tfvae.objective_parts.BetaTCVAE().check(model.posterior, model.prior)
 
 
 def test_beta_tcvae_config_round_trips_and_old_configs_load_with_the_defaults():
@@ -225,13 +226,15 @@ def test_beta_tcvae_config_round_trips_and_old_configs_load_with_the_defaults():
     assert rebuilt.get_config() == config
     assert [m.name for m in rebuilt.metrics] == ["loss", "elbo", "reconstruction", "kl", "mi",
                                                  "tc", "dwkl"]
-    # A config written before β-TCVAE existed (no such keys) loads as a plain ELBO model.
+    # A config written before β-TCVAE existed (no such keys) loads as a plain ELBO model,
+    # and so does one from 0.2.0, which wrote every objective's options beside "elbo".
     old = tfvae.build_vae((4,), 2, hidden_units=(4,), seed=0).get_config()
-    for key in ("mi_weight", "tc_weight", "dwkl_weight", "dataset_size"):
-        del old[key]
+    assert "mi_weight" not in old and old["objective"] == "elbo"
     loaded = tfvae.VAE.from_config(old)
-    assert (loaded.objective, loaded.mi_weight, loaded.tc_weight, loaded.dwkl_weight,
-            loaded.dataset_size) == ("elbo", 1.0, 1.0, 1.0, None)
+    assert loaded.objective.name == "elbo" and not hasattr(loaded.objective, "mi_weight")
+    v020 = {**old, "k": 5, "gradient_estimator": "standard", "mi_weight": 1.0, "tc_weight": 1.0,
+            "dwkl_weight": 1.0, "dataset_size": None}
+    assert tfvae.VAE.from_config(v020).get_config() == old
 
 
 def test_parameters_means_and_likelihood_fn_match_the_raw_networks():

@@ -7,6 +7,7 @@ import tfvae
 from tfvae import flows
 from tfvae import heads
 from tfvae import hierarchy
+from tfvae import objective_parts
 from tfvae import options
 from tfvae import priors
 
@@ -88,27 +89,33 @@ def test_beta_tcvae_takes_beta_and_warm_up_but_not_free_bits():
         options.check_objective("beta_tcvae", free_bits=0.5)
 
 
-# ---------------------------------------------------------------------------
-# check_tc_weights.
+# β-TCVAE's hyperparameters and rules (`objective_parts.BetaTCVAE`, `options.check_factorised`).
+
+TC_WEIGHTS = ("mi_weight", "tc_weight", "dwkl_weight")
+
+
+def _tc(objective, **values):
+    made = objective_parts.make_objective(objective, values)
+    return tuple(getattr(made, name, None) for name in TC_WEIGHTS + ("dataset_size",))
 
 
 def test_tc_weights_default_to_the_plain_decomposition():
-    assert options.check_tc_weights("elbo") == (1.0, 1.0, 1.0, None)
-    assert options.check_tc_weights("beta_tcvae", 0.0, 6, 2.5, 100, heads.DiagonalGaussianPosterior,
-                                     priors.StandardNormalPrior) == (0.0, 6.0, 2.5, 100)
+    assert _tc("beta_tcvae") == (1.0, 1.0, 1.0, None)
+    assert _tc("beta_tcvae", mi_weight=0.0, tc_weight=6, dwkl_weight=2.5,
+               dataset_size=100) == (0.0, 6.0, 2.5, 100)
 
 
-@pytest.mark.parametrize("name", options.TC_WEIGHTS)
+@pytest.mark.parametrize("name", TC_WEIGHTS)
 @pytest.mark.parametrize("value", BAD_NON_NEGATIVE_FLOATS)
 def test_tc_weights_must_be_finite_and_non_negative(name, value):
     with invalid(name, value, "a finite number >= 0"):
-        options.check_tc_weights("beta_tcvae", **{name: value})
+        _tc("beta_tcvae", **{name: value})
 
 
 @pytest.mark.parametrize("dataset_size", BAD_POSITIVE_INTS[:3] + BAD_POSITIVE_INTS[4:])
 def test_dataset_size_must_be_a_positive_integer(dataset_size):
     with invalid("dataset_size", dataset_size, "a positive integer"):
-        options.check_tc_weights("beta_tcvae", dataset_size=dataset_size)
+        _tc("beta_tcvae", dataset_size=dataset_size)
 
 
 @pytest.mark.parametrize("objective", ["elbo", "iwae"])
@@ -117,25 +124,28 @@ def test_dataset_size_must_be_a_positive_integer(dataset_size):
 def test_tc_options_need_the_beta_tcvae_objective(objective, name, value):
     with raises(f"`{name}`", "needs objective='beta_tcvae'", f"{name}={value}",
                 f"objective={objective!r}"):
-        options.check_tc_weights(objective, **{name: value})
+        _tc(objective, **{name: value})
+    # At their defaults they are no one's business.
+    assert _tc(objective, **{name: 1.0 if name != "dataset_size" else None})[-1] is None
 
 
 @FORMS
 @pytest.mark.parametrize("posterior", POSTERIORS)
 @pytest.mark.parametrize("prior", PRIORS[:3])
 def test_beta_tcvae_needs_independent_dimensions_and_a_factorised_prior(form, posterior, prior):
-    outcome = _outcome(lambda: options.check_tc_weights(
-        "beta_tcvae", posterior=_part(posterior, form), prior=_part(prior, form)))
+    outcome = _outcome(lambda: objective_parts.BetaTCVAE().check(_part(posterior, form),
+                                                                 _part(prior, form)))
     if posterior is heads.DiagonalGaussianPosterior and prior is priors.StandardNormalPrior:
-        assert outcome == ("ok", (1.0, 1.0, 1.0, None))
+        assert outcome == ("ok", None)
         return
     assert outcome[0] == "error"
     culprit = prior if posterior is heads.DiagonalGaussianPosterior else posterior
     for fragment in ("`objective`", "objective='beta_tcvae'", culprit.__name__):
         assert fragment in outcome[1]
     # The other objectives do not care.
-    assert options.check_tc_weights("elbo", posterior=_part(posterior, form),
-                                    prior=_part(prior, form)) == (1.0, 1.0, 1.0, None)
+    for name in ("elbo", "iwae"):
+        assert objective_parts.make_objective(name).check(_part(posterior, form),
+                                                          _part(prior, form)) is None
 
 
 def test_beta_tcvae_rules_through_build_vae_and_vae():
@@ -154,21 +164,19 @@ def test_beta_tcvae_rules_through_build_vae_and_vae():
 
 
 # ---------------------------------------------------------------------------
-# check_gradient_estimator.
+# IWAE's gradient estimator (`objective_parts.IWAE`, `options.check_dreg`).
 
 
 @pytest.mark.parametrize("estimator", ["DReG", "reinforce", None])
 def test_gradient_estimator_must_be_a_known_name(estimator):
     with invalid("gradient_estimator", estimator, "'standard'", "'dreg'"):
-        options.check_gradient_estimator(estimator, "iwae", heads.DiagonalGaussianPosterior,
-                                         priors.StandardNormalPrior)
+        objective_parts.make_objective("iwae", {"gradient_estimator": estimator})
 
 
-@FORMS
-def test_dreg_needs_the_iwae_objective_on_classes_and_instances(form):
-    with raises("`gradient_estimator`", "'dreg' needs objective='iwae'", "objective='elbo'"):
-        options.check_gradient_estimator("dreg", "elbo", _part(heads.DiagonalGaussianPosterior, form),
-                                         _part(priors.StandardNormalPrior, form))
+@pytest.mark.parametrize("objective", ["elbo", "beta_tcvae"])
+def test_dreg_needs_the_iwae_objective_whatever_the_parts(objective):
+    with raises("`gradient_estimator`", "needs objective='iwae'", f"objective={objective!r}"):
+        objective_parts.make_objective(objective, {"gradient_estimator": "dreg"})
 
 
 @FORMS
@@ -176,25 +184,24 @@ def test_dreg_needs_the_iwae_objective_on_classes_and_instances(form):
 @pytest.mark.parametrize("prior", PRIORS[:3])
 def test_dreg_is_refused_exactly_when_q_or_p_has_weights_of_its_own(form, posterior, prior):
     biased = posterior is flows.IAFPosterior or prior is priors.VampPrior
-    outcome = _outcome(lambda: options.check_gradient_estimator(
-        "dreg", "iwae", _part(posterior, form), _part(prior, form)))
+    dreg = objective_parts.make_objective("iwae", {"gradient_estimator": "dreg"})
+    outcome = _outcome(lambda: dreg.check(_part(posterior, form), _part(prior, form)))
     if biased:
         assert outcome[0] == "error"
         for fragment in ("`gradient_estimator`", "stops gradients through q's parameters only",
                          posterior.__name__, prior.__name__):
             assert fragment in outcome[1]
     else:
-        assert outcome == ("ok", "dreg")
+        assert outcome == ("ok", None)
     # The standard estimator goes with anything.
-    assert options.check_gradient_estimator(
-        "standard", "iwae", _part(posterior, form), _part(prior, form)) == "standard"
+    assert objective_parts.IWAE().check(_part(posterior, form), _part(prior, form)) is None
 
 
 @FORMS
 def test_dreg_is_refused_for_a_hierarchy(form):
     with raises("stops gradients through q's parameters only", "HierarchicalPosterior"):
-        options.check_gradient_estimator("dreg", "iwae", _part(hierarchy.HierarchicalPosterior, form),
-                                         _part(hierarchy.HierarchicalPrior, form))
+        options.check_dreg("dreg", _part(hierarchy.HierarchicalPosterior, form),
+                           _part(hierarchy.HierarchicalPrior, form))
 
 
 def test_an_instance_with_weights_of_its_own_is_refused_though_its_class_is_not():
@@ -205,13 +212,13 @@ def test_an_instance_with_weights_of_its_own_is_refused_though_its_class_is_not(
 
     assert WeightedPosterior.dreg_unbiased  # its class declares it unbiased ...
     prior = priors.StandardNormalPrior(D)
-    assert options.check_gradient_estimator("dreg", "iwae", WeightedPosterior, prior) == "dreg"
+    assert options.check_dreg("dreg", WeightedPosterior, prior) is None
     with raises("stops gradients through q's parameters only", "WeightedPosterior"):
-        options.check_gradient_estimator("dreg", "iwae", WeightedPosterior(D), prior)  # ... it has a weight
+        options.check_dreg("dreg", WeightedPosterior(D), prior)  # ... it has a weight
 
 
 def test_dreg_needs_the_iwae_objective():
-    with pytest.raises(ValueError, match="'dreg' needs objective='iwae'"):
+    with pytest.raises(ValueError, match="needs objective='iwae'"):
         tfvae.build_vae((4,), 2, gradient_estimator="dreg")
 
 

@@ -13,7 +13,9 @@ from tfvae import disentanglement
 from tfvae import evaluation
 from tfvae import export
 from tfvae import gap
+from tfvae import hyperparameters
 from tfvae import marginal
+from tfvae import objective_parts
 from tfvae import objectives
 from tfvae import random
 from tfvae import records
@@ -106,7 +108,9 @@ __all__ = [
     "elbo_gap",
     "iwae_bound",
     "kl_divergence",
+    "hyperparameters",
     "log_likelihood",
+    "objective_parts",
     "objectives",
     "random",
     "records",

@@ -7,6 +7,7 @@ from tfvae import flows
 from tfvae import heads
 from tfvae import hierarchy
 from tfvae import networks
+from tfvae import objective_parts
 from tfvae import options
 from tfvae import priors
 from tfvae.model import VAE
@@ -49,6 +50,35 @@ _PRIOR_FACTORIES = {
 
 # Seed keys of build_vae's parts (`networks.derive_seed(seed, key)`).
 _ENCODER, _DECODER, _POSTERIOR, _PRIOR = range(4)
+
+
+def hyperparameters():
+    """Every named part's own hyperparameters, for `RunConfig` fields and `tfvae train` flags:
+    name -> `(Hyperparameter, kind, owner)` with kind `"objective"` or `"posterior"` and
+    owner the part's registered name (`tfvae.hyperparameters`)."""
+    declared = {key: (spec, "objective", owner)
+                for key, (spec, owner) in objective_parts.hyperparameters().items()}
+    for owner, cls in POSTERIORS.items():
+        for key, spec in getattr(cls, "hyperparameters", {}).items():
+            declared.setdefault(key, (spec, "posterior", owner))
+    return declared
+
+
+def _posterior_hyperparameters(posterior, values):
+    """Splits `values` (build_vae's keyword arguments) into the chosen posterior's own
+    hyperparameters and the rest; another posterior's must be left at their defaults."""
+    own = {}
+    for key, (spec, kind, owner) in hyperparameters().items():
+        if kind != "posterior" or key not in values:
+            continue
+        if key in getattr(POSTERIORS[posterior], "hyperparameters", {}):
+            own[key] = spec.validate(key, values.pop(key))
+        elif spec.validate(key, values.pop(key)) != spec.default:
+            raise ValueError(
+                f"Received an invalid value for `{key}`: it acts on the {owner!r} posterior only "
+                f"({spec.help}), so it needs posterior={owner!r}. Received: {key}="
+                f"{spec.validate(key, values.get(key, spec.default))!r}, posterior={posterior!r}")
+    return own
 
 
 def part_classes(posterior, prior):
@@ -124,10 +154,10 @@ def build_vae(
       likelihood_scale: σ of the fixed `"gaussian"` likelihood. Default value: `0.1`.
       top_latent_dim: size of z₂ for `posterior="hierarchical"`. Default
         value: `max(1, latent_dim // 2)`.
-      **vae_kwargs: passed to `tfvae.VAE` (`num_samples`, `beta`, `free_bits`,
-        `free_bits_groups`, `kl`, `seed`, `objective`, `k`,
-        `gradient_estimator`, `condition_dim`, the β-TCVAE options `mi_weight`,
-        `tc_weight`, `dwkl_weight` and `dataset_size`, `name`). `seed` also seeds the
+      **vae_kwargs: the chosen posterior's own hyperparameters (its class's
+        `hyperparameters`), and the rest passed to `tfvae.VAE` (`num_samples`,
+        `beta`, `free_bits`, `free_bits_groups`, `kl`, `seed`, `objective` and
+        its hyperparameters, `condition_dim`, `name`). `seed` also seeds the
         initial weights (every part derives its own seed from it), so the same
         seed builds the same model; it sets no process-global random state.
 
@@ -153,6 +183,7 @@ def build_vae(
         )
     options.check_prior_name(posterior, prior)
     top = options.check_top_latent_dim(top_latent_dim, posterior)
+    posterior_options = _posterior_hyperparameters(posterior, vae_kwargs)
     seed = vae_kwargs.get("seed")
     if seed is not None:
         seed = _checks.non_negative_int("seed", seed)
@@ -166,8 +197,10 @@ def build_vae(
         prior_layer = hierarchy.HierarchicalPrior(dims, seed=part_seed(_PRIOR))
     else:
         posterior_class = POSTERIORS[posterior]
-        posterior_head = (posterior_class(latent_dim, seed=part_seed(_POSTERIOR))
-                          if posterior_class is flows.IAFPosterior else posterior_class(latent_dim))
+        posterior_head = (
+            posterior_class(latent_dim, seed=part_seed(_POSTERIOR), **posterior_options)
+            if getattr(posterior_class, "seeded", False) else
+            posterior_class(latent_dim, **posterior_options))
         prior_layer = _PRIOR_FACTORIES[prior](
             latent_dim, input_shape, num_components, 0 if seed is None else part_seed(_PRIOR))
 

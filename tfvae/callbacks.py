@@ -12,7 +12,6 @@ import tensorflow as tf
 from tfvae import _checks
 from tfvae import evaluation
 from tfvae import files
-from tfvae import options
 from tfvae import surgery
 
 logger = logging.getLogger(__name__)
@@ -52,11 +51,12 @@ class KLWarmup(keras.callbacks.Callback):
         return self.start + fraction * (self.end - self.start)
 
     def on_train_begin(self, logs=None):
-        if getattr(self.model, "objective", "elbo") not in options.KL_WEIGHTED_OBJECTIVES:
+        objective = getattr(self.model, "objective", None)
+        if objective is not None and not objective.kl_weighted:
             raise ValueError(
                 "KLWarmup needs a model whose objective weights a KL term by β (the ELBO or "
-                "β-TCVAE): the IWAE bound has none. Received: a model with "
-                f"objective={self.model.objective!r}"
+                f"β-TCVAE): {objective.without_kl}. Received: a model with "
+                f"objective={objective.name!r}"
             )
         steps_per_epoch = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps_per_epoch:

@@ -53,6 +53,7 @@ def _train_arguments(train, defaults=True):
     """
     from tfvae import builders
     from tfvae import data
+    from tfvae import objective_parts
     from tfvae import options
     from tfvae import runs
 
@@ -102,18 +103,15 @@ def _train_arguments(train, defaults=True):
            help="apply --free-bits per group of latent dimensions (a hierarchy's "
            "groups are its 2 layers), on the batch mean (default: off)")
     option("num_samples", type=int, help="posterior samples per example in the training ELBO")
-    option("objective", choices=options.OBJECTIVES,
-           help="train on the ELBO, the importance-weighted bound, or β-TCVAE's split KL "
-           "(weights --mi-weight, --tc-weight, --dwkl-weight; β scales all three)")
-    option("k", type=int, help="importance samples for iwae")
-    option("mi_weight", type=float, help="beta_tcvae: α, the weight of the index-code "
-           "mutual information (default: %(default)s)")
-    option("tc_weight", type=float, help="beta_tcvae: the weight of the total correlation "
-           "(the 'β' of β-TCVAE; default: %(default)s)")
-    option("dwkl_weight", type=float, help="beta_tcvae: γ, the weight of the dimension-wise "
-           "KL (default: %(default)s)")
-    option("gradient_estimator", choices=options.GRADIENT_ESTIMATORS,
-           help="IWAE encoder gradients: standard or doubly reparameterised")
+    option("objective", choices=objective_parts.names(),
+           help="what training minimises: the ELBO, the importance-weighted bound (iwae), "
+           "β-TCVAE's split KL (β scales its three weights), ... (each objective's options "
+           "below name it)")
+    # Every named part's own hyperparameters, as its class declares them.
+    for name, (spec, kind, owner) in builders.hyperparameters().items():
+        if spec.flag:
+            option(name, type=spec.type, choices=spec.choices,
+                   help=f"{kind} {owner}: {spec.help} (default: %(default)s)")
     option("epochs", type=int)
     option("batch_size", type=int)
     option("learning_rate", type=float, help="Adam's initial learning rate (default: "

@@ -149,6 +149,9 @@ class IAFPosterior(FlowPosterior):
 
     dreg_unbiased = False  # the MADE networks are weights of q's own
 
+    # build_vae passes it a seed (its made networks' initial weights).
+    seeded = True
+
     def __init__(self, latent_dim, num_steps=2, hidden_units=64, context_dim=16,
                  min_scale=1e-5, seed=None, **kwargs):
         super().__init__(**kwargs)

@@ -117,11 +117,17 @@ class Posterior(DistributionHead):
     * `default_prior()` and `check_prior(prior)`: which priors go with it.
     * `closed_form_mean(parameters)`: E_q[z], or None when the head has no
       closed form for it (then callers average `reparameterize` over noise).
+    * `hyperparameters`: its own constructor options beyond `latent_dim`
+      (name -> `tfvae.hyperparameters.Hyperparameter`), which `build_vae`,
+      `RunConfig` and `tfvae train` offer by name; `seeded`: whether
+      `build_vae` passes it a `seed` for weights of its own.
     """
 
     independent_dimensions = False
     layer_names = ()
     dreg_unbiased = True
+    hyperparameters = {}
+    seeded = False
 
     def reparameterize(self, parameters, eps):
         raise NotImplementedError

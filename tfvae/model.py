@@ -7,6 +7,7 @@ import tensorflow as tf
 from tfvae import _checks
 from tfvae import bounds
 from tfvae import heads as heads_lib
+from tfvae import objective_parts
 from tfvae import objectives
 from tfvae import options
 from tfvae import random as tfvae_random
@@ -15,8 +16,6 @@ from tfvae import training
 from tfvae.conditioning import Conditioning
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
-# The β-TCVAE objective's extra metrics (`objectives.tc_decomposition`).
-_TC_METRICS = ("mi", "tc", "dwkl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
 
 
@@ -47,19 +46,13 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
       kl: `"auto" | "analytic" | "mc"`. Default value: `"auto"`.
       seed: integer seed of the training noise. Default value: `None`
         (random).
-      objective: `"elbo"`, `"iwae"` to train on the importance-weighted
-        bound with `k` samples (then `fit` reports `iwae` beside the ELBO
-        terms, and β / free bits do not apply), or `"beta_tcvae"` to train on
-        the decomposed KL (`objectives.beta_tcvae`: `fit` reports `mi`, `tc`
-        and `dwkl` beside the ELBO terms; needs a posterior with independent
-        dimensions and a prior that factorises over them, and no free bits).
-        Those are biased minibatch estimates (`objectives.tc_decomposition`);
-        `tfvae.SurgeryLogs` gives the set's terms at epoch end.
-        Default value: `"elbo"`.
-      k: importance samples for `objective="iwae"`. Default value: `5`.
-      gradient_estimator: for IWAE, `"standard"` or `"dreg"` (doubly
-        reparameterised, lower-variance encoder gradients). Default value:
-        `"standard"`.
+      objective: what training minimises: a registered name
+        (`tfvae.objective_parts.names()`: `"elbo"`, `"iwae"`, `"beta_tcvae"`, ...)
+        or an `Objective`. Its hyperparameters are keyword arguments of this
+        constructor (`k` and `gradient_estimator` for IWAE; `mi_weight`,
+        `tc_weight`, `dwkl_weight` and `dataset_size` for β-TCVAE; see each
+        objective's `hyperparameters`); `fit` reports its `metric_names`
+        beside the ELBO terms. Default value: `"elbo"`.
       free_bits_groups: split the KL into this many groups of latent
         dimensions and apply `free_bits` per group on the batch mean
         (Kingma et al., 2016) instead of per example on the total. Needs a
@@ -72,15 +65,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         The encoder sees y concatenated to x (as constant extra channels
         for images), the decoder sees `[z, y]`. Then `fit` takes `(x, y)`
         pairs and every method takes `y=`. Default value: `None`.
-      mi_weight, tc_weight, dwkl_weight: for `objective="beta_tcvae"`, the
-        weights α (index-code mutual information), β_TC (total correlation)
-        and γ (dimension-wise KL), each ≥ 0; the loss is
-        `−reconstruction + β · (α · mi + β_TC · tc + γ · dwkl)`, so `beta`
-        (and a KL warm-up) scales all three. Default values: `1.0`.
-      dataset_size: for `objective="beta_tcvae"`, the number N of training
-        examples the aggregate posterior q(z) averages over (see
-        `objectives.log_aggregate_posterior`). Default value: `None` (the
-        global batch stands for the dataset).
+      **kwargs: the objective's hyperparameters, and Keras's (`name`, ...).
 
     Hierarchical models: pass a `tfvae.HierarchicalPosterior` (its prior
     defaults to the matching `tfvae.HierarchicalPrior`); training and
@@ -88,9 +73,10 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
     """
 
     def __init__(self, encoder, decoder, posterior, likelihood, prior=None, num_samples=1,
-                 beta=1.0, free_bits=0.0, kl="auto", seed=None, objective="elbo", k=5,
-                 gradient_estimator="standard", free_bits_groups=None, condition_dim=None,
-                 mi_weight=1.0, tc_weight=1.0, dwkl_weight=1.0, dataset_size=None, **kwargs):
+                 beta=1.0, free_bits=0.0, kl="auto", seed=None, objective="elbo",
+                 free_bits_groups=None, condition_dim=None, **kwargs):
+        declared = objective_parts.hyperparameters()
+        hyperparameters = {key: kwargs.pop(key) for key in list(kwargs) if key in declared}
         super().__init__(**kwargs)
         _checks.instance_of("posterior", posterior, heads_lib.Posterior,
                             "tfvae.DiagonalGaussianPosterior")
@@ -105,20 +91,15 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         self.kl_method = _checks.one_of("kl", kl, objectives.KL_METHODS)
         beta = _checks.non_negative_float("beta", beta)
         self.seed = None if seed is None else _checks.non_negative_int("seed", seed)
-        self.objective = options.check_objective(objective, beta, self.free_bits)
-        self.k = _checks.positive_int("k", k)
-        self.gradient_estimator = options.check_gradient_estimator(
-            gradient_estimator, self.objective, posterior, prior)
+        self.objective = objective_parts.make_objective(objective, hyperparameters)
+        options.check_objective(self.objective, beta, self.free_bits)
+        self.objective.check(posterior, prior)
         self.free_bits_groups = options.check_free_bits_groups(
             free_bits_groups, self.free_bits, self.objective, posterior, prior, posterior.latent_dim)
         self.conditioning = Conditioning(
             options.check_condition_dim(condition_dim, prior, likelihood.event_shape))
-        (self.mi_weight, self.tc_weight, self.dwkl_weight,
-         self.dataset_size) = options.check_tc_weights(
-            self.objective, mi_weight, tc_weight, dwkl_weight, dataset_size, posterior, prior)
         prior.attach(self)
-        names = _METRICS + (("iwae",) if self.objective == "iwae" else ())
-        names += _TC_METRICS if self.objective == "beta_tcvae" else ()
+        names = _METRICS + tuple(self.objective.metric_names)
         names += tuple(f"kl_{layer}" for layer in posterior.layer_names)
         self._init_training(beta, names, seed)
         self.build((None,) + self.likelihood.event_shape)
@@ -237,82 +218,49 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         y_valid = self.conditioning.valid_rows(y)
         return valid if y_valid is None else valid & y_valid
 
+    def log_likelihood_fn(self, y=None, training=False):
+        """The map `(z [n, latent_dim], x [n] + event_shape) -> log p(x|z) [n]` from tensors
+        (`z` may hold several samples per example, sample-major, with `x` tiled alike)."""
+        return lambda z, xs: self.likelihood.log_prob(self.decoder_parameters(z, y, training), xs)
+
+    def analytic_kl(self, parameters):
+        """KL(q(z|x) ‖ p(z)) `[batch]` in closed form when the posterior writes it out for
+        this prior and the model's `kl` allows it, else `None`."""
+        return None if self.kl_method == "mc" else self.posterior.analytic_kl(parameters,
+                                                                              self.prior)
+
+    def kl_groups(self, parameters):
+        """The posterior's `kl_groups` for this prior and `free_bits_groups`: a callable
+        `z -> [batch, G]`, or None."""
+        return self.posterior.kl_groups(parameters, self.prior, self.free_bits_groups)
+
+    def step_context(self, x, y=None, training=False, seed=None, offset=0, noise=None):
+        """The `objective_parts.StepContext` of a batch: the encoder runs here, once."""
+        return objective_parts.StepContext(
+            x=x, y=y, training=training, parameters=self.posterior_parameters(x, y, training),
+            valid=self.valid_rows(x, y), seed=seed, offset=offset, noise=noise)
+
     def elbo_terms(self, x, y=None, training=False, seed=None, num_samples=None, noise=None,
                    offset=0):
         """The ELBO's per-example terms `[batch]`: `loss`, `elbo`, `reconstruction`, `kl`
-        (and `kl_<layer>`), from explicit `noise` `[L, batch, latent_dim]` or a `seed`.
+        (and `kl_<layer>`), from explicit `noise` `[L, batch, latent_dim]` or a `seed`
+        (`objective_parts.elbo_terms`)."""
+        context = self.step_context(x, y, training, seed, offset, noise)
+        return self._finish_terms(objective_parts.elbo_terms(self, context, num_samples), context)
 
-        When the posterior writes out its KL to the prior (`analytic_kl`), the
-        terms come from tensors (`objectives.tensor_elbo`), else from TFP's
-        objects (`objectives.elbo`): the same numbers either way.
-        """
-        parameters = self.posterior_parameters(x, y, training)
-        samples = dict(num_samples=num_samples or self.num_samples, seed=seed, noise=noise,
-                       offset=offset)
-        penalty = dict(beta=tf.convert_to_tensor(self.beta), free_bits=self.free_bits,
-                       group_kl=self._kl_groups(parameters),
-                       free_bits_by_group=self.free_bits_groups is not None)
-        kl = None if self.kl_method == "mc" else self.posterior.analytic_kl(parameters, self.prior)
-        if kl is None:
-            return self._finish_terms(objectives.elbo(
-                x, self.posterior.distribution(parameters), self.likelihood_fn(y, training),
-                self.prior.distribution(), kl=self.kl_method, **samples, **penalty), x, y)
-        return self._finish_terms(objectives.tensor_elbo(
-            x, lambda eps: self.posterior.reparameterize(parameters, eps),
-            lambda z, xs: self.likelihood.log_prob(self.decoder_parameters(z, y, training), xs),
-            kl, self.latent_dim, **samples, **penalty), x, y)
+    def objective_terms(self, x, y=None, training=False, seed=None, offset=0, noise=None):
+        """The training objective's per-example terms `[batch]` (`objective.terms`), from a
+        `seed` (or explicit `noise` where the objective takes it)."""
+        context = self.step_context(x, y, training, seed, offset, noise)
+        return self._finish_terms(self.objective.terms(self, context), context)
 
-    def objective_terms(self, x, y=None, training=False, seed=None, offset=0):
-        """The training objective's per-example terms (ELBO, IWAE or β-TCVAE, see `objective`)."""
-        if self.objective == "elbo":
-            return self.elbo_terms(x, y, training, seed=seed, offset=offset)
-        if self.objective == "beta_tcvae":
-            return self.tc_terms(x, y, training, seed=seed, offset=offset)
-        parameters = self.posterior_parameters(x, y, training)
-        stopped = None
-        if self.gradient_estimator == "dreg":
-            stopped = self.posterior.distribution(tf.nest.map_structure(tf.stop_gradient, parameters))
-        return self._finish_terms(objectives.iwae(
-            x, self.posterior.distribution(parameters), self.likelihood_fn(y, training),
-            self.prior.distribution(), self.k, kl=self.kl_method, seed=seed, offset=offset,
-            stopped_posterior=stopped, group_kl=self._kl_groups(parameters),
-        ), x, y)
-
-    def tc_terms(self, x, y=None, training=False, seed=None, noise=None, offset=0):
-        """The β-TCVAE objective's per-example terms `[batch]` (`objectives.beta_tcvae`):
-        `loss`, `elbo`, `reconstruction`, `kl`, `mi`, `tc`, `dwkl`, from explicit
-        `noise` `[L, batch, latent_dim]` or a `seed`.
-
-        Under a `tf.distribute` strategy the aggregate posterior is estimated
-        from the global batch: every replica all-gathers the posterior
-        parameters (`objectives.global_batch`), so the terms equal one
-        device's on the same batch. Rows that are not `valid_rows` are NaN
-        and kept out of the other rows' aggregate.
-        """
-        options.check_tc_weights("beta_tcvae", self.mi_weight, self.tc_weight,
-                                 self.dwkl_weight, self.dataset_size, self.posterior, self.prior)
-        parameters = self.posterior_parameters(x, y, training)
-        kl = None if self.kl_method == "mc" else self.posterior.analytic_kl(parameters, self.prior)
-        prior = self.prior.distribution()
-        return self._finish_terms(objectives.beta_tcvae(
-            x, parameters["loc"], parameters["scale"],
-            lambda eps: self.posterior.reparameterize(parameters, eps),
-            lambda z, xs: self.likelihood.log_prob(self.decoder_parameters(z, y, training), xs),
-            prior.log_prob, kl_term=kl, num_samples=self.num_samples, seed=seed, noise=noise,
-            offset=offset, beta=tf.convert_to_tensor(self.beta), mi_weight=self.mi_weight,
-            tc_weight=self.tc_weight, dwkl_weight=self.dwkl_weight,
-            dataset_size=self.dataset_size, valid=self.valid_rows(x, y)), x, y)
-
-    def _kl_groups(self, parameters):
-        return self.posterior.kl_groups(parameters, self.prior, self.free_bits_groups)
-
-    def _finish_terms(self, terms, x, y):
+    def _finish_terms(self, terms, context):
         """Adds `kl_<layer>` (hierarchies), drops the `kl_groups` matrix, and makes
         the terms of rows that are not `valid_rows` NaN."""
         groups = terms.pop("kl_groups", None)
         for index, layer in enumerate(self.posterior.layer_names):
             terms[f"kl_{layer}"] = groups[:, index]
-        return where_valid(self.valid_rows(x, y), terms)
+        return where_valid(context.valid, terms)
 
     # ------------------------------------------------------------------
     # Distributions and generation.
@@ -394,9 +342,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
     def get_config(self):
         parts = {name: keras.saving.serialize_keras_object(getattr(self, name)) for name in _PARTS}
         options_ = {name: getattr(self, name) for name in (
-            "num_samples", "free_bits", "seed", "objective", "k", "gradient_estimator",
-            "free_bits_groups", "condition_dim", "mi_weight", "tc_weight", "dwkl_weight",
-            "dataset_size")}
+            "num_samples", "free_bits", "seed", "free_bits_groups", "condition_dim")}
+        options_.update(objective=self.objective.name, **self.objective.get_config())
         beta = float(keras.ops.convert_to_numpy(self.beta))
         return {**super().get_config(), **parts, **options_, "beta": beta, "kl": self.kl_method}
 

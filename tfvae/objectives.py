@@ -228,11 +228,14 @@ def tensor_elbo(x, reparameterize, log_likelihood, kl_term, latent_dim, *, num_s
     The same numbers as `elbo` with the same noise, without building TFP
     objects on the training path: `z = reparameterize(ε)` (`ε [L, batch, d]`),
     `log_likelihood(z [L·batch, d], x [L·batch, ...]) -> [L·batch]`, and the
-    closed-form `kl_term` `[batch]`. `penalty`: `beta`, `free_bits`,
+    closed-form `kl_term` `[batch]` (or a callable `z [L, batch, d] -> [batch]`, e.g.
+    `kl_divergence` at z, for a Monte Carlo KL). `penalty`: `beta`, `free_bits`,
     `group_kl`, `free_bits_by_group` as in `elbo`.
     """
     z, reconstruction = sampled_reconstruction(x, reparameterize, log_likelihood, latent_dim,
                                                num_samples, seed, noise, offset)
+    if callable(kl_term):
+        kl_term = kl_term(z)
     return elbo_from_terms(reconstruction, kl_term, z, **penalty)
 
 
@@ -293,8 +296,8 @@ def _global_batch_mean(values):
     """`[batch, G]` -> `[1, G]` mean over the batch, across all replicas when distributed."""
     total = tf.reduce_sum(tf.stop_gradient(values), axis=0, keepdims=True)
     count = tf.cast(tf.shape(values)[0], values.dtype)
-    replica = tf.distribute.get_replica_context()
-    if replica is not None and replica.num_replicas_in_sync > 1:
+    replica = replica_context()
+    if replica is not None:
         total, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
     return total / count
 
@@ -311,6 +314,7 @@ def iwae(
     offset=0,
     stopped_posterior=None,
     group_kl=None,
+    reparameterize=None,
 ):
     """The importance-weighted bound as a training objective, with the ELBO beside it.
 
@@ -333,6 +337,9 @@ def iwae(
       stopped_posterior: q with stopped parameters, for the DReG estimator.
         Default value: `None` (the standard IWAE gradient).
       group_kl: as in `elbo`, reported only (`kl_groups`). Default value: `None`.
+      reparameterize: optional `ε [K, batch, d] -> z`, the posterior's own map from
+        standard normal noise (`tfvae.heads.Posterior.reparameterize`), drawn as
+        `standard_noise` draws it. Default value: `None` (`posterior_sample`).
 
     Returns:
       A dict of `[batch]` tensors: `iwae`, `elbo`, `reconstruction`, `kl`,
@@ -340,7 +347,11 @@ def iwae(
       (`[batch, G]`) with `group_kl`.
     """
     k = _checks.positive_int("k", k)
-    z = posterior_sample(posterior, k, seed=seed, offset=offset)
+    if reparameterize is None:
+        z = posterior_sample(posterior, k, seed=seed, offset=offset)
+    else:
+        batch_size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+        z = reparameterize(standard_noise(batch_size, k, posterior.event_shape[-1], seed, offset))
     log_px_z = log_likelihood_of_samples(x, z, decode)
     scoring_posterior = posterior if stopped_posterior is None else stopped_posterior
     log_w = log_px_z + prior.log_prob(z) - scoring_posterior.log_prob(z)
@@ -449,12 +460,38 @@ def log_normal_per_dimension(z, loc, scale):
     return -0.5 * tf.square(standardized) - tf.math.log(scale) - 0.5 * math.log(2.0 * math.pi)
 
 
-def _replica_context():
-    """The replica context when several replicas train in sync, else None."""
+def replica_context():
+    """The replica context when several replicas train in sync, else None (the one test
+    for "distributed" that steps, metrics and objectives share)."""
     replica = tf.distribute.get_replica_context()
     if replica is not None and replica.num_replicas_in_sync > 1:
         return replica
     return None
+
+
+def all_gather(tensors):
+    """`tensors` (a structure of `[batch, ...]` tensors) for the global batch, and the index
+    of this replica's first example in it.
+
+    Under a `tf.distribute` strategy with several replicas in sync every tensor is
+    all-gathered along its first axis (gradients flow back to the replica that
+    computed each row); otherwise the tensors are returned as they are, with offset 0.
+    Objectives whose terms depend on the whole batch (an aggregate posterior, an MMD)
+    use it so that N replicas reproduce one device.
+
+    Returns:
+      `(gathered, offset)`.
+    """
+    replica = replica_context()
+    if replica is None:
+        return tensors, 0
+    first = tf.nest.flatten(tensors)[0]
+    sizes = replica.all_gather(tf.shape(first)[:1], axis=0)  # [replicas]
+    offset = tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])
+    gathered = tf.nest.map_structure(
+        lambda t: (replica.all_gather(tf.cast(t, tf.float32), axis=0) > 0.5 if t.dtype == tf.bool
+                   else replica.all_gather(t, axis=0)), tensors)
+    return gathered, offset
 
 
 def global_batch(loc, scale, valid=None):
@@ -474,14 +511,7 @@ def global_batch(loc, scale, valid=None):
       the global batch of B examples, and the index of this replica's first
       example in it.
     """
-    replica = _replica_context()
-    if replica is None:
-        return loc, scale, valid, 0
-    sizes = replica.all_gather(tf.shape(loc)[:1], axis=0)  # [replicas]
-    offset = tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])
-    loc, scale = replica.all_gather(loc, axis=0), replica.all_gather(scale, axis=0)
-    if valid is not None:
-        valid = replica.all_gather(tf.cast(valid, tf.float32), axis=0) > 0.5
+    (loc, scale, valid), offset = all_gather((loc, scale, valid))
     return loc, scale, valid, offset
 
 

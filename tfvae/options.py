@@ -9,57 +9,48 @@ is built) and on instances alike.
 """
 
 from tfvae import _checks
+from tfvae import objective_parts
 
-OBJECTIVES = ("elbo", "iwae", "beta_tcvae")
-# The objectives with a KL term for β (and a KL warm-up) to weight.
-KL_WEIGHTED_OBJECTIVES = ("elbo", "beta_tcvae")
-TC_WEIGHTS = ("mi_weight", "tc_weight", "dwkl_weight")
-GRADIENT_ESTIMATORS = ("standard", "dreg")
 # How a run's learning rate moves over its epochs (`tfvae.training.learning_rate_schedule`).
 LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_objective(objective, beta=1.0, free_bits=0.0, warmup_epochs=0.0):
-    """The IWAE bound has no KL term: β, free bits and KL warm-up need the ELBO (β and
-    warm-up also apply to β-TCVAE's decomposed KL; free bits do not).
+    """β, free bits and KL warm-up act on a KL term: the objective (a name, class or
+    instance of `tfvae.objective_parts`) must declare one (`kl_weighted`) and, for free
+    bits, that free bits can clamp it (`free_bits`).
 
     Returns:
-      `objective`, checked.
+      `objective`, checked (a name stays a name).
     """
-    objective = _checks.one_of("objective", objective, OBJECTIVES)
-    if objective == "beta_tcvae" and free_bits > 0:
+    cls = objective_parts.objective_class(objective)
+    name = cls.name
+    if not cls.free_bits and cls.kl_weighted and free_bits > 0:
         raise ValueError(
-            "Received an invalid value for `free_bits`: β-TCVAE splits the KL into index-code "
-            "MI, total correlation and dimension-wise KL, with no single KL for free bits to "
-            "clamp. Use objective='elbo', or free_bits=0. Received: free_bits="
-            f"{free_bits}, objective='beta_tcvae'"
+            f"Received an invalid value for `free_bits`: {cls.without_free_bits} Use "
+            f"{_free_bits_objectives()}, or free_bits=0. Received: free_bits={free_bits}, "
+            f"objective={name!r}"
         )
-    if objective == "iwae" and (beta != 1.0 or free_bits > 0 or warmup_epochs > 0):
+    if not cls.kl_weighted and (beta != 1.0 or free_bits > 0 or warmup_epochs > 0):
         raise ValueError(
-            "Received an invalid value for `objective`: the IWAE bound has no KL term for β, "
-            "KL warm-up or free bits to act on. Use objective='elbo', or beta=1 and "
-            f"free_bits=0 without warm-up. Received: objective='iwae', beta={beta}, "
+            f"Received an invalid value for `objective`: {cls.without_kl} for β, KL warm-up "
+            f"or free bits to act on. Use {_free_bits_objectives()}, or beta=1 and "
+            f"free_bits=0 without warm-up. Received: objective={name!r}, beta={beta}, "
             f"free_bits={free_bits}, warmup_epochs={warmup_epochs}"
         )
     return objective
 
 
-def check_gradient_estimator(gradient_estimator, objective, posterior, prior):
-    """DReG needs the IWAE objective and a q whose density depends on the encoder
-    only through its parameters (no weights of q's own, no encoder inside p(z)).
+def _free_bits_objectives():
+    return " or ".join(f"objective={name!r}" for name in objective_parts.names()
+                       if objective_parts.objective_class(name).free_bits)
 
-    Returns:
-      `gradient_estimator`, checked.
-    """
-    gradient_estimator = _checks.one_of(
-        "gradient_estimator", gradient_estimator, GRADIENT_ESTIMATORS)
+
+def check_dreg(gradient_estimator, posterior, prior):
+    """DReG needs a q whose density depends on the encoder only through its parameters
+    (no weights of q's own, no encoder inside p(z))."""
     if gradient_estimator != "dreg":
-        return gradient_estimator
-    if objective != "iwae":
-        raise ValueError(
-            "Received an invalid value for `gradient_estimator`: 'dreg' needs "
-            f"objective='iwae'. Received: gradient_estimator='dreg', objective={objective!r}"
-        )
+        return
     own_weights = not isinstance(posterior, type) and bool(posterior.trainable_variables)
     if not posterior.dreg_unbiased or own_weights or prior.uses_encoder:
         raise ValueError(
@@ -68,7 +59,33 @@ def check_gradient_estimator(gradient_estimator, objective, posterior, prior):
             f"own (here {_checks.type_name(posterior)} / {_checks.type_name(prior)}). Use "
             "gradient_estimator='standard'. Received: gradient_estimator='dreg'"
         )
-    return gradient_estimator
+
+
+def check_factorised(posterior, prior, objective):
+    """An objective that splits the KL per latent dimension (β-TCVAE) needs q(z|x) =
+    Π_j q(z_j|x) Gaussian (`posterior.independent_dimensions`) and a prior that factorises
+    over the same dimensions (`prior.has_kl_per_dimension`); parts as classes or instances,
+    `objective` an `Objective` (its `name` and `label` name it)."""
+    if not posterior.independent_dimensions:
+        raise ValueError(
+            f"Received an invalid value for `objective`: {objective.label} estimates log q(z_j) per "
+            "latent dimension, so it needs a posterior with independent Gaussian dimensions (a "
+            f"diagonal Gaussian). Received: objective={objective.name!r} with "
+            f"{_checks.type_name(posterior)}"
+        )
+    if not prior.has_kl_per_dimension:
+        raise ValueError(
+            f"Received an invalid value for `objective`: {objective.label}'s dimension-wise KL needs a "
+            "prior that factorises over latent dimensions (a standard normal). Received: "
+            f"objective={objective.name!r} with {_checks.type_name(prior)}"
+        )
+
+
+def check_parts(objective, posterior, prior):
+    """The objective's own rules on the parts (`Objective.check`)."""
+    instance = objective if isinstance(objective, objective_parts.Objective) else (
+        objective_parts.objective_class(objective)())
+    instance.check(posterior, prior)
 
 
 def check_free_bits_groups(groups, free_bits, objective, posterior, prior, latent_dim):
@@ -80,12 +97,13 @@ def check_free_bits_groups(groups, free_bits, objective, posterior, prior, laten
     if groups is None:
         return None
     groups = _checks.positive_int("free_bits_groups", groups)
-    if not free_bits or objective != "elbo":
+    cls = objective_parts.objective_class(objective)
+    if not free_bits or not cls.free_bits:
         raise ValueError(
             "Received an invalid value for `free_bits_groups`: it says how `free_bits` "
-            "applies to the ELBO's KL, so it needs free_bits > 0 and objective='elbo'. "
+            f"applies to the ELBO's KL, so it needs free_bits > 0 and {_free_bits_objectives()}. "
             f"Received: free_bits_groups={groups}, free_bits={free_bits}, "
-            f"objective={objective!r}"
+            f"objective={cls.name!r}"
         )
     posterior.check_kl_groups(groups, prior, latent_dim)
     return groups
@@ -138,52 +156,3 @@ def check_top_latent_dim(top_latent_dim, posterior):
             f"posterior={posterior!r}"
         )
     return _checks.positive_int("top_latent_dim", top_latent_dim)
-
-
-def check_tc_weights(objective, mi_weight=1.0, tc_weight=1.0, dwkl_weight=1.0, dataset_size=None,
-                     posterior=None, prior=None):
-    """β-TCVAE's weights α (`mi_weight`), β_TC (`tc_weight`), γ (`dwkl_weight`) and the
-    dataset size N of its aggregate-posterior estimate.
-
-    The weights and N apply to `objective="beta_tcvae"` only (elsewhere they must be
-    left at 1 and None). The decomposition needs q(z|x) = Π_j q(z_j|x) Gaussian
-    (`posterior.independent_dimensions`) and a prior that factorises over the same
-    dimensions (`prior.has_kl_per_dimension`); `posterior` and `prior` may be
-    classes or instances (`None`: not checked).
-
-    Returns:
-      `(mi_weight, tc_weight, dwkl_weight, dataset_size)`, checked.
-    """
-    weights = tuple(_checks.non_negative_float(name, value) for name, value in
-                    zip(TC_WEIGHTS, (mi_weight, tc_weight, dwkl_weight)))
-    if dataset_size is not None:
-        dataset_size = _checks.positive_int("dataset_size", dataset_size)
-    if objective != "beta_tcvae":
-        for name, value in zip(TC_WEIGHTS, weights):
-            if value != 1.0:
-                raise ValueError(
-                    f"Received an invalid value for `{name}`: it weights a term of the "
-                    "β-TCVAE objective, so it needs objective='beta_tcvae'. Received: "
-                    f"{name}={value}, objective={objective!r}"
-                )
-        if dataset_size is not None:
-            raise ValueError(
-                "Received an invalid value for `dataset_size`: it sizes β-TCVAE's estimate of "
-                "the aggregate posterior, so it needs objective='beta_tcvae'. Received: "
-                f"dataset_size={dataset_size}, objective={objective!r}"
-            )
-        return weights + (dataset_size,)
-    if posterior is not None and not posterior.independent_dimensions:
-        raise ValueError(
-            "Received an invalid value for `objective`: β-TCVAE estimates log q(z_j) per latent "
-            "dimension, so it needs a posterior with independent Gaussian dimensions (a "
-            f"diagonal Gaussian). Received: objective='beta_tcvae' with "
-            f"{_checks.type_name(posterior)}"
-        )
-    if prior is not None and not prior.has_kl_per_dimension:
-        raise ValueError(
-            "Received an invalid value for `objective`: β-TCVAE's dimension-wise KL needs a "
-            "prior that factorises over latent dimensions (a standard normal). Received: "
-            f"objective='beta_tcvae' with {_checks.type_name(prior)}"
-        )
-    return weights + (dataset_size,)

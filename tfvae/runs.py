@@ -38,6 +38,7 @@ from tfvae import data as data_lib
 from tfvae import callbacks as callbacks_lib
 from tfvae import evaluation
 from tfvae import files
+from tfvae import objective_parts
 from tfvae import options
 from tfvae import report as report_lib
 from tfvae import run_data
@@ -118,8 +119,13 @@ def is_chief():
 
 
 @dataclasses.dataclass
-class RunConfig:
-    """Everything that defines a training run (saved as `run.json`)."""
+class _RunConfig:
+    """Everything that defines a training run (saved as `run.json`).
+
+    Beside the fields below, every named part's own hyperparameters
+    (`builders.hyperparameters()`: the objectives' `k`, `mi_weight`, ...; the
+    posteriors') are fields with their declared defaults (`RunConfig`).
+    """
 
     dataset: str = "digits"
     architecture: str = "mlp"
@@ -144,9 +150,7 @@ class RunConfig:
     eval_samples: int = 100
     binarize: str = "auto"  # static for a Bernoulli likelihood of grey data (data.resolve_binarize)
     strategy: str = "default"
-    objective: str = "elbo"
-    k: int = 5
-    gradient_estimator: str = "standard"
+    objective: str = "elbo"  # a registered objective (its hyperparameters: part fields below)
     mixed_precision: str = "none"
     top_latent_dim: int = 0  # z2's size for posterior="hierarchical" (0: latent_dim // 2)
     free_bits_groups: int = 0  # 0: free bits per example on the total KL
@@ -155,9 +159,6 @@ class RunConfig:
     gap_examples: int = 500  # held-out examples whose q is optimised for that split
     gap_steps: int = 4000  # the most Adam steps per example for that split (stops when converged)
     tensorboard: bool = True  # TensorBoard logs in OUTPUT/tensorboard
-    mi_weight: float = 1.0  # β-TCVAE's α (index-code mutual information)
-    tc_weight: float = 1.0  # β-TCVAE's β (total correlation)
-    dwkl_weight: float = 1.0  # β-TCVAE's γ (dimension-wise KL)
     image_size: tuple = ()  # (H, W): resize and center-crop an image folder's images
     image_channels: int = 0  # 1 or 3 for an image folder (0: the first image's)
     skip_corrupt: bool = False  # skip unreadable examples of a streamed dataset
@@ -182,8 +183,11 @@ class RunConfig:
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         _checks.one_of("lr_schedule", self.lr_schedule, options.LR_SCHEDULES)
+        for name in _part_fields():
+            spec = builders.hyperparameters()[name][0]
+            setattr(self, name, spec.validate(name, getattr(self, name)))
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
-                     "steps_per_execution", "k", "gap_examples", "gap_steps"):
+                     "steps_per_execution", "gap_examples", "gap_steps"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("top_latent_dim", "free_bits_groups"):
             _checks.non_negative_int(name, getattr(self, name))
@@ -221,16 +225,22 @@ class RunConfig:
         options.check_prior_name(self.posterior, self.prior)
         options.check_top_latent_dim(self.top_latent_dim or None, self.posterior)
         posterior, prior = builders.part_classes(self.posterior, self.prior)
-        options.check_objective(self.objective, self.beta, self.free_bits, self.warmup_epochs)
-        options.check_tc_weights(self.objective, self.mi_weight, self.tc_weight,
-                                 self.dwkl_weight, None, posterior, prior)
-        options.check_gradient_estimator(self.gradient_estimator, self.objective, posterior, prior)
+        objective = objective_parts.make_objective(self.objective, {
+            name: getattr(self, name) for name in _part_fields() if
+            builders.hyperparameters()[name][1] == "objective"})
+        options.check_objective(objective, self.beta, self.free_bits, self.warmup_epochs)
+        objective.check(posterior, prior)
         options.check_free_bits_groups(self.free_bits_groups or None, self.free_bits,
                                        self.objective, posterior, prior, self.latent_dim)
         # The number of classes is known only once the data are loaded; any
         # positive size stands in for it here (the rule is on the prior).
         options.check_condition_dim(1 if self.conditional else None, prior, name="conditional")
         return self
+
+    @property
+    def needs_dataset_size(self):
+        """Whether the objective takes the number of training examples (β-TCVAE's N)."""
+        return "dataset_size" in objective_parts.objective_class(self.objective).hyperparameters
 
     def model_kwargs(self, input_shape, condition_dim=None, dataset_size=None):
         """`tfvae.build_vae`'s arguments for this run, on data of shape `input_shape`.
@@ -239,10 +249,11 @@ class RunConfig:
         `condition_dim` is the number of classes of a conditional run, and
         `dataset_size` the number of training examples (β-TCVAE's N).
         """
+        sized = self.needs_dataset_size
         return {
-            "dataset_size": dataset_size if self.objective == "beta_tcvae" else None,
+            **({"dataset_size": dataset_size} if sized else {}),
             "input_shape": tuple(input_shape),
-            **{name: getattr(self, name) for name in _MODEL_FIELDS},
+            **{name: getattr(self, name) for name in _MODEL_FIELDS + _part_fields()},
             "beta": self.beta if self.warmup_epochs == 0 else 0.0,
             "top_latent_dim": self.top_latent_dim or None,
             "free_bits_groups": self.free_bits_groups or None,
@@ -254,10 +265,27 @@ class RunConfig:
 # those versions), where that differs from RunConfig's default for a new run.
 _LEGACY_DEFAULTS = {"lr_schedule": "constant"}
 
-# RunConfig fields passed to build_vae as they are.
+# RunConfig fields passed to build_vae as they are (and every part field, `_part_fields`).
 _MODEL_FIELDS = ("latent_dim", "likelihood", "architecture", "hidden_units", "filters",
-                 "posterior", "prior", "free_bits", "num_samples", "seed", "objective", "k",
-                 "gradient_estimator", "mi_weight", "tc_weight", "dwkl_weight")
+                 "posterior", "prior", "free_bits", "num_samples", "seed", "objective")
+
+
+def _part_fields():
+    """The named parts' hyperparameters a run sets by flag (`builders.hyperparameters`)."""
+    return tuple(name for name, (spec, _, _) in builders.hyperparameters().items() if spec.flag)
+
+
+def _with_part_fields(base):
+    """`base` with one field per part hyperparameter, at its declared default."""
+    fields = [(name, builders.hyperparameters()[name][0].type,
+               dataclasses.field(default=builders.hyperparameters()[name][0].default))
+              for name in _part_fields()]
+    return dataclasses.make_dataclass("RunConfig", fields, bases=(base,),
+                                      namespace={"__doc__": base.__doc__,
+                                                 "__module__": base.__module__})
+
+
+RunConfig = _with_part_fields(_RunConfig)
 
 
 def check_output(directory, overwrite=False, resume=False):
@@ -752,11 +780,10 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
         # The training examples N (counted if the source does not know them): β-TCVAE's N
         # for a new model, and the length of a decaying learning rate.
         size = run_data.train_size(data) if config.lr_schedule != "constant" or (
-            model is None and config.objective == "beta_tcvae") else None
+            model is None and config.needs_dataset_size) else None
         if model is None:
             model = builders.build_vae(**config.model_kwargs(
-                data.input_shape, num_classes,
-                dataset_size=size if config.objective == "beta_tcvae" else None))
+                data.input_shape, num_classes, dataset_size=size))
         jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
         if jit_compile is None:
             # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import objectives
 from tfvae import options
 from tfvae import random as tfvae_random
 
@@ -213,8 +214,8 @@ class Trainer:
         else:  # evaluation: fresh noise per batch
             seed = tf.cast(self._seed_generator.next(), tf.int32)
         offset = 0
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
+        replica = objectives.replica_context()
+        if replica is not None:
             offset = replica.replica_id_in_sync_group * tf.shape(x)[0]
         return self.objective_terms(x, y=y, training=training, seed=seed, offset=offset)
 
@@ -232,8 +233,8 @@ class Trainer:
         else:
             weights = tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
             sums, count = tf.reduce_sum(values * weights, axis=1), tf.reduce_sum(weights)
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
+        replica = objectives.replica_context()
+        if replica is not None:
             sums, count = replica.all_reduce(tf.distribute.ReduceOp.SUM, [sums, count])
         # Each tracker is a `keras.metrics.Mean`: add the step's sum and weight directly.
         for tracker, total in zip(self._trackers, tf.unstack(sums)):
@@ -249,7 +250,7 @@ class Trainer:
     def train_step(self, data):
         x, y, sample_weight = self._unpack(data)
         self._update_beta()
-        with tf.GradientTape(persistent=self.gradient_estimator == "dreg") as tape:
+        with tf.GradientTape(persistent=self.objective.encoder_loss) as tape:
             terms = self._step_terms(x, training=True, y=y)
             regularization = (tf.nn.scale_regularization_loss(tf.add_n(self.losses))
                               if self.losses else 0.0)
@@ -259,7 +260,7 @@ class Trainer:
         variables = self.trainable_variables
         gradients = tape.gradient(scaled["loss"], variables)
         if "loss_encoder" in scaled:
-            # DReG: the encoder's gradient comes from its own surrogate.
+            # The objective's own surrogate for the encoder (DReG) gives its gradient.
             encoder = self.encoder_variables
             own = dict(zip(map(id, encoder), tape.gradient(scaled["loss_encoder"], encoder)))
             gradients = [own.get(id(v), g) for v, g in zip(variables, gradients)]
@@ -272,7 +273,7 @@ class Trainer:
         `CSVLogger`, TensorBoard): `beta` (objectives with a KL term: the ELBO and
         β-TCVAE) and `learning_rate`."""
         logs = {"learning_rate": tf.cast(self.optimizer.learning_rate, tf.float32)}
-        if self.objective in options.KL_WEIGHTED_OBJECTIVES:
+        if self.objective.kl_weighted:
             logs["beta"] = tf.identity(self.beta)
         if _multi_worker(self.distribute_strategy):
             logs = {name: value[None] for name, value in logs.items()}  # see _update_metrics

@@ -1,0 +1,64 @@
+"""A part's own hyperparameters, declared once and reachable by name.
+
+An objective (`tfvae.objective_parts`) or a posterior declares the
+hyperparameters it takes as a dict of `Hyperparameter`s; `tfvae.VAE` and
+`tfvae.build_vae` route keyword arguments of those names to the part, its
+`get_config` writes them back, and the command line's `RunConfig` fields and
+flags are derived from the same declarations, so a new part's options need no
+hand-kept list anywhere else.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from tfvae import _checks
+
+__all__ = ["Hyperparameter", "check_values"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter of a part.
+
+    Attributes:
+      default: the value when it is not given (also `RunConfig`'s default).
+      check: `(name, value) -> value`, e.g. `tfvae._checks.positive_int`.
+      help: what it does, for `--help` and error messages (a clause: "weights
+        the total correlation").
+      type: the Python type of the value on the command line (`int`, `float`,
+        `str`).
+      choices: the allowed values of a string option. Default value: `None`.
+      flag: whether `tfvae train` offers it as `--name` (`False` for values the
+        run fills in itself, such as β-TCVAE's dataset size). Default value:
+        `True`.
+    """
+
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+    type: type = float
+    choices: Optional[tuple] = None
+    flag: bool = True
+
+    def validate(self, name, value):
+        """`value` checked (`None` stays `None` when that is the default)."""
+        if value is None and self.default is None:
+            return None
+        if self.choices is not None:
+            return _checks.one_of(name, value, self.choices)
+        return self.check(name, value)
+
+
+def check_values(declared, values):
+    """Checks `values` (a dict) against `declared` (name -> `Hyperparameter`).
+
+    Returns:
+      Every declared hyperparameter's value: the given one, checked, or its default.
+    """
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"Received an invalid value for `{unknown[0]}`: not a hyperparameter of this part, "
+            f"expected one of {sorted(declared)}. Received: {unknown[0]}={values[unknown[0]]!r}")
+    return {name: spec.validate(name, values.get(name, spec.default))
+            for name, spec in declared.items()}
