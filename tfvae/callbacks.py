@@ -52,12 +52,9 @@ class KLWarmup(keras.callbacks.Callback):
         return self.start + fraction * (self.end - self.start)
 
     def on_train_begin(self, logs=None):
-        if getattr(self.model, "objective", "elbo") not in options.KL_WEIGHTED_OBJECTIVES:
-            raise ValueError(
-                "KLWarmup needs a model whose objective weights a KL term by β (the ELBO or "
-                "β-TCVAE): the IWAE bound has none. Received: a model with "
-                f"objective={self.model.objective!r}"
-            )
+        # A warm-up needs an objective with a KL term for β to weight: options' rule.
+        options.check_objective(getattr(self.model, "objective", "elbo"),
+                                warmup_epochs=self.epochs)
         steps_per_epoch = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps_per_epoch:
             raise ValueError(
