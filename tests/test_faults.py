@@ -161,6 +161,47 @@ def test_remove_temporaries_removes_only_unfinished_writes(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
 
 
+def _write_with_open(path):
+    with open(path, "w") as f:
+        f.write("x")
+
+
+@pytest.mark.parametrize("write", [
+    lambda path: files.write_text(path, "x"),
+    lambda path: files.write_json(path, {"x": 1}),
+    lambda path: files.write_with(path, _write_with_open),
+])
+def test_a_write_fsyncs_its_file_before_the_rename_and_the_directory_after(
+        tmp_path, monkeypatch, write):
+    # Linux's /proc names what each fsynced descriptor is open on.
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("rename", os.path.realpath(source)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write(str(tmp_path / "a.txt"))
+    [temporary] = [name for event, name in events if event == "rename"]
+    assert events == [("fsync", temporary), ("rename", temporary),
+                      ("fsync", os.path.realpath(tmp_path))]
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_directory_fsync_is_best_effort_unless_asked_to_raise(tmp_path):
+    missing = str(tmp_path / "missing")
+    assert files.fsync_directory(missing) is None
+    with pytest.raises(FileNotFoundError):
+        files.fsync_directory(missing, best_effort=False)
+    files.fsync_directory(str(tmp_path), best_effort=False)
+
+
 # ---------------------------------------------------------------------------
 # The lock: one writer; a lock whose process is gone is taken over.
 

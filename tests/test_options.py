@@ -392,3 +392,70 @@ def test_the_name_rules_match_build_vae():
         tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="hierarchical", prior="mixture")
     with raises("`top_latent_dim`", "needs posterior='hierarchical'", "top_latent_dim=2"):
         tfvae.build_vae((4,), 2, hidden_units=(4,), top_latent_dim=2)
+
+
+# ---------------------------------------------------------------------------
+# check_architecture (build_vae's input shape) and execution (a run's compile settings).
+
+
+@pytest.mark.parametrize("input_shape", [(64,), (8, 8), (2, 2, 2, 1)])
+def test_conv_needs_images(input_shape):
+    with pytest.raises(ValueError) as error:
+        options.check_architecture("conv", input_shape)
+    assert str(error.value) == (
+        "Received an invalid value for `input_shape`: architecture='conv' needs images "
+        f"(height, width, channels). Received: input_shape={input_shape}")
+
+
+@pytest.mark.parametrize("architecture, input_shape", [
+    ("mlp", (64,)), ("mlp", (8, 8)), ("mlp", (8, 8, 1)), ("mlp", (2, 2, 2, 1)),
+    ("conv", (8, 8, 1)), ("conv", (5, 7, 3))])
+def test_an_mlp_takes_any_shape_and_conv_takes_images(architecture, input_shape):
+    assert options.check_architecture(architecture, input_shape) == architecture
+
+
+def test_build_vae_states_the_architecture_rule_in_the_same_words():
+    with pytest.raises(ValueError) as direct:
+        options.check_architecture("conv", (6,))
+    with pytest.raises(ValueError) as built:
+        tfvae.build_vae((6,), 2, architecture="conv", filters=(4,))
+    assert str(built.value) == str(direct.value)
+
+
+@pytest.mark.parametrize("jit_compile, steps, architecture, gpu, expected", [
+    (None, 16, "mlp", False, (True, 16)),   # unset: XLA for an MLP ...
+    (None, 16, "conv", False, (False, 16)),  # ... not for a conv net on a CPU ...
+    (None, 16, "conv", True, (True, 16)),   # ... but on a GPU
+    (False, 4, "mlp", False, (False, 4)),   # what is asked for is kept
+    (True, 1, "conv", False, (True, 1)),
+])
+def test_execution_without_a_strategy_resolves_only_an_unset_jit_compile(
+        jit_compile, steps, architecture, gpu, expected, caplog):
+    with caplog.at_level("INFO", logger="tfvae.options"):
+        result = options.execution(jit_compile, steps, architecture, gpu=gpu)
+    assert result == expected and type(result[0]) is bool
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "multiworker"])
+@pytest.mark.parametrize("jit_compile, steps, architecture, shown", [
+    (None, 16, "mlp", "jit_compile=None -> False, steps_per_execution=16 -> 1"),
+    (True, 1, "conv", "jit_compile=True -> False, steps_per_execution=1 -> 1"),
+    (False, 3, "mlp", "jit_compile=False -> False, steps_per_execution=3 -> 1"),
+])
+def test_a_strategy_turns_off_xla_and_multi_step_calls_and_says_why(
+        strategy, jit_compile, steps, architecture, shown, caplog):
+    with caplog.at_level("INFO", logger="tfvae.options"):
+        assert options.execution(jit_compile, steps, architecture, strategy=strategy,
+                                 gpu=True) == (False, 1)
+    [record] = caplog.records
+    assert record.levelname == "INFO"
+    for fragment in (f"strategy={strategy!r}", shown, "Keras 3 on TensorFlow fails"):
+        assert fragment in record.getMessage()
+
+
+@pytest.mark.parametrize("jit_compile, architecture", [(False, "mlp"), (None, "conv")])
+def test_a_strategy_says_nothing_when_nothing_changes(jit_compile, architecture, caplog):
+    with caplog.at_level("INFO", logger="tfvae.options"):
+        assert options.execution(jit_compile, 1, architecture, strategy="mirrored") == (False, 1)
+    assert caplog.records == []

@@ -176,11 +176,7 @@ def build_vae(
     _checks.one_of("posterior", posterior, tuple(POSTERIORS))
     _checks.one_of("prior", prior, PRIORS)
     likelihood_scale = _checks.positive_float("likelihood_scale", likelihood_scale)
-    if architecture == "conv" and len(input_shape) != 3:
-        raise ValueError(
-            "Received an invalid value for `input_shape`: architecture='conv' needs images "
-            f"(height, width, channels). Received: input_shape={input_shape}"
-        )
+    options.check_architecture(architecture, input_shape)
     options.check_prior_name(posterior, prior)
     top = options.check_top_latent_dim(top_latent_dim, posterior)
     posterior_options = _posterior_hyperparameters(posterior, vae_kwargs)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfvae import _checks
 from tfvae import evaluation
 from tfvae import files
+from tfvae import options
 from tfvae import surgery
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,9 @@ class KLWarmup(keras.callbacks.Callback):
         return self.start + fraction * (self.end - self.start)
 
     def on_train_begin(self, logs=None):
-        objective = getattr(self.model, "objective", None)
-        if objective is not None and not objective.kl_weighted:
-            raise ValueError(
-                "KLWarmup needs a model whose objective weights a KL term by β (the ELBO or "
-                f"β-TCVAE): {objective.without_kl}. Received: a model with "
-                f"objective={objective.name!r}"
-            )
+        # A warm-up needs an objective with a KL term for β to weight: options' rule.
+        options.check_objective(getattr(self.model, "objective", "elbo"),
+                                warmup_epochs=self.epochs)
         steps_per_epoch = self.steps_per_epoch or (self.params or {}).get("steps")
         if not steps_per_epoch:
             raise ValueError(

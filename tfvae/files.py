@@ -31,24 +31,44 @@ READER_PREFIX = ".tfvae.reader-"  # + PID-token: one file per process reading a 
 FRESH_LOCK_SECONDS = 10.0  # an unreadable lock this young is one being written
 
 
-def _fsync_directory(directory):
-    """Makes a rename in `directory` durable (best effort where directories cannot be opened)."""
-    try:
-        fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
+def fsync_file(f):
+    """Flushes the open file object `f` and fsyncs it, so its bytes are on disk."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def fsync_path(path):
+    """fsyncs the file (or directory) at `path`, written by someone else (`model.save`, ...).
+
+    Raises:
+      OSError: `path` cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
+
+
+def fsync_directory(directory, best_effort=True):
+    """Makes a rename in `directory` durable.
+
+    Args:
+      directory: the directory (`""`: the current one).
+      best_effort: ignore an `OSError` (platforms where a directory cannot be
+        opened or synced); `False` raises it. Default value: `True`.
+    """
+    try:
+        fsync_path(directory or ".")
+    except OSError:
+        if not best_effort:
+            raise
 
 
 def commit(temporary, path):
     """Moves the finished, fsynced file `temporary` over `path` (one atomic rename)."""
     os.replace(temporary, path)
-    _fsync_directory(os.path.dirname(path))
+    fsync_directory(os.path.dirname(path))
 
 
 def _temporary_name(path, suffix=""):
@@ -137,8 +157,7 @@ def atomic_open(path, mode="w"):
     try:
         with open(temporary, mode) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         commit(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
@@ -161,8 +180,7 @@ def write_with(path, write):
     temporary = _temporary_name(path, suffix=os.path.splitext(path)[1])
     try:
         write(temporary)
-        with open(temporary, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_path(temporary)
         commit(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
@@ -244,8 +262,7 @@ def save_model(model, path, metadata=None):
         if metadata is not None:
             with zipfile.ZipFile(temporary, "a") as archive:
                 archive.writestr(METADATA_ENTRY, json.dumps(metadata, allow_nan=False))
-        with open(temporary, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(temporary)
         commit(temporary, path)
     except BaseException:
         _remove_quietly(temporary)
@@ -403,8 +420,7 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(holder, f)
-                f.flush()
-                os.fsync(f.fileno())
+                fsync_file(f)
             self.held = True
             _HELD_LOCKS.add(os.path.abspath(self.path))
             return self

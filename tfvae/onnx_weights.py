@@ -16,6 +16,8 @@ weight converted into two graphs is stored once whatever it is called there.
 import hashlib
 import os
 
+from tfvae import files
+
 # Smaller tensors (shape constants, scalars) stay inside the graphs.
 MIN_ELEMENTS = 2
 # Offsets in the shared file are multiples of this (aligned loads).
@@ -99,13 +101,11 @@ def share_weights(paths, weights_path):
                     entry.key, entry.value = name, value
                 tensor.data_location = TensorProto.EXTERNAL
                 references += 1
-        f.flush()
-        os.fsync(f.fileno())
+        files.fsync_file(f)
     for path, proto in protos.items():
         with open(path, "wb") as f:
             f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
+            files.fsync_file(f)
         onnx.checker.check_model(path)  # by path: the external data is checked too
     return {"file": location, "bytes": os.path.getsize(weights_path), "tensors": len(stored),
             "references": references}

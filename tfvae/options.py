@@ -8,6 +8,8 @@ posterior or a prior) read only the capabilities the part declares
 is built) and on instances alike.
 """
 
+import logging
+
 from tfvae import _checks
 from tfvae import objective_parts
 
@@ -156,3 +158,65 @@ def check_top_latent_dim(top_latent_dim, posterior):
             f"posterior={posterior!r}"
         )
     return _checks.positive_int("top_latent_dim", top_latent_dim)
+
+
+logger = logging.getLogger(__name__)
+
+
+def check_architecture(architecture, input_shape):
+    """A convolutional network needs images `(height, width, channels)`; an MLP takes any shape.
+
+    Args:
+      architecture: `"mlp"` or `"conv"` (the name itself is checked by `build_vae`).
+      input_shape: the shape of one example, as a tuple.
+
+    Returns:
+      `architecture`, unchanged.
+
+    Raises:
+      ValueError: `architecture="conv"` and `input_shape` is not 3-D.
+    """
+    if architecture == "conv" and len(input_shape) != 3:
+        raise ValueError(
+            "Received an invalid value for `input_shape`: architecture='conv' needs images "
+            f"(height, width, channels). Received: input_shape={tuple(input_shape)}"
+        )
+    return architecture
+
+
+def execution(jit_compile, steps_per_execution, architecture, strategy="default", gpu=False):
+    """How a run's train step is compiled: XLA or not, and training steps per compiled call.
+
+    The rules:
+
+    * `jit_compile=None` means XLA for an MLP, and for a conv net only on a GPU
+      (measured in benchmarks/README.md: on a CPU XLA's convolutions are slower than
+      oneDNN's).
+    * Under any `tf.distribute` strategy but `"default"`, XLA is off and
+      `steps_per_execution` is 1: Keras 3 on TensorFlow fails with either under a
+      strategy (XLA: variables on several devices; multi-step loops: unfed
+      placeholders). When this changes what was asked, it is logged at INFO (the
+      CLI shows tfvae's INFO messages) with the values asked for and the reason.
+
+    Args:
+      jit_compile: `True`, `False`, or `None` (choose by `architecture` and `gpu`).
+      steps_per_execution: training steps per compiled call asked for (a positive int).
+      architecture: `"mlp"` or `"conv"`.
+      strategy: the run's `--strategy` name (`"default"`, `"mirrored"`, `"multiworker"`).
+        Default value: `"default"`.
+      gpu: whether TensorFlow sees a GPU. Default value: `False`.
+
+    Returns:
+      `(jit_compile, steps_per_execution)`: the values to compile with (a bool and an int).
+    """
+    asked = jit_compile
+    if jit_compile is None:
+        jit_compile = architecture == "mlp" or bool(gpu)
+    if strategy != "default" and (jit_compile or steps_per_execution > 1):
+        logger.info(
+            "distributed training: turning off XLA and steps_per_execution (strategy=%r: "
+            "jit_compile=%s -> False, steps_per_execution=%d -> 1), because Keras 3 on "
+            "TensorFlow fails with either under a tf.distribute strategy",
+            strategy, asked, steps_per_execution)
+        return False, 1
+    return jit_compile, steps_per_execution

@@ -765,97 +765,204 @@ def condition_dim(config, y_train, y_val=None):
 
 
 def _train(config, output, strategy, resume, verbose, report, data, on_checkpoint=None):
-    num_classes = data.num_classes
+    """Trains the run in `output` and, on the chief, evaluates and reports it.
+
+    The steps: seed the process; build (or resume) and compile the model under
+    `strategy`; fit it with the run's callbacks; refuse a diverged run; then
+    (`report` only) evaluate `model.keras` and write `metrics.json`, the
+    figures and `report.md`.
+
+    Args:
+      config: the run's checked `RunConfig`.
+      output: the run directory (a temporary directory on a non-chief worker).
+      strategy: the `tf.distribute` strategy to build and train under.
+      resume: continue from the run's newest loadable checkpoint.
+      verbose: Keras's progress output.
+      report: whether this process evaluates and reports (the chief).
+      data: the run's `RunData`.
+      on_checkpoint: called after each `last.keras` is written, or `None`.
+        Default value: `None`.
+
+    Returns:
+      The held-out metrics dict (`{}` when not `report`).
+
+    Raises:
+      TrainingDiverged: the loss became NaN or infinite.
+    """
     # The application layer seeds the process (data pipeline, Keras's global
     # state); build_vae itself seeds only the model's own weights and noise.
     keras.utils.set_random_seed(config.seed)
-    history_path = os.path.join(output, "history.csv")
-    last_path = os.path.join(output, "last.keras")
-    best_path = os.path.join(output, "model.keras")
     with strategy.scope():
-        model, initial_epoch = _resume_model(output) if resume else (None, 0)
-        if resume:
-            _truncate_history(history_path, initial_epoch)
-        history = _read_history(history_path) if resume else {}
-        # The training examples N (counted if the source does not know them): β-TCVAE's N
-        # for a new model, and the length of a decaying learning rate.
-        size = run_data.train_size(data) if config.lr_schedule != "constant" or (
-            model is None and config.needs_dataset_size) else None
-        if model is None:
-            model = builders.build_vae(**config.model_kwargs(
-                data.input_shape, num_classes, dataset_size=size))
-        jit_compile, steps_per_execution = config.jit_compile, config.steps_per_execution
-        if jit_compile is None:
-            # Measured (benchmarks/README.md): XLA speeds MLP training on CPU but
-            # slows convolutions there, where oneDNN's kernels are faster.
-            gpu = bool(tf.config.list_physical_devices("GPU"))
-            jit_compile = config.architecture == "mlp" or gpu
-        if config.strategy != "default" and (jit_compile or steps_per_execution > 1):
-            # Keras 3 on TensorFlow fails with either under tf.distribute strategies
-            # (XLA: variables on several devices; multi-step loops: unfed placeholders).
-            logger.info("distributed training: turning off XLA and steps_per_execution")
-            jit_compile, steps_per_execution = False, 1
-        resumed = initial_epoch > 0
-        learning_rate = learning_rate_of(config, size)
-        # A resumed model keeps its optimizer: Adam's moments and the step count (which
-        # drives the in-graph β warm-up and the learning-rate schedule). A scheduled rate
-        # is set again from run.json, so a resume that changes --epochs stretches the
-        # decay over the new budget from the step it stopped at.
-        optimizer = model.optimizer if resumed else keras.optimizers.Adam(learning_rate)
-        if resumed and config.lr_schedule != "constant":
-            optimizer.learning_rate = learning_rate
-        model.compile(
-            optimizer=optimizer,
-            jit_compile=jit_compile,
-            steps_per_execution=steps_per_execution,
-        )
-    # Checkpoint and stop on the held-out ELBO: unlike val_loss it does not move with β.
+        model, initial_epoch, history = _model_to_train(config, output, resume, data)
+    stop, callbacks = _callbacks(config, output, data, history, resume, on_checkpoint)
+    _fit(model, config, data, initial_epoch, callbacks, verbose)
+    _raise_if_diverged(stop, output, report)
+    if not report:
+        return {}
+    best, history, metrics = _evaluate(config, output, data)
+    _write_report(config, output, data, best, history, metrics)
+    return metrics
+
+
+def _model_to_train(config, output, resume, data):
+    """The compiled model to train: resumed from `output`'s checkpoint, or new.
+
+    Call under the run's strategy scope. On a resume, `history.csv` is first
+    cut back to the checkpoint's epoch.
+
+    Returns:
+      `(model, initial_epoch, history)`: the compiled model, the epochs it has
+      trained, and the history so far as `{metric: [per-epoch values]}` (`{}` for
+      a new run).
+    """
+    history_path = os.path.join(output, "history.csv")
+    model, initial_epoch = _resume_model(output) if resume else (None, 0)
+    if resume:
+        _truncate_history(history_path, initial_epoch)
+    history = _read_history(history_path) if resume else {}
+    # The training examples N (counted if the source does not know them): β-TCVAE's N
+    # for a new model, and the length of a decaying learning rate.
+    size = run_data.train_size(data) if config.lr_schedule != "constant" or (
+        model is None and config.needs_dataset_size) else None
+    if model is None:
+        model = builders.build_vae(**config.model_kwargs(
+            data.input_shape, data.num_classes, dataset_size=size))
+    _compile(model, config, size, resumed=initial_epoch > 0)
+    return model, initial_epoch, history
+
+
+def _compile(model, config, train_size, resumed):
+    """Compiles `model` with Adam at the run's learning rate and its execution settings.
+
+    XLA and steps per execution follow `tfvae.options.execution` (which turns
+    both off under a distribution strategy). A resumed model keeps its
+    optimizer: Adam's moments and the step count (which drives the in-graph β
+    warm-up and the learning-rate schedule). A scheduled rate is set again from
+    run.json, so a resume that changes --epochs stretches the decay over the
+    new budget from the step it stopped at.
+
+    Args:
+      model: the model to compile (a resumed one has its optimizer).
+      config: the run's `RunConfig`.
+      train_size: the training examples (needed for a learning-rate schedule only).
+      resumed: whether `model` was loaded from a checkpoint with epochs trained.
+    """
+    jit_compile, steps_per_execution = options.execution(
+        config.jit_compile, config.steps_per_execution, config.architecture,
+        strategy=config.strategy, gpu=bool(tf.config.list_physical_devices("GPU")))
+    learning_rate = learning_rate_of(config, train_size)
+    optimizer = model.optimizer if resumed else keras.optimizers.Adam(learning_rate)
+    if resumed and config.lr_schedule != "constant":
+        optimizer.learning_rate = learning_rate
+    model.compile(
+        optimizer=optimizer,
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+
+
+def _callbacks(config, output, data, history, resume, on_checkpoint):
+    """The run's training callbacks.
+
+    Checkpoints and early stopping follow the held-out ELBO (unlike val_loss it
+    does not move with β); `model.keras` is replaced only by an epoch better than
+    the best in `history`. The history is written before the checkpoints: it
+    may run one epoch ahead of last.keras after a kill, and a resume truncates
+    it.
+
+    Returns:
+      `(stop, callbacks)`: the `StopOnNonFinite` among them (it records a
+      divergence), and the list to pass to `fit`.
+    """
     finite = [v for v in history.get("val_elbo", []) if np.isfinite(v)]
     best_so_far = max(finite) if finite else None
     stop = callbacks_lib.StopOnNonFinite()
     callbacks = [
         stop,
-        # The history is written before the checkpoints: it may run one epoch
-        # ahead of last.keras after a kill, and a resume truncates it.
-        callbacks_lib.AtomicCSVLogger(history_path, append=resume),
-        callbacks_lib.AtomicModelCheckpoint(best_path, monitor="val_elbo", mode="max",
+        callbacks_lib.AtomicCSVLogger(os.path.join(output, "history.csv"), append=resume),
+        callbacks_lib.AtomicModelCheckpoint(os.path.join(output, "model.keras"),
+                                            monitor="val_elbo", mode="max",
                                             initial_value_threshold=best_so_far),
-        callbacks_lib.AtomicModelCheckpoint(last_path, on_save=on_checkpoint),
+        callbacks_lib.AtomicModelCheckpoint(os.path.join(output, "last.keras"),
+                                            on_save=on_checkpoint),
         keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", patience=config.patience),
     ]
     if config.warmup_epochs > 0:
         callbacks.append(callbacks_lib.KLWarmup(config.warmup_epochs, end=config.beta))
     if config.tensorboard:
-        # Scalars (the epoch logs: ELBO terms, β, learning rate; train and validation)
-        # from Keras; images and histograms of the held-out codes from tfvae.
-        log_dir = os.path.join(output, TENSORBOARD_DIR)
-        callbacks.append(keras.callbacks.TensorBoard(log_dir))
-        x_sample, labels = data.sample
-        callbacks.append(callbacks_lib.LatentSummaries(
+        callbacks.extend(_tensorboard_callbacks(output, data))
+    return stop, callbacks
+
+
+def _tensorboard_callbacks(output, data):
+    """TensorBoard logging in `output/tensorboard`.
+
+    Scalars (the epoch logs: ELBO terms, β, learning rate; train and validation)
+    come from Keras; images and histograms of the codes of up to 256 sample
+    examples from tfvae's `LatentSummaries`.
+
+    Returns:
+      A list of two callbacks.
+    """
+    log_dir = os.path.join(output, TENSORBOARD_DIR)
+    x_sample, labels = data.sample
+    return [
+        keras.callbacks.TensorBoard(log_dir),
+        callbacks_lib.LatentSummaries(
             os.path.join(log_dir, "latent"), x_sample[:256],
-            y=None if num_classes is None else labels[:256]))
-    if initial_epoch < config.epochs:
-        with data.reading(config.skip_corrupt):
-            model.fit(
-                data.train,
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                validation_data=data.validation,
-                shuffle=False,  # the pipeline shuffles
-                callbacks=callbacks,
-                verbose=verbose,
-            )
-    if stop.diverged_epoch is not None:
-        kept = (f"the last finite checkpoint is kept in `{output}` (--resume continues from it)"
-                if report and os.path.exists(last_path) else "no checkpoint was written")
-        raise TrainingDiverged(
-            f"Training diverged in epoch {stop.diverged_epoch}: the loss became {stop.value}. "
-            "Try a lower --learning-rate, and check the data for NaN or out-of-range values; "
-            f"{kept}.")
-    if not report:
-        return {}
-    best = load_model(best_path)
-    history = _read_history(history_path)
+            y=None if data.num_classes is None else labels[:256]),
+    ]
+
+
+def _fit(model, config, data, initial_epoch, callbacks, verbose):
+    """Fits `model` from `initial_epoch` to the run's `epochs` (nothing if it is there)."""
+    if initial_epoch >= config.epochs:
+        return
+    with data.reading(config.skip_corrupt):
+        model.fit(
+            data.train,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=data.validation,
+            shuffle=False,  # the pipeline shuffles
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+
+
+def _raise_if_diverged(stop, output, report):
+    """Raises `TrainingDiverged` if `stop` saw a non-finite loss, saying what is kept.
+
+    Args:
+      stop: the run's `StopOnNonFinite` callback, after `fit`.
+      output: the run directory.
+      report: whether this process writes `output` (the chief).
+    """
+    if stop.diverged_epoch is None:
+        return
+    kept = (f"the last finite checkpoint is kept in `{output}` (--resume continues from it)"
+            if report and os.path.exists(os.path.join(output, "last.keras"))
+            else "no checkpoint was written")
+    raise TrainingDiverged(
+        f"Training diverged in epoch {stop.diverged_epoch}: the loss became {stop.value}. "
+        "Try a lower --learning-rate, and check the data for NaN or out-of-range values; "
+        f"{kept}.")
+
+
+def _evaluate(config, output, data):
+    """Evaluates the run's best model on the held-out data and writes `metrics.json`.
+
+    The metrics are `tfvae.evaluation.evaluate_model`'s, plus `epochs_trained`,
+    `data` (where the data came from), `skipped_examples` (with
+    `skip_corrupt`), disentanglement scores for data with known generative
+    factors, and the gap decomposition (with `decompose_gap`).
+
+    Returns:
+      `(best, history, metrics)`: `model.keras` loaded, the full history
+      `{metric: [per-epoch values]}`, and the metrics dict.
+    """
+    best = load_model(os.path.join(output, "model.keras"))
+    history = _read_history(os.path.join(output, "history.csv"))
     held_out, held_out_y = data.held_out
     with data.reading(config.skip_corrupt):
         metrics = evaluation.evaluate_model(best, held_out, num_samples=config.eval_samples,
@@ -865,7 +972,7 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
     if config.skip_corrupt:
         metrics["skipped_examples"] = run_data.skipped_examples(data)
     x_sample, labels = data.sample
-    conditions = None if num_classes is None else labels
+    conditions = None if data.num_classes is None else labels
     known = data_lib.load_factors(config.dataset, "validation", seed=config.seed)
     if known is not None:  # data with known generative factors: how disentangled the codes are
         metrics.update(evaluation.disentanglement_metrics(best, x_sample, known["factors"],
@@ -875,6 +982,12 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
                                                     num_examples=config.gap_examples,
                                                     seed=config.seed, steps=config.gap_steps))
     files.write_json(os.path.join(output, "metrics.json"), metrics)
+    return best, history, metrics
+
+
+def _write_report(config, output, data, best, history, metrics):
+    """Writes the run's figures (and `gap.png` with `decompose_gap`) and `report.md`."""
+    x_sample, labels = data.sample
     figures = report_lib.write_figures(best, history, x_sample, labels, output, seed=config.seed)
     if config.decompose_gap:
         figures["gap"] = os.path.basename(
@@ -882,7 +995,6 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
     report_lib.write_markdown(
         os.path.join(output, "report.md"), dataclasses.asdict(config), metrics, figures
     )
-    return metrics
 
 
 def load_run(directory):
