@@ -214,7 +214,7 @@ class Objective:
         return f"{type(self).__name__}({values})"
 
 
-def elbo_terms(model, context, num_samples=None):
+def elbo_terms(model, context, num_samples=None, return_z=False):
     """The ELBO's terms for `context` (`objectives.tensor_elbo`): z from the posterior's
     `reparameterize`, the likelihood at z, and the KL in closed form when the posterior
     writes it out (`model.analytic_kl`), else `objectives.kl_divergence` at z (TFP's
@@ -224,23 +224,33 @@ def elbo_terms(model, context, num_samples=None):
       model: a `tfvae.VAE`.
       context: a `StepContext`.
       num_samples: L. Default value: the model's `num_samples`.
+      return_z: also return the samples z `[L, batch, latent_dim]` the terms were
+        computed at (for objectives that add a term of z, such as an MMD, without a
+        second encoder pass or draw). Default value: `False`.
 
     Returns:
       A dict of `[batch]` tensors `loss`, `elbo`, `reconstruction`, `kl` (and
-      `kl_groups` `[batch, G]`).
+      `kl_groups` `[batch, G]`); with `return_z`, the pair `(terms, z)`.
     """
     parameters = context.parameters
     kl = model.analytic_kl(parameters)
     if kl is None:
         posterior, prior = model.posterior.distribution(parameters), model.prior.distribution()
         kl = lambda z: objectives.kl_divergence(posterior, prior, z=z, kl=model.kl_method)  # noqa: E731
-    return objectives.tensor_elbo(
-        context.x, lambda eps: model.posterior.reparameterize(parameters, eps),
+    samples = []
+
+    def reparameterize(eps):
+        samples.append(model.posterior.reparameterize(parameters, eps))
+        return samples[-1]
+
+    terms = objectives.tensor_elbo(
+        context.x, reparameterize,
         model.log_likelihood_fn(context.y, context.training), kl, model.latent_dim,
         num_samples=num_samples or model.num_samples, seed=context.seed, noise=context.noise,
         offset=context.offset, beta=tf.convert_to_tensor(model.beta),
         free_bits=model.free_bits, group_kl=model.kl_groups(parameters),
         free_bits_by_group=model.free_bits_groups is not None)
+    return (terms, samples[0]) if return_z else terms
 
 
 @register_objective("elbo")
