@@ -107,7 +107,6 @@ ONNX_METADATA = "metadata.json"
 WEIGHTS_FILE = "weights.bin"
 INT8_WEIGHTS_FILE = "weights.int8.bin"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-_SAMPLE_PRIORS = "standard normal or hierarchical"
 _ONNX_ELBO_REASON = (
     "TFP's log-density shape ops have no ONNX converter; the SavedModel export has `elbo`")
 
@@ -187,7 +186,7 @@ def _specs(model):
     batch = (None,)
     specs = {
         "x": tf.TensorSpec(batch + model.event_shape, tf.float32, name="x"),
-        "z": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="z"),
+        "z": model.posterior.decode_input_spec(),  # z, or what the posterior decodes from
         "eps": tf.TensorSpec(batch + (model.latent_dim,), tf.float32, name="eps"),
     }
     if model.conditioning.active:
@@ -266,7 +265,11 @@ def _input_checks(model, y_format):
         return integers & (tf.reduce_min(y, axis=1) >= 0.0) & tf.equal(
             tf.reduce_sum(y, axis=1), 1.0)
 
-    return {"x": _x_rows(model.likelihood), "z": finite_rows, "eps": finite_rows, "y": y_rows}
+    def decode_rows(value):
+        rows = model.posterior.decode_input_rows(value)
+        return finite_rows(value) if rows is None else rows
+
+    return {"x": _x_rows(model.likelihood), "z": decode_rows, "eps": finite_rows, "y": y_rows}
 
 
 def _nan_rows(valid, outputs):
@@ -377,7 +380,7 @@ def graph_functions(model, y_format="one_hot", guard=True):
 
     def decode(z, y=None):
         y = matched(y, z, "y")
-        parameters = model.decoder_parameters(z, y)
+        parameters = model.decoder_parameters(posterior.latent_from_decode_input(z), y)
         return guarded({"mean": likelihood.mean_of(parameters), **parameters}, z=z, y=y)
 
     def reconstruct(x, eps, y=None):
@@ -416,12 +419,14 @@ def graph_functions(model, y_format="one_hot", guard=True):
     return graphs
 
 
-def _sample_refusal(model):
-    """Why `sample` cannot be exported for `model` (`None` if it can)."""
-    if model.prior.can_reparameterize:
-        return None
-    return (f"{type(model.prior).__name__} cannot be sampled from standard normal noise alone "
-            f"(only a {_SAMPLE_PRIORS} prior exports `sample`)")
+def part_refusal(model, graph):
+    """Why the graph `graph` cannot be exported for `model`, as its parts declare it
+    (`export_refusal` of the posterior, prior and likelihood), or None."""
+    for part in (model.posterior, model.prior, model.likelihood):
+        refusal = part.export_refusal(graph)
+        if refusal:
+            return refusal
+    return None
 
 
 def _check_parts(model, requested, available, kind):
@@ -431,16 +436,16 @@ def _check_parts(model, requested, available, kind):
             f"Received an invalid value for `signatures`: {kind} export has no "
             f"{unknown}. Available: {list(available)}"
         )
-    refusal = _sample_refusal(model)
-    if "sample" in requested and refusal:
-        raise ValueError(
-            f"Cannot export `sample`: {refusal}. Leave `sample` out of the exported signatures."
-        )
+    for name in requested:
+        refusal = part_refusal(model, name)
+        if refusal:
+            raise ValueError(f"Cannot export `{name}`: {refusal}. Leave `{name}` out of the "
+                             "exported signatures.")
 
 
 def default_parts(model, available):
     """All graphs in `available` that `model` supports."""
-    return tuple(name for name in available if name != "sample" or _sample_refusal(model) is None)
+    return tuple(name for name in available if part_refusal(model, name) is None)
 
 
 def skipped_parts(model, exported, kind):
@@ -451,8 +456,8 @@ def skipped_parts(model, exported, kind):
     for name in every:
         if name in exported:
             continue
-        if name == "sample" and _sample_refusal(model):
-            skipped[name] = _sample_refusal(model)
+        if part_refusal(model, name):
+            skipped[name] = part_refusal(model, name)
         elif name == "elbo" and kind == "ONNX":
             skipped[name] = _ONNX_ELBO_REASON
         else:

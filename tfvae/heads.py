@@ -39,6 +39,11 @@ class DistributionHead(keras.layers.Layer):
     (SavedModel, ONNX) use the same parametrisation without TFP's shape ops.
     """
 
+    def export_refusal(self, graph):
+        """Why the export graph `graph` (`tfvae.export.GRAPH_INPUTS`' names) cannot be
+        built for a model with this part, or None (it can)."""
+        return None
+
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
@@ -117,6 +122,16 @@ class Posterior(DistributionHead):
     * `default_prior()` and `check_prior(prior)`: which priors go with it.
     * `closed_form_mean(parameters)`: E_q[z], or None when the head has no
       closed form for it (then callers average `reparameterize` over noise).
+    * `metric_names` and `loss_terms(parameters, training)`: per-example terms
+      `[batch]` of its own that every objective adds to `loss` and `fit`
+      reports (a quantised posterior's codebook and commitment losses); none
+      by default.
+    * `export_outputs(parameters)`: the `encode` graph's named outputs (`mean`,
+      `scale` and the head's further parameters by default), and
+      `decode_input_spec()` / `latent_from_decode_input(value)` /
+      `decode_input_rows(value)`: what the `decode` graph takes (z by default)
+      and how it becomes z; `export_refusal(graph)` (every part): why a graph
+      cannot be exported, or None.
     * `hyperparameters`: its own constructor options beyond `latent_dim`
       (name -> `tfvae.hyperparameters.Hyperparameter`), which `build_vae`,
       `RunConfig` and `tfvae train` offer by name; `seeded`: whether
@@ -128,9 +143,34 @@ class Posterior(DistributionHead):
     dreg_unbiased = True
     hyperparameters = {}
     seeded = False
+    metric_names = ()
 
     def reparameterize(self, parameters, eps):
         raise NotImplementedError
+
+    def loss_terms(self, parameters, training=False):
+        """Per-example terms `[batch]` of this head's own (named in `metric_names`), added
+        to every objective's `loss`; none by default."""
+        return {}
+
+    def export_outputs(self, parameters):
+        """The `encode` graph's outputs: `mean` and `scale` (the head's `loc` and `scale`:
+        std devs `[batch, d]` or a Cholesky factor `[batch, d, d]`), then the head's
+        further parameters (flows, hierarchies) under their own names."""
+        parameters = dict(parameters)
+        return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
+
+    def decode_input_spec(self):
+        """The `decode` graph's input: latents z `[B, latent_dim]`, float32."""
+        return tf.TensorSpec((None, self.latent_dim), tf.float32, name="z")
+
+    def latent_from_decode_input(self, value):
+        """z `[B, latent_dim]` from the `decode` graph's input (z itself by default)."""
+        return value
+
+    def decode_input_rows(self, value):
+        """Which rows `[B]` of the `decode` graph's input are valid, or None (finite rows)."""
+        return None
 
     def closed_form_mean(self, parameters):
         """E_q[z] `[batch, latent_dim]` from q's `parameters`, or None when this head

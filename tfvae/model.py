@@ -99,7 +99,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         self.conditioning = Conditioning(
             options.check_condition_dim(condition_dim, prior, likelihood.event_shape))
         prior.attach(self)
-        names = _METRICS + tuple(self.objective.metric_names)
+        names = _METRICS + tuple(self.objective.metric_names) + tuple(posterior.metric_names)
         names += tuple(f"kl_{layer}" for layer in posterior.layer_names)
         self._init_training(beta, names, seed)
         self.build((None,) + self.likelihood.event_shape)
@@ -184,12 +184,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         return self.posterior.parameters(self.encoder_output(x, y, training))
 
     def posterior_outputs(self, x, y=None):
-        """q(z|x)'s parameters under their exported names (the `encode` graph's outputs):
-        `mean` and `scale` (the head's `loc` and `scale`: std devs `[batch, d]` or a
-        Cholesky factor `[batch, d, d]`) and any further parameters of flows and
-        hierarchies as the head names them."""
-        parameters = dict(self.posterior_parameters(x, y))
-        return {"mean": parameters.pop("loc"), "scale": parameters.pop("scale"), **parameters}
+        """q(z|x) as the `encode` graph outputs it (`posterior.export_outputs`)."""
+        return self.posterior.export_outputs(self.posterior_parameters(x, y))
 
     def decoder_parameters(self, z, y=None, training=False):
         """The likelihood head's named parameters at latents `z` `[batch, latent_dim]`."""
@@ -255,8 +251,12 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         return self._finish_terms(self.objective.terms(self, context), context)
 
     def _finish_terms(self, terms, context):
-        """Adds `kl_<layer>` (hierarchies), drops the `kl_groups` matrix, and makes
-        the terms of rows that are not `valid_rows` NaN."""
+        """Adds the posterior's own `loss_terms` (to `loss`, and reported) and `kl_<layer>`
+        (hierarchies), drops the `kl_groups` matrix, and makes the terms of rows that are
+        not `valid_rows` NaN."""
+        own = self.posterior.loss_terms(context.parameters, context.training)
+        if own:
+            terms = {**terms, **own, "loss": terms["loss"] + tf.add_n(list(own.values()))}
         groups = terms.pop("kl_groups", None)
         for index, layer in enumerate(self.posterior.layer_names):
             terms[f"kl_{layer}"] = groups[:, index]

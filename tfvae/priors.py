@@ -29,6 +29,8 @@ class Prior(keras.layers.Layer):
       VampPrior), so it is bound to the model by `attach` and DReG is biased
       for it.
     * `check_posterior(posterior)`, `attach(model)`: its own pairing rules.
+    * `export_refusal(graph)`: why an export graph cannot be built with it
+      (`sample` needs `can_reparameterize`), or None.
     """
 
     can_reparameterize = False
@@ -42,6 +44,14 @@ class Prior(keras.layers.Layer):
 
     def check_posterior(self, posterior):
         """Raises `ValueError` unless this prior can pair with `posterior` (any can)."""
+
+    def export_refusal(self, graph):
+        """Why the export graph `graph` cannot be built with this prior, or None."""
+        if graph == "sample" and not self.can_reparameterize:
+            return (f"{type(self).__name__} cannot be sampled from standard normal noise alone "
+                    "(only a prior that declares `can_reparameterize`, such as the standard "
+                    "normal or the hierarchy's, exports `sample`)")
+        return None
 
     def attach(self, model):
         """Called once by the `tfvae.VAE` that holds this prior (nothing to do by default)."""
