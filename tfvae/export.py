@@ -518,28 +518,15 @@ def _write_file(path, data):
     """Writes bytes to a new file, flushed and fsynced."""
     with open(path, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        files.fsync_file(f)
 
 
 def _fsync_tree(root):
     """fsyncs every file and directory under `root` (and `root` itself)."""
     for directory, _, names in os.walk(root):
         for name in names:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            files.fsync_path(os.path.join(directory, name))
+        files.fsync_directory(directory, best_effort=False)
 
 
 # `.NAME.tmp-PID-HOST-XXXXXXXX` (HOST: 8 hex digits of the host name's hash; 0.2.0's
@@ -613,7 +600,7 @@ def _publish(staging, destination, kind):
             f"Cannot write the {kind} export to {destination}: {error.strerror or error} "
             "(it was created by someone else meanwhile?)"
         ) from error
-    _fsync_directory(os.path.dirname(os.path.abspath(destination)))
+    files.fsync_directory(os.path.dirname(os.path.abspath(destination)), best_effort=False)
 
 
 def _make_directory(path, name):
