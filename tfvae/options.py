@@ -216,9 +216,11 @@ def check_binarize(binarize, likelihood, name=None):
     if binarize == "auto" or binarize in likelihood.binarize_modes:
         return binarize
     label = name if name is not None else _checks.type_name(likelihood)
-    support = likelihood.support
-    what = (f"models {support.describe()}, not binary data" if "none" in
-            likelihood.binarize_modes else f"accepts binarize in {likelihood.binarize_modes}")
+    # A class whose support depends on its arguments (levels) has no `describe` yet.
+    describe = getattr(likelihood.support, "describe", None)
+    what = (f"accepts binarize in {likelihood.binarize_modes}"
+            if "none" not in likelihood.binarize_modes else
+            f"models {describe()}, not binary data" if describe else "models no binary data")
     raise ValueError(f"Received an invalid value for `binarize`: the {label!r} likelihood "
                      f"{what}. Received: binarize={binarize!r}")
 
