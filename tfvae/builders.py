@@ -203,7 +203,8 @@ def likelihood_of(likelihood, event_shape=(1,)):
         depend on it). Default value: `(1,)`.
 
     Returns:
-      A `LikelihoodHead`.
+      A `LikelihoodHead` (a named one is built: a learned σ makes a variable, so inside
+      a traced function pass a head instead of a name).
     """
     if isinstance(likelihood, heads.LikelihoodHead):
         return likelihood

@@ -814,8 +814,9 @@ def prepare_batch(x, ids, scale, likelihood, binarize, seed, generator=None):
       x: raw values `[batch] + event_shape`.
       ids: int64 example ids `[batch]` (the static draw's seeds).
       scale: `x / scale` lies in [0, 1].
-      likelihood: a likelihood name or head (its `prepare_data` and
-        `binarize_modes` are read).
+      likelihood: a likelihood head or name (its `prepare_data` and `binarize_modes`
+        are read; a name builds the head, so inside a traced function such as a
+        `tf.data` map pass a head: a learned σ makes a variable).
       binarize: `"none"`, `"static"` (x_bin = 1[u < x] with u a pure function of
         `(seed, id)`: the same draw for an example whenever it is read) or
         `"dynamic"` (a fresh draw from `generator` every batch).
