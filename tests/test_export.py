@@ -257,7 +257,8 @@ def _bad_x_rows(model, seed=0):
     x[3].flat[2] = -0.5
     x[4] = x[4] * 255 if not levels else x[4] / 255  # 0..255 for [0, 1] heads; [0, 1] for levels
     x[5].flat[1] = 256.0 if levels else 1.5
-    x[6].flat[0] = 0.0  # still valid
+    if model.likelihood.support.closed[0]:
+        x[6].flat[0] = 0.0  # still valid (the lower end of [0, 1] and of the levels)
     return x
 
 

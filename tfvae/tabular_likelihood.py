@@ -201,6 +201,11 @@ class TabularLikelihood(heads.LikelihoodHead):
     # ------------------------------------------------------------------
     # What the encoder sees, and which rows can be scored.
 
+    # Rows are coded by the schema (`tfvae.tabular`), never binarised; the support is
+    # per column, so `support_mask` and `validate_data` are the head's own (the
+    # declared `support`, all reals, is only the continuous columns').
+    binarize_modes = ("none",)
+
     def encoder_input(self, x):
         """Standardised continuous columns, binary columns, one-hot categorical codes."""
         x = tf.cast(x, tf.float32)
