@@ -922,3 +922,14 @@ def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
     assert given["quantize"] == "int8-static"
     np.testing.assert_array_equal(given["calibration_data"], train_x[:512])
     np.testing.assert_array_equal(given["validation_data"], x[:1000])
+
+
+def test_the_row_guard_excludes_the_open_ends_a_likelihood_declares():
+    class OpenUnitLikelihood(tfvae.ContinuousBernoulliLikelihood):
+        support = tfvae.heads.Support(0.0, 1.0, closed=(False, True))
+
+    head = OpenUnitLikelihood((3,))
+    x = tf.constant([[0.0, 0.5, 0.5], [0.5, 0.5, 1.0], [1e-7, 0.5, 0.9], [0.5, -0.0, 0.5]])
+    expected = [False, True, True, False]  # 0 (and −0) excluded at the open low end only
+    np.testing.assert_array_equal(head.support_mask(x).numpy(), expected)
+    np.testing.assert_array_equal(export._x_rows(head)(x).numpy(), expected)

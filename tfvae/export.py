@@ -219,7 +219,8 @@ def _finite_sum_rows(rows, size, bound=math.inf):
 def _x_rows(likelihood):
     """The likelihood's `support_mask` rule as row reductions: `x [B, *event]` → `[B]`.
 
-    A row is accepted iff its minimum is ≥ `low`, its maximum ≤ `high` and
+    A row is accepted iff its minimum is ≥ `low` (> at an open end of the
+    likelihood's `support`), its maximum ≤ `high` (< at an open end) and
     (levels) Σ (x − ⌊x⌋) = 0, else (continuous data) its sum is finite. Exactly
     `support_mask`'s answer: ±inf fails a bound or the sum, a NaN (whatever
     min/max do with it) makes the sum NaN; x − ⌊x⌋ ∈ [0, 1) for finite x, and a
@@ -228,14 +229,17 @@ def _x_rows(likelihood):
     (`_finite_sum_rows`).
     """
     low, high, integers = data_range(likelihood)
+    low_closed, high_closed = likelihood.support.closed
 
     def rows_ok(x):
         rows, size = _flat(x)
         checks = []
         if math.isfinite(low):
-            checks.append(tf.reduce_min(rows, axis=1) >= low)
+            smallest = tf.reduce_min(rows, axis=1)
+            checks.append(smallest >= low if low_closed else smallest > low)
         if math.isfinite(high):
-            checks.append(tf.reduce_max(rows, axis=1) <= high)
+            largest = tf.reduce_max(rows, axis=1)
+            checks.append(largest <= high if high_closed else largest < high)
         if integers:
             checks.append(tf.equal(tf.reduce_sum(rows - tf.floor(rows), axis=1), 0.0))
         else:

@@ -181,7 +181,8 @@ class _RunConfig:
         _checks.one_of("likelihood", self.likelihood, tuple(builders.LIKELIHOODS))
         _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
         _checks.one_of("prior", self.prior, tuple(builders.PRIORS))
-        _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
+        options.check_binarize(self.binarize, builders.likelihood_of(self.likelihood),
+                               self.likelihood)
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         _checks.one_of("lr_schedule", self.lr_schedule, options.LR_SCHEDULES)
