@@ -19,6 +19,12 @@ import sys
 
 from tfvae import files
 
+__all__ = [
+    "main",
+    "MAX_GRID_BYTES",
+    "MAX_SAMPLE_BYTES",
+]
+
 logger = logging.getLogger("tfvae")
 
 # The commands that read a run directory (each holds a files.ReadLock on it while it runs).

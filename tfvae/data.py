@@ -25,6 +25,34 @@ from tfvae import options
 from tfvae import records
 from tfvae import shapes
 
+__all__ = [
+    "ALL",
+    "as_sources",
+    "BINARIZE",
+    "BUILTIN_NAMES",
+    "IMAGE_EXTENSIONS",
+    "is_streamed",
+    "load",
+    "load_array_file",
+    "load_digits",
+    "load_factors",
+    "load_image_folder",
+    "load_shapes",
+    "load_split",
+    "load_tfds",
+    "make_dataset",
+    "MIN_EXAMPLES",
+    "NPY_STREAM_BYTES",
+    "prepare",
+    "resolve_binarize",
+    "source_splits",
+    "SPLITS",
+    "tfds_builder",
+    "TFDS_NAMES",
+    "to_levels",
+    "whole_source",
+]
+
 logger = logging.getLogger(__name__)
 
 # Name -> the split held out for validation.

@@ -22,6 +22,22 @@ import tensorflow_probability as tfp
 from tfvae import _checks
 from tfvae import priors as priors_lib
 
+__all__ = [
+    "BernoulliLikelihood",
+    "CategoricalPixelLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "DiagonalGaussianPosterior",
+    "DiscretizedLogisticLikelihood",
+    "DistributionHead",
+    "FullCovarianceGaussianPosterior",
+    "GaussianLikelihood",
+    "GaussianPosterior",
+    "LevelLikelihood",
+    "LikelihoodHead",
+    "Posterior",
+    "Support",
+]
+
 tfd = tfp.distributions
 tfb = tfp.bijectors
 

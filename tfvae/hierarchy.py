@@ -30,6 +30,11 @@ from tfvae import networks
 from tfvae import objectives
 from tfvae import priors
 
+__all__ = [
+    "HierarchicalPosterior",
+    "HierarchicalPrior",
+]
+
 tfd = tfp.distributions
 tfb = tfp.bijectors
 

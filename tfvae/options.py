@@ -13,6 +13,23 @@ import logging
 from tfvae import _checks
 from tfvae import objective_parts
 
+__all__ = [
+    "BINARIZE",
+    "check_architecture",
+    "check_binarize",
+    "check_condition_dim",
+    "check_dreg",
+    "check_factorised",
+    "check_free_bits_groups",
+    "check_objective",
+    "check_parts",
+    "check_prior_name",
+    "check_top_latent_dim",
+    "execution",
+    "LR_SCHEDULES",
+    "resolve_binarize",
+]
+
 # How a run's learning rate moves over its epochs (`tfvae.training.learning_rate_schedule`).
 LR_SCHEDULES = ("constant", "cosine")
 

@@ -46,6 +46,32 @@ from tfvae import run_data
 from tfvae import training
 from tfvae.model import VAE
 
+__all__ = [
+    "check_output",
+    "condition_dim",
+    "held_out",
+    "held_out_stream",
+    "is_chief",
+    "learning_rate_of",
+    "load_dataset",
+    "load_model",
+    "load_run",
+    "make_strategy",
+    "MAX_CLASSES",
+    "MAX_SEED",
+    "PRECISION_POLICIES",
+    "read_config",
+    "RUN_FILE",
+    "RunConfig",
+    "RunOutput",
+    "steps_per_epoch",
+    "STRATEGIES",
+    "TENSORBOARD_DIR",
+    "tf_config",
+    "train",
+    "TrainingDiverged",
+]
+
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"

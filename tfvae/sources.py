@@ -36,6 +36,33 @@ from tfvae import options
 from tfvae import random as tfvae_random
 from tfvae import records
 
+__all__ = [
+    "ArraySource",
+    "ChainSource",
+    "folder_splits",
+    "glob_source",
+    "hash_split",
+    "IMAGE_EXTENSIONS",
+    "ImageFolderSource",
+    "key_ids",
+    "NpySource",
+    "pipeline",
+    "prepare_batch",
+    "READ_ERRORS",
+    "reading",
+    "record_splits",
+    "RecordSource",
+    "resolve_binarize",
+    "SHUFFLE_BUFFER",
+    "shuffle_buffer",
+    "SHUFFLE_BYTES",
+    "Source",
+    "SPLIT_FOLDERS",
+    "TfdsSource",
+    "WINDOW",
+    "WINDOW_BYTES",
+]
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

@@ -39,6 +39,17 @@ from tfvae import tables
 from tfvae import tabular
 from tfvae.tabular_likelihood import TabularLikelihood
 
+__all__ = [
+    "is_table_run",
+    "parse_threshold",
+    "read_table_run",
+    "RUN_SCORE",
+    "score",
+    "TABLE_FILE",
+    "train",
+    "VALIDATION_FRACTION",
+]
+
 logger = logging.getLogger(__name__)
 
 TABLE_FILE = "table.json"

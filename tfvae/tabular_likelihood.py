@@ -33,6 +33,11 @@ from tfvae import _checks
 from tfvae import heads
 from tfvae import tabular
 
+__all__ = [
+    "RowDistribution",
+    "TabularLikelihood",
+]
+
 tfd = tfp.distributions
 
 _SCALES = ("per_dimension", "predicted")
