@@ -442,8 +442,10 @@ def test_skipped_graphs_are_warned_about_and_recorded(tmp_path, caplog):
         export.export_onnx(model, str(tmp_path / "onnx"), graphs=None)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("`sample`" in m and "MixtureOfGaussiansPrior" in m for m in warnings), warnings
+    assert not any("`score`" in m for m in warnings), warnings  # (tables only: no loss here)
     with open(tmp_path / "onnx" / "metadata.json") as f:
         metadata = json.load(f)
+    assert "no per-column terms" in metadata["skipped"]["score"]
     assert "MixtureOfGaussiansPrior" in metadata["skipped"]["sample"]
     assert "elbo" in metadata["skipped"] and set(metadata["graphs"]) == {"encode", "decode",
                                                                         "reconstruct"}

@@ -15,6 +15,9 @@ The score is the negative of one of the model's bounds on log p(x):
 * `"reconstruction"`: −E_q[log p(x|z)] (no KL term): the sum over columns
   of `feature_scores`.
 
+An exported detector (`tfvae.export`'s `score` graph) computes one draw of the
+`"elbo"` score at given noise, `noise_scores(model, rows, eps)` here.
+
 Rows are a numeric matrix `[n, d]`; each column is typed as for a table
 (`tfvae.tabular.infer_schema`: a column of 0/1 values is binary, others
 continuous, a column constant on the training rows is ignored), or by a

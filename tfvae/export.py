@@ -50,6 +50,8 @@ the network, so TensorFlow's and ONNX Runtime's different NaN semantics inside
 The guard works on row reductions (a row's min, max and one sum; `_x_rows`),
 not per-element masks, and multiplies each output row by 1 or NaN: at
 B = 1,000 it costs a few per cent of a graph's time (`benchmarks/bench_export.py`).
+A likelihood whose rule is more than its data range (a table's codes per column:
+`support_is_range` false) is asked for its own `support_mask` instead.
 Inputs that must have as many rows as the first (`eps`, `y`) are reshaped to
 its rows, so a mismatch is an error in both formats, never a broadcast; every
 ONNX input and output names its first dimension `batch`. An empty batch (B = 0)
@@ -367,7 +369,8 @@ def check_threshold(threshold):
 
 
 def graph_functions(model, y_format="one_hot", guard=True, threshold=None):
-    """The export graphs as `{name: (python_function, input_signature)}`.
+    """The export graphs the model's parts allow (`part_refusal`), as
+    `{name: (python_function, input_signature)}`.
 
     Functions return dicts of named float32 tensors; see the module docstring.
     A conditional model's graphs all take one more input, `y [B, condition_dim]`,
@@ -582,10 +585,13 @@ def _metadata(model, functions, exported, kind, y_format, guard=True, threshold=
     }
 
 
-def _log_skipped(skipped, available, kind, where):
+def _log_skipped(skipped, available, kind, where, model):
     """Warns about each graph of `available` the model could not export (not the ones a
-    caller left out, nor ONNX's `elbo`, which no model has)."""
+    caller left out, nor ONNX's `elbo`, which no model has, nor `score` for a model of
+    other data than table rows: recorded in the metadata, but no loss)."""
     for name, reason in skipped.items():
+        if name == "score" and not model.likelihood.column_terms:
+            continue
         if name in available and reason != "not requested":
             logger.warning("%s export to %s has no `%s`: %s", kind, where, name, reason)
 
@@ -778,7 +784,7 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
         _write_file(os.path.join(staging, SAVED_MODEL_METADATA),
                     json.dumps(metadata, indent=2).encode())
         _publish(staging, path, "SavedModel")
-    _log_skipped(metadata["skipped"], SAVED_MODEL_SIGNATURES, "SavedModel", path)
+    _log_skipped(metadata["skipped"], SAVED_MODEL_SIGNATURES, "SavedModel", path, model)
     logger.info("wrote SavedModel %s with signatures %s", path, ", ".join(signatures))
     return path
 
@@ -936,7 +942,7 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         _share_weights(metadata, staging, graphs)
         _write_file(os.path.join(staging, ONNX_METADATA), json.dumps(metadata, indent=2).encode())
         _publish(staging, directory, "ONNX")
-    _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory)
+    _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory, model)
     logger.info("wrote ONNX graphs %s to %s", ", ".join(graphs), directory)
     return {name: os.path.join(directory, file) for name, file in metadata["graphs"].items()}
 
