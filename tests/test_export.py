@@ -82,7 +82,7 @@ def test_saved_model_signatures_match_keras_at_two_batch_sizes(tmp_path, likelih
     path = export.export_saved_model(model, str(tmp_path), "vae")
     assert path == os.path.join(str(tmp_path), "vae", "1")
     loaded = tf.saved_model.load(path)
-    expected_signatures = set(export.SAVED_MODEL_SIGNATURES)
+    expected_signatures = set(export.SAVED_MODEL_SIGNATURES) - {"score"}  # tables only
     if "prior" in extra:
         expected_signatures.discard("sample")
     assert set(loaded.signatures) == expected_signatures
@@ -116,7 +116,7 @@ def test_saved_model_cli_lists_every_signature(tmp_path):
     result = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True,
                             timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in export.SAVED_MODEL_SIGNATURES:
+    for name in set(export.SAVED_MODEL_SIGNATURES) - {"score"}:  # (`score`: tables only)
         assert f"signature_def['{name}']" in result.stdout
     # Named inputs with a dynamic batch dimension.
     assert "inputs['eps'] tensor_info" in result.stdout and "shape: (-1, 3)" in result.stdout
@@ -157,7 +157,7 @@ def test_onnx_graphs_match_keras_at_two_batch_sizes(tmp_path, likelihood, archit
     posterior = "full" if architecture == "conv" else "diagonal"
     model = _model(likelihood, architecture, posterior=posterior)
     written = export.export_onnx(model, str(tmp_path / "onnx"))
-    assert set(written) == set(export.ONNX_GRAPHS)
+    assert set(written) == set(export.ONNX_GRAPHS) - {"score"}  # (`score`: tables only)
     with open(tmp_path / "onnx" / "metadata.json") as f:
         metadata = json.load(f)
     assert metadata["opset"] == export.ONNX_OPSET and metadata["latent_dim"] == 3
@@ -443,8 +443,10 @@ def test_skipped_graphs_are_warned_about_and_recorded(tmp_path, caplog):
         export.export_onnx(model, str(tmp_path / "onnx"), graphs=None)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("`sample`" in m and "MixtureOfGaussiansPrior" in m for m in warnings), warnings
+    assert not any("`score`" in m for m in warnings), warnings  # (tables only: no loss here)
     with open(tmp_path / "onnx" / "metadata.json") as f:
         metadata = json.load(f)
+    assert "no per-column terms" in metadata["skipped"]["score"]
     assert "MixtureOfGaussiansPrior" in metadata["skipped"]["sample"]
     assert "elbo" in metadata["skipped"] and set(metadata["graphs"]) == {"encode", "decode",
                                                                         "reconstruct"}
@@ -537,7 +539,8 @@ def test_inputs_with_other_row_counts_are_an_error_not_a_broadcast():
 def test_an_empty_batch_gives_empty_outputs(architecture):
     model = _model("discretized_logistic", architecture, condition_dim=3)
     functions = export.graph_functions(model)
-    for name in export.SAVED_MODEL_SIGNATURES:
+    assert set(functions) == set(export.SAVED_MODEL_SIGNATURES) - {"score"}  # (tables only)
+    for name in functions:
         fn, input_signature = functions[name]
         empty = [tf.zeros([0] + spec.shape[1:].as_list()) for spec in input_signature]
         one = [tf.zeros([1] + spec.shape[1:].as_list()) for spec in input_signature]

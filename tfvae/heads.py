@@ -464,10 +464,21 @@ class LikelihoodHead(DistributionHead):
     """
 
     params_per_element = 1
+    # Whether the head gives log p(x|z) per column of a row, `column_log_probs(parameters, x)`
+    # `[batch, d]`, with `column_names`: what the `score` export graph's `feature_scores` are.
+    column_terms = False
 
     def __init__(self, event_shape, **kwargs):
         super().__init__(**kwargs)
         self.event_shape = _checks.shape("event_shape", event_shape)
+
+    def export_refusal(self, graph):
+        """`score` needs per-column terms (`column_terms`); every other graph can be built."""
+        if graph == "score" and not self.column_terms:
+            return (f"{type(self).__name__} has no per-column terms of log p(x|z) for the "
+                    "`score` graph's feature_scores (a TabularLikelihood, the likelihood of "
+                    "table rows, has them)")
+        return None
 
     @property
     def params_size(self):
@@ -509,6 +520,10 @@ class LikelihoodHead(DistributionHead):
     support = Support()
     binarize_modes = ("none", "static", "dynamic")
     auto_binarize = False
+    # Whether `support_mask` is the `support` rule alone, so that export graphs can guard
+    # x with row reductions (`tfvae.export`); a head with further rules (a table's codes
+    # per column) sets False and the graphs call its `support_mask`.
+    support_is_range = True
 
     @property
     def data_range(self):
