@@ -99,7 +99,8 @@ def test_mmd_is_near_zero_for_one_distribution_and_matches_the_closed_form_for_a
     delta = np.array([1.0, -0.5])
     # For N(μ, I) against N(μ + δ, I) and k = exp(−‖x − y‖² / C):
     # MMD² = 2 (1 + 4/C)^(−d/2) (1 − exp(−‖δ‖² / (C + 4))).
-    closed = 2.0 * (1.0 + 4.0 / scale) ** (-d / 2) * (1.0 - np.exp(-(delta @ delta) / (scale + 4.0)))
+    closed = (2.0 * (1.0 + 4.0 / scale) ** (-d / 2)
+              * (1.0 - np.exp(-(delta @ delta) / (scale + 4.0))))
     same, shifted = [], []
     for _ in range(3):
         x, y = rng.normal(size=(2, n, d)).astype("float32")
@@ -160,7 +161,8 @@ def test_get_config_round_trip_keeps_the_objective_and_its_terms():
     assert (config["objective"], config["mmd_weight"], config["mmd_kernel"]) == ("mmd", 3.0, "imq")
     rebuilt = tfvae.VAE.from_config(config)
     rebuilt.set_weights(model.get_weights())
-    assert (rebuilt.objective.name, rebuilt.objective.mmd_weight, rebuilt.objective.mmd_kernel) == ("mmd", 3.0, "imq")
+    objective = rebuilt.objective
+    assert (objective.name, objective.mmd_weight, objective.mmd_kernel) == ("mmd", 3.0, "imq")
     x = tf.constant((np.random.default_rng(3).uniform(size=(4, 6)) < 0.5).astype("float32"))
     a, b = model.objective_terms(x, seed=5), rebuilt.objective_terms(x, seed=5)
     for key in ("loss", "mmd"):
