@@ -469,6 +469,16 @@ def replica_context():
     return None
 
 
+def replica_offset(batch_size):
+    """The index of this replica's first example in the global batch: the sum of the batch
+    sizes of the replicas before it (0 without several replicas in sync)."""
+    replica = replica_context()
+    if replica is None:
+        return 0
+    sizes = replica.all_gather(tf.reshape(batch_size, [1]), axis=0)  # [replicas]
+    return tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])
+
+
 def all_gather(tensors):
     """`tensors` (a structure of `[batch, ...]` tensors) for the global batch, and the index
     of this replica's first example in it.
@@ -485,12 +495,16 @@ def all_gather(tensors):
     replica = replica_context()
     if replica is None:
         return tensors, 0
-    first = tf.nest.flatten(tensors)[0]
-    sizes = replica.all_gather(tf.shape(first)[:1], axis=0)  # [replicas]
-    offset = tf.reduce_sum(sizes[:replica.replica_id_in_sync_group])
-    gathered = tf.nest.map_structure(
-        lambda t: (replica.all_gather(tf.cast(t, tf.float32), axis=0) > 0.5 if t.dtype == tf.bool
-                   else replica.all_gather(t, axis=0)), tensors)
+    offset = replica_offset(tf.shape(tf.nest.flatten(tensors)[0])[0])
+
+    def gather(t):
+        if t is None:
+            return None
+        if t.dtype == tf.bool:
+            return replica.all_gather(tf.cast(t, tf.float32), axis=0) > 0.5
+        return replica.all_gather(t, axis=0)
+
+    gathered = tf.nest.map_structure(gather, tensors)
     return gathered, offset
 
 

@@ -123,16 +123,16 @@ def _multi_worker(strategy):
 
 
 def _average_loss(per_example_loss, sample_weight=None):
-    """`tf.nn.compute_average_loss`'s numbers (sum over the global batch), without its
-    runtime assert in the unweighted case."""
+    """The sum of the per-example losses over the global batch, divided by its size (the
+    replicas' examples counted, so an uneven split of the last batch is exact), without
+    `tf.nn.compute_average_loss`'s runtime assert in the unweighted case."""
     if sample_weight is not None:
         return tf.nn.compute_average_loss(per_example_loss, sample_weight=sample_weight)
-    batch = per_example_loss.shape[0]
-    if batch is None:
-        batch = tf.shape(per_example_loss)[0]
-    global_batch = batch * tf.distribute.get_strategy().num_replicas_in_sync
-    return tf.math.divide_no_nan(tf.reduce_sum(per_example_loss),
-                                 tf.cast(global_batch, per_example_loss.dtype))
+    global_batch = tf.cast(tf.shape(per_example_loss)[0], per_example_loss.dtype)
+    replica = objectives.replica_context()
+    if replica is not None:  # replicas may hold different numbers of examples (31 + 30)
+        global_batch = replica.all_reduce(tf.distribute.ReduceOp.SUM, global_batch)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example_loss), global_batch)
 
 
 class Trainer:
@@ -220,10 +220,9 @@ class Trainer:
             seed = tfvae_random.fold_in(self._train_seed, self.optimizer.iterations)
         else:  # evaluation: fresh noise per batch
             seed = tf.cast(self._seed_generator.next(), tf.int32)
-        offset = 0
-        replica = objectives.replica_context()
-        if replica is not None:
-            offset = replica.replica_id_in_sync_group * tf.shape(x)[0]
+        # This replica's first example in the global batch (replicas may hold different
+        # numbers of examples: a last batch split 31 + 30).
+        offset = objectives.replica_offset(tf.shape(x)[0])
         return self.objective_terms(x, y=y, training=training, seed=seed, offset=offset)
 
     def _update_metrics(self, terms, sample_weight):
