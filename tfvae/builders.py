@@ -10,6 +10,7 @@ from tfvae import networks
 from tfvae import objective_parts
 from tfvae import options
 from tfvae import priors
+from tfvae import vq
 from tfvae.model import VAE
 
 LIKELIHOODS = {
@@ -30,6 +31,7 @@ POSTERIORS = {
     "iaf": flows.IAFPosterior,
     "planar": flows.PlanarFlowPosterior,
     "hierarchical": hierarchy.HierarchicalPosterior,
+    "vq": vq.VQPosterior,
 }
 # Prior names -> classes; a factory builds one (latent size, data shape, components, seed).
 PRIORS = {
