@@ -130,6 +130,16 @@ def test_bad_options_are_refused_by_name():
         tfvae.build_vae((8,), 4, codebook_size=16)
 
 
+def test_cli_refuses_a_prior_name_for_vq_in_one_line(tmp_path, capsys):
+    from tfvae import cli
+
+    code = cli.main(["train", "--output", str(tmp_path / "r"), *TINY_RUN, "--posterior", "vq",
+                     "--prior", "mixture"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "brings its own prior" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 # ---------------------------------------------------------------------------
 # The prior and the EMA update.
 
