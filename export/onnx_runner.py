@@ -6,6 +6,7 @@
     python export/onnx_runner.py DIR reconstruct --x digits.npy [--eps zeros]
     python export/onnx_runner.py DIR sample -n 16 --seed 0 --save samples.npy
     python export/onnx_runner.py DIR sample --y labels.npy      # a conditional model
+    python export/onnx_runner.py DIR score --x rows.npy --save scores.npz   # a table run
 
 DIR is what `tfvae export RUN --format onnx` wrote: `*.onnx`, `weights.bin` (the
 weights of all the graphs, each stored once; the graphs refer to it, so keep it
@@ -148,6 +149,14 @@ class OnnxVAE:
             eps = noise("random", n, self.width("sample", "eps"), seed)
         return self.run("sample", eps=eps, y=y)["samples"]
 
+    def score(self, x, eps=None, y=None):
+        """A table model's `score` graph on raw coded rows `x [B, d]`: {`score` [B] (−ELBO at
+        z = g(eps; q(z|x))), `feature_scores` [B, d], `flag` [B] when the export has a
+        threshold}; `eps` defaults to zeros (the deterministic score)."""
+        if eps is None:
+            eps = np.zeros((_rows(x, "x"), self.width("score", "eps")), np.float32)
+        return self.run("score", x=x, eps=eps, y=y)
+
 
 def _session(path):
     """An onnxruntime session of the graph at `path` (its external weights are read from its
@@ -257,8 +266,8 @@ def build_parser():
     """The command line's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory")
-    parser.add_argument("graph", choices=("encode", "decode", "reconstruct", "sample"))
-    parser.add_argument("--x", help=".npy data for encode / reconstruct")
+    parser.add_argument("graph", choices=("encode", "decode", "reconstruct", "sample", "score"))
+    parser.add_argument("--x", help=".npy data for encode / reconstruct / score")
     parser.add_argument("--y", help=".npy integer class labels [B] or one-hot rows [B, C]: "
                                     "conditional models only")
     parser.add_argument("--z", help="decode's latents: .npy, 'zeros' (default) or 'random'")

@@ -7,6 +7,7 @@ Needs only the Python standard library and numpy.
     python export/tfserving_client.py --signature sample --batch 4 --seed 0
     python export/tfserving_client.py --signature reconstruct --x digits.npy [--eps zeros]
     python export/tfserving_client.py --signature sample --y labels.npy    # conditional model
+    python export/tfserving_client.py --signature score --x rows.npy       # a table run
     python export/tfserving_client.py --url http://host:8501/v1/models/tfvae/versions/2 ...
 
 The client first reads the model's signatures from TF Serving
@@ -40,6 +41,8 @@ NOT_EXPORTED = {
     "sample": "tfvae exports `sample` only for priors sampled from standard normal noise "
               "alone (standard normal, hierarchical), not for a mixture-of-Gaussians or "
               "VampPrior prior",
+    "score": "tfvae exports `score` only for models of table rows (a likelihood with "
+             "per-column terms: `tfvae train --dataset table.csv`)",
 }
 _INTERNAL = "__saved_model_init_op"
 

@@ -96,11 +96,10 @@ def tiny_model(likelihood="bernoulli", architecture="mlp", **kwargs):
 
 
 def data_for(likelihood, n=8, seed=0):
-    """Uniform (6, 5, 1) data a `likelihood` can score (8-bit levels for the level heads)."""
+    """Uniform (6, 5, 1) data a `likelihood` (a name or head) can score: [0, 1) prepared as
+    it declares (`prepare_data`: 8-bit levels for the level heads)."""
     x = np.random.default_rng(seed).uniform(size=(n, 6, 5, 1)).astype("float32")
-    if likelihood in ("categorical", "discretized_logistic"):
-        return np.round(x * 255)
-    return x
+    return np.asarray(tfvae.builders.likelihood_of(likelihood).prepare_data(x), "float32")
 
 
 def assert_wrong_x_shape_refused(call, model, shape, event_text):

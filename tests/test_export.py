@@ -82,7 +82,7 @@ def test_saved_model_signatures_match_keras_at_two_batch_sizes(tmp_path, likelih
     path = export.export_saved_model(model, str(tmp_path), "vae")
     assert path == os.path.join(str(tmp_path), "vae", "1")
     loaded = tf.saved_model.load(path)
-    expected_signatures = set(export.SAVED_MODEL_SIGNATURES)
+    expected_signatures = set(export.SAVED_MODEL_SIGNATURES) - {"score"}  # tables only
     if "prior" in extra:
         expected_signatures.discard("sample")
     assert set(loaded.signatures) == expected_signatures
@@ -116,7 +116,7 @@ def test_saved_model_cli_lists_every_signature(tmp_path):
     result = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True,
                             timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in export.SAVED_MODEL_SIGNATURES:
+    for name in set(export.SAVED_MODEL_SIGNATURES) - {"score"}:  # (`score`: tables only)
         assert f"signature_def['{name}']" in result.stdout
     # Named inputs with a dynamic batch dimension.
     assert "inputs['eps'] tensor_info" in result.stdout and "shape: (-1, 3)" in result.stdout
@@ -157,7 +157,7 @@ def test_onnx_graphs_match_keras_at_two_batch_sizes(tmp_path, likelihood, archit
     posterior = "full" if architecture == "conv" else "diagonal"
     model = _model(likelihood, architecture, posterior=posterior)
     written = export.export_onnx(model, str(tmp_path / "onnx"))
-    assert set(written) == set(export.ONNX_GRAPHS)
+    assert set(written) == set(export.ONNX_GRAPHS) - {"score"}  # (`score`: tables only)
     with open(tmp_path / "onnx" / "metadata.json") as f:
         metadata = json.load(f)
     assert metadata["opset"] == export.ONNX_OPSET and metadata["latent_dim"] == 3
@@ -257,7 +257,8 @@ def _bad_x_rows(model, seed=0):
     x[3].flat[2] = -0.5
     x[4] = x[4] * 255 if not levels else x[4] / 255  # 0..255 for [0, 1] heads; [0, 1] for levels
     x[5].flat[1] = 256.0 if levels else 1.5
-    x[6].flat[0] = 0.0  # still valid
+    if model.likelihood.support.closed[0]:
+        x[6].flat[0] = 0.0  # still valid (the lower end of [0, 1] and of the levels)
     return x
 
 
@@ -442,8 +443,10 @@ def test_skipped_graphs_are_warned_about_and_recorded(tmp_path, caplog):
         export.export_onnx(model, str(tmp_path / "onnx"), graphs=None)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("`sample`" in m and "MixtureOfGaussiansPrior" in m for m in warnings), warnings
+    assert not any("`score`" in m for m in warnings), warnings  # (tables only: no loss here)
     with open(tmp_path / "onnx" / "metadata.json") as f:
         metadata = json.load(f)
+    assert "no per-column terms" in metadata["skipped"]["score"]
     assert "MixtureOfGaussiansPrior" in metadata["skipped"]["sample"]
     assert "elbo" in metadata["skipped"] and set(metadata["graphs"]) == {"encode", "decode",
                                                                         "reconstruct"}
@@ -536,7 +539,8 @@ def test_inputs_with_other_row_counts_are_an_error_not_a_broadcast():
 def test_an_empty_batch_gives_empty_outputs(architecture):
     model = _model("discretized_logistic", architecture, condition_dim=3)
     functions = export.graph_functions(model)
-    for name in export.SAVED_MODEL_SIGNATURES:
+    assert set(functions) == set(export.SAVED_MODEL_SIGNATURES) - {"score"}  # (tables only)
+    for name in functions:
         fn, input_signature = functions[name]
         empty = [tf.zeros([0] + spec.shape[1:].as_list()) for spec in input_signature]
         one = [tf.zeros([1] + spec.shape[1:].as_list()) for spec in input_signature]
@@ -921,3 +925,14 @@ def test_the_export_command_quantizes_with_parity_on_the_runs_validation_data(
     assert given["quantize"] == "int8-static"
     np.testing.assert_array_equal(given["calibration_data"], train_x[:512])
     np.testing.assert_array_equal(given["validation_data"], x[:1000])
+
+
+def test_the_row_guard_excludes_the_open_ends_a_likelihood_declares():
+    class OpenUnitLikelihood(tfvae.ContinuousBernoulliLikelihood):
+        support = tfvae.heads.Support(0.0, 1.0, closed=(False, True))
+
+    head = OpenUnitLikelihood((3,))
+    x = tf.constant([[0.0, 0.5, 0.5], [0.5, 0.5, 1.0], [1e-7, 0.5, 0.9], [0.5, -0.0, 0.5]])
+    expected = [False, True, True, False]  # 0 (and −0) excluded at the open low end only
+    np.testing.assert_array_equal(head.support_mask(x).numpy(), expected)
+    np.testing.assert_array_equal(export._x_rows(head)(x).numpy(), expected)

@@ -969,3 +969,148 @@ def test_the_score_kind_of_batches_is_that_of_their_concatenation(kinds, expecte
         assert head.score_kind(np.concatenate(parts)) == expected
     with raises("`kinds`", "kinds=[]"):
         head.combine_score_kinds([])
+
+
+# ---------------------------------------------------------------------------
+# A likelihood the library does not know: everything it needs from the data side comes
+# from its declarations (support, prepare_data, binarize_modes), with no library change.
+
+
+class BetaLikelihood(heads.LikelihoodHead):
+    """p(x|z) = Π Beta(x_i; α_i, β_i) on the open interval (0, 1); α, β = softplus + 1e-3."""
+
+    params_per_element = 2
+    support = heads.Support(0.0, 1.0, closed=False)
+    binarize_modes = ("none",)  # 0/1 data lie outside (0, 1)
+    EPS = 1e-3
+
+    def prepare_data(self, x):
+        return tf.clip_by_value(x, self.EPS, 1.0 - self.EPS)  # [0, 1] data into (0, 1)
+
+    def _parameters(self, flat):
+        p = self._element_params(flat)
+        return {"alpha": tf.nn.softplus(p[..., 0]) + 1e-3,
+                "beta": tf.nn.softplus(p[..., 1]) + 1e-3}
+
+    def distribution(self, parameters):
+        return self._independent(tfd.Beta(parameters["alpha"], parameters["beta"]))
+
+    def mean_of(self, parameters):
+        return parameters["alpha"] / (parameters["alpha"] + parameters["beta"])
+
+
+def test_a_new_likelihood_log_prob_is_scipys_beta():
+    head = BetaLikelihood((3,))
+    raw = np.random.default_rng(0).normal(size=(2, 6)).astype("float32")
+    x = np.array([[0.1, 0.5, 0.9], [0.01, 0.3, 0.99]], "float32")
+    p = raw.reshape(2, 3, 2).astype(np.float64)
+    alpha, beta = softplus(p[..., 0]) + 1e-3, softplus(p[..., 1]) + 1e-3
+    expected = st.beta.logpdf(x, alpha, beta).sum(-1)
+    np.testing.assert_allclose(head(raw).log_prob(x).numpy(), expected, rtol=2e-4)
+
+
+def test_an_open_interval_refuses_its_ends_in_validate_data_and_support_mask():
+    head = BetaLikelihood((3,))
+    for end in (0.0, 1.0):
+        with raises("`x`", "BetaLikelihood", "(0.0, 1.0)", "0.0 and 1.0 excluded", f"{end}"):
+            head.validate_data(np.array([[0.5, end, 0.5]], "float32"))
+    head.validate_data(np.array([[1e-6, 0.5, 1 - 1e-6]], "float32"))
+    # Rows: inside; an end each; out of range; NaN; next to the ends.
+    x = np.array([[0.5] * 3, [0.0, 0.5, 0.5], [0.5, 0.5, 1.0], [0.5, 1.5, 0.5],
+                  [np.nan, 0.5, 0.5], [np.nextafter(np.float32(0), np.float32(1)), 0.5,
+                                       np.nextafter(np.float32(1), np.float32(0))]], "float32")
+    rows = [True, False, False, False, False, True]
+    mask = tf.function(head.support_mask, jit_compile=True)(tf.constant(x)).numpy()
+    np.testing.assert_array_equal(mask, rows)
+    # The closed interval of the Bernoulli keeps its ends (and its message).
+    np.testing.assert_array_equal(heads.BernoulliLikelihood((3,)).support_mask(x).numpy(),
+                                  [True, True, True, False, False, True])
+    with raises("BernoulliLikelihood expects values in [0.0, 1.0]. Received: values in "
+                "[0.5, 1.5]"):
+        heads.BernoulliLikelihood((3,)).validate_data(x[3:4])
+
+
+def test_a_new_likelihood_is_prepared_by_its_declarations(tmp_path):
+    from tfvae import data, sources
+
+    head = BetaLikelihood((4,))
+    x = np.random.default_rng(0).uniform(size=(10, 4)).astype("float32")
+    x[0, :2] = [0.0, 1.0]
+    expected = np.clip(x, 1e-3, 1 - 1e-3)
+    for binarize in ("none", "auto"):  # auto: a Beta does not binarise grey data
+        np.testing.assert_array_equal(data.prepare(x, head, binarize), expected)
+    head.validate_data(data.prepare(x, head))
+    with raises("`binarize`", "'BetaLikelihood' likelihood models values in (0.0, 1.0)",
+                "binarize='static'"):
+        data.prepare(x, head, "static")
+    with raises("`binarize`", "binarize='dynamic'"):
+        sources.pipeline(sources.ArraySource(x), 5, head, "dynamic")
+    streamed = sources.pipeline(sources.ArraySource(x), 4, head).as_numpy_iterator()
+    np.testing.assert_array_equal(np.concatenate(list(streamed)), expected)
+
+
+def test_a_new_likelihood_trains_and_refuses_its_ends():
+    head = BetaLikelihood((4,))
+    model = tfvae.build_vae((4,), 2, likelihood=head, hidden_units=(8,), seed=0)
+    model.compile(optimizer="adam", jit_compile=False)
+    from tfvae import data
+
+    raw = np.random.default_rng(1).uniform(size=(32, 4)).astype("float32")
+    raw[0, 0] = 0.0
+    with raises("`x`", "BetaLikelihood", "(0.0, 1.0)"):
+        model.fit(raw, epochs=1, batch_size=16, verbose=0)
+    history = model.fit(data.prepare(raw, head), epochs=1, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    # Invalid in, NaN out: the model's `valid_rows` follow the declared support.
+    valid = model.valid_rows(tf.constant(raw[:2]), None).numpy()
+    np.testing.assert_array_equal(valid, [False, True])
+
+
+def _support_probes(support):
+    """Values at the edges of a declared support and whether each lies in it, worked out
+    here from the declaration's fields: NaN, ±inf, each finite end (in iff closed), the
+    nearest float32 (or level) beyond it and inside it (no subnormals: TF flushes them),
+    a non-integer next to a level, and a middle value."""
+    f32 = np.float32
+    levels = support.levels is not None
+    finite = [e for e in (support.low, support.high) if math.isfinite(e)]
+    middle = (support.low + 1 if levels else sum(finite) / 2 if len(finite) == 2
+              else finite[0] + (1 if finite[0] == support.low else -1) if finite else 0.0)
+    probes = [(np.nan, False), (np.inf, False), (-np.inf, False), (middle, True)]
+    for end, closed, inward in ((support.low, support.closed[0], 1.0),
+                                (support.high, support.closed[1], -1.0)):
+        if not math.isfinite(end):
+            continue
+        probes.append((end, closed))
+        if levels:
+            probes += [(end - inward, False), (end + inward, True), (end + inward / 2, False)]
+            continue
+        for direction, inside in ((-inward, False), (inward, True)):
+            value = np.nextafter(f32(end), f32(direction * np.inf))
+            if 0 < abs(value) < np.finfo(np.float32).tiny:
+                value = f32(direction * 1e-30)
+            probes.append((value, inside))
+    return probes
+
+
+@pytest.mark.parametrize("likelihood", [*tfvae.builders.LIKELIHOODS, "test:beta"])
+def test_every_likelihood_accepts_exactly_its_declared_support(likelihood):
+    """For every registered likelihood (and one defined only here), `support_mask` (XLA)
+    and `validate_data` accept exactly the values the declared `support` holds."""
+    head = (BetaLikelihood((4,)) if likelihood == "test:beta"
+            else tfvae.builders.likelihood_of(likelihood, (4,)))
+    probes = _support_probes(head.support)
+    middle = probes[3][0]
+    x = np.full((len(probes), 4), middle, "float32")
+    x[:, 2] = [value for value, _ in probes]
+    expected = [inside for _, inside in probes]
+    assert any(expected) and not all(expected)
+    mask = tf.function(head.support_mask, jit_compile=True)(tf.constant(x)).numpy()
+    np.testing.assert_array_equal(mask, expected, err_msg=str(probes))
+    for row, inside in zip(x, expected):
+        try:
+            head.validate_data(row[None])
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == inside, (row, head.support)

@@ -459,3 +459,40 @@ def test_a_strategy_says_nothing_when_nothing_changes(jit_compile, architecture,
     with caplog.at_level("INFO", logger="tfvae.options"):
         assert options.execution(jit_compile, 1, architecture, strategy="mirrored") == (False, 1)
     assert caplog.records == []
+
+
+# ---------------------------------------------------------------------------
+# binarize × likelihood: read from the likelihood's declarations, classes or instances.
+
+
+def _never_called():
+    raise AssertionError("the data were probed though the answer did not depend on them")
+
+
+@pytest.mark.parametrize("mode", ["none", "static", "dynamic"])
+def test_binarize_modes_pass_for_likelihoods_of_unit_interval_data(mode):
+    for likelihood in (heads.BernoulliLikelihood, heads.GaussianLikelihood((2,))):
+        assert options.check_binarize(mode, likelihood) == mode
+        assert options.resolve_binarize(mode, likelihood, _never_called) == mode
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_level_likelihoods_refuse_binarisation_naming_what_they_model(mode):
+    with raises("`binarize`", "the 'categorical' likelihood models 8-bit levels, not binary "
+                f"data. Received: binarize={mode!r}"):
+        options.check_binarize(mode, heads.CategoricalPixelLikelihood((2,)), "categorical")
+    with raises("'DiscretizedLogisticLikelihood' likelihood models integer levels [0, 15]"):
+        options.resolve_binarize(mode, heads.DiscretizedLogisticLikelihood((2,), 16), True)
+    with raises("'CategoricalPixelLikelihood' likelihood models no binary data"):  # a class
+        options.check_binarize(mode, heads.CategoricalPixelLikelihood)
+
+
+def test_auto_binarises_grey_data_only_for_a_likelihood_that_declares_it():
+    assert options.resolve_binarize("auto", heads.BernoulliLikelihood, True) == "static"
+    assert options.resolve_binarize("auto", heads.BernoulliLikelihood((2,)),
+                                    lambda: False) == "none"
+    for likelihood in (heads.ContinuousBernoulliLikelihood, heads.GaussianLikelihood,
+                       heads.CategoricalPixelLikelihood((2,))):
+        assert options.resolve_binarize("auto", likelihood, _never_called) == "none"
+    with invalid("binarize", "sometimes"):
+        options.resolve_binarize("sometimes", heads.BernoulliLikelihood, True)

@@ -333,6 +333,12 @@ def test_levels_and_auto_binarisation_follow_data_prepare():
     assert sources.resolve_binarize("auto", "bernoulli", source) == "static"
     assert sources.resolve_binarize("auto", "bernoulli", sources.ArraySource(x > 127)) == "none"
     assert sources.resolve_binarize("auto", "gaussian", source) == "none"
+    # As for arrays, level likelihoods refuse a binarisation (streams used to ignore it).
+    for mode in ("static", "dynamic"):
+        with pytest.raises(ValueError, match="'categorical' likelihood models 8-bit levels"):
+            sources.resolve_binarize(mode, "categorical", source)
+        with pytest.raises(ValueError, match="'categorical' likelihood models 8-bit levels"):
+            sources.pipeline(source, 5, "categorical", mode)
 
 
 def test_streamed_and_in_memory_training_give_the_same_model(tmp_path):

@@ -10,6 +10,21 @@ import numbers
 
 import numpy as np
 
+__all__ = [
+    "batch_shape",
+    "instance_of",
+    "int_tuple",
+    "network_output",
+    "non_negative_float",
+    "non_negative_int",
+    "one_of",
+    "open_fraction",
+    "positive_float",
+    "positive_int",
+    "shape",
+    "type_name",
+]
+
 
 def type_name(obj):
     """The class name of `obj`, or of `obj` itself if it is a class."""

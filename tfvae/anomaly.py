@@ -15,6 +15,9 @@ The score is the negative of one of the model's bounds on log p(x):
 * `"reconstruction"`: −E_q[log p(x|z)] (no KL term): the sum over columns
   of `feature_scores`.
 
+An exported detector (`tfvae.export`'s `score` graph) computes one draw of the
+`"elbo"` score at given noise, `noise_scores(model, rows, eps)` here.
+
 Rows are a numeric matrix `[n, d]`; each column is typed as for a table
 (`tfvae.tabular.infer_schema`: a column of 0/1 values is binary, others
 continuous, a column constant on the training rows is ignored), or by a
@@ -257,6 +260,31 @@ def _mean_column_terms(model, x, seed, samples):
     terms = model.likelihood.column_log_probs(model.decoder_parameters(z),
                                               tf.tile(x, [samples, 1]))
     return tf.reduce_mean(tf.reshape(terms, tf.stack([samples, batch, -1])), axis=0)
+
+
+def noise_scores(model, rows, eps=None):
+    """−ELBO `[n]` (float64) of coded rows `[n, d]` at z = g(eps; q(z|x)): one posterior
+    sample, with the model's KL (closed form where it has one) — the `score` export graph's
+    score (`tfvae.export`); one draw of what the `"elbo"` score averages.
+
+    Args:
+      model: a `tfvae.VAE` (unconditional).
+      rows: coded rows (`Schema.encode`).
+      eps: standard normal noise `[n, latent_dim]`. Default value: zeros (the
+        deterministic score).
+    """
+    rows = np.asarray(rows, np.float32)
+    eps = np.zeros((len(rows), model.latent_dim), np.float32) if eps is None else np.asarray(
+        eps, np.float32)
+    if eps.shape != (len(rows), model.latent_dim):
+        raise ValueError(f"Received an invalid value for `eps`, expected shape "
+                         f"({len(rows)}, {model.latent_dim}). Received: eps with shape {eps.shape}")
+    out = []
+    for start in range(0, len(rows), 256):
+        terms = model.elbo_terms(tf.constant(rows[start:start + 256]),
+                                 noise=tf.constant(eps[None, start:start + 256]))
+        out.append(-np.asarray(terms["elbo"], np.float64))
+    return np.concatenate(out) if out else np.zeros([0])
 
 
 def scores(model, rows, score="log_px", num_samples=64, k=10, seed=0):

@@ -227,3 +227,22 @@ def build_vae(
             name="decoder",
         )
     return VAE(encoder, decoder, posterior_head, likelihood_head, prior_layer, **vae_kwargs)
+
+
+def likelihood_of(likelihood, event_shape=(1,)):
+    """The likelihood head `likelihood` stands for, to read its declarations (`support`,
+    `prepare_data`, `binarize_modes`, `auto_binarize`) before a model exists.
+
+    Args:
+      likelihood: a `LikelihoodHead` (returned as is) or a name of `LIKELIHOODS`.
+      event_shape: the shape the named head is built for (its declarations do not
+        depend on it). Default value: `(1,)`.
+
+    Returns:
+      A `LikelihoodHead` (a named one is built: a learned σ makes a variable, so inside
+      a traced function pass a head instead of a name).
+    """
+    if isinstance(likelihood, heads.LikelihoodHead):
+        return likelihood
+    _checks.one_of("likelihood", likelihood, LIKELIHOODS)
+    return LIKELIHOODS[likelihood](event_shape, 1.0)

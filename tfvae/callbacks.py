@@ -15,6 +15,17 @@ from tfvae import files
 from tfvae import options
 from tfvae import surgery
 
+__all__ = [
+    "AtomicCSVLogger",
+    "AtomicModelCheckpoint",
+    "KLWarmup",
+    "LatentSummaries",
+    "non_finite_logs",
+    "non_finite_weights",
+    "StopOnNonFinite",
+    "SurgeryLogs",
+]
+
 logger = logging.getLogger(__name__)
 
 

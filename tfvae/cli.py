@@ -19,6 +19,12 @@ import sys
 
 from tfvae import files
 
+__all__ = [
+    "main",
+    "MAX_GRID_BYTES",
+    "MAX_SAMPLE_BYTES",
+]
+
 logger = logging.getLogger("tfvae")
 
 # The commands that read a run directory (each holds a files.ReadLock on it while it runs).
@@ -643,18 +649,20 @@ def _score_table(args, output):
     print(f"wrote {output} ({rows} rows, flagged where score > {applied:.4f})")
 
 
-def _export_saved_model(model, output, args):
+def _export_saved_model(model, output, args, threshold=None):
     from tfvae import export
 
     if args.quantize is not None:
         raise ValueError("Received an invalid value for `--quantize`: it applies to "
                          f"--format onnx only. Received: --quantize={args.quantize} "
                          "--format saved_model")
-    path = export.export_saved_model(model, output, args.model_name, version=args.version)
+    score = {} if threshold is None else {"threshold": threshold}  # (table runs' `score`)
+    path = export.export_saved_model(model, output, args.model_name, version=args.version,
+                                     **score)
     print(f"wrote SavedModel {path}")
 
 
-def _export_onnx(model, output, args):
+def _export_onnx(model, output, args, threshold=None):
     from tfvae import export
 
     # A given --opset goes to the library as it is (it refuses bad values).
@@ -666,7 +674,8 @@ def _export_onnx(model, output, args):
         if args.quantize == "int8-static":
             quantize["calibration_data"] = _validation_sample(
                 args.run, model, limit=export.CALIBRATION_EXAMPLES, split="train")
-    written = export.export_onnx(model, output, opset=opset, **quantize)
+    score = {} if threshold is None else {"threshold": threshold}  # (table runs' `score`)
+    written = export.export_onnx(model, output, opset=opset, **score, **quantize)
     for name, path in written.items():
         print(f"wrote {name}: {path}")
     if quantize:
@@ -716,11 +725,19 @@ _EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx}
 
 
 def _export(args, argv):
-    from tfvae import runs
+    from tfvae import runs, table_runs
 
     _check_run_directory(args.run)
     output = os.path.join(args.run, "export", args.format) if args.output is None else args.output
     _check_output_directory(output)
+    if table_runs.is_table_run(args.run):  # its `score` graph flags at the run's threshold
+        if args.quantize is not None:
+            raise ValueError("Received an invalid value for `--quantize`: table runs are "
+                             "exported in float only. Received: --quantize "
+                             f"{args.quantize} for the table run {args.run!r}")
+        model, threshold = table_runs.export_model(args.run)
+        _EXPORTERS[args.format](model, output, args, threshold)
+        return
     _, model = runs.load_run(args.run)
     _EXPORTERS[args.format](model, output, args)
 

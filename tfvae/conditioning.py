@@ -12,6 +12,10 @@ import tensorflow as tf
 
 from tfvae import _checks
 
+__all__ = [
+    "Conditioning",
+]
+
 
 class Conditioning:
     """How a model sees its condition y.

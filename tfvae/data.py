@@ -5,7 +5,8 @@
   `load_factors` gives the factors of a split.
 * `load_tfds`: TensorFlow Datasets by name (`TFDS_NAMES`), as 8-bit levels.
 * `load_array_file`, `load_image_folder`: the user's own data.
-* `prepare`: scaling / binarisation / 8-bit levels for a likelihood.
+* `prepare`: binarisation and the likelihood's own preparation (`prepare_data`: 8-bit
+  levels, ...) of [0, 1] data.
 * `make_dataset`: a `tf.data` pipeline (cache, shuffle, batch, dynamic binarisation, prefetch).
 * `is_streamed`, `source_splits`: datasets read lazily (`tfvae.sources`): image folders,
   prepared TFRecord folders and globs, and TFDS splits.
@@ -20,8 +21,37 @@ import zlib
 import numpy as np
 
 from tfvae import _checks
+from tfvae import options
 from tfvae import records
 from tfvae import shapes
+
+__all__ = [
+    "ALL",
+    "as_sources",
+    "BINARIZE",
+    "BUILTIN_NAMES",
+    "IMAGE_EXTENSIONS",
+    "is_streamed",
+    "load",
+    "load_array_file",
+    "load_digits",
+    "load_factors",
+    "load_image_folder",
+    "load_shapes",
+    "load_split",
+    "load_tfds",
+    "make_dataset",
+    "MIN_EXAMPLES",
+    "NPY_STREAM_BYTES",
+    "prepare",
+    "resolve_binarize",
+    "source_splits",
+    "SPLITS",
+    "tfds_builder",
+    "TFDS_NAMES",
+    "to_levels",
+    "whole_source",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +71,7 @@ ALL = "all"
 # `.npz` keys of predefined splits; the validation split may have any of these names.
 _NPZ_VALIDATION_KEYS = ("x_valid", "x_val", "x_validation")
 _NPZ_SPLIT_KEYS = {"train": ("x_train",), "validation": _NPZ_VALIDATION_KEYS, "test": ("x_test",)}
-LEVEL_LIKELIHOODS = ("categorical", "discretized_logistic")
-BINARIZE = ("auto", "none", "static", "dynamic")
+BINARIZE = options.BINARIZE
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # The first bytes of a .npy file, and of a .npz (a zip archive; the second is an empty one).
 _NPY_MAGIC = b"\x93NUMPY"
@@ -760,29 +789,47 @@ def whole_source(dataset, image_size=None, channels=None, data_dir=None):
     return sources.glob_source(dataset)
 
 
+def _likelihood(likelihood):
+    """`(head, name)`: the head a name or head stands for, and its name for messages."""
+    from tfvae import builders
+
+    name = likelihood if isinstance(likelihood, str) else None
+    return builders.likelihood_of(likelihood), name
+
+
 def resolve_binarize(binarize, likelihood, x):
-    """What `binarize="auto"` means for data `x` under `likelihood`: `"static"` when a
-    Bernoulli likelihood would otherwise score grey values in [0, 1] (a cross-entropy,
-    not a likelihood), else `"none"` (binary data, other likelihoods, and data out of
-    range, which the likelihood then refuses). Other modes are returned as given."""
-    _checks.one_of("binarize", binarize, BINARIZE)
-    if binarize != "auto":
-        return binarize
-    x = np.asarray(x)
-    grey = x.size and np.all((x >= 0) & (x <= 1)) and not np.all((x == 0) | (x == 1))
-    return "static" if likelihood == "bernoulli" and grey else "none"
+    """What `binarize="auto"` means for data `x` under `likelihood` (a name of
+    `tfvae.builders.LIKELIHOODS` or a likelihood head): `"static"` when the likelihood
+    declares `auto_binarize` (a Bernoulli, which would otherwise score grey values in
+    [0, 1] with a cross-entropy, not a likelihood) and `x` is grey, else `"none"`
+    (binary data, other likelihoods, and data out of range, which the likelihood then
+    refuses). Other modes are returned as given, if the likelihood accepts them
+    (`tfvae.options.resolve_binarize`)."""
+    head, name = _likelihood(likelihood)
+    return _resolve_binarize(binarize, head, name, x)
+
+
+def _resolve_binarize(binarize, head, name, x):
+    def grey():
+        values = np.asarray(x)
+        return bool(values.size and np.all((values >= 0) & (values <= 1))
+                    and not np.all((values == 0) | (values == 1)))
+
+    return options.resolve_binarize(binarize, head, grey, name)
 
 
 def prepare(x, likelihood, binarize="none", seed=0):
-    """Prepares [0, 1] data for a likelihood.
+    """Prepares [0, 1] data for a likelihood: binarised if asked, then as the likelihood
+    declares (`prepare_data`: unchanged, 8-bit levels, ...).
 
     Args:
       x: float data in [0, 1].
-      likelihood: a likelihood name (see `tfvae.builders.LIKELIHOODS`).
+      likelihood: a likelihood name (see `tfvae.builders.LIKELIHOODS`) or head.
       binarize: `"none"`, `"static"` (one fixed Bernoulli draw, the classic
         binarised MNIST protocol), `"dynamic"` (a fresh draw every epoch,
         done in `make_dataset`; returned unchanged here) or `"auto"`
-        (`resolve_binarize`: static for a Bernoulli likelihood of grey data).
+        (`resolve_binarize`: static for a Bernoulli likelihood of grey data);
+        the likelihood says which it accepts (`binarize_modes`).
         Default value: `"none"`.
       seed: seed of the static draw. Default value: `0`.
 
@@ -790,14 +837,8 @@ def prepare(x, likelihood, binarize="none", seed=0):
       float32 data: 8-bit levels 0..255 for the pixel likelihoods, else [0, 1].
     """
     x = np.asarray(x, dtype="float32")
-    binarize = resolve_binarize(binarize, likelihood, x)
-    if likelihood in LEVEL_LIKELIHOODS:
-        if binarize != "none":
-            raise ValueError(
-                f"Received an invalid value for `binarize`: the {likelihood!r} likelihood "
-                f"models 8-bit levels, not binary data. Received: binarize={binarize!r}"
-            )
-        return to_levels(x)
+    head, name = _likelihood(likelihood)
+    binarize = _resolve_binarize(binarize, head, name, x)
     if binarize in ("static", "dynamic") and x.size and not (x.min() >= 0 and x.max() <= 1):
         raise ValueError(
             f"Received an invalid value for `binarize`: binarising draws Bernoulli(x) and "
@@ -805,8 +846,8 @@ def prepare(x, likelihood, binarize="none", seed=0):
             f"[{x.min()}, {x.max()}]")
     if binarize == "static":
         draw = np.random.default_rng(_checks.non_negative_int("seed", seed)).uniform(size=x.shape)
-        return (draw < x).astype("float32")
-    return x
+        x = (draw < x).astype("float32")
+    return np.asarray(head.prepare_data(x), dtype="float32")
 
 
 def make_dataset(x, batch_size, shuffle=True, seed=0, dynamic_binarize=False, y=None):

@@ -12,6 +12,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "discretize",
+    "entropy",
+    "mig",
+    "MIGResult",
+    "mutual_information",
+]
+
 logger = logging.getLogger(__name__)
 
 

@@ -21,6 +21,16 @@ Graphs (inputs → named outputs; `B` is a dynamic batch size, `d` the model's
   normal and the hierarchical prior; not a mixture of Gaussians or a VampPrior).
 * `elbo`: `x`, `eps [B, d]` → per-example `elbo`, `reconstruction`, `kl`
   (one posterior sample; SavedModel only: TFP's log-density ops do not convert to ONNX).
+* `score` (models of table rows: a likelihood with per-column terms, such as
+  `TabularLikelihood`): raw feature rows `x [B, d]`, `eps [B, latent_dim]` →
+  `score [B]`, the one-sample −ELBO `−log p(x|z) + KL(q(z|x) ‖ p(z))` at
+  `z = g(eps; q(z|x))` with the model's KL (the `elbo` graph's `−elbo`, one
+  draw of what `VAEDetector(score="elbo")` averages; eps = 0 makes it
+  deterministic); `feature_scores [B, d]`, each column's `−log p_j(x_j|z)` (one
+  draw of `VAEDetector.feature_scores`; they sum to `score − KL`); and, when the
+  export is given a `threshold` (baked in as a constant), `flag [B]`: 1.0 where
+  `score > threshold`, else 0.0. ONNX needs the KL in closed form (a diagonal
+  Gaussian posterior with a standard normal prior); the SavedModel takes any.
 * `serving_default`: `x` → `reconstruction`, the likelihood's mean at the
   noise-free code z = g(0; q(z|x)) (the model's `call`): the posterior mean for
   a Gaussian posterior, but the flow's image of its base mean for IAF / planar
@@ -40,6 +50,8 @@ the network, so TensorFlow's and ONNX Runtime's different NaN semantics inside
 The guard works on row reductions (a row's min, max and one sum; `_x_rows`),
 not per-element masks, and multiplies each output row by 1 or NaN: at
 B = 1,000 it costs a few per cent of a graph's time (`benchmarks/bench_export.py`).
+A likelihood whose rule is more than its data range (a table's codes per column:
+`support_is_range` false) is asked for its own `support_mask` instead.
 Inputs that must have as many rows as the first (`eps`, `y`) are reshaped to
 its rows, so a mismatch is an error in both formats, never a broadcast; every
 ONNX input and output names its first dimension `batch`. An empty batch (B = 0)
@@ -72,6 +84,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import files
+from tfvae import objectives
 from tfvae import onnx_dense
 
 logger = logging.getLogger(__name__)
@@ -79,8 +92,9 @@ logger = logging.getLogger(__name__)
 ONNX_OPSET = 17
 # tfvae's graphs need `IsInf` (the bad-input mask), which ONNX has from opset 10.
 _GRAPHS_MIN_OPSET = 10
-SAVED_MODEL_SIGNATURES = ("serving_default", "encode", "decode", "reconstruct", "sample", "elbo")
-ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample")
+SAVED_MODEL_SIGNATURES = ("serving_default", "encode", "decode", "reconstruct", "sample", "elbo",
+                          "score")
+ONNX_GRAPHS = ("encode", "decode", "reconstruct", "sample", "score")
 # The name of every ONNX input's and output's first (batch) dimension.
 BATCH_DIMENSION = "batch"
 # "int8": dynamic (int8 weights, activations quantized at run time); "int8-static":
@@ -96,6 +110,7 @@ GRAPH_INPUTS = {
     "reconstruct": ("x", "eps"),
     "sample": ("eps",),
     "elbo": ("x", "eps"),
+    "score": ("x", "eps"),
 }
 Y_FORMATS = ("one_hot", "vectors")
 # Where `export_saved_model` writes its metadata, inside the version directory
@@ -109,6 +124,9 @@ INT8_WEIGHTS_FILE = "weights.int8.bin"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _ONNX_ELBO_REASON = (
     "TFP's log-density shape ops have no ONNX converter; the SavedModel export has `elbo`")
+_ONNX_SCORE_REASON = (
+    "the KL of {posterior} to {prior} has no closed form here, and its Monte Carlo estimate "
+    "needs TFP's log densities, which have no ONNX converter; the SavedModel export has `score`")
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +237,8 @@ def _finite_sum_rows(rows, size, bound=math.inf):
 def _x_rows(likelihood):
     """The likelihood's `support_mask` rule as row reductions: `x [B, *event]` → `[B]`.
 
-    A row is accepted iff its minimum is ≥ `low`, its maximum ≤ `high` and
+    A row is accepted iff its minimum is ≥ `low` (> at an open end of the
+    likelihood's `support`), its maximum ≤ `high` (< at an open end) and
     (levels) Σ (x − ⌊x⌋) = 0, else (continuous data) its sum is finite. Exactly
     `support_mask`'s answer: ±inf fails a bound or the sum, a NaN (whatever
     min/max do with it) makes the sum NaN; x − ⌊x⌋ ∈ [0, 1) for finite x, and a
@@ -228,14 +247,17 @@ def _x_rows(likelihood):
     (`_finite_sum_rows`).
     """
     low, high, integers = data_range(likelihood)
+    low_closed, high_closed = likelihood.support.closed
 
     def rows_ok(x):
         rows, size = _flat(x)
         checks = []
         if math.isfinite(low):
-            checks.append(tf.reduce_min(rows, axis=1) >= low)
+            smallest = tf.reduce_min(rows, axis=1)
+            checks.append(smallest >= low if low_closed else smallest > low)
         if math.isfinite(high):
-            checks.append(tf.reduce_max(rows, axis=1) <= high)
+            largest = tf.reduce_max(rows, axis=1)
+            checks.append(largest <= high if high_closed else largest < high)
         if integers:
             checks.append(tf.equal(tf.reduce_sum(rows - tf.floor(rows), axis=1), 0.0))
         else:
@@ -336,8 +358,23 @@ def _networks_take_empty_batches(model):
                for e, o in zip(tf.nest.flatten(empty), tf.nest.flatten(one)))
 
 
-def graph_functions(model, y_format="one_hot", guard=True):
-    """The export graphs as `{name: (python_function, input_signature)}`.
+def check_threshold(threshold):
+    """Returns `threshold` as a float (`None` stays `None`: no `flag` output) if it is a
+    finite number."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer,
+                                                                 np.floating)) or not (
+            math.isfinite(threshold)):
+        raise ValueError("Received an invalid value for `threshold`, expected None or a "
+                         f"finite number (the score above which `flag` is 1). Received: "
+                         f"threshold={threshold!r}")
+    return float(threshold)
+
+
+def graph_functions(model, y_format="one_hot", guard=True, threshold=None):
+    """The export graphs the model's parts allow (`part_refusal`), as
+    `{name: (python_function, input_signature)}`.
 
     Functions return dicts of named float32 tensors; see the module docstring.
     A conditional model's graphs all take one more input, `y [B, condition_dim]`,
@@ -353,12 +390,18 @@ def graph_functions(model, y_format="one_hot", guard=True):
       guard: whether rows of refused inputs are NaN ("invalid in, NaN out").
         `False` leaves the guard out: only for measuring what it costs
         (`benchmarks/bench_export.py`), never for serving. Default value: `True`.
+      threshold: the `score` graph's threshold, a constant of the graph: its
+        `flag` output is `score > threshold`; `None` leaves `flag` out.
+        Default value: `None`.
     """
     _check_y_format(y_format)
+    threshold = check_threshold(threshold)
     specs = _specs(model)
     likelihood, posterior = model.likelihood, model.posterior
     conditional = model.condition_dim is not None
     checks = _input_checks(model, y_format)
+    if not likelihood.support_is_range:  # rules per column (a table's codes): its own mask
+        checks["x"] = likelihood.support_mask
 
     def guarded(outputs, **inputs):
         """NaN in every output row whose input row is refused (see the module docstring)."""
@@ -399,6 +442,22 @@ def graph_functions(model, y_format="one_hot", guard=True):
         return guarded({key: value for key, value in terms.items() if key != "loss"},
                        x=x, eps=eps, y=y)
 
+    def score(x, eps, y=None):
+        eps, y = _same_rows(eps, x, "eps"), matched(y, x, "y")
+        parameters = model.posterior_parameters(x, y)
+        z = posterior.reparameterize(parameters, eps)
+        columns = -likelihood.column_log_probs(model.decoder_parameters(z, y), x)
+        kl = model.analytic_kl(parameters)
+        if kl is None:  # as the ELBO's terms (`objective_parts.elbo_terms`): Monte Carlo at z
+            kl = objectives.kl_divergence(posterior.distribution(parameters),
+                                          model.prior.distribution(), z=z[None],
+                                          kl=model.kl_method)
+        value = tf.reduce_sum(columns, axis=1) + kl
+        outputs = {"score": value, "feature_scores": columns}
+        if threshold is not None:
+            outputs["flag"] = tf.cast(value > threshold, tf.float32)
+        return guarded(outputs, x=x, eps=eps, y=y)
+
     def serving_default(x, y=None):
         # The model's `call` (z = g(0; q(z|x))) through the seams, so that the rows are
         # guarded once, here, rather than by `call`'s per-element mask and again here.
@@ -408,11 +467,13 @@ def graph_functions(model, y_format="one_hot", guard=True):
         return guarded({"reconstruction": model.decode_mean(z, y)}, x=x, y=y)
 
     functions = {"serving_default": serving_default, "encode": encode, "decode": decode,
-                 "reconstruct": reconstruct, "sample": sample, "elbo": elbo}
+                 "reconstruct": reconstruct, "sample": sample, "elbo": elbo, "score": score}
     extra = ("y",) if conditional else ()
     pad = not _networks_take_empty_batches(model)
     graphs = {}
     for name, fn in functions.items():
+        if part_refusal(model, name):  # (`score`: only likelihoods with per-column terms)
+            continue
         input_signature = [specs[key] for key in GRAPH_INPUTS[name] + extra]
         graphs[name] = (_empty_batch_padding(fn, input_signature) if pad else fn,
                         input_signature)
@@ -429,6 +490,23 @@ def part_refusal(model, graph):
     return None
 
 
+def _closed_form_kl(model):
+    """Whether the model's KL term is written out in closed form (`VAE.analytic_kl`), tried
+    on one zero row."""
+    x = tf.zeros((1,) + model.event_shape)
+    y = None if model.condition_dim is None else tf.zeros([1, model.condition_dim])
+    return model.analytic_kl(model.posterior_parameters(x, y)) is not None
+
+
+def format_refusal(model, graph, kind):
+    """Why `graph` cannot be exported in the `kind` ("SavedModel"/"ONNX") format although the
+    parts allow it, or None: ONNX's `score` needs the KL in closed form."""
+    if kind == "ONNX" and graph == "score" and not _closed_form_kl(model):
+        return _ONNX_SCORE_REASON.format(posterior=type(model.posterior).__name__,
+                                         prior=type(model.prior).__name__)
+    return None
+
+
 def _check_parts(model, requested, available, kind):
     unknown = [name for name in requested if name not in available]
     if unknown:
@@ -437,15 +515,16 @@ def _check_parts(model, requested, available, kind):
             f"{unknown}. Available: {list(available)}"
         )
     for name in requested:
-        refusal = part_refusal(model, name)
+        refusal = part_refusal(model, name) or format_refusal(model, name, kind)
         if refusal:
             raise ValueError(f"Cannot export `{name}`: {refusal}. Leave `{name}` out of the "
                              "exported signatures.")
 
 
-def default_parts(model, available):
-    """All graphs in `available` that `model` supports."""
-    return tuple(name for name in available if part_refusal(model, name) is None)
+def default_parts(model, available, kind="SavedModel"):
+    """All graphs in `available` that `model` supports in the `kind` format."""
+    return tuple(name for name in available if part_refusal(model, name) is None
+                 and format_refusal(model, name, kind) is None)
 
 
 def skipped_parts(model, exported, kind):
@@ -458,6 +537,8 @@ def skipped_parts(model, exported, kind):
             continue
         if part_refusal(model, name):
             skipped[name] = part_refusal(model, name)
+        elif format_refusal(model, name, kind):
+            skipped[name] = format_refusal(model, name, kind)
         elif name == "elbo" and kind == "ONNX":
             skipped[name] = _ONNX_ELBO_REASON
         else:
@@ -476,8 +557,9 @@ def _tree_bytes(root):
                for directory, _, files in os.walk(root) for name in files)
 
 
-def _metadata(model, functions, exported, kind, y_format, guard=True):
-    """What serving tools need to know about the export, as JSON-able data."""
+def _metadata(model, functions, exported, kind, y_format, guard=True, threshold=None):
+    """What serving tools need to know about the export, as JSON-able data (with `score`:
+    its columns, in `feature_scores`' order, and its threshold, or None: no `flag`)."""
     low, high, integers = data_range(model.likelihood)
     inputs = {
         name: {spec.name: [-1 if size is None else size for size in spec.shape.as_list()]
@@ -499,13 +581,21 @@ def _metadata(model, functions, exported, kind, y_format, guard=True):
         "skipped": skipped_parts(model, exported, kind),
         "input_guard": bool(guard),
         "weight_bytes": _weight_bytes(model),
+        **({"score": {"columns": list(model.likelihood.column_names),
+                      "threshold": check_threshold(threshold),
+                      "outputs": ["score", "feature_scores"] + (
+                          [] if threshold is None else ["flag"])}}
+           if "score" in exported else {}),
     }
 
 
-def _log_skipped(skipped, available, kind, where):
+def _log_skipped(skipped, available, kind, where, model):
     """Warns about each graph of `available` the model could not export (not the ones a
-    caller left out, nor ONNX's `elbo`, which no model has)."""
+    caller left out, nor ONNX's `elbo`, which no model has, nor `score` for a model of
+    other data than table rows: recorded in the metadata, but no loss)."""
     for name, reason in skipped.items():
+        if name == "score" and not model.likelihood.column_terms:
+            continue
         if name in available and reason != "not requested":
             logger.warning("%s export to %s has no `%s`: %s", kind, where, name, reason)
 
@@ -518,28 +608,15 @@ def _write_file(path, data):
     """Writes bytes to a new file, flushed and fsynced."""
     with open(path, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        files.fsync_file(f)
 
 
 def _fsync_tree(root):
     """fsyncs every file and directory under `root` (and `root` itself)."""
     for directory, _, names in os.walk(root):
         for name in names:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            files.fsync_path(os.path.join(directory, name))
+        files.fsync_directory(directory, best_effort=False)
 
 
 # `.NAME.tmp-PID-HOST-XXXXXXXX` (HOST: 8 hex digits of the host name's hash; 0.2.0's
@@ -613,7 +690,7 @@ def _publish(staging, destination, kind):
             f"Cannot write the {kind} export to {destination}: {error.strerror or error} "
             "(it was created by someone else meanwhile?)"
         ) from error
-    _fsync_directory(os.path.dirname(os.path.abspath(destination)))
+    files.fsync_directory(os.path.dirname(os.path.abspath(destination)), best_effort=False)
 
 
 def _make_directory(path, name):
@@ -638,7 +715,7 @@ def next_version(base_dir, model_name):
 
 
 def export_saved_model(model, base_dir, model_name="tfvae", version=None, signatures=None,
-                       y_format="one_hot", *, guard=True):
+                       y_format="one_hot", *, guard=True, threshold=None):
     """Writes a SavedModel in TF Serving's layout, `base_dir/model_name/version/`.
 
     The version directory appears complete or not at all (written beside it
@@ -658,6 +735,9 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
         `"one_hot"`.
       guard: `False` leaves out the bad-input guard (see `graph_functions`; only
         for measuring its cost). Default value: `True`.
+      threshold: the `score` signature's threshold, baked into the graph (its
+        `flag` output is `score > threshold`); `None` leaves `flag` out.
+        Default value: `None`.
 
     Returns:
       The path of the written version directory.
@@ -671,6 +751,7 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
 
     check_model_name(model_name)
     _check_y_format(y_format)
+    threshold = check_threshold(threshold)
     signatures = tuple(signatures or default_parts(model, SAVED_MODEL_SIGNATURES))
     _check_parts(model, signatures, SAVED_MODEL_SIGNATURES, "SavedModel")
     if "serving_default" not in signatures:
@@ -690,14 +771,14 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
     path = os.path.join(base_dir, model_name, str(version))
     if os.path.exists(path):
         raise ValueError(f"{path} already exists; TF Serving versions are never overwritten.")
-    functions = graph_functions(model, y_format, guard=guard)
+    functions = graph_functions(model, y_format, guard=guard, threshold=threshold)
     # The archive saves the variables its endpoints use. `archive.track(model)` would
     # save each of them a second time (the Keras variables beside the captured ones).
     archive = keras.export.ExportArchive()
     for name in signatures:
         fn, input_signature = functions[name]
         archive.add_endpoint(name, fn, input_signature=input_signature)
-    metadata = _metadata(model, functions, signatures, "SavedModel", y_format, guard)
+    metadata = _metadata(model, functions, signatures, "SavedModel", y_format, guard, threshold)
     _make_directory(os.path.dirname(path), "base_dir")
     with _staging_directory(path) as staging:
         archive.write_out(staging, verbose=False)
@@ -707,7 +788,7 @@ def export_saved_model(model, base_dir, model_name="tfvae", version=None, signat
         _write_file(os.path.join(staging, SAVED_MODEL_METADATA),
                     json.dumps(metadata, indent=2).encode())
         _publish(staging, path, "SavedModel")
-    _log_skipped(metadata["skipped"], SAVED_MODEL_SIGNATURES, "SavedModel", path)
+    _log_skipped(metadata["skipped"], SAVED_MODEL_SIGNATURES, "SavedModel", path, model)
     logger.info("wrote SavedModel %s with signatures %s", path, ", ".join(signatures))
     return path
 
@@ -761,7 +842,7 @@ def _convert_to_onnx(name, fn, input_signature, path, opset):
 
 
 def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *, guard=True,
-                quantize=None, validation_data=None, calibration_data=None):
+                quantize=None, validation_data=None, calibration_data=None, threshold=None):
     """Writes ONNX graphs `directory/<graph>.onnx`, their weights and `metadata.json`.
 
     The directory appears complete or not at all (written beside it under a
@@ -812,6 +893,9 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         `(x, y)` to calibrate the activations' ranges on, e.g. training data
         (`tfvae export --quantize int8-static` uses the run's training split);
         the first `CALIBRATION_EXAMPLES` (512) are used.
+      threshold: the `score` graph's threshold, baked into the graph (its
+        `flag` output is `score > threshold`); `None` leaves `flag` out.
+        Default value: `None`.
 
     Returns:
       `{graph: path}` of the written float graphs.
@@ -822,7 +906,8 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
     """
     opset = check_opset(opset)
     _check_y_format(y_format)
-    graphs = tuple(graphs or default_parts(model, ONNX_GRAPHS))
+    threshold = check_threshold(threshold)
+    graphs = tuple(graphs or default_parts(model, ONNX_GRAPHS, "ONNX"))
     if "elbo" in graphs:
         raise ValueError(
             "Cannot export the `elbo` graph to ONNX: TFP's log-density shape ops have no ONNX "
@@ -843,8 +928,9 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         if quantize == "int8-static":
             calibration = _validation_inputs(model, calibration_data, "calibration_data",
                                              CALIBRATION_EXAMPLES)
-    functions = graph_functions(model, y_format, guard=guard)
-    metadata = {"opset": opset, **_metadata(model, functions, graphs, "ONNX", y_format, guard),
+    functions = graph_functions(model, y_format, guard=guard, threshold=threshold)
+    metadata = {"opset": opset, **_metadata(model, functions, graphs, "ONNX", y_format, guard,
+                                            threshold),
                 "graphs": {name: f"{name}.onnx" for name in graphs}}
     _make_directory(os.path.dirname(os.path.abspath(directory)), "directory")
     with _staging_directory(directory) as staging:
@@ -860,7 +946,7 @@ def export_onnx(model, directory, graphs=None, opset=None, y_format="one_hot", *
         _share_weights(metadata, staging, graphs)
         _write_file(os.path.join(staging, ONNX_METADATA), json.dumps(metadata, indent=2).encode())
         _publish(staging, directory, "ONNX")
-    _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory)
+    _log_skipped(metadata["skipped"], ONNX_GRAPHS, "ONNX", directory, model)
     logger.info("wrote ONNX graphs %s to %s", ", ".join(graphs), directory)
     return {name: os.path.join(directory, file) for name, file in metadata["graphs"].items()}
 
@@ -952,7 +1038,8 @@ def _validation_inputs(model, validation_data, argument="validation_data",
 def _graph_feeds(name, inputs, conditional):
     feeds = {"encode": {"x": inputs["x"]}, "decode": {"z": inputs["z"]},
              "reconstruct": {"x": inputs["x"], "eps": inputs["eps"]},
-             "sample": {"eps": inputs["noise"]}}[name]
+             "sample": {"eps": inputs["noise"]},
+             "score": {"x": inputs["x"], "eps": inputs["eps"]}}[name]
     if conditional:
         feeds["y"] = inputs["y"]
     return feeds

@@ -24,6 +24,31 @@ import socket
 import time
 import zipfile
 
+__all__ = [
+    "atomic_open",
+    "commit",
+    "FRESH_LOCK_SECONDS",
+    "fsync_directory",
+    "fsync_file",
+    "fsync_path",
+    "is_leftover",
+    "json_safe",
+    "LOCK_FILE",
+    "METADATA_ENTRY",
+    "process_alive",
+    "read_model_metadata",
+    "READER_PREFIX",
+    "ReadLock",
+    "remove_stale_temporaries",
+    "remove_temporaries",
+    "RunLock",
+    "save_figure",
+    "save_model",
+    "write_json",
+    "write_text",
+    "write_with",
+]
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".tfvae.lock"

@@ -24,6 +24,14 @@ from tfvae import _checks
 from tfvae import networks
 from tfvae.heads import Posterior
 
+__all__ = [
+    "FlowPosterior",
+    "IAFPosterior",
+    "made_masks",
+    "MaskedDense",
+    "PlanarFlowPosterior",
+]
+
 tfd = tfp.distributions
 tfb = tfp.bijectors
 

@@ -11,6 +11,9 @@ precision the networks run in float16/bfloat16 while log-probabilities and KL
 terms stay in float32.
 """
 
+import dataclasses
+import math
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -18,6 +21,22 @@ import tensorflow_probability as tfp
 
 from tfvae import _checks
 from tfvae import priors as priors_lib
+
+__all__ = [
+    "BernoulliLikelihood",
+    "CategoricalPixelLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "DiagonalGaussianPosterior",
+    "DiscretizedLogisticLikelihood",
+    "DistributionHead",
+    "FullCovarianceGaussianPosterior",
+    "GaussianLikelihood",
+    "GaussianPosterior",
+    "LevelLikelihood",
+    "LikelihoodHead",
+    "Posterior",
+    "Support",
+]
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -349,6 +368,90 @@ class FullCovarianceGaussianPosterior(GaussianPosterior):
 # Likelihoods p(x|z).
 
 
+@dataclasses.dataclass(frozen=True)
+class Support:
+    """The x values a likelihood scores: an interval, each end open or closed, of reals or
+    of integer levels.
+
+    `LikelihoodHead.support_mask` (tensors, any graph) and `validate_data`
+    (numpy, eager) both follow from it.
+
+    Attributes:
+      low: the lower end (`-inf`: unbounded). Default value: `-inf`.
+      high: the upper end (`inf`: unbounded). Default value: `inf`.
+      closed: whether the ends belong to the support, `(low_closed, high_closed)`;
+        one bool sets both. Default value: `(True, True)`.
+      levels: the number of integer levels `low..high` for discrete data, or
+        `None` for real values. Default value: `None`.
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    closed: tuple = (True, True)
+    levels: int = None
+
+    def __post_init__(self):
+        if isinstance(self.closed, bool):
+            object.__setattr__(self, "closed", (self.closed, self.closed))
+        else:
+            object.__setattr__(self, "closed", tuple(bool(c) for c in self.closed))
+        if not self.low < self.high:
+            raise ValueError(
+                "Received an invalid value for `low` / `high`, expected low < high. "
+                f"Received: low={self.low!r}, high={self.high!r}")
+
+    @classmethod
+    def integer_levels(cls, num_levels):
+        """The levels `0..num_levels-1` (e.g. 8-bit pixels kept as integers)."""
+        return cls(0, num_levels - 1, (True, True), num_levels)
+
+    @property
+    def interval(self):
+        """The interval as text: `[0.0, 1.0]`, `(0.0, 1.0)`, `[0, 255]`, ..."""
+        return (f"{'[' if self.closed[0] else '('}{self.low}, "
+                f"{self.high}{']' if self.closed[1] else ')'}")
+
+    def describe(self):
+        """What data in the support are, for messages: `8-bit levels`, `values in (0.0, 1.0)`."""
+        if self.levels is not None:
+            return "8-bit levels" if self.levels == 256 else f"integer levels {self.interval}"
+        return f"values in {self.interval}"
+
+    def contains(self, x):
+        """Element-wise: whether each element of the tensor `x` is finite and in the support
+        (graph-safe: no asserts). A boolean tensor of `x`'s shape."""
+        x = tf.convert_to_tensor(x)
+        above = (x >= self.low) if self.closed[0] else (x > self.low)
+        below = (x <= self.high) if self.closed[1] else (x < self.high)
+        ok = tf.math.is_finite(x) & above & below
+        if self.levels is not None:
+            ok &= tf.equal(tf.floor(x), x)
+        return ok
+
+    def check(self, x, name, owner):
+        """Raises `ValueError` naming `name` and `owner` if the finite numpy array `x` has
+        values outside the support (or non-integer values for levels)."""
+        x = np.asarray(x)
+        if not x.size:
+            return
+        below = (x < self.low) if self.closed[0] else (x <= self.low)
+        above = (x > self.high) if self.closed[1] else (x >= self.high)
+        if np.any(below) or np.any(above):
+            ends = [str(end) for end, closed in zip((self.low, self.high), self.closed)
+                    if not closed and math.isfinite(end)]
+            excluded = f" ({' and '.join(ends)} excluded)" if ends else ""
+            raise ValueError(
+                f"Received an invalid value for `{name}`: {owner} expects values in "
+                f"{self.interval}{excluded}. Received: values in [{x.min()}, {x.max()}]"
+            )
+        if self.levels is not None and not np.all(np.equal(np.floor(x), x)):
+            raise ValueError(
+                f"Received an invalid value for `{name}`: {owner} expects integer "
+                f"levels {self.low}..{self.high} (8-bit pixels, not scaled to [0, 1]). "
+                f"Received: non-integer values such as {x[np.floor(x) != x].flat[0]!r}"
+            )
+
+
 class LikelihoodHead(DistributionHead):
     """A likelihood with `params_per_element` parameters per data element.
 
@@ -361,10 +464,21 @@ class LikelihoodHead(DistributionHead):
     """
 
     params_per_element = 1
+    # Whether the head gives log p(x|z) per column of a row, `column_log_probs(parameters, x)`
+    # `[batch, d]`, with `column_names`: what the `score` export graph's `feature_scores` are.
+    column_terms = False
 
     def __init__(self, event_shape, **kwargs):
         super().__init__(**kwargs)
         self.event_shape = _checks.shape("event_shape", event_shape)
+
+    def export_refusal(self, graph):
+        """`score` needs per-column terms (`column_terms`); every other graph can be built."""
+        if graph == "score" and not self.column_terms:
+            return (f"{type(self).__name__} has no per-column terms of log p(x|z) for the "
+                    "`score` graph's feature_scores (a TabularLikelihood, the likelihood of "
+                    "table rows, has them)")
+        return None
 
     @property
     def params_size(self):
@@ -394,27 +508,59 @@ class LikelihoodHead(DistributionHead):
     def _independent(self, distribution):
         return tfd.Independent(distribution, reinterpreted_batch_ndims=len(self.event_shape))
 
-    # The data range this likelihood scores: `(low, high)` and whether values
-    # must be integers. `validate_data` (numpy, eager) raises on values outside
-    # it; `support_mask` (tensors, any graph, XLA too) marks the rows inside it.
-    data_range = (-np.inf, np.inf)
-    integer_data = False
+    # The contract with the data (`tfvae.data`, `tfvae.sources`, `tfvae.options` read it;
+    # nothing tests a likelihood's name or class):
+    # * `support`: the x values it scores (a `Support`). `validate_data` (numpy, eager)
+    #   raises on values outside it; `support_mask` (tensors, any graph, XLA too) marks
+    #   the rows inside it.
+    # * `prepare_data(x)`: data in [0, 1] as it scores them (identity; 8-bit levels...).
+    # * `binarize_modes`: the `binarize` modes it accepts besides "auto" (a Bernoulli draw
+    #   of [0, 1] data, once ("static") or every batch ("dynamic")); `auto_binarize`:
+    #   whether `binarize="auto"` draws binary data from grey data for it.
+    support = Support()
+    binarize_modes = ("none", "static", "dynamic")
+    auto_binarize = False
+    # Whether `support_mask` is the `support` rule alone, so that export graphs can guard
+    # x with row reductions (`tfvae.export`); a head with further rules (a table's codes
+    # per column) sets False and the graphs call its `support_mask`.
+    support_is_range = True
+
+    @property
+    def data_range(self):
+        """`(low, high)` of `support` (whether the ends are included: `support.closed`)."""
+        return self.support.low, self.support.high
+
+    @property
+    def integer_data(self):
+        """Whether `support` holds integer levels."""
+        return self.support.levels is not None
+
+    def prepare_data(self, x):
+        """Data scaled to [0, 1] as this likelihood scores them (default: unchanged).
+
+        Written with TensorFlow ops where it changes x: it runs inside `tf.data`
+        pipelines (`tfvae.sources`) and on numpy arrays (`tfvae.data.prepare`, which
+        converts a tensor result back).
+
+        Args:
+          x: float32 data in [0, 1], a numpy array or a tensor `[batch] + event_shape`.
+
+        Returns:
+          float32 data of the same shape (an array or a tensor).
+        """
+        return x
 
     def support_mask(self, x):
         """Whether each example of `x` `[batch] + event_shape` is data this likelihood scores.
 
         A graph-safe check (no asserts, which XLA drops): `True` where every
-        element is finite, within `data_range` and (for level likelihoods) an
-        integer. The model turns the other rows' outputs into NaN.
+        element is finite and in `support` (open ends excluded, integers for
+        level likelihoods). The model turns the other rows' outputs into NaN.
 
         Returns:
           A boolean tensor `[batch]`.
         """
-        x = tf.convert_to_tensor(x)
-        low, high = self.data_range
-        ok = tf.math.is_finite(x) & (x >= low) & (x <= high)
-        if self.integer_data:
-            ok &= tf.equal(tf.floor(x), x)
+        ok = self.support.contains(x)
         return tf.reduce_all(ok, axis=[-(i + 1) for i in range(len(self.event_shape))])
 
     # What `log_prob` is: "density" (continuous data) or "mass" (discrete data).
@@ -455,28 +601,15 @@ class LikelihoodHead(DistributionHead):
         return "cross_entropy" if "cross_entropy" in kinds else "density"
 
     def validate_data(self, x, name="x"):
-        """Raises `ValueError` if the numpy array `x` has values this likelihood cannot score."""
+        """Raises `ValueError` if the numpy array `x` has values this likelihood cannot score:
+        non-finite values, values outside `support`, non-integer levels."""
         x = np.asarray(x)
         if not np.all(np.isfinite(x)):
             raise ValueError(
                 f"Received an invalid value for `{name}`: {type(self).__name__} needs finite "
                 "values, but the data contains NaN or infinity."
             )
-
-    def _check_range(self, x, name, low, high, integers=False):
-        x = np.asarray(x)
-        self_name = type(self).__name__
-        if x.size and (x.min() < low or x.max() > high):
-            raise ValueError(
-                f"Received an invalid value for `{name}`: {self_name} expects values in "
-                f"[{low}, {high}]. Received: values in [{x.min()}, {x.max()}]"
-            )
-        if integers and x.size and not np.all(np.equal(np.floor(x), x)):
-            raise ValueError(
-                f"Received an invalid value for `{name}`: {self_name} expects integer "
-                f"levels 0..{high} (8-bit pixels, not scaled to [0, 1]). "
-                f"Received: non-integer values such as {x[np.floor(x) != x].flat[0]!r}"
-            )
+        self.support.check(x, name, type(self).__name__)
 
     def get_config(self):
         return {**super().get_config(), "event_shape": list(self.event_shape)}
@@ -563,7 +696,8 @@ class BernoulliLikelihood(LikelihoodHead):
     (the usual "binary cross-entropy" VAE loss).
     """
 
-    data_range = (0.0, 1.0)
+    support = Support(0.0, 1.0)
+    auto_binarize = True
     score = "mass"
 
     def score_kind(self, x):
@@ -583,17 +717,13 @@ class BernoulliLikelihood(LikelihoodHead):
     def mean_of(self, parameters):
         return tf.sigmoid(parameters["logits"])
 
-    def validate_data(self, x, name="x"):
-        super().validate_data(x, name)
-        self._check_range(x, name, *self.data_range)
-
 
 @_register
 class ContinuousBernoulliLikelihood(LikelihoodHead):
     """p(x|z) = Π ContinuousBernoulli(x_i; logit_i), a normalised density on [0, 1]
     (Loaiza-Ganem & Cunningham, 2019)."""
 
-    data_range = (0.0, 1.0)
+    support = Support(0.0, 1.0)
 
     def _parameters(self, flat):
         return {"logits": self._element_param(flat)}
@@ -609,10 +739,6 @@ class ContinuousBernoulliLikelihood(LikelihoodHead):
         safe = tf.where(small, tf.ones_like(eta), eta)
         exact = 1.0 / (1.0 - tf.exp(-safe)) - 1.0 / safe  # |η| ≥ 0.1: no cancellation
         return tf.where(small, 0.5 + eta / 12.0 - eta**3 / 720.0, exact)
-
-    def validate_data(self, x, name="x"):
-        super().validate_data(x, name)
-        self._check_range(x, name, *self.data_range)
 
 
 @_register
@@ -696,19 +822,19 @@ class LevelLikelihood(LikelihoodHead):
                 f"Received: num_levels={num_levels!r}"
             )
 
-    integer_data = True
     score = "mass"
+    binarize_modes = ("none",)  # levels, not binary data
 
     @property
-    def data_range(self):
-        return (0, self.num_levels - 1)
+    def support(self):
+        return Support.integer_levels(self.num_levels)
+
+    def prepare_data(self, x):
+        """[0, 1] data → integer levels `round(x · (num_levels − 1))` (float32)."""
+        return tf.round(tf.clip_by_value(x, 0.0, 1.0) * float(self.num_levels - 1))
 
     def encoder_input(self, x):
         return x / float(self.num_levels - 1)
-
-    def validate_data(self, x, name="x"):
-        super().validate_data(x, name)
-        self._check_range(x, name, *self.data_range, integers=True)
 
     def get_config(self):
         return {**super().get_config(), "num_levels": self.num_levels}

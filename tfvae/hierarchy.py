@@ -19,7 +19,6 @@ Mathematical details:
   both estimated on the same samples as the total KL, so `KL₁ + KL₂ = KL`.
 """
 
-import math
 
 import keras
 import tensorflow as tf
@@ -28,19 +27,23 @@ import tensorflow_probability as tfp
 from tfvae import _checks
 from tfvae import heads
 from tfvae import networks
+from tfvae import objectives
 from tfvae import priors
+
+__all__ = [
+    "HierarchicalPosterior",
+    "HierarchicalPrior",
+]
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
 
 _register = keras.saving.register_keras_serializable(package="tfvae")
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _normal_log_prob(x, loc, scale):
     """`Σ_j log N(x_j; loc_j, scale_j²)` over the last axis."""
-    u = (x - loc) / scale
-    return tf.reduce_sum(-0.5 * tf.square(u) - tf.math.log(scale) - _HALF_LOG_2PI, axis=-1)
+    return tf.reduce_sum(objectives.log_normal_per_dimension(x, loc, scale), axis=-1)
 
 
 def _check_latent_dims(latent_dims):

@@ -17,6 +17,14 @@ import numpy as np
 
 from tfvae import _checks
 
+__all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "derive_seed",
+    "kernel_initializer",
+    "MLP",
+]
+
 _register = keras.saving.register_keras_serializable(package="tfvae")
 
 

@@ -13,6 +13,23 @@ import logging
 from tfvae import _checks
 from tfvae import objective_parts
 
+__all__ = [
+    "BINARIZE",
+    "check_architecture",
+    "check_binarize",
+    "check_condition_dim",
+    "check_dreg",
+    "check_factorised",
+    "check_free_bits_groups",
+    "check_objective",
+    "check_parts",
+    "check_prior_name",
+    "check_top_latent_dim",
+    "execution",
+    "LR_SCHEDULES",
+    "resolve_binarize",
+]
+
 # How a run's learning rate moves over its epochs (`tfvae.training.learning_rate_schedule`).
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -229,3 +246,61 @@ def execution(jit_compile, steps_per_execution, architecture, strategy="default"
             strategy, asked, steps_per_execution)
         return False, 1
     return jit_compile, steps_per_execution
+
+
+# `binarize`: "auto" (see `resolve_binarize`), "none", or a Bernoulli(x) draw of [0, 1]
+# data, once ("static") or afresh every batch ("dynamic").
+BINARIZE = ("auto", "none", "static", "dynamic")
+
+
+def check_binarize(binarize, likelihood, name=None):
+    """`binarize` must be "auto" or one of the modes the likelihood accepts
+    (`likelihood.binarize_modes`; level likelihoods model levels, not binary data).
+
+    Args:
+      binarize: one of `BINARIZE`.
+      likelihood: a likelihood head class or instance.
+      name: what the user called the likelihood (e.g. `"categorical"`), for the
+        message. Default value: the class name.
+
+    Returns:
+      `binarize`, checked.
+    """
+    binarize = _checks.one_of("binarize", binarize, BINARIZE)
+    if binarize == "auto" or binarize in likelihood.binarize_modes:
+        return binarize
+    label = name if name is not None else _checks.type_name(likelihood)
+    # A class whose support depends on its arguments (levels) has no `describe` yet.
+    describe = getattr(likelihood.support, "describe", None)
+    what = (f"accepts binarize in {likelihood.binarize_modes}"
+            if "none" not in likelihood.binarize_modes else
+            f"models {describe()}, not binary data" if describe else "models no binary data")
+    raise ValueError(f"Received an invalid value for `binarize`: the {label!r} likelihood "
+                     f"{what}. Received: binarize={binarize!r}")
+
+
+def resolve_binarize(binarize, likelihood, grey, name=None):
+    """What `binarize` means for a likelihood and its data, checked (`check_binarize`).
+
+    `"auto"` is `"static"` when the likelihood declares `auto_binarize` (a
+    Bernoulli, which would otherwise score grey values with a cross-entropy, not
+    a likelihood) and the data are grey, else `"none"`; other modes are returned
+    as given.
+
+    Args:
+      binarize: one of `BINARIZE`.
+      likelihood: a likelihood head class or instance.
+      grey: whether the data hold values strictly between 0 and 1 (all in [0, 1]):
+        a bool, or a function returning one, called only when `"auto"` needs it
+        (so a stream is probed only then).
+      name: the likelihood's name for messages (see `check_binarize`).
+
+    Returns:
+      `"none"`, `"static"` or `"dynamic"`.
+    """
+    binarize = check_binarize(binarize, likelihood, name)
+    if binarize != "auto":
+        return binarize
+    if not likelihood.auto_binarize:
+        return "none"
+    return "static" if (grey() if callable(grey) else grey) else "none"

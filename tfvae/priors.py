@@ -11,6 +11,13 @@ import tensorflow_probability as tfp
 
 from tfvae import _checks
 
+__all__ = [
+    "MixtureOfGaussiansPrior",
+    "Prior",
+    "StandardNormalPrior",
+    "VampPrior",
+]
+
 tfd = tfp.distributions
 
 _register = keras.saving.register_keras_serializable(package="tfvae")

@@ -16,6 +16,13 @@ Mathematical details:
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "example_uniform",
+    "fold_in",
+    "make_seed",
+    "standard_normal",
+]
+
 _U32 = tf.uint32
 _GOLDEN = 0x9E3779B9
 

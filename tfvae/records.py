@@ -38,6 +38,23 @@ import os
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "DTYPES",
+    "EXTENSION",
+    "FORMAT",
+    "METADATA",
+    "PACK",
+    "parse_pack",
+    "peek",
+    "read_metadata",
+    "READS",
+    "serialize",
+    "shard_name",
+    "VERSION",
+    "write_metadata",
+    "write_splits",
+]
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "tfvae-records"

@@ -13,6 +13,19 @@ from matplotlib.figure import Figure
 from tfvae import evaluation
 from tfvae import files
 
+__all__ = [
+    "plot_curves",
+    "plot_gap",
+    "plot_grid",
+    "plot_latent_space",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_traversal",
+    "to_display",
+    "write_figures",
+    "write_markdown",
+]
+
 logger = logging.getLogger(__name__)
 
 _TERMS = ("elbo", "reconstruction", "kl")

@@ -18,6 +18,22 @@ import logging
 from tfvae import data as data_lib
 from tfvae import sources as sources_lib
 
+__all__ = [
+    "EVAL_BATCH",
+    "from_arrays",
+    "from_sources",
+    "held_out_pipeline",
+    "held_out_sample",
+    "num_classes_of",
+    "open_sources",
+    "reading",
+    "RunData",
+    "SAMPLE_EXAMPLES",
+    "skipped_examples",
+    "stream_modes",
+    "train_size",
+]
+
 logger = logging.getLogger(__name__)
 
 # Held-out examples kept in memory for figures, TensorBoard images and the gap split.

@@ -21,6 +21,7 @@ writer; a loss that becomes NaN stops training and no NaN model is saved.
 
 import csv
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -43,6 +44,33 @@ from tfvae import options
 from tfvae import report as report_lib
 from tfvae import run_data
 from tfvae import training
+from tfvae.model import VAE
+
+__all__ = [
+    "check_output",
+    "condition_dim",
+    "held_out",
+    "held_out_stream",
+    "is_chief",
+    "learning_rate_of",
+    "load_dataset",
+    "load_model",
+    "load_run",
+    "make_strategy",
+    "MAX_CLASSES",
+    "MAX_SEED",
+    "PRECISION_POLICIES",
+    "read_config",
+    "RUN_FILE",
+    "RunConfig",
+    "RunOutput",
+    "steps_per_epoch",
+    "STRATEGIES",
+    "TENSORBOARD_DIR",
+    "tf_config",
+    "train",
+    "TrainingDiverged",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +207,8 @@ class _RunConfig:
         _checks.one_of("likelihood", self.likelihood, tuple(builders.LIKELIHOODS))
         _checks.one_of("posterior", self.posterior, tuple(builders.POSTERIORS))
         _checks.one_of("prior", self.prior, tuple(builders.PRIORS))
-        _checks.one_of("binarize", self.binarize, data_lib.BINARIZE)
+        options.check_binarize(self.binarize, builders.likelihood_of(self.likelihood),
+                               self.likelihood)
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         _checks.one_of("lr_schedule", self.lr_schedule, options.LR_SCHEDULES)
@@ -253,7 +282,7 @@ class _RunConfig:
         return {
             **({"dataset_size": dataset_size} if sized else {}),
             "input_shape": tuple(input_shape),
-            **{name: getattr(self, name) for name in _MODEL_FIELDS + _part_fields()},
+            **{name: getattr(self, name) for name in _model_fields()},
             "beta": self.beta if self.warmup_epochs == 0 else 0.0,
             "top_latent_dim": self.top_latent_dim or None,
             "free_bits_groups": self.free_bits_groups or None,
@@ -265,9 +294,18 @@ class _RunConfig:
 # those versions), where that differs from RunConfig's default for a new run.
 _LEGACY_DEFAULTS = {"lr_schedule": "constant"}
 
-# RunConfig fields passed to build_vae as they are (and every part field, `_part_fields`).
-_MODEL_FIELDS = ("latent_dim", "likelihood", "architecture", "hidden_units", "filters",
-                 "posterior", "prior", "free_bits", "num_samples", "seed", "objective")
+# build_vae / VAE arguments a run sets from a field of another meaning (`model_kwargs`).
+_TRANSLATED = ("beta", "top_latent_dim", "free_bits_groups", "condition_dim", "dataset_size")
+
+
+def _model_fields():
+    """The RunConfig fields passed to `build_vae` as they are: those named like an argument
+    of `build_vae` or `tfvae.VAE`, and every part's hyperparameter (`_part_fields`)."""
+    arguments = set(inspect.signature(builders.build_vae).parameters)
+    arguments |= set(inspect.signature(VAE.__init__).parameters)
+    return tuple(f.name for f in dataclasses.fields(RunConfig)
+                 if (f.name in arguments and f.name not in _TRANSLATED)
+                 or f.name in _part_fields())
 
 
 def _part_fields():

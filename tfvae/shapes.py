@@ -43,6 +43,25 @@ import numpy as np
 
 from tfvae import _checks
 
+__all__ = [
+    "all_factors",
+    "ANGLES",
+    "CANVAS",
+    "CENTRES",
+    "FACTOR_NAMES",
+    "FACTOR_SIZES",
+    "FACTOR_VALUES",
+    "generate",
+    "PATCH",
+    "RADII",
+    "render",
+    "sample_factors",
+    "SHAPES",
+    "sprites",
+    "SUBSAMPLES",
+    "UNIT_AREAS",
+]
+
 CANVAS = 32
 SHAPES = ("square", "ellipse", "triangle")
 FACTOR_NAMES = ("shape", "scale", "rotation", "x", "y")

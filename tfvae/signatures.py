@@ -8,6 +8,10 @@ serving signatures are written by `tfvae.export`.)
 
 import tensorflow as tf
 
+__all__ = [
+    "Signatures",
+]
+
 
 class Signatures:
     """Mixin before `keras.Model`; uses the model's `event_shape` and `conditioning`."""

@@ -32,8 +32,36 @@ import numpy as np
 import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import options
 from tfvae import random as tfvae_random
 from tfvae import records
+
+__all__ = [
+    "ArraySource",
+    "ChainSource",
+    "folder_splits",
+    "glob_source",
+    "hash_split",
+    "IMAGE_EXTENSIONS",
+    "ImageFolderSource",
+    "key_ids",
+    "NpySource",
+    "pipeline",
+    "prepare_batch",
+    "READ_ERRORS",
+    "reading",
+    "record_splits",
+    "RecordSource",
+    "resolve_binarize",
+    "SHUFFLE_BUFFER",
+    "shuffle_buffer",
+    "SHUFFLE_BYTES",
+    "Source",
+    "SPLIT_FOLDERS",
+    "TfdsSource",
+    "WINDOW",
+    "WINDOW_BYTES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -813,7 +841,9 @@ def prepare_batch(x, ids, scale, likelihood, binarize, seed, generator=None):
       x: raw values `[batch] + event_shape`.
       ids: int64 example ids `[batch]` (the static draw's seeds).
       scale: `x / scale` lies in [0, 1].
-      likelihood: a likelihood name.
+      likelihood: a likelihood head or name (its `prepare_data` and `binarize_modes`
+        are read; a name builds the head, so inside a traced function such as a
+        `tf.data` map pass a head: a learned σ makes a variable).
       binarize: `"none"`, `"static"` (x_bin = 1[u < x] with u a pure function of
         `(seed, id)`: the same draw for an example whenever it is read) or
         `"dynamic"` (a fresh draw from `generator` every batch).
@@ -824,19 +854,19 @@ def prepare_batch(x, ids, scale, likelihood, binarize, seed, generator=None):
       float32 `[batch] + event_shape`: 8-bit levels 0..255 for the pixel
       likelihoods, else values in [0, 1] (0/1 when binarised).
     """
-    from tfvae import data as data_lib
+    from tfvae import builders
 
+    head = builders.likelihood_of(likelihood)
+    options.check_binarize(binarize, head, likelihood if isinstance(likelihood, str) else None)
     x = tf.cast(x, tf.float32)
     if scale != 1.0:
         x = x / scale
-    if likelihood in data_lib.LEVEL_LIKELIHOODS:
-        return tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0)
     if binarize == "static":
         u = tfvae_random.example_uniform(seed, ids, tf.shape(x)[1:])
-        return tf.cast(u < x, tf.float32)
-    if binarize == "dynamic":
-        return tf.cast(generator.uniform(tf.shape(x)) < x, tf.float32)
-    return x
+        x = tf.cast(u < x, tf.float32)
+    elif binarize == "dynamic":
+        x = tf.cast(generator.uniform(tf.shape(x)) < x, tf.float32)
+    return head.prepare_data(x)
 
 
 def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, seed=0,
@@ -846,7 +876,7 @@ def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, see
     Args:
       source: a `Source`.
       batch_size: examples per batch.
-      likelihood: the likelihood name the data are prepared for.
+      likelihood: the likelihood name or head the data are prepared for.
       binarize: `"none"`, `"static"` or `"dynamic"` (see `prepare_batch`; resolve
         `"auto"` first with `resolve_binarize`). Default value: `"none"`.
       shuffle: reshuffle every epoch. Default value: `False`.
@@ -861,10 +891,14 @@ def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, see
     if labels and not source.labelled:
         raise ValueError(f"Received an invalid value for `dataset`: {source.name} has no "
                          "labels, and they were asked for (a conditional run needs them).")
+    from tfvae import builders
+
+    head = builders.likelihood_of(likelihood)  # built here, not in the traced map
+    options.check_binarize(binarize, head, likelihood if isinstance(likelihood, str) else None)
     generator = tf.random.Generator.from_seed(seed) if binarize == "dynamic" else None
 
     def prepared(batch):
-        x = prepare_batch(batch["x"], batch["id"], source.scale, likelihood, binarize, seed,
+        x = prepare_batch(batch["x"], batch["id"], source.scale, head, binarize, seed,
                           generator)
         return (x, batch["y"]) if labels else x
 
@@ -882,23 +916,25 @@ def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, see
 
 
 def resolve_binarize(binarize, likelihood, source, probe=256, skip_corrupt=False):
-    """`"auto"` for a source: static for a Bernoulli likelihood of grey data.
+    """`"auto"` for a source: static for a likelihood that declares `auto_binarize` (a
+    Bernoulli) and grey data (`tfvae.options.resolve_binarize`, which also refuses a mode
+    the likelihood does not accept).
 
     Whether the data are grey comes from the source's `binary` where known (a
-    prepared record folder records it), else from its first `probe` examples.
+    prepared record folder records it), else from its first `probe` examples
+    (read only when it matters).
     """
-    from tfvae import data as data_lib
+    from tfvae import builders
 
-    _checks.one_of("binarize", binarize, data_lib.BINARIZE)
-    if binarize != "auto":
-        return binarize
-    if likelihood != "bernoulli":
-        return "none"
-    binary = source.binary
-    if binary is None:
-        x = source.take(probe, skip_corrupt)[0].astype(np.float32)
-        binary = bool(np.all((x == 0) | (x == source.scale)))
-    return "none" if binary else "static"
+    def grey():
+        binary = source.binary
+        if binary is None:
+            x = source.take(probe, skip_corrupt)[0].astype(np.float32)
+            binary = bool(np.all((x == 0) | (x == source.scale)))
+        return not binary
+
+    return options.resolve_binarize(binarize, builders.likelihood_of(likelihood), grey,
+                                    likelihood if isinstance(likelihood, str) else None)
 
 
 def _size_mismatch(message):

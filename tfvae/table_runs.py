@@ -11,7 +11,10 @@ support tables (`train`, `score`):
     history.csv   the epoch logs
     metrics.json  held-out ELBO terms and log p(x) (`evaluation.evaluate_model`), and
                   `threshold`: the (1 − contamination) quantile of the training rows'
-                  scores (`tfvae.anomaly`), which `score --threshold auto` applies
+                  scores (`tfvae.anomaly`), which `score --threshold auto` applies;
+                  `graph_threshold`: the same quantile of the exported `score` graph's
+                  score at eps = 0 (−ELBO, `anomaly.noise_scores`), which `tfvae export`
+                  bakes into that graph's `flag`
 
 The table is split at random (by the run's seed) into training and validation
 rows (20 %); the column types are inferred from the whole table (labels never
@@ -39,12 +42,26 @@ from tfvae import tables
 from tfvae import tabular
 from tfvae.tabular_likelihood import TabularLikelihood
 
+__all__ = [
+    "is_table_run",
+    "parse_threshold",
+    "read_table_run",
+    "RUN_SCORE",
+    "score",
+    "TABLE_FILE",
+    "train",
+    "VALIDATION_FRACTION",
+]
+
 logger = logging.getLogger(__name__)
 
 TABLE_FILE = "table.json"
 VALIDATION_FRACTION = 0.2
 # The score a table run's threshold is on, and `tfvae score` writes.
 RUN_SCORE = "log_px"
+# The score `graph_threshold` is on: the exported `score` graph's at eps = 0
+# (`anomaly.noise_scores`), which `tfvae export` bakes into the graph's `flag`.
+GRAPH_SCORE = "elbo_at_eps_0"
 
 
 def is_table_run(directory):
@@ -52,7 +69,9 @@ def is_table_run(directory):
     return os.path.isfile(os.path.join(directory, TABLE_FILE))
 
 
-def _split(n, seed):
+def split_rows(n, seed):
+    """`(training rows, validation rows)`: the indices a table run of `n` rows trains and
+    validates on (a permutation by `seed`; 20 % held out)."""
     if n < 3:
         raise ValueError(f"Received an invalid value for `dataset`: a table run needs at least "
                          f"3 rows (2 to train on, 1 to validate). Received: {n} rows")
@@ -91,7 +110,7 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
     overrides = None if schema_file is None else tabular.read_overrides(schema_file)
     x, labels, schema = tabular.load_table(config.dataset, labels=labels_column,
                                            overrides=overrides)
-    train_rows, validation_rows = _split(len(x), config.seed)
+    train_rows, validation_rows = split_rows(len(x), config.seed)
     runs.check_output(output, overwrite=overwrite)  # refusals before anything is written
     run_output = runs.RunOutput(output, overwrite=overwrite).begin()
     try:
@@ -100,10 +119,15 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
             "labels_column": schema.labels, "score": RUN_SCORE,
             "score_samples": config.eval_samples, "contamination": contamination})
         metrics = _fit(config, output, schema, x[train_rows], x[validation_rows], verbose)
-        train_scores = anomaly.scores(metrics.pop("model"), x[train_rows], RUN_SCORE,
+        model = metrics.pop("model")
+        train_scores = anomaly.scores(model, x[train_rows], RUN_SCORE,
                                       config.eval_samples, seed=config.seed)
+        graph_scores = anomaly.noise_scores(model, x[train_rows])
         metrics.update(threshold=anomaly.contamination_threshold(train_scores, contamination),
-                       threshold_score=RUN_SCORE, contamination=contamination,
+                       threshold_score=RUN_SCORE,
+                       graph_threshold=anomaly.contamination_threshold(graph_scores,
+                                                                       contamination),
+                       graph_threshold_score=GRAPH_SCORE, contamination=contamination,
                        train_rows=int(len(train_rows)), columns=schema.names)
         files.write_json(os.path.join(output, "metrics.json"), metrics)
         run_output.commit()
@@ -161,6 +185,18 @@ def read_table_run(directory):
         raise ValueError(f"`{directory}`: {TABLE_FILE} says it is a table run, but its "
                          "model.keras does not take table rows.")
     return settings, metrics, model
+
+
+def export_model(directory):
+    """`(model, threshold)` for `tfvae export` of a table run: the threshold its `score`
+    graph's `flag` bakes in (`metrics.json`'s `graph_threshold`), or None (no `flag`) for a
+    run trained before it was recorded."""
+    _, metrics, model = read_table_run(directory)
+    threshold = metrics.get("graph_threshold")
+    if threshold is None:
+        logger.warning("`%s` has no graph_threshold in metrics.json (trained by an older "
+                       "tfvae): the exported `score` graph has no `flag`", directory)
+    return model, threshold
 
 
 def parse_threshold(text):

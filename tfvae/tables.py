@@ -33,6 +33,12 @@ import numpy as np
 
 from tfvae import files
 
+__all__ = [
+    "flat_names",
+    "TableWriter",
+    "write_table",
+]
+
 logger = logging.getLogger(__name__)
 
 # Numeric columns only: booleans, signed and unsigned integers, floats.

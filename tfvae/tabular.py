@@ -47,6 +47,26 @@ import numpy as np
 
 from tfvae import files
 
+__all__ = [
+    "array_columns",
+    "Column",
+    "EXTENSIONS",
+    "FEATURE_KINDS",
+    "infer_schema",
+    "is_table",
+    "KINDS",
+    "LABEL_LIKE",
+    "labels_of",
+    "load_table",
+    "MISSING",
+    "NPZ_FEATURES",
+    "NPZ_LABELS",
+    "read_overrides",
+    "read_table",
+    "Schema",
+    "write_schema",
+]
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("continuous", "binary", "categorical", "ignore")

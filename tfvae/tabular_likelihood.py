@@ -33,6 +33,11 @@ from tfvae import _checks
 from tfvae import heads
 from tfvae import tabular
 
+__all__ = [
+    "RowDistribution",
+    "TabularLikelihood",
+]
+
 tfd = tfp.distributions
 
 _SCALES = ("per_dimension", "predicted")
@@ -57,6 +62,9 @@ class TabularLikelihood(heads.LikelihoodHead):
         Default value: `1.0`.
       min_scale: lower bound on σ. Default value: `1e-3`.
     """
+
+    column_terms = True  # `column_log_probs`: the `score` export graph's feature_scores
+    support_is_range = False  # `support_mask` checks each column's codes
 
     def __init__(self, schema, scale="per_dimension", initial_scale=1.0, min_scale=1e-3,
                  **kwargs):
@@ -100,10 +108,16 @@ class TabularLikelihood(heads.LikelihoodHead):
             self.normalization.adapt(x[:, self.continuous])
 
     def column_stats(self):
-        """The continuous columns' standardisation `(mean [c], std [c])` as tensors."""
-        mean = tf.reshape(tf.cast(self.normalization.mean, tf.float32), [-1])
-        std = tf.maximum(tf.sqrt(tf.reshape(tf.cast(self.normalization.variance, tf.float32),
-                                            [-1])), keras.config.epsilon())
+        """The continuous columns' standardisation `(mean [c], std [c])` as tensors.
+
+        Read from the layer's variables (`adapt_mean`, `adapt_variance`), not from
+        its `mean` / `variance`: those are eager tensors that a traced graph
+        captures as inputs, which the ONNX converter leaves as unfed placeholders.
+        """
+        mean = tf.reshape(tf.cast(self.normalization.adapt_mean, tf.float32), [-1])
+        std = tf.maximum(tf.sqrt(tf.reshape(tf.cast(self.normalization.adapt_variance,
+                                                    tf.float32), [-1])),
+                         keras.config.epsilon())
         n = len(self.continuous)
         return mean[:n], std[:n]
 
@@ -160,6 +174,11 @@ class TabularLikelihood(heads.LikelihoodHead):
             blocks.append(tf.reduce_sum(one_hot * tf.nn.log_softmax(logits), -1, keepdims=True))
         return tf.gather(tf.concat(blocks, axis=-1), self._column_order, axis=-1)
 
+    @property
+    def column_names(self):
+        """The feature columns' names, in `column_log_probs`' order."""
+        return list(self.schema.names)
+
     def log_prob(self, parameters, x):
         return tf.reduce_sum(self.column_log_probs(parameters, x), axis=-1)
 
@@ -200,6 +219,11 @@ class TabularLikelihood(heads.LikelihoodHead):
 
     # ------------------------------------------------------------------
     # What the encoder sees, and which rows can be scored.
+
+    # Rows are coded by the schema (`tfvae.tabular`), never binarised; the support is
+    # per column, so `support_mask` and `validate_data` are the head's own (the
+    # declared `support`, all reals, is only the continuous columns').
+    binarize_modes = ("none",)
 
     def encoder_input(self, x):
         """Standardised continuous columns, binary columns, one-hot categorical codes."""

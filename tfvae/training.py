@@ -32,6 +32,13 @@ from tfvae import objectives
 from tfvae import options
 from tfvae import random as tfvae_random
 
+__all__ = [
+    "BetaSchedule",
+    "FINAL_LR_FRACTION",
+    "learning_rate_schedule",
+    "Trainer",
+]
+
 # The cosine schedule ends at this fraction of the initial learning rate.
 FINAL_LR_FRACTION = 0.1
 
