@@ -15,6 +15,7 @@ from tfvae import export
 from tfvae import gap
 from tfvae import hyperparameters
 from tfvae import marginal
+from tfvae import mmd
 from tfvae import objective_parts
 from tfvae import objectives
 from tfvae import random
@@ -115,6 +116,7 @@ __all__ = [
     "kl_divergence",
     "hyperparameters",
     "log_likelihood",
+    "mmd",
     "objective_parts",
     "objectives",
     "random",

@@ -1050,8 +1050,8 @@ def load_run(directory):
         raise ValueError(f"`{directory}` is still being trained by "
                          f"{files.RunLock.describe(owner)}; wait until training ends.")
     if os.path.isfile(os.path.join(directory, "table.json")):  # tfvae.table_runs.TABLE_FILE
-        raise ValueError(f"`{directory}` is a run on a table: `tfvae score` reads it (this "
-                         "command does not support table runs yet).")
+        raise ValueError(f"`{directory}` is a run on a table: `tfvae score` and `tfvae export` "
+                         "read it (this command does not support table runs yet).")
     config = read_config(path)
     model_path = os.path.join(directory, "model.keras")
     if not os.path.exists(model_path):
