@@ -353,7 +353,9 @@ def test_part_classes_name_the_parts_build_vae_builds():
         tfvae.HierarchicalPosterior, tfvae.HierarchicalPrior)
     for posterior in builders.POSTERIORS:
         for prior in builders.PRIORS:
-            if posterior == "hierarchical" and prior != "standard_normal":
+            own_prior = posterior == "hierarchical" or getattr(
+                builders.POSTERIORS[posterior], "own_prior", None) is not None
+            if own_prior and prior != "standard_normal":
                 continue
             model = tfvae.build_vae((6,), 2, hidden_units=(4,), posterior=posterior, prior=prior,
                                     num_components=2)

@@ -153,8 +153,9 @@ def test_each_posterior_name_builds_its_head_and_prior(name):
         assert model.posterior.latent_dims == (4, 2)
         assert type(model.prior) is hierarchy.HierarchicalPrior
         assert model.latent_dim == 6
-    else:
-        assert type(model.prior) is tfvae.StandardNormalPrior and model.latent_dim == 4
+    else:  # the default prior name: N(0, I), or the prior a posterior brings (VQ's)
+        assert type(model.prior) is builders.part_classes(name, "standard_normal")[1]
+        assert model.latent_dim == 4
 
 
 def test_prior_names_and_mirrored_widths():

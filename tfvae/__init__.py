@@ -24,6 +24,7 @@ from tfvae import shapes
 from tfvae import sources
 from tfvae import tables
 from tfvae import tabular
+from tfvae import vq
 from tfvae.builders import build_vae
 from tfvae.flows import IAFPosterior
 from tfvae.flows import PlanarFlowPosterior
@@ -58,6 +59,8 @@ from tfvae.priors import Prior
 from tfvae.priors import StandardNormalPrior
 from tfvae.priors import VampPrior
 from tfvae.tabular_likelihood import TabularLikelihood
+from tfvae.vq import UniformCodePrior
+from tfvae.vq import VQPosterior
 
 __version__ = "0.2.0"
 
@@ -97,7 +100,9 @@ __all__ = [
     "Prior",
     "StandardNormalPrior",
     "TabularLikelihood",
+    "UniformCodePrior",
     "VAE",
+    "VQPosterior",
     "VampPrior",
     "anomaly",
     "build_vae",
@@ -120,4 +125,5 @@ __all__ = [
     "sources",
     "tables",
     "tabular",
+    "vq",
 ]

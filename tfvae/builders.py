@@ -10,6 +10,7 @@ from tfvae import networks
 from tfvae import objective_parts
 from tfvae import options
 from tfvae import priors
+from tfvae import vq
 from tfvae.model import VAE
 
 LIKELIHOODS = {
@@ -30,6 +31,7 @@ POSTERIORS = {
     "iaf": flows.IAFPosterior,
     "planar": flows.PlanarFlowPosterior,
     "hierarchical": hierarchy.HierarchicalPosterior,
+    "vq": vq.VQPosterior,
 }
 # Prior names -> classes; a factory builds one (latent size, data shape, components, seed).
 PRIORS = {
@@ -91,6 +93,8 @@ def part_classes(posterior, prior):
     posterior_class = POSTERIORS[posterior]
     if posterior_class is hierarchy.HierarchicalPosterior:
         return posterior_class, hierarchy.HierarchicalPrior
+    if getattr(posterior_class, "own_prior", None) is not None:
+        return posterior_class, posterior_class.own_prior
     return posterior_class, PRIORS[prior]
 
 
@@ -197,8 +201,11 @@ def build_vae(
             posterior_class(latent_dim, seed=part_seed(_POSTERIOR), **posterior_options)
             if getattr(posterior_class, "seeded", False) else
             posterior_class(latent_dim, **posterior_options))
-        prior_layer = _PRIOR_FACTORIES[prior](
-            latent_dim, input_shape, num_components, 0 if seed is None else part_seed(_PRIOR))
+        # A posterior that declares `own_prior` brings its prior (`default_prior()`).
+        prior_layer = (posterior_head.default_prior()
+                       if getattr(posterior_class, "own_prior", None) is not None else
+                       _PRIOR_FACTORIES[prior](latent_dim, input_shape, num_components,
+                                               0 if seed is None else part_seed(_PRIOR)))
 
     if architecture == "mlp":
         hidden_units = _checks.int_tuple("hidden_units", hidden_units)

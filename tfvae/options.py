@@ -155,12 +155,21 @@ def check_condition_dim(condition_dim, prior, event_shape=None, name="condition_
 
 
 def check_prior_name(posterior, prior):
-    """`build_vae` names: a hierarchy's prior is its own p(z2) p(z1|z2), named 'standard_normal'."""
+    """`build_vae` names: a hierarchy's prior is its own p(z2) p(z1|z2), named 'standard_normal';
+    a posterior that declares `own_prior` (VQ) takes no prior name but the default."""
     if posterior == "hierarchical" and prior != "standard_normal":
         raise ValueError(
             "Received an invalid value for `prior`: a hierarchical model's prior is "
             "p(z2) p(z1|z2) with a standard normal p(z2); use prior='standard_normal'. "
             f"Received: prior={prior!r}"
+        )
+    from tfvae import builders  # builders reads this module's rules
+
+    own = getattr(builders.POSTERIORS.get(posterior), "own_prior", None)
+    if own is not None and prior != "standard_normal":
+        raise ValueError(
+            f"Received an invalid value for `prior`: posterior={posterior!r} brings its own "
+            f"prior ({own.__name__}); leave `prior` at its default. Received: prior={prior!r}"
         )
 
 
