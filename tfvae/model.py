@@ -183,6 +183,12 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         """The posterior head's named parameters (a dict of tensors) for data `x`."""
         return self.posterior.parameters(self.encoder_output(x, y, training))
 
+    def posterior_sampler(self, x, y=None, training=False):
+        """`(q, reparameterize)` for data `x`: q(z|x) as a `tfd.Distribution` (batch shape
+        `[batch]`) and its map `ε [..., batch, d] -> z` (`Posterior.sampler`), as the
+        objectives take them (`posterior`, `reparameterize=`); the encoder runs once."""
+        return self.posterior.sampler(self.posterior_parameters(x, y, training))
+
     def posterior_outputs(self, x, y=None):
         """q(z|x)'s parameters under their exported names (the `encode` graph's outputs):
         `mean` and `scale` (the head's `loc` and `scale`: std devs `[batch, d]` or a
@@ -267,8 +273,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
 
     def encode(self, x, y=None, training=False):
         """q(z|x): a `tfd.Distribution` with batch shape `[batch]`, event shape `[latent_dim]`."""
-        x, y = self.prepare_inputs(x, y)
-        return self.posterior.distribution(self.posterior_parameters(x, y, training))
+        return self.posterior_sampler(*self.prepare_inputs(x, y), training)[0]
 
     def decode(self, z, y=None, training=False):
         """p(x|z): a `tfd.Distribution` with batch shape `[batch]`, event shape `event_shape`."""
@@ -322,8 +327,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         n = _checks.positive_int("n", n)
         y = self.conditioning.prepare(y, n)
         seed = tfvae_random.make_seed(seed)
-        z = objectives.posterior_sample(self.prior.distribution(), n, seed=seed)
-        z = tf.reshape(z, [n, self.latent_dim])
+        z = objectives.posterior_sample(self.prior.distribution(), n, seed=seed, reparameterize=(
+            self.prior.reparameterize if self.prior.can_reparameterize else None))
         if mean:
             return self.decode_mean(z, y)
         return self.likelihood_fn(y)(z).sample(seed=tfvae_random.fold_in(seed, 1))
@@ -331,7 +336,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
     def reconstruct(self, x, sample_latent=False, seed=None, y=None):
         """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
         if sample_latent:
-            z = objectives.posterior_sample(self.encode(x, y), 1, seed=seed)[0]
+            q, reparameterize = self.posterior_sampler(*self.prepare_inputs(x, y))
+            z = objectives.posterior_sample(q, 1, seed=seed, reparameterize=reparameterize)[0]
         else:
             z = self.latent_code(x, y)
         return self.decode_mean(z, self.conditioning.prepare(y, z.shape[0]))
