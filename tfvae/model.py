@@ -14,6 +14,7 @@ from tfvae import random as tfvae_random
 from tfvae import signatures
 from tfvae import training
 from tfvae.conditioning import Conditioning
+from tfvae.validity import where_valid
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
@@ -360,14 +361,3 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
-
-def where_valid(valid, values):
-    """`values` (a tensor `[batch, ...]` or a structure of them) with NaN rows where the
-    boolean `valid` `[batch]` is false: "invalid in, NaN out" (`VAE.valid_rows`, export
-    graphs)."""
-
-    def mask(value):
-        shape = tf.concat([tf.shape(valid), tf.ones([value.shape.rank - 1], tf.int32)], 0)
-        return tf.where(tf.reshape(valid, shape), value, tf.constant(float("nan"), value.dtype))
-
-    return tf.nest.map_structure(mask, values)
