@@ -87,12 +87,15 @@ def proposal_coverage(examples, replicates, k=1000):
         return tfd.Independent(tfd.Normal(z @ wt + bt, sigma), 1)
 
     prior = tfd.MultivariateNormalDiag(tf.zeros(d))
+    sampler = lambda eps: q_star.mean() + q_star.stddev() * eps  # noqa: E731 (q*'s reparameterize)
     estimators = {
         "q* alone": tf.function(lambda seed: marginal.log_likelihood_from_weights(
-            objectives.log_importance_weights(x, q_star, decode, prior, k, seed=seed)),
+            objectives.log_importance_weights(x, q_star, decode, prior, k, seed=seed,
+                                              reparameterize=sampler)),
             autograph=False),
         "defensive mixture": tf.function(lambda seed: marginal.defensive_log_likelihood(
-            x, q_star, decode, prior, k, seed=seed, chunk_size=500), autograph=False),
+            x, q_star, decode, prior, k, seed=seed, chunk_size=500, reparameterize=sampler),
+            autograph=False),
     }
     print(f"\nlog p(x), K = {k}, partial correlations {rho}, {examples} examples × "
           f"{replicates} replicates")

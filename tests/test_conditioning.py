@@ -197,15 +197,19 @@ def test_elbo_is_the_hand_wired_conditional_elbo(event_shape, conv):
             [x, np.broadcast_to(onehot[:, None, None, :], (5, 4, 4, C))], -1)
     else:
         encoder_input = np.concatenate([x, onehot], -1)
-    q = model.posterior(model.encoder(tf.constant(encoder_input)))
+    parameters = model.posterior.parameters(model.encoder(tf.constant(encoder_input)))
+    q = model.posterior.distribution(parameters)
     eps = np.random.default_rng(1).normal(size=(4, 5, 2)).astype("float32")
 
     def decode(z):  # z is [L * batch, d], sample-major: row l * batch + b is example b
         return model.likelihood(model.decoder(tf.concat([z, np.tile(onehot, (4, 1))], -1)))
 
-    expected = objectives.elbo(tf.constant(x), q, decode, model.prior.distribution(), noise=eps)
-    got = objectives.elbo(tf.constant(x), model.encode(x, y=labels), model.likelihood_fn(
-        model.conditioning.prepare(labels)), model.prior.distribution(), noise=eps)
+    expected = objectives.elbo(tf.constant(x), q, decode, model.prior.distribution(), noise=eps,
+                               reparameterize=lambda e: parameters["loc"] + parameters["scale"] * e)
+    got_q, got_sampler = model.posterior_sampler(*model.prepare_inputs(x, labels))
+    got = objectives.elbo(tf.constant(x), got_q, model.likelihood_fn(
+        model.conditioning.prepare(labels)), model.prior.distribution(), noise=eps,
+        reparameterize=got_sampler)
     for key in ("elbo", "reconstruction", "kl"):
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6)
     # One-hot float vectors and integer labels are the same condition.

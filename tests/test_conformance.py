@@ -253,7 +253,8 @@ def _reference(model, inputs, labels):
         encode = {"mean": parameters["loc"], "scale": parameters["scale"]}
         encode.update({k: v for k, v in parameters.items() if k not in ("loc", "scale")})
 
-    z_q = objectives.posterior_sample(q, 1, noise=eps[None])[0]
+    z_q = objectives.posterior_sample(q, 1, noise=eps[None], reparameterize=lambda e: (
+        model.posterior.reparameterize(parameters, e)))[0]
     p_x = model.decode(z_q, y=labels)
     reconstruction = p_x.log_prob(x)
     prior = model.prior.distribution()

@@ -39,11 +39,11 @@ def _inputs(model, batch, seed=0):
 
 def _reference(model, x, eps, z):
     """The Keras model's own answers, through its TFP distributions."""
-    q = model.encode(x)
+    q, sampler = model.posterior_sampler(*model.prepare_inputs(x))
     scale = q.stddev() if isinstance(model.posterior, tfvae.DiagonalGaussianPosterior) else q.scale.to_dense()
-    z_q = objectives.posterior_sample(q, 1, noise=eps[None])[0]
+    z_q = objectives.posterior_sample(q, 1, noise=eps[None], reparameterize=sampler)[0]
     terms = objectives.elbo(x, q, model.likelihood_fn(), model.prior.distribution(),
-                            kl=model.kl_method, noise=eps[None])
+                            kl=model.kl_method, noise=eps[None], reparameterize=sampler)
     reference = {
         "encode": {"mean": q.mean(), "scale": scale},
         "decode": {"mean": model.likelihood.mean(model.decode(z))},
@@ -389,8 +389,8 @@ def test_saved_model_and_onnx_agree_on_bad_inputs(tmp_path, likelihood, architec
     # Valid rows are the Keras model's answers.
     good = ~expected["reconstruct"]
     recon = loaded.signatures["reconstruct"](**{k: tf.constant(feeds[k]) for k in ("x", "eps", "y")})
-    q = model.encode(x[good], y=labels[good])
-    z_q = objectives.posterior_sample(q, 1, noise=eps[good][None])[0]
+    q, sampler = model.posterior_sampler(*model.prepare_inputs(x[good], labels[good]))
+    z_q = objectives.posterior_sample(q, 1, noise=eps[good][None], reparameterize=sampler)[0]
     np.testing.assert_allclose(recon["reconstruction"].numpy()[good],
                                model.likelihood.mean(model.decode(z_q, y=labels[good])),
                                rtol=1e-5, atol=_tolerance(model))

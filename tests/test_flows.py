@@ -56,9 +56,9 @@ def test_flow_density_matches_the_change_of_variables_formula():
 def test_inverse_recovers_the_base_sample_and_sampling_paths_agree():
     head, params = _head(d=3, steps=3)
     parameters = head.parameters(params)
-    q = head.distribution(parameters)
+    q, sampler = head.sampler(parameters)
     eps = tf.constant(np.random.default_rng(2).normal(size=(7, 5, 3)), tf.float32)
-    z = objectives.posterior_sample(q, 7, noise=eps)
+    z = objectives.posterior_sample(q, 7, noise=eps, reparameterize=sampler)
     np.testing.assert_allclose(z, head.reparameterize(parameters, eps), rtol=1e-5, atol=1e-6)
     z0 = q.bijector.inverse(tf.constant(z.numpy()))
     np.testing.assert_allclose(z0, parameters["loc"] + parameters["scale"] * eps, rtol=1e-4, atol=1e-5)
@@ -142,13 +142,15 @@ def test_planar_samples_agree_and_the_elbo_is_below_log_evidence():
     x, log_px, decode, prior = _linear_gaussian(rng)
     head = tfvae.PlanarFlowPosterior(2, num_steps=2)
     parameters = head.parameters(tf.constant(rng.normal(size=(3, head.params_size)), tf.float32))
-    q = head.distribution(parameters)
+    q, sampler = head.sampler(parameters)
     eps = tf.constant(rng.normal(size=(4, 3, 2)), tf.float32)
-    np.testing.assert_allclose(objectives.posterior_sample(q, noise=eps),
+    np.testing.assert_allclose(objectives.posterior_sample(q, noise=eps, reparameterize=sampler),
                                head.reparameterize(parameters, eps), rtol=1e-5, atol=1e-6)
-    terms = tfvae.elbo(tf.constant(x, tf.float32), q, decode, prior, num_samples=20_000, seed=1)
+    terms = tfvae.elbo(tf.constant(x, tf.float32), q, decode, prior, num_samples=20_000, seed=1,
+                       reparameterize=sampler)
     assert np.all(terms["elbo"].numpy() < log_px)
-    iwae = tfvae.iwae_bound(tf.constant(x, tf.float32), q, decode, prior, 2000, seed=2).numpy()
+    iwae = tfvae.iwae_bound(tf.constant(x, tf.float32), q, decode, prior, 2000, seed=2,
+                            reparameterize=sampler).numpy()
     assert np.all(terms["elbo"].numpy() < iwae)  # (one draw of a poor q's IWAE may exceed log p(x))
 
 

@@ -362,7 +362,8 @@ def test_sample_follows_the_prior_through_the_decoder():
     model = _tiny()
     n = 4000
     # Decoding z ~ p(z) with the same seed the model uses internally.
-    z = objectives.posterior_sample(model.prior.distribution(), n, seed=9).numpy()
+    z = objectives.posterior_sample(model.prior.distribution(), n, seed=9,
+                                    reparameterize=model.prior.reparameterize).numpy()
     assert abs(z.mean()) < 5 / np.sqrt(n * 3) and abs(z.var() - 1) < 0.1
     expected = model.decode(z).mean().numpy()
     np.testing.assert_allclose(model.sample(n, seed=9), expected, rtol=1e-6)

@@ -1,7 +1,7 @@
 """Importance-sampled bounds of a `tfvae.VAE`, compiled: the IWAE bound and log p(x).
 
 `Bounds` is a mixin before `keras.Model`. It uses the model's public seams
-(`prepare_inputs`, `posterior_parameters`, `likelihood_fn`, `prior`) and runs
+(`prepare_inputs`, `posterior_sampler`, `likelihood_fn`, `prior`) and runs
 `objectives.iwae_bound` as one cached `tf.function` per (K, chunk): the
 encoder once, then an in-graph loop over chunks of samples.
 """
@@ -39,10 +39,10 @@ class Bounds:
         functions = self.__dict__.setdefault("_bound_functions", {})  # not tracked
         if key not in functions:
             def bound(x, y, seed):
-                posterior = self.posterior.distribution(self.posterior_parameters(x, y))
+                posterior, reparameterize = self.posterior_sampler(x, y)
                 return objectives.iwae_bound(x, posterior, self.likelihood_fn(y),
                                              self.prior.distribution(), k, seed=seed,
-                                             chunk_size=chunk_size)
+                                             chunk_size=chunk_size, reparameterize=reparameterize)
 
             # (No XLA: on CPU oneDNN's matmuls beat XLA's; benchmarks/bench_log_likelihood.py.)
             functions[key] = tf.function(bound, reduce_retracing=True)

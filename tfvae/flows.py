@@ -136,6 +136,12 @@ class FlowPosterior(Posterior):
             z = step.forward(z)
         return z
 
+    def sampler(self, parameters):
+        """q and `reparameterize` through q's own flow (its log density then needs no
+        inverse: TFP caches the base sample)."""
+        q = self.distribution(parameters)
+        return q, lambda eps: q.bijector.forward(parameters["loc"] + parameters["scale"] * eps)
+
 
 @keras.saving.register_keras_serializable(package="tfvae")
 class IAFPosterior(FlowPosterior):

@@ -41,9 +41,10 @@ def _elbo_fn(model, x, y, num_samples):
     decode, prior = model.likelihood_fn(y), model.prior.distribution()
 
     def elbo(raw, seed):
-        posterior = model.posterior.distribution(model.posterior.parameters(raw))
+        posterior, reparameterize = model.posterior.sampler(model.posterior.parameters(raw))
         return objectives.elbo(x, posterior, decode, prior, num_samples=num_samples,
-                               kl=model.kl_method, seed=seed)["elbo"]
+                               kl=model.kl_method, seed=seed,
+                               reparameterize=reparameterize)["elbo"]
 
     return elbo
 
@@ -229,10 +230,11 @@ def _log_likelihood(model, x, y, raw, num_samples, seed, rows=10000, defensive_f
 
     @tf.function(autograph=False)
     def estimate(raw):
-        posterior = model.posterior.distribution(model.posterior.parameters(raw))
+        posterior, reparameterize = model.posterior.sampler(model.posterior.parameters(raw))
         return marginal.defensive_log_likelihood(
             x, posterior, model.likelihood_fn(y), model.prior.distribution(), num_samples,
-            seed=seed, chunk_size=chunk_size, defensive_fraction=defensive_fraction)
+            seed=seed, chunk_size=chunk_size, defensive_fraction=defensive_fraction,
+            reparameterize=reparameterize)
 
     return {key: value.numpy().astype(np.float64) for key, value in estimate(raw).items()}
 

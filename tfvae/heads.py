@@ -130,6 +130,9 @@ class Posterior(DistributionHead):
       `[..., latent_dim]`, with the same parametrisation as `distribution`
       (every posterior must implement it: training and export graphs draw z
       this way).
+    * `sampler(parameters)`: `(q, sample)`, q(z|x) as a TFP distribution and
+      `sample(eps) = reparameterize(parameters, eps)` in a form whose z q scores
+      cheaply (the one pair the objectives take as `posterior, reparameterize=`).
     * `independent_dimensions`: q factorises over latent dimensions as
       N(loc_j, scale_j²), so its KL to a prior with `kl_per_dimension` splits
       into groups of dimensions (free bits per group).
@@ -166,6 +169,17 @@ class Posterior(DistributionHead):
 
     def reparameterize(self, parameters, eps):
         raise NotImplementedError
+
+    def sampler(self, parameters):
+        """`(q, sample)`: q = `distribution(parameters)` and `sample`, the map
+        `eps [..., latent_dim] -> z` of `reparameterize(parameters, eps)`.
+
+        Heads whose q is a transformed distribution override it to push the
+        noise through q's own bijector, so that `q.log_prob(z)` reads the noise
+        back from TFP's bijector cache instead of inverting the transformation
+        (a flow's sequential or bisection inverse).
+        """
+        return self.distribution(parameters), lambda eps: self.reparameterize(parameters, eps)
 
     def loss_terms(self, parameters, training=False):
         """Per-example terms `[batch]` of this head's own (named in `metric_names`), added

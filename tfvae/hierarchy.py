@@ -190,6 +190,11 @@ class HierarchicalPosterior(heads.Posterior):
         """z = [z₁, z₂] from standard normal `eps` `[..., d1 + d2]`."""
         return self._map(parameters).forward(eps)
 
+    def sampler(self, parameters):
+        """q and `reparameterize` through q's own map (TFP caches the noise for log q)."""
+        q = self.distribution(parameters)
+        return q, q.bijector.forward
+
     def layer_log_probs(self, parameters, z):
         """`[log q(z₁|x), log q(z₂|z₁)]`, each of shape `z.shape[:-1]`."""
         d1 = self.latent_dims[0]

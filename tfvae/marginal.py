@@ -38,13 +38,15 @@ from tfvae import objectives
 from tfvae import random as tfvae_random
 
 
-def proposal_moments(proposal, num_samples=256, seed=None, jitter=1e-6):
+def proposal_moments(proposal, num_samples=256, seed=None, jitter=1e-6, reparameterize=None):
     """Mean `[batch, d]` and covariance `[batch, d, d]` of a posterior, from its samples.
 
-    Uses `num_samples` draws (works for every family, flows included); `jitter`
-    is added to the covariance's diagonal so it always has a Cholesky factor.
+    Uses `num_samples` draws (works for every family, flows included; drawn through
+    `reparameterize`, q's sampler, when given: see `objectives.posterior_sample`);
+    `jitter` is added to the covariance's diagonal so it always has a Cholesky factor.
     """
-    z = objectives.posterior_sample(proposal, num_samples, seed=seed)  # [M, batch, d]
+    z = objectives.posterior_sample(proposal, num_samples, seed=seed,
+                                    reparameterize=reparameterize)  # [M, batch, d]
     mean = tf.reduce_mean(z, axis=0)
     centred = z - mean
     cov = tf.einsum("mbi,mbj->bij", centred, centred) / (num_samples - 1.0)
@@ -79,7 +81,7 @@ def student_t_sample(loc, scale_tril, df, num_samples, seed):
 
 def defensive_log_likelihood(x, proposal, decode, prior, num_samples=1000, *, seed=None,
                              defensive_fraction=0.25, scale=2.0, df=4, chunk_size=100,
-                             moment_samples=256):
+                             moment_samples=256, reparameterize=None):
     """Importance-sampled log p(x) per example with a defensive mixture proposal.
 
     Args:
@@ -97,6 +99,8 @@ def defensive_log_likelihood(x, proposal, decode, prior, num_samples=1000, *, se
       df: the Student-t's degrees of freedom (an integer ≥ 1). Default value: `4`.
       chunk_size: samples scored at a time per example. Default value: `100`.
       moment_samples: draws of q for its mean and covariance. Default value: `256`.
+      reparameterize: q's sampler `ε [n, batch, d] -> z` (see
+        `objectives.posterior_sample`). Default value: `None` (q's own `sample`).
 
     Returns:
       A dict of `[batch]` float32 tensors: `log_px` (log p̂), `stderr` (its
@@ -117,7 +121,8 @@ def defensive_log_likelihood(x, proposal, decode, prior, num_samples=1000, *, se
         counts = [1, num_samples - 1]
     seed = tfvae_random.make_seed(seed)
     log_alpha = [math.log(counts[0] / num_samples), math.log(counts[1] / num_samples)]
-    mean, cov = proposal_moments(proposal, moment_samples, tfvae_random.fold_in(seed, 0))
+    mean, cov = proposal_moments(proposal, moment_samples, tfvae_random.fold_in(seed, 0),
+                                 reparameterize=reparameterize)
     tril = scale * tf.linalg.cholesky(cov)
     x = tf.cast(x, tf.float32)
 
@@ -130,7 +135,8 @@ def defensive_log_likelihood(x, proposal, decode, prior, num_samples=1000, *, se
 
     def draw(component, n, chunk_seed):
         if component == 0:
-            return objectives.posterior_sample(proposal, n, seed=chunk_seed)
+            return objectives.posterior_sample(proposal, n, seed=chunk_seed,
+                                               reparameterize=reparameterize)
         return student_t_sample(mean, tril, df, n, chunk_seed)
 
     sums = []  # per component: (log Σ w, log Σ w²), [batch] each

@@ -14,6 +14,7 @@ from tfvae import random as tfvae_random
 from tfvae import signatures
 from tfvae import training
 from tfvae.conditioning import Conditioning
+from tfvae.validity import where_valid
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
@@ -183,6 +184,12 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         """The posterior head's named parameters (a dict of tensors) for data `x`."""
         return self.posterior.parameters(self.encoder_output(x, y, training))
 
+    def posterior_sampler(self, x, y=None, training=False):
+        """`(q, reparameterize)` for data `x`: q(z|x) as a `tfd.Distribution` (batch shape
+        `[batch]`) and its map `ε [..., batch, d] -> z` (`Posterior.sampler`), as the
+        objectives take them (`posterior`, `reparameterize=`); the encoder runs once."""
+        return self.posterior.sampler(self.posterior_parameters(x, y, training))
+
     def posterior_outputs(self, x, y=None):
         """q(z|x) as the `encode` graph outputs it (`posterior.export_outputs`)."""
         return self.posterior.export_outputs(self.posterior_parameters(x, y))
@@ -267,8 +274,7 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
 
     def encode(self, x, y=None, training=False):
         """q(z|x): a `tfd.Distribution` with batch shape `[batch]`, event shape `[latent_dim]`."""
-        x, y = self.prepare_inputs(x, y)
-        return self.posterior.distribution(self.posterior_parameters(x, y, training))
+        return self.posterior_sampler(*self.prepare_inputs(x, y), training)[0]
 
     def decode(self, z, y=None, training=False):
         """p(x|z): a `tfd.Distribution` with batch shape `[batch]`, event shape `event_shape`."""
@@ -322,8 +328,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
         n = _checks.positive_int("n", n)
         y = self.conditioning.prepare(y, n)
         seed = tfvae_random.make_seed(seed)
-        z = objectives.posterior_sample(self.prior.distribution(), n, seed=seed)
-        z = tf.reshape(z, [n, self.latent_dim])
+        z = objectives.posterior_sample(self.prior.distribution(), n, seed=seed, reparameterize=(
+            self.prior.reparameterize if self.prior.can_reparameterize else None))
         if mean:
             return self.decode_mean(z, y)
         return self.likelihood_fn(y)(z).sample(seed=tfvae_random.fold_in(seed, 1))
@@ -331,7 +337,8 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
     def reconstruct(self, x, sample_latent=False, seed=None, y=None):
         """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
         if sample_latent:
-            z = objectives.posterior_sample(self.encode(x, y), 1, seed=seed)[0]
+            q, reparameterize = self.posterior_sampler(*self.prepare_inputs(x, y))
+            z = objectives.posterior_sample(q, 1, seed=seed, reparameterize=reparameterize)[0]
         else:
             z = self.latent_code(x, y)
         return self.decode_mean(z, self.conditioning.prepare(y, z.shape[0]))
@@ -354,14 +361,3 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
-
-def where_valid(valid, values):
-    """`values` (a tensor `[batch, ...]` or a structure of them) with NaN rows where the
-    boolean `valid` `[batch]` is false: "invalid in, NaN out" (`VAE.valid_rows`, export
-    graphs)."""
-
-    def mask(value):
-        shape = tf.concat([tf.shape(valid), tf.ones([value.shape.rank - 1], tf.int32)], 0)
-        return tf.where(tf.reshape(valid, shape), value, tf.constant(float("nan"), value.dtype))
-
-    return tf.nest.map_structure(mask, values)

@@ -3,7 +3,12 @@
 Every function takes the posterior q(z|x) as a `tfd.Distribution` with batch
 shape `[batch]`, a `decode` callable mapping latents `[n, latent_dim]` to the
 likelihood p(x|z) (a distribution with batch shape `[n]`), and the prior p(z).
-Nothing is averaged over the batch here; callers take the batch mean.
+Functions that sample q take its sampler explicitly: `reparameterize`, the
+posterior's own map `ε [L, batch, d] -> z` from standard normal noise
+(`tfvae.heads.Posterior.reparameterize` at q's parameters; `tfvae.VAE.
+posterior_sampler` gives q and it together); without one, q's own `sample`
+(see `posterior_sample`). Nothing is averaged over the batch here; callers take
+the batch mean.
 
 Mathematical details:
   For any q, `log p(x) = ELBO(q) + KL(q(z|x) ‖ p(z|x))` with
@@ -14,8 +19,6 @@ Mathematical details:
 """
 
 import math
-
-import numpy as np
 
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -28,80 +31,70 @@ tfd = tfp.distributions
 KL_METHODS = ("auto", "analytic", "mc")
 
 
-def _standardized_to_sample(dist, eps):
-    """Maps standard normal `eps` to a sample of `dist`, or returns None if unknown."""
-    if isinstance(dist, tfd.Normal):
-        return dist.loc + dist.scale * eps
-    if isinstance(dist, tfd.Independent):
-        return _standardized_to_sample(dist.distribution, eps)
-    if isinstance(dist, tfd.Sample):
-        # `Sample` puts its sample dims between the inner batch and event dims:
-        # move them in front so the inner distribution's batch dims line up.
-        rank = eps.shape.rank
-        inner_rank = dist.distribution.event_shape.rank
-        k = dist.event_shape.rank - inner_rank
-        first = rank - k - inner_rank
-        perm = list(range(first, first + k)) + list(range(first)) + list(range(rank - inner_rank, rank))
-        inner = _standardized_to_sample(dist.distribution, tf.transpose(eps, perm))
-        return None if inner is None else tf.transpose(inner, np.argsort(perm))
-    if getattr(dist, "bijector", None) is not None:
-        # A transformed distribution. (TFP builds a private non-composite class,
-        # not a `tfd.TransformedDistribution`, when the bijector is a plain
-        # Python object such as a flow step, so test for the attribute.)
-        base = _standardized_to_sample(dist.distribution, eps)
-        return None if base is None else dist.bijector.forward(base)
-    return None
+def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0,
+                     reparameterize=None):
+    """Draws samples z ~ q, `[L] + batch_shape + event_shape`.
 
-
-def posterior_sample(posterior, num_samples=1, seed=None, noise=None, offset=0):
-    """Draws reparameterised samples z = g(ε; q), ε ~ N(0, I).
-
-    Gaussian posteriors and bijector-transformed Gaussians (flows) are sampled
-    by pushing noise through their transformation, so gradients flow to the
-    posterior's parameters and the same noise gives the same z on every
-    backend. Other distributions fall back to their own `sample`.
+    With `reparameterize`, the posterior's own map from standard normal noise
+    (`tfvae.heads.Posterior.reparameterize` at q's parameters, or
+    `tfvae.VAE.posterior_sampler`'s), z = reparameterize(ε): gradients flow to q's
+    parameters and the same noise gives the same z on every backend. ε is the
+    explicit `noise`, or drawn from `seed` as `standard_noise` draws it (example
+    `b`'s noise depends only on the seed and `offset + b`). Without it, q is
+    sampled by its own `sample`: a distribution alone does not say how noise
+    maps to z, so explicit `noise` is then refused.
 
     Args:
-      posterior: q(z|x), batch shape `[batch]`, event shape `[d]`.
+      posterior: q(z|x), batch shape `[batch]` (or `[]`), event shape `[d]`.
       num_samples: L, samples per example.
       seed: seed for the noise (see `tfvae.random.make_seed`).
-      noise: optional explicit ε of shape `[L, batch, d]` (then `seed` is unused).
+      noise: optional explicit ε of shape `[L, batch, d]` (then `seed` is unused);
+        needs `reparameterize`.
       offset: example index of the first row, so noise for example `b` is the
         same however a batch is split (e.g. across replicas).
+      reparameterize: optional callable `ε [L, batch, d] -> z [L, batch, d]`.
+        Default value: `None` (`posterior.sample`).
 
     Returns:
       z of shape `[L, batch, d]`.
+
+    Raises:
+      ValueError: for explicit `noise` without `reparameterize`.
     """
-    explicit_noise = noise is not None
+    if reparameterize is None:
+        if noise is not None:
+            raise ValueError(
+                "Received an invalid value for `noise`: explicit noise needs the posterior's "
+                "`reparameterize` (e.g. `VAE.posterior_sampler` or "
+                f"`Posterior.reparameterize`); {type(posterior).__name__} alone does not say "
+                "how noise maps to z. Pass `reparameterize=...`, or a seed instead of noise. "
+                f"Received: noise with shape {tuple(noise.shape)} and reparameterize=None")
+        return posterior.sample(num_samples, seed=tfvae_random.make_seed(seed))
     if noise is None:
-        # Drawn example-major, [batch, L, d], so example b's noise depends only
-        # on (seed, offset + b); then the L axis is moved to the front.
-        batch_rank = posterior.batch_shape.rank
-        shape = tf.concat(
-            [posterior.batch_shape_tensor(), [num_samples], posterior.event_shape_tensor()], 0
-        )
+        noise = _noise_for(posterior, num_samples, seed, offset)
+    return reparameterize(tf.convert_to_tensor(noise, tf.float32))
+
+
+def _noise_for(posterior, num_samples, seed, offset):
+    """`standard_noise` shaped `[L] + batch_shape + event_shape` for the distribution
+    `posterior` (a reshape: a `[batch]` posterior gets `standard_noise` as it is)."""
+    batch_size = posterior.batch_shape.num_elements()
+    if batch_size is None:
+        batch_size = tf.reduce_prod(posterior.batch_shape_tensor())
+    event_size = posterior.event_shape.num_elements()
+    if event_size is None:
         event_size = tf.reduce_prod(posterior.event_shape_tensor())
-        noise = tfvae_random.standard_normal(
-            shape, tfvae_random.make_seed(seed), offset=offset * num_samples * event_size
-        )
-        rank = batch_rank + 1 + posterior.event_shape.rank
-        perm = [batch_rank] + list(range(batch_rank)) + list(range(batch_rank + 1, rank))
-        noise = tf.transpose(noise, perm)
-    z = _standardized_to_sample(posterior, tf.convert_to_tensor(noise, tf.float32))
-    if z is None and explicit_noise:
-        raise ValueError(
-            f"Cannot push explicit noise through {type(posterior).__name__}: it is not a "
-            "(transformed) Gaussian. Pass a seed instead of `noise`."
-        )
-    if z is None:
-        seed = tfvae_random.make_seed(seed)
-        return posterior.sample(num_samples, seed=seed)
-    return z
+    noise = standard_noise(batch_size, num_samples, event_size, seed, offset)
+    if posterior.batch_shape.rank == 1 and posterior.event_shape.rank == 1:
+        return noise
+    return tf.reshape(noise, tf.concat([[num_samples], posterior.batch_shape_tensor(),
+                                        posterior.event_shape_tensor()], 0))
 
 
 def standard_noise(batch_size, num_samples, event_size, seed=None, offset=0):
-    """The ε `[L, batch, d]` that `posterior_sample` draws for a posterior with batch
-    shape `[batch]` and event shape `[d]` (same seed, same offset: same numbers)."""
+    """Standard normal ε `[L, batch, d]` for `batch` examples, drawn example-major so
+    example `b`'s noise depends only on `(seed, offset + b)` (the noise every sampler
+    of tfvae pushes through a posterior's `reparameterize`)."""
     noise = tfvae_random.standard_normal(
         [batch_size, num_samples, event_size], tfvae_random.make_seed(seed),
         offset=offset * num_samples * event_size,
@@ -177,6 +170,7 @@ def elbo(
     offset=0,
     group_kl=None,
     free_bits_by_group=True,
+    reparameterize=None,
 ):
     """The evidence lower bound and its terms, per example.
 
@@ -202,8 +196,9 @@ def elbo(
         Default value: `1.0`.
       free_bits: nats of KL per example that are not penalised (KL
         thresholding). Default value: `0.0`.
-      seed: noise seed. noise: explicit ε `[L, batch, d]`. offset: see
-        `posterior_sample`.
+      seed: noise seed. noise: explicit ε `[L, batch, d]` (needs
+        `reparameterize`). offset, reparameterize: see `posterior_sample`.
+        Default value of `reparameterize`: `None` (q's own `sample`).
       group_kl: optional callable `z [L, batch, d] -> [batch, G]`, the KL of
         each group of latents (summing to `kl`). Default value: `None`.
       free_bits_by_group: with `group_kl`, apply free bits per group (else
@@ -214,7 +209,8 @@ def elbo(
       A dict of `[batch]` tensors: `elbo`, `reconstruction`, `kl`, `loss`,
       and with `group_kl`, `kl_groups` of shape `[batch, G]`.
     """
-    z = posterior_sample(posterior, num_samples, seed=seed, noise=noise, offset=offset)
+    z = posterior_sample(posterior, num_samples, seed=seed, noise=noise, offset=offset,
+                         reparameterize=reparameterize)
     reconstruction = tf.reduce_mean(log_likelihood_of_samples(x, z, decode), axis=0)
     kl_term = kl_divergence(posterior, prior, z=z, kl=kl)
     return elbo_from_terms(reconstruction, kl_term, z, beta=beta, free_bits=free_bits,
@@ -338,8 +334,8 @@ def iwae(
         Default value: `None` (the standard IWAE gradient).
       group_kl: as in `elbo`, reported only (`kl_groups`). Default value: `None`.
       reparameterize: optional `ε [K, batch, d] -> z`, the posterior's own map from
-        standard normal noise (`tfvae.heads.Posterior.reparameterize`), drawn as
-        `standard_noise` draws it. Default value: `None` (`posterior_sample`).
+        standard normal noise (see `posterior_sample`). Default value: `None`
+        (q's own `sample`).
 
     Returns:
       A dict of `[batch]` tensors: `iwae`, `elbo`, `reconstruction`, `kl`,
@@ -347,11 +343,7 @@ def iwae(
       (`[batch, G]`) with `group_kl`.
     """
     k = _checks.positive_int("k", k)
-    if reparameterize is None:
-        z = posterior_sample(posterior, k, seed=seed, offset=offset)
-    else:
-        batch_size = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
-        z = reparameterize(standard_noise(batch_size, k, posterior.event_shape[-1], seed, offset))
+    z = posterior_sample(posterior, k, seed=seed, offset=offset, reparameterize=reparameterize)
     log_px_z = log_likelihood_of_samples(x, z, decode)
     scoring_posterior = posterior if stopped_posterior is None else stopped_posterior
     log_w = log_px_z + prior.log_prob(z) - scoring_posterior.log_prob(z)
@@ -374,15 +366,18 @@ def iwae(
 
 
 def log_importance_weights(x, posterior, decode, prior, num_samples, seed=None, noise=None,
-                           tiled_x=None):
+                           tiled_x=None, reparameterize=None):
     """`log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x)`, `z_k ~ q`; shape `[K, batch]`
-    (`tiled_x`: see `log_likelihood_of_samples`)."""
-    z = posterior_sample(posterior, num_samples, seed=seed, noise=noise)
+    (`tiled_x`: see `log_likelihood_of_samples`; `noise`, `reparameterize`: see
+    `posterior_sample`)."""
+    z = posterior_sample(posterior, num_samples, seed=seed, noise=noise,
+                         reparameterize=reparameterize)
     log_px_z = log_likelihood_of_samples(x, z, decode, tiled_x)
     return log_px_z + prior.log_prob(z) - posterior.log_prob(z)
 
 
-def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
+def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None,
+               reparameterize=None):
     """The importance-weighted bound `log (1/K) Σ_k w_k` per example (Burda et al., 2016).
 
     `K = 1` is the ELBO with a Monte Carlo KL; as `K → ∞` it converges to
@@ -393,8 +388,11 @@ def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
       x: data `[batch] + event_shape`.
       posterior, decode, prior: as in `elbo`.
       k: number of importance samples K ≥ 1.
-      seed: noise seed.
+      seed: noise seed (chunk c's noise is `standard_noise` from `fold_in(seed, first
+        sample of c)`).
       chunk_size: samples per chunk. Default value: `K` (one chunk).
+      reparameterize: q's sampler (see `posterior_sample`). Default value: `None`
+        (q's own `sample`).
 
     Returns:
       `[batch]` bound in nats.
@@ -411,7 +409,8 @@ def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
         """`log Σ_{k in chunk} w_k` `[batch]` for the `n` samples from `start` on."""
         chunk_seed = tfvae_random.fold_in(seed, start)
         log_w = log_importance_weights(x, posterior, decode, prior, n, seed=chunk_seed,
-                                       tiled_x=tiled_x if n == chunk_size else None)
+                                       tiled_x=tiled_x if n == chunk_size else None,
+                                       reparameterize=reparameterize)
         return tf.reduce_logsumexp(log_w, axis=0)
 
     full, rest = divmod(k, chunk_size)
@@ -432,17 +431,19 @@ def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None):
     return tf.reduce_logsumexp(partials, axis=0) - math.log(k)
 
 
-def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, chunk_size=100):
+def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, chunk_size=100,
+                   reparameterize=None):
     """Importance-sampled estimate of `log p(x)` per example, with q(z|x) as proposal.
 
     This is the IWAE bound at large K: consistent (it converges to `log p(x)`)
-    and biased low by O(1/K).
+    and biased low by O(1/K). Arguments as in `iwae_bound`.
 
     Returns:
       `[batch]` estimate in nats.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
-    return iwae_bound(x, posterior, decode, prior, num_samples, seed=seed, chunk_size=chunk_size)
+    return iwae_bound(x, posterior, decode, prior, num_samples, seed=seed, chunk_size=chunk_size,
+                      reparameterize=reparameterize)
 
 
 def elbo_gap(log_px, elbo_value):

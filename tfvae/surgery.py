@@ -66,7 +66,7 @@ def aggregate_log_density(model, x, z, y=None, chunk_size=256):
       A float32 tensor `[M]`: `logsumexp_n log q(z_m|x_n) − log N`.
     """
     chunk_size = _checks.positive_int("chunk_size", chunk_size)
-    posterior = model.posterior.distribution(model.posterior_parameters(*model.prepare_inputs(x, y)))
+    posterior, _ = model.posterior_sampler(*model.prepare_inputs(x, y))
     z = tf.convert_to_tensor(z, tf.float32)
     chunks = [tf.reduce_logsumexp(_score_all(model, posterior, z[i : i + chunk_size]), axis=1)
               for i in range(0, int(z.shape[0]), chunk_size)]
