@@ -235,12 +235,16 @@ def elbo_terms(model, context, num_samples=None, return_z=False):
     parameters = context.parameters
     kl = model.analytic_kl(parameters)
     if kl is None:
-        posterior, prior = model.posterior.distribution(parameters), model.prior.distribution()
+        # q's own sampler: a flow's log q(z) then reads its noise back, not inverting it.
+        posterior, sample = model.posterior.sampler(parameters)
+        prior = model.prior.distribution()
         kl = lambda z: objectives.kl_divergence(posterior, prior, z=z, kl=model.kl_method)  # noqa: E731
+    else:
+        sample = lambda eps: model.posterior.reparameterize(parameters, eps)  # noqa: E731
     samples = []
 
     def reparameterize(eps):
-        samples.append(model.posterior.reparameterize(parameters, eps))
+        samples.append(sample(eps))
         return samples[-1]
 
     terms = objectives.tensor_elbo(
@@ -297,12 +301,12 @@ class IWAE(Objective):
         if self.encoder_loss:
             stopped = model.posterior.distribution(tf.nest.map_structure(tf.stop_gradient,
                                                                          parameters))
+        posterior, sample = model.posterior.sampler(parameters)
         return objectives.iwae(
-            context.x, model.posterior.distribution(parameters),
-            model.likelihood_fn(context.y, context.training), model.prior.distribution(),
-            self.k, kl=model.kl_method, seed=context.seed, offset=context.offset,
-            stopped_posterior=stopped, group_kl=model.kl_groups(parameters),
-            reparameterize=lambda eps: model.posterior.reparameterize(parameters, eps))
+            context.x, posterior, model.likelihood_fn(context.y, context.training),
+            model.prior.distribution(), self.k, kl=model.kl_method, seed=context.seed,
+            offset=context.offset, stopped_posterior=stopped,
+            group_kl=model.kl_groups(parameters), reparameterize=sample)
 
 
 @register_objective("beta_tcvae")
