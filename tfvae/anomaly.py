@@ -39,6 +39,15 @@ from tfvae import random as tfvae_random
 from tfvae import tabular
 from tfvae.tabular_likelihood import TabularLikelihood
 
+__all__ = [
+    "contamination_threshold",
+    "feature_scores",
+    "noise_scores",
+    "SCORES",
+    "scores",
+    "VAEDetector",
+]
+
 logger = logging.getLogger(__name__)
 
 SCORES = ("log_px", "elbo", "iwae", "reconstruction")

@@ -12,6 +12,10 @@ from tfvae import _checks
 from tfvae import objectives
 from tfvae import random as tfvae_random
 
+__all__ = [
+    "Bounds",
+]
+
 
 class Bounds:
     """`iwae_bound` and `log_likelihood` for a `tfvae.VAE`."""

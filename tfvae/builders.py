@@ -13,6 +13,18 @@ from tfvae import priors
 from tfvae import vq
 from tfvae.model import VAE
 
+__all__ = [
+    "ARCHITECTURES",
+    "build_vae",
+    "hyperparameters",
+    "likelihood_of",
+    "LIKELIHOODS",
+    "MAX_PARAMETERS",
+    "part_classes",
+    "POSTERIORS",
+    "PRIORS",
+]
+
 LIKELIHOODS = {
     "bernoulli": lambda shape, scale: heads.BernoulliLikelihood(shape),
     "continuous_bernoulli": lambda shape, scale: heads.ContinuousBernoulliLikelihood(shape),

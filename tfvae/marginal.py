@@ -37,6 +37,14 @@ from tfvae import _checks
 from tfvae import objectives
 from tfvae import random as tfvae_random
 
+__all__ = [
+    "defensive_log_likelihood",
+    "log_likelihood_from_weights",
+    "proposal_moments",
+    "student_t_log_prob",
+    "student_t_sample",
+]
+
 
 def proposal_moments(proposal, num_samples=256, seed=None, jitter=1e-6, reparameterize=None):
     """Mean `[batch, d]` and covariance `[batch, d, d]` of a posterior, from its samples.

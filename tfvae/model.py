@@ -6,22 +6,27 @@ import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import bounds
+from tfvae import generation
 from tfvae import heads as heads_lib
 from tfvae import objective_parts
 from tfvae import objectives
 from tfvae import options
-from tfvae import random as tfvae_random
 from tfvae import signatures
 from tfvae import training
 from tfvae.conditioning import Conditioning
 from tfvae.validity import where_valid
+
+__all__ = [
+    "VAE",
+]
 
 _METRICS = ("loss", "elbo", "reconstruction", "kl")
 _PARTS = ("encoder", "decoder", "posterior", "likelihood", "prior")
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
+class VAE(training.Trainer, bounds.Bounds, generation.Generation, signatures.Signatures,
+          keras.Model):
     """A variational autoencoder trained on the ELBO with `compile()` + `fit()`.
 
     `encoder(x)` gives the parameters of q(z|x) through the `posterior` head;
@@ -320,28 +325,6 @@ class VAE(training.Trainer, bounds.Bounds, signatures.Signatures, keras.Model):
             _checks.positive_int("num_samples", num_samples)
         terms = self.elbo_terms(x, y, seed=seed, num_samples=num_samples)
         return {k: v for k, v in terms.items() if k != "loss"}
-
-    def sample(self, n, seed=None, mean=True, y=None):
-        """Generates `n` examples `[n] + event_shape`: z ~ p(z), then the likelihood's
-        mean (or a sample if not `mean`). A conditional model takes one label or
-        vector `y` for all `n`, or `n` of them."""
-        n = _checks.positive_int("n", n)
-        y = self.conditioning.prepare(y, n)
-        seed = tfvae_random.make_seed(seed)
-        z = objectives.posterior_sample(self.prior.distribution(), n, seed=seed, reparameterize=(
-            self.prior.reparameterize if self.prior.can_reparameterize else None))
-        if mean:
-            return self.decode_mean(z, y)
-        return self.likelihood_fn(y)(z).sample(seed=tfvae_random.fold_in(seed, 1))
-
-    def reconstruct(self, x, sample_latent=False, seed=None, y=None):
-        """Reconstructs `x`: the likelihood's mean at E_q[z] (or at one z ~ q if `sample_latent`)."""
-        if sample_latent:
-            q, reparameterize = self.posterior_sampler(*self.prepare_inputs(x, y))
-            z = objectives.posterior_sample(q, 1, seed=seed, reparameterize=reparameterize)[0]
-        else:
-            z = self.latent_code(x, y)
-        return self.decode_mean(z, self.conditioning.prepare(y, z.shape[0]))
 
     # ------------------------------------------------------------------
     # Serialisation (Keras export plumbing: `tfvae.signatures`).

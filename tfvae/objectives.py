@@ -26,6 +26,30 @@ import tensorflow_probability as tfp
 from tfvae import _checks
 from tfvae import random as tfvae_random
 
+__all__ = [
+    "all_gather",
+    "beta_tcvae",
+    "elbo",
+    "elbo_from_terms",
+    "elbo_gap",
+    "iwae",
+    "iwae_bound",
+    "kl_divergence",
+    "KL_METHODS",
+    "log_aggregate_posterior",
+    "log_importance_weights",
+    "log_likelihood",
+    "log_likelihood_of_samples",
+    "log_normal_per_dimension",
+    "posterior_sample",
+    "replica_context",
+    "replica_offset",
+    "sampled_reconstruction",
+    "standard_noise",
+    "tc_decomposition",
+    "tensor_elbo",
+]
+
 tfd = tfp.distributions
 
 KL_METHODS = ("auto", "analytic", "mc")

@@ -7,6 +7,10 @@ masks the others.
 
 import tensorflow as tf
 
+__all__ = [
+    "where_valid",
+]
+
 
 def where_valid(valid, values):
     """`values` (a tensor `[batch, ...]` or a structure of them) with NaN rows where the
