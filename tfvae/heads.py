@@ -574,8 +574,11 @@ class LikelihoodHead(DistributionHead):
         Returns:
           A boolean tensor `[batch]`.
         """
-        ok = self.support.contains(x)
-        return tf.reduce_all(ok, axis=[-(i + 1) for i in range(len(self.event_shape))])
+        # One flat row per example, reduced along its one contiguous axis: the same
+        # booleans, and under XLA on a CPU a third of the time of a reduction over the
+        # event's axes (benchmarks/README.md, "The compiled step against keras.io").
+        rows = tf.reshape(tf.convert_to_tensor(x), [-1, int(np.prod(self.event_shape))])
+        return tf.reduce_all(self.support.contains(rows), axis=1)
 
     # What `log_prob` is: "density" (continuous data) or "mass" (discrete data).
     score = "density"
