@@ -30,12 +30,14 @@ Runtime fuses it into the `Gemm` / `Conv`. The rewritten graph sums in another
 order, so outputs move by float rounding only (~1e-6).
 """
 
-import math
 
 import numpy as np
 
 # The largest dense matrix (entries) a convolution is replaced by: 1 MiB of float32.
 MAX_ELEMENTS = 1 << 18
+# A `Conv` with at least this many output channels stays a `Conv`: ONNX Runtime runs it
+# with its blocked (NCHWc) kernels, faster than the dense matrix (which multiplies zeros).
+BLOCKED_CHANNELS = 16
 _OPS = ("Conv", "ConvTranspose")
 # Largest |rewritten − node| on the check's random input, relative to the output's scale.
 _CHECK_TOLERANCE = 1e-4
@@ -90,18 +92,30 @@ def _attributes(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _dense(prefix, source, target, matrix, bias, size, out_shape, activation):
-    """`Reshape → MatMul → [Add] → [activation] → Reshape`: `(nodes, initializers)`."""
+def _dense(prefix, sources, target, matrix, bias, out_shape, activation):
+    """`Reshape → MatMul → [Add] → [activation] → Reshape`: `(nodes, initializers)`.
+
+    `sources` are `(name, rows)`: the input tensors, each flattened to `[B, len(rows)]`;
+    `rows` picks each flattened value's row of `matrix` (−1: a value the product ignores).
+    Several sources give one `MatMul` each and their `Sum`."""
     from onnx import helper
 
-    new = {f"{prefix}_matrix": matrix,
-           f"{prefix}_rows": np.array([-1, size], np.int64),
-           f"{prefix}_shape": np.array([-1, *out_shape], np.int64)}
-    nodes = [helper.make_node("Reshape", [source, f"{prefix}_rows"], [f"{prefix}_flat"],
-                              name=f"{prefix}_flatten")]
-    product = f"{prefix}_product"
-    nodes.append(helper.make_node("MatMul", [f"{prefix}_flat", f"{prefix}_matrix"], [product],
-                                  name=f"{prefix}_matmul"))
+    new = {f"{prefix}_shape": np.array([-1, *out_shape], np.int64)}
+    nodes, products = [], []
+    for index, (source, rows) in enumerate(sources):
+        name = prefix if len(sources) == 1 else f"{prefix}{index}"
+        block = np.where(rows[:, None] >= 0, matrix[np.maximum(rows, 0)], 0).astype(np.float32)
+        new[f"{name}_matrix"] = block
+        new[f"{name}_rows"] = np.array([-1, len(rows)], np.int64)
+        nodes.append(helper.make_node("Reshape", [source, f"{name}_rows"], [f"{name}_flat"],
+                                      name=f"{name}_flatten"))
+        nodes.append(helper.make_node("MatMul", [f"{name}_flat", f"{name}_matrix"],
+                                      [f"{name}_product"], name=f"{name}_matmul"))
+        products.append(f"{name}_product")
+    product = products[0]
+    if len(products) > 1:
+        product = f"{prefix}_product"
+        nodes.append(helper.make_node("Sum", products, [product], name=f"{prefix}_sum"))
     if bias is not None:
         new[f"{prefix}_bias"] = np.repeat(bias, int(np.prod(out_shape[1:])))
         nodes.append(helper.make_node("Add", [product, f"{prefix}_bias"], [f"{prefix}_biased"],
@@ -154,11 +168,12 @@ def _phase_conv(prefix, source, weight, bias, stride, phase, grids, in_shape):
     return node, new
 
 
-def _subpixel(prefix, source, target, node, weight, bias, in_shape, out_shape, activation,
-              opset):
-    """A strided `ConvTranspose` as one `Conv` per output phase → `Concat` → [activation] →
-    `DepthToSpace` → [`Slice`]: `(nodes, initializers)`, or `None` where the node is not of
-    that kind."""
+def _phases(prefix, source, node, weight, bias, in_shape, out_shape, activation):
+    """A strided `ConvTranspose` as one `Conv` (→ [activation]) per output phase:
+    `(nodes, initializers, phases, grid)`, `phases` a list of `(output name, rows)` —
+    `rows[i]` is where value i of the phase's flattened `[C', Q_h, Q_w]` output lies in
+    the node's flattened `[C', H', W']` output (−1: cropped by the pads), `grid` what
+    `_interleaved` needs — or `None` where the node is not of that kind."""
     from onnx import helper
 
     attributes = _attributes(node)
@@ -172,6 +187,8 @@ def _subpixel(prefix, source, target, node, weight, bias, in_shape, out_shape, a
     pads = list(attributes.get("pads", [0, 0, 0, 0]))
     grids = [_phase_grid(in_shape[1 + axis], weight.shape[2 + axis], stride, pads[axis],
                          out_shape[1 + axis]) for axis in (0, 1)]
+    (_, count_h, crop_h), (_, count_w, crop_w) = grids
+    channels, height, width = out_shape
     nodes, new, phases = [], {}, []
     for phase in [(r_h, r_w) for r_h in range(stride) for r_w in range(stride)]:
         conv = _phase_conv(prefix, source, weight, bias, stride, phase, grids, in_shape)
@@ -184,16 +201,30 @@ def _subpixel(prefix, source, target, node, weight, bias, in_shape, out_shape, a
             nodes.append(helper.make_node(activation, [output], [f"{output}_activated"],
                                           name=f"{output}_{activation.lower()}"))
             output = f"{output}_activated"
-        phases.append(output)
-    product = f"{prefix}_phases"
-    # Channel (r_h·s + r_w)·C' + c: DepthToSpace's DCR order.
-    nodes.append(helper.make_node("Concat", phases, [product], name=f"{prefix}_concat", axis=1))
-    (_, count_h, crop_h), (_, count_w, crop_w) = grids
+        c, q_h, q_w = np.meshgrid(np.arange(channels), np.arange(count_h), np.arange(count_w),
+                                  indexing="ij")
+        o_h, o_w = q_h * stride + phase[0] - crop_h, q_w * stride + phase[1] - crop_w
+        inside = (o_h >= 0) & (o_h < height) & (o_w >= 0) & (o_w < width)
+        rows = np.where(inside, (c * height + o_h) * width + o_w, -1).ravel()
+        phases.append((output, rows))
+    return nodes, new, phases, (crop_h, crop_w, count_h, count_w)
+
+
+def _interleaved(prefix, phases, target, stride, grid, out_shape, opset):
+    """The phases' outputs (`_phases`) as the transposed convolution's output `target`:
+    `Concat` (channel (r_h·s + r_w)·C' + c: DepthToSpace's DCR order) → `DepthToSpace`
+    → [`Slice`, where the pads crop the interleaved `grid` `(crop_h, crop_w, Q_h, Q_w)`]."""
+    from onnx import helper
+
+    crop_h, crop_w, count_h, count_w = grid
     cropped = (crop_h, crop_w, count_h * stride, count_w * stride) != (0, 0, *out_shape[1:])
+    nodes = [helper.make_node("Concat", [name for name, _ in phases], [f"{prefix}_phases"],
+                              name=f"{prefix}_concat", axis=1)]
     mode = {"mode": "DCR"} if opset >= 11 else {}  # DepthToSpace-1 is DCR
-    nodes.append(helper.make_node("DepthToSpace", [product],
+    nodes.append(helper.make_node("DepthToSpace", [f"{prefix}_phases"],
                                   [f"{prefix}_grid" if cropped else target],
                                   name=f"{prefix}_depth_to_space", blocksize=stride, **mode))
+    new = {}
     if cropped:
         new[f"{prefix}_starts"] = np.array([crop_h, crop_w], np.int64)
         new[f"{prefix}_ends"] = np.array([crop_h + out_shape[1], crop_w + out_shape[2]], np.int64)
@@ -218,19 +249,72 @@ def _agrees(node, weight, bias, in_shape, nodes, initializers, opset):
         _CHECK_TOLERANCE * scale)
 
 
+def _plan(node, shapes, initializers, consumers, graph_outputs, max_elements, subpixel, opset):
+    """What `node` becomes: `None` (it stays), or a dict with its `kind` (`"dense"`: its
+    `matrix`; `"phases"`: `_phases`' nodes, initializers, phases and grid), its `bias`,
+    `target` (the tensor the rewrite writes) and `relu` (the `Relu` it absorbs, if any)."""
+    from onnx import numpy_helper
+
+    if node.op_type not in _OPS or len(node.input) < 2 or node.input[1] not in initializers:
+        return None
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    shape = _static_shape(shapes[node.input[0]]) if node.input[0] in shapes else None
+    out_shape = _static_shape(shapes[node.output[0]]) if node.output[0] in shapes else None
+    weight = numpy_helper.to_array(initializers[node.input[1]])
+    if (shape is None or out_shape is None or weight.dtype != np.float32
+            or (bias_name is not None and bias_name not in initializers)):
+        return None
+    bias = (None if bias_name is None
+            else numpy_helper.to_array(initializers[bias_name]).astype(np.float32))
+    readers = consumers.get(node.output[0], [])
+    relu = (readers[0] if len(readers) == 1 and readers[0].op_type == "Relu"
+            and node.output[0] not in graph_outputs else None)
+    plan = {"bias": bias, "relu": relu, "out_shape": out_shape[1:],
+            "target": relu.output[0] if relu is not None else node.output[0]}
+    activation = "Relu" if relu is not None else None
+    size = int(np.prod(shape[1:]))
+    blocked = node.op_type == "Conv" and out_shape[1] >= BLOCKED_CHANNELS
+    if not blocked and size * int(np.prod(out_shape[1:])) <= max_elements:
+        response = _node_output(node, weight, shape[1:])
+        if list(response.shape[1:]) != out_shape[1:]:
+            return None
+        return {**plan, "kind": "dense", "matrix": response.reshape(size, -1), "size": size}
+    if not subpixel or node.op_type != "ConvTranspose":
+        return None
+    prefix = f"{node.name or node.output[0]}_subpixel"
+    rewrite = _phases(prefix, node.input[0], node, weight, bias, shape[1:], out_shape[1:],
+                      activation)
+    if rewrite is None:
+        return None
+    # The rewrite, checked against the node itself (without the activation).
+    check, check_initializers, phases, grid = _phases(prefix, "x", node, weight, bias,
+                                                      shape[1:], out_shape[1:], None)
+    stride = _attributes(node)["strides"][0]
+    interleave, interleave_initializers = _interleaved(prefix, phases, "y", stride, grid,
+                                                       out_shape[1:], opset)
+    if not _agrees(node, weight, bias, shape[1:], check + interleave,
+                   {**check_initializers, **interleave_initializers}, opset):
+        return None
+    nodes, new, phases, grid = rewrite
+    return {**plan, "kind": "phases", "prefix": prefix, "nodes": nodes, "initializers": new,
+            "phases": phases, "grid": grid, "stride": stride}
+
+
 def dense_convolutions(proto, max_elements=None, subpixel=True):
     """Rewrites, in place, each float `Conv` / `ConvTranspose` of `proto` (an ONNX
     `ModelProto`) with constant weights, a constant or absent bias and input and output
     of static `[*, C, H, W]` shapes: as `Reshape → MatMul → Add → Reshape` where its dense
     matrix has at most `max_elements` entries (default `MAX_ELEMENTS`), else (a strided
-    `ConvTranspose`, with `subpixel`) as `Conv → DepthToSpace`. A `Relu` reading only the
-    node's output is folded into the rewrite. Returns the names of the rewritten nodes."""
+    `ConvTranspose`, with `subpixel`) as one `Conv` per output phase, interleaved by
+    `DepthToSpace` — or, where a rewritten matrix product alone reads it, handed to that
+    product as they are (the product's matrix rows permuted instead). A `Relu` reading
+    only the node's output is folded into the rewrite. Returns the names of the rewritten
+    nodes."""
     import onnx
+    from onnx import numpy_helper
 
     if max_elements is None:
         max_elements = MAX_ELEMENTS
-    from onnx import numpy_helper
-
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
     inferred = onnx.shape_inference.infer_shapes(proto)
     shapes = {value.name: value for value in list(inferred.graph.value_info)
@@ -241,52 +325,48 @@ def dense_convolutions(proto, max_elements=None, subpixel=True):
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    plans = {}
+    for node in proto.graph.node:
+        plan = _plan(node, shapes, initializers, consumers, graph_outputs, max_elements,
+                     subpixel, opset)
+        if plan is not None:
+            plans[id(node)] = plan
+    # Phases that only a dense rewrite reads go to it as they are: no interleave.
+    handed = {}
+    for plan in plans.values():
+        if plan["kind"] != "phases":
+            continue
+        readers = consumers.get(plan["target"], [])
+        reader = plans.get(id(readers[0])) if len(readers) == 1 else None
+        if (reader is not None and reader["kind"] == "dense"
+                and readers[0].input[0] == plan["target"]
+                and plan["target"] not in graph_outputs):
+            handed[plan["target"]] = plan["phases"]
+        else:
+            interleave, new = _interleaved(plan["prefix"], plan["phases"], plan["target"],
+                                           plan["stride"], plan["grid"], plan["out_shape"],
+                                           opset)
+            plan["nodes"] = plan["nodes"] + interleave
+            plan["initializers"] = {**plan["initializers"], **new}
     replaced, nodes, absorbed = [], [], set()
     for node in proto.graph.node:
         if id(node) in absorbed:
             continue
-        if node.op_type not in _OPS or len(node.input) < 2 or node.input[1] not in initializers:
+        plan = plans.get(id(node))
+        if plan is None:
             nodes.append(node)
             continue
-        bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        shape = _static_shape(shapes[node.input[0]]) if node.input[0] in shapes else None
-        out_shape = _static_shape(shapes[node.output[0]]) if node.output[0] in shapes else None
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        if (shape is None or out_shape is None or weight.dtype != np.float32
-                or (bias_name is not None and bias_name not in initializers)):
-            nodes.append(node)
-            continue
-        bias = (None if bias_name is None
-                else numpy_helper.to_array(initializers[bias_name]).astype(np.float32))
-        readers = consumers.get(node.output[0], [])
-        relu = (readers[0] if len(readers) == 1 and readers[0].op_type == "Relu"
-                and node.output[0] not in graph_outputs else None)
-        target = relu.output[0] if relu is not None else node.output[0]
-        activation = "Relu" if relu is not None else None
-        prefix = f"{node.name or node.output[0]}_dense"
-        size = int(np.prod(shape[1:]))
-        rewrite = None
-        if size * int(np.prod(out_shape[1:])) <= max_elements:
-            response = _node_output(node, weight, shape[1:])
-            if list(response.shape[1:]) == out_shape[1:]:
-                rewrite = _dense(prefix, node.input[0], target, response.reshape(size, -1),
-                                 bias, size, out_shape[1:], activation)
-        elif subpixel and node.op_type == "ConvTranspose":
-            prefix = f"{node.name or node.output[0]}_subpixel"
-            rewrite = _subpixel(prefix, node.input[0], target, node, weight, bias, shape[1:],
-                                out_shape[1:], activation, opset)
-            if rewrite is not None:
-                check, check_initializers = _subpixel(
-                    prefix, "x", "y", node, weight, bias, shape[1:], out_shape[1:], None, opset)
-                if not _agrees(node, weight, bias, shape[1:], check, check_initializers, opset):
-                    rewrite = None
-        if rewrite is None:
-            nodes.append(node)
-            continue
-        new_nodes, new = rewrite
+        activation = "Relu" if plan["relu"] is not None else None
+        if plan["kind"] == "dense":
+            sources = handed.get(node.input[0], [(node.input[0], np.arange(plan["size"]))])
+            new_nodes, new = _dense(f"{node.name or node.output[0]}_dense", sources,
+                                    plan["target"], plan["matrix"], plan["bias"],
+                                    plan["out_shape"], activation)
+        else:
+            new_nodes, new = plan["nodes"], plan["initializers"]
         nodes.extend(new_nodes)
-        if relu is not None:
-            absorbed.add(id(relu))
+        if plan["relu"] is not None:
+            absorbed.add(id(plan["relu"]))
         proto.graph.initializer.extend(numpy_helper.from_array(np.asarray(value), name)
                                        for name, value in new.items())
         replaced.append(node.name)
