@@ -1,12 +1,13 @@
 """Convolutions in an ONNX graph rewritten for ONNX Runtime's CPU kernels.
 
 ONNX Runtime's CPU `ConvTranspose` runs one small GEMM and a col2im per image
-(one thread, whatever `intra_op_num_threads` says), and its `Conv` with few
-output channels is slow too, so a batch of tiny feature maps (tfvae's conv
-networks on 8×8 digits: a 2×2×64 map, an 8×8×32 map to one channel) costs
-several times what TensorFlow's oneDNN kernels take. `dense_convolutions`
-rewrites each `Conv` / `ConvTranspose` with constant weights and static
-feature-map shapes two ways:
+(it gains nothing from a second intra-op thread), and its `Conv` with few
+output channels pads them to a block of 16, so a batch of tiny feature maps
+(tfvae's conv networks on 8×8 digits: a 2×2×64 map, an 8×8×32 map to one
+channel) costs several times what TensorFlow's oneDNN kernels take.
+`dense_convolutions` rewrites each `Conv` / `ConvTranspose` with constant
+weights and static feature-map shapes (a `Conv` with `BLOCKED_CHANNELS` or
+more output channels stays: ORT's blocked NCHWc kernels run it well) two ways:
 
 * **One matrix product.** A convolution is a linear map of its whole input: on
   an input of `C × H × W` values it is `x ↦ x · M + b` with `M` of shape
@@ -15,17 +16,21 @@ feature-map shapes two ways:
   whole batch. `M` is computed by ONNX Runtime itself, running the node
   (without its bias) on the identity basis, so strides, pads, dilations, groups
   and output padding mean exactly what they meant in the node.
-* **Sub-pixel convolution.** A larger strided `ConvTranspose` (stride s in both
-  directions, one group, no dilation) is s² ordinary convolutions of its input,
-  one per output phase: output position `o = q·s + r` (before the pads) sums
-  `x[q − j] · w[j·s + r]` over j. It becomes one `Conv` with s²·C' output
-  channels (each phase's taps, flipped; a kernel of ⌈k/s⌉ taps, zero where a
-  phase has fewer) → `DepthToSpace(s)` (→ `Slice` where the pads crop the
-  phases' grid): ONNX Runtime's blocked `Conv`, parallel over the batch. The
-  rewrite is checked against the node on random input and dropped if they differ.
+* **One convolution per output phase.** A larger strided `ConvTranspose`
+  (stride s in both directions, one group, no dilation) is s² ordinary
+  convolutions of its input, one per output phase: output position
+  `o = q·s + r` (before the pads) sums `x[q − j] · w[j·s + r]` over the taps j
+  of phase r. Each phase becomes a `Conv` with its own taps, flipped (ORT's
+  blocked kernels, parallel over the batch; no multiplications by zero), and
+  `Concat → DepthToSpace(s)` (→ `Slice` where the pads crop) interleaves them —
+  unless a rewritten matrix product alone reads the result: then each phase
+  goes straight into it (one `MatMul` per phase, rows of `M` permuted to the
+  phase's layout, and a `Sum`), since the interleave is a permutation and
+  ORT's `DepthToSpace` copies slowly. The phase `Conv`s are checked against
+  the node on random input, and the node stays if they differ.
 
 A `Relu` that alone reads a rewritten node's output moves before the final
-`Reshape` / `DepthToSpace` (the element-wise op commutes with them), where ONNX
+`Reshape` / interleave (the element-wise op commutes with them), where ONNX
 Runtime fuses it into the `Gemm` / `Conv`. The rewritten graph sums in another
 order, so outputs move by float rounding only (~1e-6).
 """
