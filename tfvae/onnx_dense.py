@@ -135,7 +135,7 @@ def _dense(prefix, sources, target, matrix, bias, out_shape, activation):
     return nodes, new
 
 
-def _phase_grid(size, kernel, stride, pad_begin, out_size):
+def _phase_grid(stride, pad_begin, out_size):
     """One spatial dimension of the sub-pixel rewrite: `(first, count, crop)` — the first
     and the number of positions q of the phases' grid the node's output needs, and where
     the output starts on the interleaved grid (`(first + i)·s + r − pad_begin` is output
@@ -190,8 +190,7 @@ def _phases(prefix, source, node, weight, bias, in_shape, out_shape, activation)
         return None
     stride = strides[0]
     pads = list(attributes.get("pads", [0, 0, 0, 0]))
-    grids = [_phase_grid(in_shape[1 + axis], weight.shape[2 + axis], stride, pads[axis],
-                         out_shape[1 + axis]) for axis in (0, 1)]
+    grids = [_phase_grid(stride, pads[axis], out_shape[1 + axis]) for axis in (0, 1)]
     (_, count_h, crop_h), (_, count_w, crop_w) = grids
     channels, height, width = out_shape
     nodes, new, phases = [], {}, []
