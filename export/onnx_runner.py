@@ -44,9 +44,21 @@ def _load_npy(path, flag):
 
 
 class OnnxVAE:
-    """The exported graphs of one tfvae model, run by onnxruntime."""
+    """The exported graphs of one tfvae model, run by onnxruntime.
 
-    def __init__(self, directory):
+    Args:
+      directory: what `tfvae export --format onnx` wrote.
+      threads: onnxruntime's intra-op threads per graph; `None` (default) leaves its own
+        default (one per physical core). Set it to the cores you can count on.
+      spinning: whether idle intra-op threads spin waiting for work (onnxruntime's
+        default). Default `False`: on a machine shared with other work, spinning threads
+        take cores from the threads they wait for (benchmarks/README.md, issue 20).
+    """
+
+    def __init__(self, directory, threads=None, spinning=False):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise RunnerError(f"threads must be an integer >= 1; got {threads!r}")
         try:
             with open(os.path.join(directory, "metadata.json")) as f:
                 self.metadata = json.load(f)
@@ -59,7 +71,8 @@ class OnnxVAE:
             raise RunnerError(
                 f"{os.path.join(directory, weights)} is missing: the graphs keep their weights "
                 "there (copy it with the .onnx files)")
-        self.sessions = {name: _session(os.path.join(directory, file))
+        options = session_options(threads, spinning)
+        self.sessions = {name: _session(os.path.join(directory, file), options)
                          for name, file in self.metadata["graphs"].items()}
         self.condition_dim = self.metadata.get("condition_dim")
 
@@ -158,11 +171,25 @@ class OnnxVAE:
         return self.run("score", x=x, eps=eps, y=y)
 
 
-def _session(path):
+def session_options(threads=None, spinning=False):
+    """onnxruntime's session options for tfvae's graphs: all graph optimizations, one op at
+    a time, `threads` intra-op threads (`None`: onnxruntime's default), spinning idle
+    threads only with `spinning`."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def _session(path, options=None):
     """An onnxruntime session of the graph at `path` (its external weights are read from its
     directory); a missing or unreadable graph is a `RunnerError`."""
     try:
-        return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types
         raise RunnerError(f"cannot load {path}: {error}".splitlines()[0]) from error
 
@@ -237,7 +264,9 @@ def noise(text, batch, width, seed):
 
 
 def _run(args):
-    vae = OnnxVAE(args.directory)
+    if args.threads is not None and args.threads < 1:
+        raise RunnerError(f"--threads must be >= 1; got {args.threads}")
+    vae = OnnxVAE(args.directory, threads=args.threads)
     wanted = vae.inputs(args.graph)  # (refuses a graph that was not exported, saying why)
     if args.num is not None and args.num < 0:
         raise RunnerError(f"-n must be >= 0; got {args.num}")
@@ -277,6 +306,8 @@ def build_parser():
                         help="the batch when no input file gives it (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", help="write the result (.npy for one array, .npz for several)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime's intra-op threads (default: one per physical core)")
     return parser
 
 

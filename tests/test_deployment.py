@@ -608,6 +608,26 @@ def test_onnx_runner_refuses_inputs_whose_rows_differ_before_running_a_graph(too
         vae.run("encode", x=stubs["x"], eps=np.zeros((7, 2)))
 
 
+def test_onnx_runner_sets_its_threads_and_does_not_spin_by_default(tools, stubs, capsys):
+    runner, _ = tools
+    root, plain = stubs["root"], stubs["plain"]
+    options = runner.session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 0  # onnxruntime's own default
+    spinning = runner.session_options(threads=2, spinning=True)
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.intra_op_num_threads == 2
+    one = runner.OnnxVAE(plain, threads=1)
+    assert one.sessions["encode"].get_session_options().intra_op_num_threads == 1
+    np.testing.assert_array_equal(one.encode(stubs["x"])["mean"],
+                                  runner.OnnxVAE(plain).encode(stubs["x"])["mean"])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            runner.OnnxVAE(plain, threads=bad)
+    assert runner.main([plain, "encode", "--x", str(root / "x7.npy"), "--threads", "0"]) == 2
+    _one_line_error(capsys, "--threads must be >= 1; got 0")
+
+
 def test_onnx_runner_answers_an_empty_batch_with_empty_outputs(tools, stubs, capsys):
     runner, _ = tools
     root, plain, cond = stubs["root"], stubs["plain"], stubs["cond"]
