@@ -428,6 +428,14 @@ def test_variant_builds_and_rebuilds_from_its_config(name):
     refusals = {graph: export.part_refusal(model, graph)
                 for graph in export.SAVED_MODEL_SIGNATURES}
     assert {graph for graph, reason in refusals.items() if reason} == _refused_graphs(name)
+    # The `decode` input the posterior gives for x (`decode_input_of`, what int8 export's
+    # parity feeds) decodes from x's deterministic code z = g(0; q(z|x)).
+    x, labels = _data(model, 5, seed=3)
+    value = model.posterior.decode_input_of(
+        model.posterior_parameters(*model.prepare_inputs(x, labels)))
+    assert tuple(value.shape[1:]) == tuple(model.posterior.decode_input_spec().shape[1:])
+    np.testing.assert_array_equal(model.posterior.latent_from_decode_input(value),
+                                  model.latent_code(x, labels))
     rebuilt = tfvae.VAE.from_config(config)
     assert _normalised(rebuilt.get_config()) == _normalised(config)
     rebuilt.set_weights(model.get_weights())
