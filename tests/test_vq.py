@@ -8,6 +8,7 @@ force, the losses written out, Φ from scipy), not the module's own output.
 import json
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -310,7 +311,13 @@ def test_cli_trains_and_exports_a_vq_run_whose_graphs_match_keras(tmp_path):
     with open(os.path.join(output, "run.json")) as f:
         assert json.load(f)["codebook_size"] == 16
     with open(os.path.join(output, "metrics.json")) as f:
-        assert json.load(f)["kl"] == pytest.approx(2 * math.log(16), rel=1e-5)
+        metrics = json.load(f)
+    assert metrics["kl"] == pytest.approx(2 * math.log(16), rel=1e-5)
+    # No ELBO surgery for a point-mass q: the reason, in the metrics and the report.
+    assert "has_density is False" in metrics["surgery_skipped"]
+    assert "mutual_information" not in metrics
+    with open(os.path.join(output, "report.md")) as f:
+        assert "ELBO surgery (the mean KL's split) is not reported: VQPosterior" in f.read()
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert model.posterior.codebook_size == 16 and model.posterior.positions == 2
     assert cli.main(["export", output, "--format", "saved_model"]) == 0
@@ -342,3 +349,49 @@ def test_cli_trains_and_exports_a_vq_run_whose_graphs_match_keras(tmp_path):
                 sessions["decode"].run(None, {"codes": bad})[0]):
         rows = np.isnan(got.reshape(5, -1)).all(-1)
         np.testing.assert_array_equal(rows, [False, True, True, True, False])
+
+
+def test_int8_export_measures_the_decode_graph_on_the_validation_datas_codes(tmp_path):
+    """`export_onnx(quantize="int8")` of a VQ model feeds the `decode` graph what it takes,
+    the validation data's codes (`Posterior.decode_input_of`), not z: the recorded errors
+    are the float and int8 graphs' differences on the codes of a numpy nearest-code search."""
+    model = tfvae.build_vae((8,), 4, hidden_units=(64, 32), seed=0, posterior="vq",
+                            codebook_size=5)
+    x = _binary(40, (8,), seed=3)
+    export.export_onnx(model, str(tmp_path / "onnx"), graphs=("decode",), quantize="int8",
+                       validation_data=x)
+    with open(tmp_path / "onnx" / export.ONNX_METADATA) as f:
+        entry = json.load(f)["quantized"]["decode"]
+    assert "refused" not in entry and entry["validation_examples"] == 40
+    book = model.posterior.codebook.numpy()
+    codes = _nearest_numpy(model.encoder(x).numpy().reshape(40, 2, -1), book).astype("float32")
+    float_out, int8_out = (
+        ort.InferenceSession(str(tmp_path / "onnx" / name), providers=["CPUExecutionProvider"])
+        .run(["mean", "logits"], {"codes": codes}) for name in ("decode.onnx", entry["file"]))
+    for key, got, want in zip(("mean", "logits"), int8_out, float_out):
+        error = np.max(np.abs(got - want))
+        assert error > 0, key  # quantized, so the two graphs differ somewhere
+        np.testing.assert_allclose(entry["max_abs_error"][key], error, rtol=1e-6, err_msg=key)
+
+
+def test_evaluation_states_why_elbo_surgery_does_not_apply_to_a_point_mass():
+    """ELBO surgery scores codes under other examples' densities; a VQ posterior declares it
+    has none (`has_density`), so `evaluate_model` reports the reason instead of inf/NaN
+    (without a RuntimeWarning) and `elbo_surgery` refuses by name."""
+    from tfvae import evaluation
+
+    model = _mlp_vq()
+    assert tfvae.DiagonalGaussianPosterior.has_density and not model.posterior.has_density
+    x = _binary(20, (8,), seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        metrics = evaluation.evaluate_model(model, x, num_samples=2, surgery_examples=10)
+    assert "has_density is False" in metrics["surgery_skipped"]
+    assert "VQPosterior" in metrics["surgery_skipped"]
+    assert not {"mutual_information", "marginal_kl", "surgery_examples"} & set(metrics)
+    numbers = [v for v in metrics.values() if isinstance(v, float)]
+    assert numbers and np.all(np.isfinite(numbers))
+    # The KL is the constant positions · log K (2 positions, K = 5).
+    assert metrics["kl"] == pytest.approx(2 * math.log(5), rel=1e-6)
+    with raises("ELBO surgery does not apply", "point mass"):
+        evaluation.elbo_surgery(model, x)

@@ -445,6 +445,8 @@ def _print_table(metrics):
         print(f"{key:<16}{text:>14}")
     if evaluation.gap_note(metrics):
         print(f"warning: {evaluation.gap_note(metrics)}")
+    if "surgery_skipped" in metrics:
+        print(f"note: ELBO surgery not reported: {metrics['surgery_skipped']}")
 
 
 def _evaluate(args, argv):

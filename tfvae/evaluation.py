@@ -21,6 +21,7 @@ from tfvae import _checks
 from tfvae import disentanglement
 from tfvae import gap
 from tfvae import random as tfvae_random
+from tfvae import surgery
 from tfvae.surgery import aggregate_log_density, elbo_surgery  # noqa: F401 (public here)
 
 # The held-out numbers a summary shows (the command's table, report.md), in order;
@@ -629,7 +630,9 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
       `dimension_wise_kl`) for those examples' own aggregate posterior, with
       `*_mc_stderr` and `*_example_sd`, `surgery_target`, `mi_upper_bound`,
       `mi_fraction_of_bound`, `mi_saturated`, and the population's
-      `*_heldout` with `*_heldout_stderr`.
+      `*_heldout` with `*_heldout_stderr`; where the posterior declares that the
+      surgery does not apply (`surgery.surgery_refusal`: a point mass), instead
+      `surgery_skipped`, the reason.
     """
     num_samples = _checks.positive_int("num_samples", num_samples)
     surgery_examples = _checks.non_negative_int("surgery_examples", surgery_examples)
@@ -653,7 +656,10 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
     result["active_units"] = int(np.sum(moments.variance > ACTIVE_UNIT_THRESHOLD))
     if kl_total is not None:  # else not defined for this posterior / prior pair
         result["kl_per_dimension"] = [float(v) for v in kl_total / scores.count]
-    if first.count >= 3:
+    refusal = surgery.surgery_refusal(model) if first.count >= 3 else None
+    if refusal:
+        result["surgery_skipped"] = refusal
+    elif first.count >= 3:
         x_first, y_first = first.arrays()
         try:
             result.update(elbo_surgery(model, x_first, y=y_first, seed=seed))

@@ -1005,9 +1005,10 @@ def _checks_quantize(quantize, validation_data, calibration_data):
 def _validation_inputs(model, validation_data, argument="validation_data",
                        limit=_PARITY_EXAMPLES):
     """`{"x", "y"?, "z", "eps", "noise"}` arrays for the graphs, from held-out data (its
-    first `limit` rows): `z` the model's deterministic codes of x, `eps` zeros (the
-    noise-free reconstruction), `noise` N(0, I) draws (seed 0) for `sample`. `argument`
-    names the data in errors."""
+    first `limit` rows): `z` the `decode` graph's input for x (`Posterior.decode_input_of`:
+    the deterministic code z, a quantised posterior's codes; fed under
+    `decode_input_name`), `eps` zeros (the noise-free reconstruction), `noise` N(0, I)
+    draws (seed 0) for `sample`. `argument` names the data in errors."""
     x, y = validation_data if isinstance(validation_data, tuple) else (validation_data, None)
     x = np.asarray(x, np.float32)[:limit]
     if x.shape[1:] != model.event_shape or not len(x):
@@ -1027,7 +1028,10 @@ def _validation_inputs(model, validation_data, argument="validation_data",
             labels = y.astype(np.int64)
             y = np.eye(model.condition_dim, dtype=np.float32)[labels]
         inputs["y"] = y.astype(np.float32)
-    inputs["z"] = np.asarray(model.latent_code(x, inputs.get("y") if labels is None else labels))
+    parameters = model.posterior_parameters(*model.prepare_inputs(
+        x, inputs.get("y") if labels is None else labels))
+    inputs["z"] = np.asarray(model.posterior.decode_input_of(parameters))
+    inputs["decode_input_name"] = model.posterior.decode_input_spec().name
     inputs["eps"] = np.zeros((len(x), model.latent_dim), np.float32)
     inputs["noise"] = np.random.default_rng(0).standard_normal(
         (len(x), model.latent_dim)).astype(np.float32)
@@ -1036,7 +1040,8 @@ def _validation_inputs(model, validation_data, argument="validation_data",
 
 
 def _graph_feeds(name, inputs, conditional):
-    feeds = {"encode": {"x": inputs["x"]}, "decode": {"z": inputs["z"]},
+    feeds = {"encode": {"x": inputs["x"]},
+             "decode": {inputs.get("decode_input_name", "z"): inputs["z"]},
              "reconstruct": {"x": inputs["x"], "eps": inputs["eps"]},
              "sample": {"eps": inputs["noise"]},
              "score": {"x": inputs["x"], "eps": inputs["eps"]}}[name]

@@ -144,6 +144,9 @@ class Posterior(DistributionHead):
     * `default_prior()` and `check_prior(prior)`: which priors go with it.
     * `closed_form_mean(parameters)`: E_q[z], or None when the head has no
       closed form for it (then callers average `reparameterize` over noise).
+    * `has_density`: q(z|x) has a density over z, so `distribution(parameters)`
+      scores other examples' codes finitely (what ELBO surgery's aggregate
+      posterior needs); false for a point mass (a quantised posterior).
     * `metric_names` and `loss_terms(parameters, training)`: per-example terms
       `[batch]` of its own that every objective adds to `loss` and `fit`
       reports (a quantised posterior's codebook and commitment losses); none
@@ -151,8 +154,9 @@ class Posterior(DistributionHead):
     * `export_outputs(parameters)`: the `encode` graph's named outputs (`mean`,
       `scale` and the head's further parameters by default), and
       `decode_input_spec()` / `latent_from_decode_input(value)` /
-      `decode_input_rows(value)`: what the `decode` graph takes (z by default)
-      and how it becomes z; `export_refusal(graph)` (every part): why a graph
+      `decode_input_rows(value)` / `decode_input_of(parameters)`: what the
+      `decode` graph takes (z by default), how it becomes z, and the noise-free
+      one for given parameters; `export_refusal(graph)` (every part): why a graph
       cannot be exported, or None.
     * `hyperparameters`: its own constructor options beyond `latent_dim`
       (name -> `tfvae.hyperparameters.Hyperparameter`), which `build_vae`,
@@ -166,6 +170,7 @@ class Posterior(DistributionHead):
     hyperparameters = {}
     seeded = False
     metric_names = ()
+    has_density = True
 
     def reparameterize(self, parameters, eps):
         raise NotImplementedError
@@ -204,6 +209,13 @@ class Posterior(DistributionHead):
     def decode_input_rows(self, value):
         """Which rows `[B]` of the `decode` graph's input are valid, or None (finite rows)."""
         return None
+
+    def decode_input_of(self, parameters):
+        """The `decode` graph's input `[B, ...]` (`decode_input_spec`) for q's `parameters`:
+        the noise-free code z = g(0; q(z|x)) `[B, latent_dim]` by default (`VAE.latent_code`)."""
+        first = next(iter(parameters.values()))
+        return self.reparameterize(parameters, tf.zeros(tf.stack([tf.shape(first)[0],
+                                                                  self.latent_dim])))
 
     def closed_form_mean(self, parameters):
         """E_q[z] `[batch, latent_dim]` from q's `parameters`, or None when this head

@@ -310,6 +310,9 @@ def write_markdown(path, config, metrics, figures):
                                                      "dimension_wise_kl_heldout")):
             lines += ["A negative `dimension_wise_kl` is estimation error (a KL is ≥ 0): read "
                       "it as about 0.", ""]
+    elif "surgery_skipped" in metrics:
+        lines += [f"ELBO surgery (the mean KL's split) is not reported: "
+                  f"{metrics['surgery_skipped']}.", ""]
     if "mig" in metrics:
         gaps = ", ".join(f"{key[4:]} {value:.3f}" for key, value in metrics.items()
                          if key.startswith("mig_"))

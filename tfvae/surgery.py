@@ -51,6 +51,21 @@ FINITE_TERMS = ("mutual_information", "marginal_kl", "kl_estimate", "total_corre
 HELDOUT_TERMS = ("mutual_information", "marginal_kl", "total_correlation", "dimension_wise_kl")
 
 
+def surgery_refusal(model):
+    """Why ELBO surgery does not apply to `model`, or None (it does).
+
+    The surgery scores every example's codes under the other examples' posterior
+    densities; a posterior that declares no density over z (`has_density`
+    false: a point mass, whose log q(z|x_m) is −inf off its own point) has no
+    such terms, and its estimates would be inf or NaN.
+    """
+    if not model.posterior.has_density:
+        return (f"{type(model.posterior).__name__}'s q(z|x) is a point mass with no density "
+                "over z (has_density is False): log q(z|x_m) is -inf wherever z is not x_m's "
+                "own code, so the aggregate posterior's density terms are not defined")
+    return None
+
+
 def aggregate_log_density(model, x, z, y=None, chunk_size=256):
     """`log q(z)` of the aggregate posterior `q(z) = (1/N) Σ_n q(z|x_n)` over the N examples of `x`.
 
@@ -183,8 +198,11 @@ def elbo_surgery(model, x, y=None, num_samples=2, seed=0, chunk_size=256,
 
     Raises:
       ValueError: fewer than 3 examples, `num_samples` < 2, or a posterior
-        that cannot score other examples' codes.
+        that cannot score other examples' codes (`surgery_refusal`).
     """
+    refusal = surgery_refusal(model)
+    if refusal:
+        raise ValueError(f"ELBO surgery does not apply to this model: {refusal}.")
     num_samples = _checks.positive_int("num_samples", num_samples)
     if num_samples < 2:
         raise ValueError(

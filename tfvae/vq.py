@@ -121,6 +121,7 @@ class VQPosterior(heads.Posterior):
     # whatever prior name it is given (set below: `UniformCodePrior`).
     own_prior = None
     dreg_unbiased = False  # the codebook is q's own weights
+    has_density = False  # a point mass at z_q: no density over z (ELBO surgery declines it)
 
     def __init__(self, latent_dim, codebook_size=64, code_dim=2, commitment_weight=0.25,
                  ema_decay=0.0, seed=None, **kwargs):
@@ -262,6 +263,10 @@ class VQPosterior(heads.Posterior):
 
     def latent_from_decode_input(self, value):
         return self.lookup(value)
+
+    def decode_input_of(self, parameters):
+        """The codes of `parameters` as the `decode` graph takes them, float32 `[B, positions]`."""
+        return tf.cast(parameters["codes"], tf.float32)
 
     def decode_input_rows(self, value):
         """Rows of integers in [0, K) (a row reduction: min, max and Σ (c − ⌊c⌋) = 0)."""
