@@ -24,6 +24,29 @@ from tfvae import random as tfvae_random
 from tfvae import surgery
 from tfvae.surgery import aggregate_log_density, elbo_surgery  # noqa: F401 (public here)
 
+__all__ = [
+    "ACTIVE_UNIT_THRESHOLD",
+    "active_units",
+    "Batch",
+    "batches",
+    "disentanglement_metrics",
+    "encode_dataset",
+    "evaluate_model",
+    "first_examples",
+    "gap_decomposition",
+    "gap_note",
+    "iter_encodings",
+    "iter_scores",
+    "kl_per_dimension",
+    "LOW_ESS",
+    "MEAN_SAMPLES",
+    "PosteriorMeanMoments",
+    "RunningMoments",
+    "score_examples",
+    "summary",
+    "SUMMARY_KEYS",
+]
+
 # The held-out numbers a summary shows (the command's table, report.md), in order;
 # keys a model does not report (kl_z1, kl_z2 outside hierarchies) are skipped.
 SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_information",

@@ -87,6 +87,35 @@ from tfvae import files
 from tfvae import objectives
 from tfvae import onnx_dense
 
+__all__ = [
+    "BATCH_DIMENSION",
+    "CALIBRATION_EXAMPLES",
+    "check_model_name",
+    "check_opset",
+    "check_threshold",
+    "data_range",
+    "default_parts",
+    "export_onnx",
+    "export_saved_model",
+    "format_refusal",
+    "GRAPH_INPUTS",
+    "INT8_WEIGHTS_FILE",
+    "next_version",
+    "ONNX_GRAPHS",
+    "ONNX_METADATA",
+    "ONNX_OPSET",
+    "part_refusal",
+    "quantization_refusal",
+    "QUANTIZE_MODES",
+    "remove_stale_staging",
+    "SAVED_MODEL_METADATA",
+    "SAVED_MODEL_SIGNATURES",
+    "skipped_parts",
+    "supported_opsets",
+    "WEIGHTS_FILE",
+    "Y_FORMATS",
+]
+
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17

@@ -38,6 +38,12 @@ order, so outputs move by float rounding only (~1e-6).
 
 import numpy as np
 
+__all__ = [
+    "BLOCKED_CHANNELS",
+    "dense_convolutions",
+    "MAX_ELEMENTS",
+]
+
 # The largest dense matrix (entries) a convolution is replaced by: 1 MiB of float32.
 MAX_ELEMENTS = 1 << 18
 # A `Conv` with at least this many output channels stays a `Conv`: ONNX Runtime runs it

@@ -18,6 +18,15 @@ import os
 
 from tfvae import files
 
+__all__ = [
+    "ALIGNMENT",
+    "external_files",
+    "external_ranges",
+    "graph_bytes",
+    "MIN_ELEMENTS",
+    "share_weights",
+]
+
 # Smaller tensors (shape constants, scalars) stay inside the graphs.
 MIN_ELEMENTS = 2
 # Offsets in the shared file are multiples of this (aligned loads).

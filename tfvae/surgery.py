@@ -27,6 +27,17 @@ from tfvae import _checks
 from tfvae import objectives
 from tfvae import random as tfvae_random
 
+__all__ = [
+    "aggregate_log_density",
+    "elbo_surgery",
+    "FINITE_TERMS",
+    "HELDOUT_TERMS",
+    "JACKKNIFE_GROUPS",
+    "SATURATION_NATS",
+    "surgery_refusal",
+    "TARGET",
+]
+
 logger = logging.getLogger(__name__)
 
 # The information estimate is called saturated (and a warning logged) when it is
