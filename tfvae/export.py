@@ -57,9 +57,10 @@ its rows, so a mismatch is an error in both formats, never a broadcast; every
 ONNX input and output names its first dimension `batch`. An empty batch (B = 0)
 gives empty outputs (conv networks compute it on one padding row).
 
-ONNX graphs are written for ONNX Runtime's CPU kernels: convolutions on small
-feature maps become one matrix product over the batch (`tfvae.onnx_dense`),
-and the graphs keep their weights in one shared file, each tensor once
+ONNX graphs are written for ONNX Runtime's CPU kernels (`tfvae.onnx_dense`):
+convolutions with few output channels on small feature maps become one matrix
+product over the batch, transposed convolutions one convolution per output phase
+(fed straight into a following matrix product), and the graphs keep their weights in one shared file, each tensor once
 (`tfvae.onnx_weights`).
 
 Both writers are all-or-nothing: they write into a hidden temporary directory
