@@ -117,3 +117,16 @@ def read_events(directory):
                 tensor = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
                 out.setdefault(value.tag, {})[event.step] = tensor
     return out
+
+
+def refused_rows(likelihood, x):
+    """Per row of `x`: does the likelihood's own `validate_data` refuse it? (the
+    independent answer export guards and NaN rows are checked against)"""
+    refused = []
+    for row in x:
+        try:
+            likelihood.validate_data(row[None])
+            refused.append(False)
+        except ValueError:
+            refused.append(True)
+    return np.array(refused)

@@ -15,7 +15,7 @@ import tfvae
 from tfvae import export
 from tfvae import objectives
 
-from helpers import invalid, raises
+from helpers import invalid, raises, refused_rows
 
 LEVELS = ("categorical", "discretized_logistic")
 
@@ -264,14 +264,7 @@ def _bad_x_rows(model, seed=0):
 
 def _refused_by_keras(model, x):
     """Per row: does the likelihood's own `validate_data` refuse it? (the independent answer)"""
-    refused = []
-    for row in x:
-        try:
-            model.likelihood.validate_data(row[None])
-            refused.append(False)
-        except ValueError:
-            refused.append(True)
-    return np.array(refused)
+    return refused_rows(model.likelihood, x)
 
 
 def _traced(functions, name):
