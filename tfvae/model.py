@@ -1,5 +1,7 @@
 """`tfvae.VAE`: a Keras model whose encoder and decoder produce TFP distributions."""
 
+import inspect
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -263,9 +265,8 @@ class VAE(training.Trainer, bounds.Bounds, generation.Generation, signatures.Sig
         return self._finish_terms(self.objective.terms(self, context), context)
 
     def _finish_terms(self, terms, context):
-        """Adds the posterior's own `loss_terms` (to `loss`, and reported) and `kl_<layer>`
-        (hierarchies), drops the `kl_groups` matrix, and makes the terms of rows that are
-        not `valid_rows` NaN."""
+        """Adds the posterior's own `loss_terms` (to `loss`) and `kl_<layer>`, drops the
+        `kl_groups` matrix, and makes the terms of rows that are not `valid_rows` NaN."""
         own = self.posterior.loss_terms(context.parameters, context.training)
         if own:
             terms = {**terms, **own, "loss": terms["loss"] + tf.add_n(list(own.values()))}
@@ -331,8 +332,10 @@ class VAE(training.Trainer, bounds.Bounds, generation.Generation, signatures.Sig
 
     def get_config(self):
         parts = {name: keras.saving.serialize_keras_object(getattr(self, name)) for name in _PARTS}
-        options_ = {name: getattr(self, name) for name in (
-            "num_samples", "free_bits", "seed", "free_bits_groups", "condition_dim")}
+        # Every constructor option by its name (β, kl and the objective: below).
+        names = set(inspect.signature(VAE.__init__).parameters) - set(_PARTS) - {
+            "self", "kwargs", "beta", "kl", "objective"}
+        options_ = {name: getattr(self, name) for name in sorted(names)}
         options_.update(objective=self.objective.name, **self.objective.get_config())
         beta = float(keras.ops.convert_to_numpy(self.beta))
         return {**super().get_config(), **parts, **options_, "beta": beta, "kl": self.kl_method}
