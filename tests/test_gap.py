@@ -207,10 +207,17 @@ _ENCODERS = {
 }
 
 
+@pytest.fixture(scope="module")
+def correlated():
+    """`_designed_model(_CORRELATED)`, shared: each test sets the whole encoder (its only
+    weights a test changes), and decompose_gap's compiled functions are reused."""
+    return _designed_model(_CORRELATED)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["narrow and far", "wrong sign"])  # "wide": the coverage test
-def test_bad_encoders_converge_to_the_closed_form_split(encoder):
-    model, x, truth = _designed_model(_CORRELATED)
+def test_bad_encoders_converge_to_the_closed_form_split(correlated, encoder):
+    model, x, truth = correlated
     _set_linear_encoder(model, *_ENCODERS[encoder](truth))
     elbo_phi = _elbo_closed_form(model, x, truth, model.encoder_output(x))
     tolerance = 0.01
@@ -233,8 +240,8 @@ def test_bad_encoders_converge_to_the_closed_form_split(encoder):
 
 
 @pytest.mark.slow
-def test_too_few_steps_are_flagged_not_reported_as_converged(caplog):
-    model, x, truth = _designed_model(_CORRELATED)
+def test_too_few_steps_are_flagged_not_reported_as_converged(correlated, caplog):
+    model, x, truth = correlated
     _set_linear_encoder(model, *_ENCODERS["narrow and far"](truth))
     with caplog.at_level("WARNING", logger="tfvae.gap"):
         got = gap.decompose_gap(model, x, steps=20, eval_samples=40, log_px_samples=20)
