@@ -1,7 +1,7 @@
 """Training jobs run in subprocesses by test_distribute.py (TF's devices and collectives are
 configured at process start, so they cannot run inside the pytest process).
 
-    python tests/distributed_job.py mirrored OUT.json   # one device vs MirroredStrategy on 2 CPUs
+    python tests/distributed_job.py mirrored OUT.json   # one device vs MirroredStrategy on 2 CPUs (and tcvae's jobs)
     python tests/distributed_job.py worker OUT.json     # one MultiWorkerMirroredStrategy worker (TF_CONFIG)
     python tests/distributed_job.py tcvae OUT.json      # β-TCVAE: one device vs MirroredStrategy on 2 CPUs
     python tests/distributed_job.py records OUT.json DIR          # one worker on record shards
@@ -126,6 +126,15 @@ def train_records_on_one_device(folder):
                 tf.data.Dataset.from_tensor_slices(x).batch(GLOBAL_BATCH))
 
 
+def _tcvae_jobs(one, mirrored):
+    return {
+        "single": train(one, tcvae=True),
+        "mirrored": train(mirrored, tcvae=True),
+        "single_uneven": tc_terms_of_an_uneven_batch(one),
+        "mirrored_uneven": tc_terms_of_an_uneven_batch(mirrored),
+    }
+
+
 def main(mode, output, folder=None):
     if mode in ("mirrored", "tcvae"):
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -140,14 +149,11 @@ def main(mode, output, folder=None):
             "mirrored": train(mirrored),
             "single_variant": train(one, variant=True),
             "mirrored_variant": train(mirrored, variant=True),
+            # The β-TCVAE jobs too: one process (one TensorFlow start) for both modes.
+            "tcvae": _tcvae_jobs(one, mirrored),
         }
     elif mode == "tcvae":
-        result = {
-            "single": train(one, tcvae=True),
-            "mirrored": train(mirrored, tcvae=True),
-            "single_uneven": tc_terms_of_an_uneven_batch(one),
-            "mirrored_uneven": tc_terms_of_an_uneven_batch(mirrored),
-        }
+        result = _tcvae_jobs(one, mirrored)
     elif mode == "worker":
         result = train(tf.distribute.MultiWorkerMirroredStrategy())
     elif mode == "records":

@@ -31,6 +31,7 @@ from tfvae import runs
 
 from helpers import TINY_RUN
 from helpers import raises
+from helpers import splits_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -438,8 +439,12 @@ _KILL_DRIVER = """
 ])
 def test_kill_9_at_a_write_leaves_a_run_that_resumes(tmp_path, target, nth):
     run = str(tmp_path / "run")
+    # A small dataset (40 training examples: one step an epoch): every write point is
+    # the same as on the digits, each epoch and the final evaluation cheaper.
+    splits_npz(tmp_path / "d.npz", test=False)
+    tiny = ["--dataset", str(tmp_path / "d.npz"), *TINY_RUN]
     driver = _driver(tmp_path, _KILL_DRIVER)
-    result = _run_driver(driver, target, nth, "train", "--output", run, *TINY_RUN)
+    result = _run_driver(driver, target, nth, "train", "--output", run, *tiny)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     names = os.listdir(run)
     assert target not in names or nth > 1  # the killed write never appeared
@@ -452,7 +457,7 @@ def test_kill_9_at_a_write_leaves_a_run_that_resumes(tmp_path, target, nth):
         assert all(n == files.LOCK_FILE or n.startswith(".run.json.") for n in names)
         with pytest.raises(ValueError, match="holds no run yet .* without --resume"):
             runs.check_output(run, resume=True)  # what `--resume` says, in one line
-        assert cli.main(["train", "--output", run, *TINY_RUN]) == 0
+        assert cli.main(["train", "--output", run, *tiny]) == 0
     else:
         assert cli.main(["train", "--output", run, "--resume", "--quiet"]) == 0
     rows = _history_rows(run)
@@ -556,9 +561,11 @@ _LIVE_TRAIN_DRIVER = """
 @pytest.mark.slow
 def test_a_live_training_process_keeps_out_a_second_writer_and_readers(tmp_path, capsys):
     run = str(tmp_path / "run")
+    splits_npz(tmp_path / "d.npz", test=False)  # small: the lock, not the data, is tested
+    tiny = ["--dataset", str(tmp_path / "d.npz"), *TINY_RUN]
     driver = _driver(tmp_path, _LIVE_TRAIN_DRIVER)
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, str(driver), run, *TINY_RUN], env=env, cwd=ROOT,
+    process = subprocess.Popen([sys.executable, str(driver), run, *tiny], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -566,7 +573,7 @@ def test_a_live_training_process_keeps_out_a_second_writer_and_readers(tmp_path,
             assert process.poll() is None and time.time() < deadline
             time.sleep(0.5)
         for mode in ("--overwrite", "--resume"):
-            extra = TINY_RUN if mode == "--overwrite" else ["--quiet"]  # --resume reads run.json
+            extra = tiny if mode == "--overwrite" else ["--quiet"]  # --resume reads run.json
             assert cli.main(["train", "--output", run, mode, *extra]) == 2
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and f"PID {process.pid}" in err, err

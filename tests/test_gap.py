@@ -116,6 +116,24 @@ def test_every_tensor_parameterised_family_decomposes(kwargs):
     assert np.mean(got["amortization_gap"]) > -3 * np.mean(got["elbo_stderr"])
 
 
+@pytest.mark.slow
+def test_repeated_calls_on_one_model_read_its_current_weights():
+    # decompose_gap compiles its functions once per model: a later call must still see
+    # weights changed in between (nothing of the model is frozen into the graphs).
+    model = tfvae.build_vae((4,), 2, hidden_units=(4,), seed=0, prior="vamp")
+    x = (np.random.default_rng(0).uniform(size=(5, 4)) > 0.5).astype("float32")
+    kwargs = {"steps": 20, "eval_samples": 20, "log_px_samples": 20, "seed": 0}
+    first = gap.decompose_gap(model, x, **kwargs)
+    weights = model.get_weights()
+    model.set_weights([w + 0.5 for w in weights])
+    changed = gap.decompose_gap(model, x, **kwargs)
+    model.set_weights(weights)
+    again = gap.decompose_gap(model, x, **kwargs)
+    for key in ("log_px", "elbo", "elbo_optimized", "raw_optimized"):
+        assert not np.allclose(changed[key], first[key]), key
+        np.testing.assert_array_equal(again[key], first[key])
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"steps": 0}, "steps"), ({"learning_rate": -1.0}, "learning_rate"),
     ({"num_samples": 0}, "num_samples"), ({"eval_samples": 0}, "eval_samples"),
@@ -189,10 +207,17 @@ _ENCODERS = {
 }
 
 
+@pytest.fixture(scope="module")
+def correlated():
+    """`_designed_model(_CORRELATED)`, shared: each test sets the whole encoder (its only
+    weights a test changes), and decompose_gap's compiled functions are reused."""
+    return _designed_model(_CORRELATED)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["narrow and far", "wrong sign"])  # "wide": the coverage test
-def test_bad_encoders_converge_to_the_closed_form_split(encoder):
-    model, x, truth = _designed_model(_CORRELATED)
+def test_bad_encoders_converge_to_the_closed_form_split(correlated, encoder):
+    model, x, truth = correlated
     _set_linear_encoder(model, *_ENCODERS[encoder](truth))
     elbo_phi = _elbo_closed_form(model, x, truth, model.encoder_output(x))
     tolerance = 0.01
@@ -215,8 +240,8 @@ def test_bad_encoders_converge_to_the_closed_form_split(encoder):
 
 
 @pytest.mark.slow
-def test_too_few_steps_are_flagged_not_reported_as_converged(caplog):
-    model, x, truth = _designed_model(_CORRELATED)
+def test_too_few_steps_are_flagged_not_reported_as_converged(correlated, caplog):
+    model, x, truth = correlated
     _set_linear_encoder(model, *_ENCODERS["narrow and far"](truth))
     with caplog.at_level("WARNING", logger="tfvae.gap"):
         got = gap.decompose_gap(model, x, steps=20, eval_samples=40, log_px_samples=20)

@@ -24,6 +24,7 @@ fixed (the spread between examples is a different number: see
 
 import logging
 import math
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +35,24 @@ from tfvae import objectives
 from tfvae import random as tfvae_random
 
 logger = logging.getLogger(__name__)
+
+
+# Compiled functions per model, keyed by the Python values their graphs are built from
+# (sample counts, the KL method); x, y, raw parameters and seeds are arguments and the
+# weights are read when called, so repeated calls on one model reuse the traces. Weak
+# keys: a model's functions go with it (they hold the model only through `weakref`).
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(model, key, build):
+    """The tf.function `build(model_ref)` for `(model, key)`, built on first use.
+
+    `model_ref` is a weak reference to call for the model inside the function, so that
+    the cache does not keep the model alive."""
+    functions = _COMPILED.setdefault(model, {})
+    if key not in functions:
+        functions[key] = tf.function(build(weakref.ref(model)), autograph=False)
+    return functions[key]
 
 
 def _elbo_fn(model, x, y, num_samples):
@@ -91,11 +110,18 @@ def _adam_window(model, x, y, num_samples, seed):
     `rate · (1 − decay · (i + 1) / (steps + 1))` (`decay` 0: constant, 1: down
     to ~0); `average` is the mean of the iterates (Polyak averaging: the noise
     of the steps averages out) and `trace` the batch-mean ELBO estimate per step."""
-    elbo = _elbo_fn(model, x, y, num_samples)
+    run = _compiled(model, ("adam", num_samples, model.kl_method),
+                    lambda ref: _adam_steps(ref, num_samples))
+    return lambda *args: run(x, y, seed, *args)
+
+
+def _adam_steps(model_ref, num_samples):
+    """`_adam_window`'s loop, with x, y and the seed as leading arguments."""
     beta1, beta2, epsilon = 0.9, 0.999, 1e-8
 
-    @tf.function(autograph=False)
-    def run(raw, m, v, step, steps, rate, decay):
+    def run(x, y, seed, raw, m, v, step, steps, rate, decay):
+        elbo = _elbo_fn(model_ref(), x, y, num_samples)
+
         def body(i, raw, m, v, total, trace):
             t = step + i
             with tf.GradientTape() as tape:
@@ -124,11 +150,14 @@ def _elbo_draws(model, x, y, num_samples, repeats):
     independent means of `num_samples // repeats` samples each, the same noise
     for every `raws` entry (common random numbers: differences between them have
     a small error). Compiled once; call it as often as needed."""
-    elbo = tf.function(_elbo_fn(model, x, y, max(1, num_samples // repeats)), autograph=False)
+    per_repeat = max(1, num_samples // repeats)
+    elbo = _compiled(model, ("elbo", per_repeat, model.kl_method), lambda ref: (
+        lambda x, y, raw, seed: _elbo_fn(ref(), x, y, per_repeat)(raw, seed)))
 
     def draws(raws, seed):
         return np.stack([
-            np.stack([elbo(raw, tfvae_random.fold_in(seed, r)).numpy() for r in range(repeats)])
+            np.stack([elbo(x, y, raw, tfvae_random.fold_in(seed, r)).numpy()
+                      for r in range(repeats)])
             for raw in raws]).astype(np.float64)
 
     return draws
@@ -228,15 +257,20 @@ def _log_likelihood(model, x, y, raw, num_samples, seed, rows=10000, defensive_f
     """
     chunk_size = max(1, rows // max(1, len(x)))
 
-    @tf.function(autograph=False)
-    def estimate(raw):
-        posterior, reparameterize = model.posterior.sampler(model.posterior.parameters(raw))
-        return marginal.defensive_log_likelihood(
-            x, posterior, model.likelihood_fn(y), model.prior.distribution(), num_samples,
-            seed=seed, chunk_size=chunk_size, defensive_fraction=defensive_fraction,
-            reparameterize=reparameterize)
+    def build(model_ref):
+        def estimate(x, y, raw, seed):
+            model = model_ref()
+            posterior, reparameterize = model.posterior.sampler(model.posterior.parameters(raw))
+            return marginal.defensive_log_likelihood(
+                x, posterior, model.likelihood_fn(y), model.prior.distribution(), num_samples,
+                seed=seed, chunk_size=chunk_size, defensive_fraction=defensive_fraction,
+                reparameterize=reparameterize)
 
-    return {key: value.numpy().astype(np.float64) for key, value in estimate(raw).items()}
+        return estimate
+
+    estimate = _compiled(model, ("log_px", num_samples, chunk_size, defensive_fraction), build)
+    return {key: value.numpy().astype(np.float64)
+            for key, value in estimate(x, y, raw, seed).items()}
 
 
 def decompose_gap(model, x, y=None, steps=4000, learning_rate=0.02, num_samples=8,
