@@ -89,6 +89,24 @@ def test_the_runs_attribute_loads_lazily():
     assert out.strip().endswith("ok")
 
 
+def test_every_module_declares_its_public_names():
+    """`__all__` per module (issue 22): what it lists exists, and the internals that
+    other modules or tests reach for (`export.graph_functions`,
+    `objectives.global_batch`) are not in it."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(tfvae.__path__):
+        module = importlib.import_module(f"tfvae.{info.name}")
+        declared = getattr(module, "__all__", None)
+        assert declared is not None, info.name
+        assert [name for name in declared if not hasattr(module, name)] == [], info.name
+        assert len(set(declared)) == len(declared), info.name
+    assert "graph_functions" not in tfvae.export.__all__
+    assert "global_batch" not in tfvae.objectives.__all__
+    assert tfvae.model.__all__ == ["VAE"]
+
+
 @pytest.mark.slow
 def test_figures_choose_no_backend_and_leave_no_pyplot_figures(tmp_path):
     out = _python(f"""

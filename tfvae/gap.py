@@ -34,6 +34,12 @@ from tfvae import marginal
 from tfvae import objectives
 from tfvae import random as tfvae_random
 
+__all__ = [
+    "decompose_gap",
+    "fit_posterior",
+    "optimize_posterior",
+]
+
 logger = logging.getLogger(__name__)
 
 
