@@ -201,3 +201,21 @@ def test_widths_that_would_not_fit_in_memory_are_refused_before_allocation(kwarg
     # 0.2.0 failed deep in TensorFlow with ResourceExhaustedError (issue 20 finding 12).
     with raises("`hidden_units` / `latent_dim`", "weights", "GiB"):
         tfvae.build_vae((8, 8, 1), **kwargs)
+
+
+def test_a_flows_number_of_steps_is_reachable_by_name():
+    # One declaration (`flows.FLOW_STEPS`) shared by both flows: build_vae, RunConfig, the CLI.
+    assert tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="iaf",
+                           num_steps=3).posterior.num_steps == 3
+    assert tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="planar",
+                           num_steps=2).posterior.num_steps == 2
+    assert tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="planar").posterior.num_steps == 4
+    with raises("`num_steps`", "posterior='iaf' or posterior='planar'", "num_steps=3",
+                "posterior='diagonal'"):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), num_steps=3)
+    with invalid("num_steps", 0):
+        tfvae.build_vae((4,), 2, hidden_units=(4,), posterior="iaf", num_steps=0)
+    from tfvae import runs
+
+    config = runs.RunConfig(posterior="planar", num_steps=6).validate()
+    assert builders.build_vae(**config.model_kwargs((4,))).posterior.num_steps == 6

@@ -72,26 +72,41 @@ def hyperparameters():
     owner the part's registered name (`tfvae.hyperparameters`)."""
     declared = {key: (spec, "objective", owner)
                 for key, (spec, owner) in objective_parts.hyperparameters().items()}
-    for owner, cls in POSTERIORS.items():
-        for key, spec in getattr(cls, "hyperparameters", {}).items():
-            declared.setdefault(key, (spec, "posterior", owner))
+    for key, spec in _posterior_declarations().items():
+        declared.setdefault(key, (spec, "posterior", ", ".join(_owners(key))))
     return declared
+
+
+def _posterior_declarations():
+    """name -> `Hyperparameter` over every registered posterior (several posteriors may
+    declare the same one, e.g. the flows' `num_steps`)."""
+    return {key: spec for cls in POSTERIORS.values()
+            for key, spec in getattr(cls, "hyperparameters", {}).items()}
+
+
+def _owners(key):
+    """The registered posteriors that declare the hyperparameter `key`."""
+    return [name for name, cls in POSTERIORS.items()
+            if key in getattr(cls, "hyperparameters", {})]
 
 
 def _posterior_hyperparameters(posterior, values):
     """Splits `values` (build_vae's keyword arguments) into the chosen posterior's own
     hyperparameters and the rest; another posterior's must be left at their defaults."""
     own = {}
-    for key, (spec, kind, owner) in hyperparameters().items():
-        if kind != "posterior" or key not in values:
+    for key, spec in _posterior_declarations().items():
+        if key not in values:
             continue
+        value = spec.validate(key, values.pop(key))
         if key in getattr(POSTERIORS[posterior], "hyperparameters", {}):
-            own[key] = spec.validate(key, values.pop(key))
-        elif spec.validate(key, values.pop(key)) != spec.default:
+            if value is not None:  # None: the posterior's own default
+                own[key] = value
+        elif value != spec.default:
+            owners = " or ".join(f"posterior={name!r}" for name in _owners(key))
             raise ValueError(
-                f"Received an invalid value for `{key}`: it acts on the {owner!r} posterior only "
-                f"({spec.help}), so it needs posterior={owner!r}. Received: {key}="
-                f"{spec.validate(key, values.get(key, spec.default))!r}, posterior={posterior!r}")
+                f"Received an invalid value for `{key}`: it acts on {owners} only "
+                f"({spec.help}), so it needs {owners}. Received: {key}={value!r}, "
+                f"posterior={posterior!r}")
     return own
 
 

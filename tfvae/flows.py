@@ -23,14 +23,21 @@ import tensorflow_probability as tfp
 from tfvae import _checks
 from tfvae import networks
 from tfvae.heads import Posterior
+from tfvae.hyperparameters import Hyperparameter
 
 __all__ = [
+    "FLOW_STEPS",
     "FlowPosterior",
     "IAFPosterior",
     "made_masks",
     "MaskedDense",
     "PlanarFlowPosterior",
 ]
+
+# The flows' one option by name (`build_vae(num_steps=...)`, `tfvae train --num-steps`);
+# None keeps each flow's own default.
+FLOW_STEPS = Hyperparameter(None, _checks.positive_int, "the number of flow steps (default: "
+                            "the flow's own: IAF 2, planar 4)", type=int)
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -165,6 +172,7 @@ class IAFPosterior(FlowPosterior):
 
     # build_vae passes it a seed (its made networks' initial weights).
     seeded = True
+    hyperparameters = {"num_steps": FLOW_STEPS}
 
     def __init__(self, latent_dim, num_steps=2, hidden_units=64, context_dim=16,
                  min_scale=1e-5, seed=None, **kwargs):
@@ -303,6 +311,8 @@ class PlanarFlowPosterior(FlowPosterior):
       num_steps: planar steps. Default value: `4`.
       min_scale: lower bound on σ. Default value: `1e-5`.
     """
+
+    hyperparameters = {"num_steps": FLOW_STEPS}
 
     def __init__(self, latent_dim, num_steps=4, min_scale=1e-5, **kwargs):
         super().__init__(**kwargs)
