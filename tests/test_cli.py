@@ -805,8 +805,9 @@ def test_the_default_run_reports_a_likelihood_of_binarised_digits(digits_run):
 def test_train_beta_tcvae_on_shapes_reports_its_terms_and_the_mig(shapes_tcvae_run):
     output = shapes_tcvae_run  # conftest.py: --objective beta_tcvae --tc-weight 6
     config, model = runs.load_run(output)
-    assert (model.objective, model.tc_weight, model.mi_weight) == ("beta_tcvae", 6.0, 1.0)
-    assert model.dataset_size == len(runs.load_dataset(config)[0][0])  # N: the training split
+    objective = model.objective
+    assert (objective.name, objective.tc_weight, objective.mi_weight) == ("beta_tcvae", 6.0, 1.0)
+    assert objective.dataset_size == len(runs.load_dataset(config)[0][0])  # N: the training split
     rows = _history(output)
     assert {"mi", "tc", "dwkl", "val_mi", "val_tc", "val_dwkl", "beta"} <= set(rows[0])
     with open(os.path.join(output, "metrics.json")) as f:
