@@ -1,6 +1,6 @@
 """A part's own hyperparameters, declared once and reachable by name.
 
-An objective (`tfvae.objective_parts`) or a posterior declares the
+An objective (`tfvae.objective_parts`) or a posterior (`tfvae.heads.Posterior`) declares the
 hyperparameters it takes as a dict of `Hyperparameter`s; `tfvae.VAE` and
 `tfvae.build_vae` route keyword arguments of those names to the part, its
 `get_config` writes them back, and the command line's `RunConfig` fields and
@@ -23,8 +23,9 @@ class Hyperparameter:
     Attributes:
       default: the value when it is not given (also `RunConfig`'s default).
       check: `(name, value) -> value`, e.g. `tfvae._checks.positive_int`.
-      help: what it does, for `--help` and error messages (a clause: "weights
-        the total correlation").
+      help: what it is, for `--help` and, in parentheses, the message refusing it
+        on a part that does not take it ("β-TCVAE: the weight of the total
+        correlation").
       type: the Python type of the value on the command line (`int`, `float`,
         `str`).
       choices: the allowed values of a string option. Default value: `None`.
