@@ -81,13 +81,13 @@ def _posterior_declarations():
     """name -> `Hyperparameter` over every registered posterior (several posteriors may
     declare the same one, e.g. the flows' `num_steps`)."""
     return {key: spec for cls in POSTERIORS.values()
-            for key, spec in getattr(cls, "hyperparameters", {}).items()}
+            for key, spec in cls.hyperparameters.items()}
 
 
 def _owners(key):
     """The registered posteriors that declare the hyperparameter `key`."""
     return [name for name, cls in POSTERIORS.items()
-            if key in getattr(cls, "hyperparameters", {})]
+            if key in cls.hyperparameters]
 
 
 def _posterior_hyperparameters(posterior, values):
@@ -98,7 +98,7 @@ def _posterior_hyperparameters(posterior, values):
         if key not in values:
             continue
         value = spec.validate(key, values.pop(key))
-        if key in getattr(POSTERIORS[posterior], "hyperparameters", {}):
+        if key in POSTERIORS[posterior].hyperparameters:
             if value is not None:  # None: the posterior's own default
                 own[key] = value
         elif value != spec.default:
@@ -120,7 +120,7 @@ def part_classes(posterior, prior):
     posterior_class = POSTERIORS[posterior]
     if posterior_class is hierarchy.HierarchicalPosterior:
         return posterior_class, hierarchy.HierarchicalPrior
-    if getattr(posterior_class, "own_prior", None) is not None:
+    if posterior_class.own_prior is not None:
         return posterior_class, posterior_class.own_prior
     return posterior_class, PRIORS[prior]
 
@@ -226,11 +226,11 @@ def build_vae(
         posterior_class = POSTERIORS[posterior]
         posterior_head = (
             posterior_class(latent_dim, seed=part_seed(_POSTERIOR), **posterior_options)
-            if getattr(posterior_class, "seeded", False) else
+            if posterior_class.seeded else
             posterior_class(latent_dim, **posterior_options))
         # A posterior that declares `own_prior` brings its prior (`default_prior()`).
         prior_layer = (posterior_head.default_prior()
-                       if getattr(posterior_class, "own_prior", None) is not None else
+                       if posterior_class.own_prior is not None else
                        _PRIOR_FACTORIES[prior](latent_dim, input_shape, num_components,
                                                0 if seed is None else part_seed(_PRIOR)))
 

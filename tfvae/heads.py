@@ -169,6 +169,7 @@ class Posterior(DistributionHead):
     dreg_unbiased = True
     hyperparameters = {}
     seeded = False
+    own_prior = None  # a Prior class it brings (VQ's codes) instead of a named prior
     metric_names = ()
     has_density = True
 

@@ -144,7 +144,7 @@ def prior_samples(prior, num, seed):
     same on every replica and with and without XLA."""
     seed = tfvae_random.fold_in(tfvae_random.make_seed(seed), PRIOR_STREAM)
     eps = tfvae_random.standard_normal(tf.stack([num, prior.latent_dim]), seed)
-    return prior.reparameterize(tf.reshape(eps, [-1, prior.latent_dim]))
+    return prior.reparameterize(eps)
 
 
 @objective_parts.register_objective("mmd")

@@ -116,8 +116,9 @@ def make_objective(objective, values=None):
         cls = objective_class(objective)
         name = cls.name
         own = {key: values.pop(key) for key in list(values) if key in cls.hyperparameters}
+    declared = hyperparameters()
     for key, value in values.items():
-        spec, owner = hyperparameters()[key]
+        spec, owner = declared[key]
         if value is not None and spec.validate(key, value) != spec.default:
             raise ValueError(
                 f"Received an invalid value for `{key}`: it acts on the "
@@ -154,9 +155,9 @@ class StepContext:
 
     def global_batch(self, tensors):
         """`tensors` (a structure of `[batch, ...]` tensors) for the global batch under a
-        `tf.distribute` strategy, and this replica's offset in it
-        (`objectives.all_gather`)."""
-        return objectives.all_gather(tensors)
+        `tf.distribute` strategy, and this replica's offset in it (the step's `offset`;
+        `objectives.all_gather`)."""
+        return objectives.all_gather(tensors, offset=self.offset)
 
 
 class Objective:
@@ -241,20 +242,15 @@ def elbo_terms(model, context, num_samples=None, return_z=False):
         kl = lambda z: objectives.kl_divergence(posterior, prior, z=z, kl=model.kl_method)  # noqa: E731
     else:
         sample = lambda eps: model.posterior.reparameterize(parameters, eps)  # noqa: E731
-    samples = []
-
-    def reparameterize(eps):
-        samples.append(sample(eps))
-        return samples[-1]
-
-    terms = objectives.tensor_elbo(
-        context.x, reparameterize,
-        model.log_likelihood_fn(context.y, context.training), kl, model.latent_dim,
-        num_samples=num_samples or model.num_samples, seed=context.seed, noise=context.noise,
-        offset=context.offset, beta=tf.convert_to_tensor(model.beta),
+    z, reconstruction = objectives.sampled_reconstruction(
+        context.x, sample, model.log_likelihood_fn(context.y, context.training),
+        model.latent_dim, num_samples or model.num_samples, context.seed, context.noise,
+        context.offset)
+    terms = objectives.elbo_from_terms(
+        reconstruction, kl(z) if callable(kl) else kl, z, beta=tf.convert_to_tensor(model.beta),
         free_bits=model.free_bits, group_kl=model.kl_groups(parameters),
         free_bits_by_group=model.free_bits_groups is not None)
-    return (terms, samples[0]) if return_z else terms
+    return (terms, z) if return_z else terms
 
 
 @register_objective("elbo")

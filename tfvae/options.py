@@ -22,7 +22,6 @@ __all__ = [
     "check_factorised",
     "check_free_bits_groups",
     "check_objective",
-    "check_parts",
     "check_prior_name",
     "check_top_latent_dim",
     "execution",
@@ -100,13 +99,6 @@ def check_factorised(posterior, prior, objective):
         )
 
 
-def check_parts(objective, posterior, prior):
-    """The objective's own rules on the parts (`Objective.check`)."""
-    instance = objective if isinstance(objective, objective_parts.Objective) else (
-        objective_parts.objective_class(objective)())
-    instance.check(posterior, prior)
-
-
 def check_free_bits_groups(groups, free_bits, objective, posterior, prior, latent_dim):
     """Free bits per group of latent dimensions (`groups`; `None`: per example).
 
@@ -165,7 +157,7 @@ def check_prior_name(posterior, prior):
         )
     from tfvae import builders  # builders reads this module's rules
 
-    own = getattr(builders.POSTERIORS.get(posterior), "own_prior", None)
+    own = builders.POSTERIORS[posterior].own_prior if posterior in builders.POSTERIORS else None
     if own is not None and prior != "standard_normal":
         raise ValueError(
             f"Received an invalid value for `prior`: posterior={posterior!r} brings its own "

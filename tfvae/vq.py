@@ -117,9 +117,6 @@ class VQPosterior(heads.Posterior):
                                     "with this decay instead of the codebook loss (0: off)"),
     }
     seeded = True
-    # The prior class this posterior brings (`default_prior`), which `build_vae` uses
-    # whatever prior name it is given (set below: `UniformCodePrior`).
-    own_prior = None
     dreg_unbiased = False  # the codebook is q's own weights
     has_density = False  # a point mass at z_q: no density over z (ELBO surgery declines it)
 
@@ -357,6 +354,7 @@ class UniformCodePrior(priors.Prior):
                 "code_dim": self.code_dim}
 
 
+# The prior class this posterior brings (`default_prior`; defined after it).
 VQPosterior.own_prior = UniformCodePrior
 
 
