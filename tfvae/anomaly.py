@@ -288,11 +288,8 @@ def noise_scores(model, rows, eps=None):
     if eps.shape != (len(rows), model.latent_dim):
         raise ValueError(f"Received an invalid value for `eps`, expected shape "
                          f"({len(rows)}, {model.latent_dim}). Received: eps with shape {eps.shape}")
-    out = []
-    for start in range(0, len(rows), 256):
-        terms = model.elbo_terms(tf.constant(rows[start:start + 256]),
-                                 noise=tf.constant(eps[None, start:start + 256]))
-        out.append(-np.asarray(terms["elbo"], np.float64))
+    out = [-np.asarray(model.elbo_terms(x, noise=noise[None])["elbo"], np.float64)
+           for x, noise in zip(_batches(rows), _batches(eps))]
     return np.concatenate(out) if out else np.zeros([0])
 
 

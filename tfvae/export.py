@@ -321,7 +321,10 @@ def _input_checks(model, y_format):
         rows = model.posterior.decode_input_rows(value)
         return finite_rows(value) if rows is None else rows
 
-    return {"x": _x_rows(model.likelihood), "z": decode_rows, "eps": finite_rows, "y": y_rows}
+    likelihood = model.likelihood
+    # Rules per column (a table's codes): the likelihood's own mask, not row reductions.
+    x_rows = _x_rows(likelihood) if likelihood.support_is_range else likelihood.support_mask
+    return {"x": x_rows, "z": decode_rows, "eps": finite_rows, "y": y_rows}
 
 
 def _nan_rows(valid, outputs):
@@ -430,8 +433,6 @@ def graph_functions(model, y_format="one_hot", guard=True, threshold=None):
     likelihood, posterior = model.likelihood, model.posterior
     conditional = model.condition_dim is not None
     checks = _input_checks(model, y_format)
-    if not likelihood.support_is_range:  # rules per column (a table's codes): its own mask
-        checks["x"] = likelihood.support_mask
 
     def guarded(outputs, **inputs):
         """NaN in every output row whose input row is refused (see the module docstring)."""
@@ -530,7 +531,9 @@ def _closed_form_kl(model):
 
 def format_refusal(model, graph, kind):
     """Why `graph` cannot be exported in the `kind` ("SavedModel"/"ONNX") format although the
-    parts allow it, or None: ONNX's `score` needs the KL in closed form."""
+    parts allow it, or None: ONNX has no `elbo`, and its `score` needs the KL in closed form."""
+    if kind == "ONNX" and graph == "elbo":
+        return _ONNX_ELBO_REASON
     if kind == "ONNX" and graph == "score" and not _closed_form_kl(model):
         return _ONNX_SCORE_REASON.format(posterior=type(model.posterior).__name__,
                                          prior=type(model.prior).__name__)
@@ -545,7 +548,7 @@ def _check_parts(model, requested, available, kind):
             f"{unknown}. Available: {list(available)}"
         )
     for name in requested:
-        refusal = part_refusal(model, name) or format_refusal(model, name, kind)
+        refusal = _graph_refusal(model, name, kind)
         if refusal:
             raise ValueError(f"Cannot export `{name}`: {refusal}. Leave `{name}` out of the "
                              "exported signatures.")
@@ -553,8 +556,13 @@ def _check_parts(model, requested, available, kind):
 
 def default_parts(model, available, kind="SavedModel"):
     """All graphs in `available` that `model` supports in the `kind` format."""
-    return tuple(name for name in available if part_refusal(model, name) is None
-                 and format_refusal(model, name, kind) is None)
+    return tuple(name for name in available if _graph_refusal(model, name, kind) is None)
+
+
+def _graph_refusal(model, graph, kind):
+    """Why `graph` cannot be exported for `model` in the `kind` format (its parts' reason,
+    else the format's), or None."""
+    return part_refusal(model, graph) or format_refusal(model, graph, kind)
 
 
 def skipped_parts(model, exported, kind):
@@ -565,14 +573,7 @@ def skipped_parts(model, exported, kind):
     for name in every:
         if name in exported:
             continue
-        if part_refusal(model, name):
-            skipped[name] = part_refusal(model, name)
-        elif format_refusal(model, name, kind):
-            skipped[name] = format_refusal(model, name, kind)
-        elif name == "elbo" and kind == "ONNX":
-            skipped[name] = _ONNX_ELBO_REASON
-        else:
-            skipped[name] = "not requested"
+        skipped[name] = _graph_refusal(model, name, kind) or "not requested"
     return skipped
 
 

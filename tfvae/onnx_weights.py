@@ -20,7 +20,6 @@ from tfvae import files
 
 __all__ = [
     "ALIGNMENT",
-    "external_files",
     "external_ranges",
     "graph_bytes",
     "MIN_ELEMENTS",
@@ -135,9 +134,6 @@ def external_ranges(path):
     return ranges
 
 
-def external_files(path):
-    """The external-data files (relative to the graph's directory) the graph at `path` needs."""
-    return sorted({location for location, _, _ in external_ranges(path)})
 
 
 def graph_bytes(path):

@@ -212,8 +212,7 @@ class _RunConfig:
         _checks.one_of("strategy", self.strategy, STRATEGIES)
         _checks.one_of("mixed_precision", self.mixed_precision, tuple(PRECISION_POLICIES))
         _checks.one_of("lr_schedule", self.lr_schedule, options.LR_SCHEDULES)
-        for name in _part_fields():
-            spec = builders.hyperparameters()[name][0]
+        for name, (spec, _) in _PART_FIELDS.items():
             setattr(self, name, spec.validate(name, getattr(self, name)))
         for name in ("latent_dim", "num_samples", "epochs", "batch_size", "patience", "eval_samples",
                      "steps_per_execution", "gap_examples", "gap_steps"):
@@ -255,8 +254,8 @@ class _RunConfig:
         options.check_top_latent_dim(self.top_latent_dim or None, self.posterior)
         posterior, prior = builders.part_classes(self.posterior, self.prior)
         objective = objective_parts.make_objective(self.objective, {
-            name: getattr(self, name) for name in _part_fields() if
-            builders.hyperparameters()[name][1] == "objective"})
+            name: getattr(self, name) for name, (_, kind) in _PART_FIELDS.items()
+            if kind == "objective"})
         options.check_objective(objective, self.beta, self.free_bits, self.warmup_epochs)
         objective.check(posterior, prior)
         options.check_free_bits_groups(self.free_bits_groups or None, self.free_bits,
@@ -300,24 +299,24 @@ _TRANSLATED = ("beta", "top_latent_dim", "free_bits_groups", "condition_dim", "d
 
 def _model_fields():
     """The RunConfig fields passed to `build_vae` as they are: those named like an argument
-    of `build_vae` or `tfvae.VAE`, and every part's hyperparameter (`_part_fields`)."""
+    of `build_vae` or `tfvae.VAE`, and every part's hyperparameter (`_PART_FIELDS`)."""
     arguments = set(inspect.signature(builders.build_vae).parameters)
     arguments |= set(inspect.signature(VAE.__init__).parameters)
     return tuple(f.name for f in dataclasses.fields(RunConfig)
                  if (f.name in arguments and f.name not in _TRANSLATED)
-                 or f.name in _part_fields())
+                 or f.name in _PART_FIELDS)
 
 
-def _part_fields():
-    """The named parts' hyperparameters a run sets by flag (`builders.hyperparameters`)."""
-    return tuple(name for name, (spec, _, _) in builders.hyperparameters().items() if spec.flag)
+# The named parts' hyperparameters a run sets by flag (`builders.hyperparameters`):
+# name -> (Hyperparameter, kind), read once, when RunConfig's fields are made from them.
+_PART_FIELDS = {name: (spec, kind) for name, (spec, kind, _) in builders.hyperparameters().items()
+                if spec.flag}
 
 
 def _with_part_fields(base):
     """`base` with one field per part hyperparameter, at its declared default."""
-    fields = [(name, builders.hyperparameters()[name][0].type,
-               dataclasses.field(default=builders.hyperparameters()[name][0].default))
-              for name in _part_fields()]
+    fields = [(name, spec.type, dataclasses.field(default=spec.default))
+              for name, (spec, _) in _PART_FIELDS.items()]
     return dataclasses.make_dataclass("RunConfig", fields, bases=(base,),
                                       namespace={"__doc__": base.__doc__,
                                                  "__module__": base.__module__})

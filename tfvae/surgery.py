@@ -30,8 +30,6 @@ from tfvae import random as tfvae_random
 __all__ = [
     "aggregate_log_density",
     "elbo_surgery",
-    "FINITE_TERMS",
-    "HELDOUT_TERMS",
     "JACKKNIFE_GROUPS",
     "SATURATION_NATS",
     "surgery_refusal",
@@ -55,12 +53,6 @@ JACKKNIFE_GROUPS = 20
 TARGET = ("the evaluation set's aggregate posterior q_N(z) = (1/N) Σ_n q(z|x_n); "
           "*_heldout: the population's q(z) = E_x q(z|x), each example left out of "
           "the mixture its codes are scored under")
-
-# The terms of each estimate; `kl_estimate` is the same for both targets.
-FINITE_TERMS = ("mutual_information", "marginal_kl", "kl_estimate", "total_correlation",
-                "dimension_wise_kl")
-HELDOUT_TERMS = ("mutual_information", "marginal_kl", "total_correlation", "dimension_wise_kl")
-
 
 def surgery_refusal(model):
     """Why ELBO surgery does not apply to `model`, or None (it does).
