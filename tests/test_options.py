@@ -179,6 +179,19 @@ def test_dreg_needs_the_iwae_objective_whatever_the_parts(objective):
         objective_parts.make_objective(objective, {"gradient_estimator": "dreg"})
 
 
+def test_an_objective_instance_keeps_its_values_and_refuses_other_ones():
+    iwae = objective_parts.IWAE(k=5)
+    # Given again with the same value, or left out: the instance as it is.
+    assert objective_parts.make_objective(iwae, {"k": 5}) is iwae
+    assert objective_parts.make_objective(iwae, {}) is iwae
+    with raises("`k`", "already sets k=5", "k=10"):
+        objective_parts.make_objective(iwae, {"k": 10})
+    # Another objective's hyperparameter at its default is no change; off it, refused.
+    assert objective_parts.make_objective(iwae, {"tc_weight": 1.0}) is iwae
+    with raises("`tc_weight`", "needs objective='beta_tcvae'", "objective='iwae'"):
+        objective_parts.make_objective(iwae, {"tc_weight": 6.0})
+
+
 @FORMS
 @pytest.mark.parametrize("posterior", POSTERIORS[:4])
 @pytest.mark.parametrize("prior", PRIORS[:3])

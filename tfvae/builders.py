@@ -5,6 +5,7 @@ import numpy as np
 from tfvae import _checks
 from tfvae import flows
 from tfvae import heads
+from tfvae import hyperparameters as hyperparameters_lib
 from tfvae import hierarchy
 from tfvae import networks
 from tfvae import objective_parts
@@ -88,26 +89,6 @@ def _owners(key):
     """The registered posteriors that declare the hyperparameter `key`."""
     return [name for name, cls in POSTERIORS.items()
             if key in cls.hyperparameters]
-
-
-def _posterior_hyperparameters(posterior, values):
-    """Splits `values` (build_vae's keyword arguments) into the chosen posterior's own
-    hyperparameters and the rest; another posterior's must be left at their defaults."""
-    own = {}
-    for key, spec in _posterior_declarations().items():
-        if key not in values:
-            continue
-        value = spec.validate(key, values.pop(key))
-        if key in POSTERIORS[posterior].hyperparameters:
-            if value is not None:  # None: the posterior's own default
-                own[key] = value
-        elif value != spec.default:
-            owners = " or ".join(f"posterior={name!r}" for name in _owners(key))
-            raise ValueError(
-                f"Received an invalid value for `{key}`: it acts on {owners} only "
-                f"({spec.help}), so it needs {owners}. Received: {key}={value!r}, "
-                f"posterior={posterior!r}")
-    return own
 
 
 def part_classes(posterior, prior):
@@ -210,7 +191,8 @@ def build_vae(
     options.check_architecture(architecture, input_shape)
     options.check_prior_name(posterior, prior)
     top = options.check_top_latent_dim(top_latent_dim, posterior)
-    posterior_options = _posterior_hyperparameters(posterior, vae_kwargs)
+    posterior_options = hyperparameters_lib.route("posterior", posterior, POSTERIORS,
+                                                  vae_kwargs)
     seed = vae_kwargs.get("seed")
     if seed is not None:
         seed = _checks.non_negative_int("seed", seed)

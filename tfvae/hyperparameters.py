@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from tfvae import _checks
 
-__all__ = ["Hyperparameter", "check_values"]
+__all__ = ["Hyperparameter", "check_values", "route"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +63,50 @@ def check_values(declared, values):
             f"expected one of {sorted(declared)}. Received: {unknown[0]}={values[unknown[0]]!r}")
     return {name: spec.validate(name, values.get(name, spec.default))
             for name, spec in declared.items()}
+
+
+def route(kind, chosen, classes, values, built=None):
+    """Takes the registered parts' hyperparameters out of `values`, keeping the chosen part's.
+
+    A value of a hyperparameter that only other parts declare acts on none of
+    the chosen part's terms, so it must be left at its default; anything else is
+    refused, naming the parts that take it.
+
+    Args:
+      kind: the kind of part, as its keyword is spelled (`"objective"`, `"posterior"`).
+      chosen: the chosen part's registered name.
+      classes: registered name -> part class (each with a `hyperparameters` dict).
+      values: a dict of keyword arguments; every key some part declares is
+        removed from it.
+      built: the chosen part's values when it is already built (an instance
+        was passed): a value given again must equal its own. Default value:
+        `None`.
+
+    Returns:
+      The chosen part's own values, checked, without the `None`s that stand for
+      its own defaults.
+    """
+    own = {}
+    declared = {}
+    for cls in classes.values():
+        for key, spec in cls.hyperparameters.items():
+            declared.setdefault(key, spec)
+    for key, spec in declared.items():
+        if key not in values:
+            continue
+        value = spec.validate(key, values.pop(key))
+        if key in classes[chosen].hyperparameters:
+            if built is not None and value is not None and value != built[key]:
+                raise ValueError(
+                    f"Received an invalid value for `{key}`: the {kind} passed as an instance "
+                    f"already sets {key}={built[key]!r}; set it there. Received: {key}={value!r}")
+            if value is not None:
+                own[key] = value
+        elif value is not None and value != spec.default:
+            owners = " or ".join(f"{kind}={name!r}" for name, cls in classes.items()
+                                 if key in cls.hyperparameters)
+            raise ValueError(
+                f"Received an invalid value for `{key}`: it acts on {owners} only "
+                f"({spec.help}), so it needs {owners}. Received: {key}={value!r}, "
+                f"{kind}={chosen!r}")
+    return own

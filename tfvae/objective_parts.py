@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import objectives
+from tfvae import hyperparameters as hyperparameters_lib
 from tfvae.hyperparameters import Hyperparameter
 from tfvae.hyperparameters import check_values
 
@@ -99,7 +100,8 @@ def make_objective(objective, values=None):
     """The `Objective` for a name (or an instance, returned as it is) and hyperparameter values.
 
     Values of hyperparameters that belong to other registered objectives must
-    be their defaults (they do not act on this objective).
+    be their defaults (they do not act on this objective), and for an instance
+    a value given again must equal its own (`tfvae.hyperparameters.route`).
 
     Args:
       objective: a registered name or an `Objective`.
@@ -110,21 +112,12 @@ def make_objective(objective, values=None):
     """
     values = dict(values or {})
     if isinstance(objective, Objective):
-        own = {}
-        name = objective.name
-    else:
-        cls = objective_class(objective)
-        name = cls.name
-        own = {key: values.pop(key) for key in list(values) if key in cls.hyperparameters}
-    declared = hyperparameters()
-    for key, value in values.items():
-        spec, owner = declared[key]
-        if value is not None and spec.validate(key, value) != spec.default:
-            raise ValueError(
-                f"Received an invalid value for `{key}`: it acts on the "
-                f"{_REGISTRY[owner].label} objective only ({spec.help}), so it needs "
-                f"objective={owner!r}. Received: {key}={value!r}, objective={name!r}")
-    return objective if isinstance(objective, Objective) else cls(**own)
+        hyperparameters_lib.route("objective", objective.name,
+                                  {**_REGISTRY, objective.name: type(objective)}, values,
+                                  built=objective.get_config())
+        return objective
+    cls = objective_class(objective)
+    return cls(**hyperparameters_lib.route("objective", cls.name, _REGISTRY, values))
 
 
 @dataclasses.dataclass(frozen=True)
