@@ -150,24 +150,13 @@ def defensive_log_likelihood(x, proposal, decode, prior, num_samples=1000, *, se
     sums = []  # per component: (log Σ w, log Σ w²), [batch] each
     for component, count in enumerate(counts):
         component_seed = tfvae_random.fold_in(seed, component + 1)
-        full, rest = divmod(count, chunk_size)
 
         def chunk(start, n, component=component, component_seed=component_seed):
             log_w = log_weights(draw(component, n, tfvae_random.fold_in(component_seed, start)))
             return tf.stack([tf.reduce_logsumexp(log_w, 0), tf.reduce_logsumexp(2.0 * log_w, 0)])
 
-        parts = []
-        if full:
-            def body(i, array, chunk=chunk):
-                return i + 1, array.write(i, chunk(i * chunk_size, chunk_size))
-
-            _, array = tf.while_loop(
-                lambda i, _: i < full, body,
-                (tf.constant(0), tf.TensorArray(tf.float32, size=full)))
-            parts.append(array.stack())
-        if rest:
-            parts.append(chunk(full * chunk_size, rest)[None])
-        sums.append(tf.reduce_logsumexp(tf.concat(parts, 0), axis=0))  # [2, batch]
+        # [2, batch]: log Σ w and log Σ w² over the component's samples.
+        sums.append(objectives.chunked_logsumexp(chunk, count, chunk_size))
     return _combine(sums, counts)
 
 

@@ -29,6 +29,7 @@ from tfvae import random as tfvae_random
 __all__ = [
     "all_gather",
     "beta_tcvae",
+    "chunked_logsumexp",
     "elbo",
     "elbo_from_terms",
     "elbo_gap",
@@ -437,22 +438,41 @@ def iwae_bound(x, posterior, decode, prior, k, *, seed=None, chunk_size=None,
                                        reparameterize=reparameterize)
         return tf.reduce_logsumexp(log_w, axis=0)
 
-    full, rest = divmod(k, chunk_size)
-    if tf.executing_eagerly():
-        partials = [chunk(start, chunk_size) for start in range(0, full * chunk_size, chunk_size)]
-        partials = tf.stack(partials)
-    else:
-        # In a graph: one loop body over the full chunks, however many there are.
-        def body(i, partials):
-            return i + 1, partials.write(i, chunk(i * chunk_size, chunk_size))
+    return chunked_logsumexp(chunk, k, chunk_size, x.shape[:1]) - math.log(k)
 
-        _, partials = tf.while_loop(
+
+def chunked_logsumexp(chunk, count, chunk_size, element_shape=None):
+    """`log Σ` over `count` samples scored `chunk_size` at a time, combined stably.
+
+    Args:
+      chunk: `(start, n) -> [..., batch]`, the log-sum-exp of the `n` samples
+        from `start` on (each chunk draws its own noise from `start`).
+      count: the number of samples, ≥ 1.
+      chunk_size: samples per chunk, ≤ `count`.
+      element_shape: the static shape of `chunk`'s result, if known (kept
+        through the graph loop). Default value: `None`.
+
+    Returns:
+      `chunk`'s shape: the log-sum-exp over all `count` samples. Eagerly the full
+      chunks run as a Python loop; in a graph, as one `tf.while_loop` body,
+      however many there are.
+    """
+    full, rest = divmod(count, chunk_size)
+    parts = []
+    if full and tf.executing_eagerly():
+        parts.append(tf.stack([chunk(start, chunk_size)
+                               for start in range(0, full * chunk_size, chunk_size)]))
+    elif full:
+        def body(i, array):
+            return i + 1, array.write(i, chunk(i * chunk_size, chunk_size))
+
+        _, array = tf.while_loop(
             lambda i, _: i < full, body,
-            (tf.constant(0), tf.TensorArray(tf.float32, size=full, element_shape=x.shape[:1])))
-        partials = partials.stack()
+            (tf.constant(0), tf.TensorArray(tf.float32, size=full, element_shape=element_shape)))
+        parts.append(array.stack())
     if rest:
-        partials = tf.concat([partials, chunk(full * chunk_size, rest)[None]], axis=0)
-    return tf.reduce_logsumexp(partials, axis=0) - math.log(k)
+        parts.append(chunk(full * chunk_size, rest)[None])
+    return tf.reduce_logsumexp(tf.concat(parts, axis=0), axis=0)
 
 
 def log_likelihood(x, posterior, decode, prior, num_samples=1000, *, seed=None, chunk_size=100,
