@@ -18,6 +18,7 @@ __all__ = [
     "ARCHITECTURES",
     "build_vae",
     "hyperparameters",
+    "likelihood_and_name",
     "likelihood_of",
     "LIKELIHOODS",
     "MAX_PARAMETERS",
@@ -255,3 +256,9 @@ def likelihood_of(likelihood, event_shape=(1,)):
         return likelihood
     _checks.one_of("likelihood", likelihood, LIKELIHOODS)
     return LIKELIHOODS[likelihood](event_shape, 1.0)
+
+
+def likelihood_and_name(likelihood):
+    """`(head, name)`: `likelihood_of(likelihood)`, and the name it was given by (for
+    messages), or `None` when a head was given."""
+    return likelihood_of(likelihood), likelihood if isinstance(likelihood, str) else None

@@ -789,14 +789,6 @@ def whole_source(dataset, image_size=None, channels=None, data_dir=None):
     return sources.glob_source(dataset)
 
 
-def _likelihood(likelihood):
-    """`(head, name)`: the head a name or head stands for, and its name for messages."""
-    from tfvae import builders
-
-    name = likelihood if isinstance(likelihood, str) else None
-    return builders.likelihood_of(likelihood), name
-
-
 def resolve_binarize(binarize, likelihood, x):
     """What `binarize="auto"` means for data `x` under `likelihood` (a name of
     `tfvae.builders.LIKELIHOODS` or a likelihood head): `"static"` when the likelihood
@@ -805,7 +797,9 @@ def resolve_binarize(binarize, likelihood, x):
     (binary data, other likelihoods, and data out of range, which the likelihood then
     refuses). Other modes are returned as given, if the likelihood accepts them
     (`tfvae.options.resolve_binarize`)."""
-    head, name = _likelihood(likelihood)
+    from tfvae import builders
+
+    head, name = builders.likelihood_and_name(likelihood)
     return _resolve_binarize(binarize, head, name, x)
 
 
@@ -837,7 +831,9 @@ def prepare(x, likelihood, binarize="none", seed=0):
       float32 data: 8-bit levels 0..255 for the pixel likelihoods, else [0, 1].
     """
     x = np.asarray(x, dtype="float32")
-    head, name = _likelihood(likelihood)
+    from tfvae import builders
+
+    head, name = builders.likelihood_and_name(likelihood)
     binarize = _resolve_binarize(binarize, head, name, x)
     if binarize in ("static", "dynamic") and x.size and not (x.min() >= 0 and x.max() <= 1):
         raise ValueError(

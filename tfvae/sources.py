@@ -856,8 +856,8 @@ def prepare_batch(x, ids, scale, likelihood, binarize, seed, generator=None):
     """
     from tfvae import builders
 
-    head = builders.likelihood_of(likelihood)
-    options.check_binarize(binarize, head, likelihood if isinstance(likelihood, str) else None)
+    head, name = builders.likelihood_and_name(likelihood)
+    options.check_binarize(binarize, head, name)
     x = tf.cast(x, tf.float32)
     if scale != 1.0:
         x = x / scale
@@ -893,8 +893,8 @@ def pipeline(source, batch_size, likelihood, binarize="none", shuffle=False, see
                          "labels, and they were asked for (a conditional run needs them).")
     from tfvae import builders
 
-    head = builders.likelihood_of(likelihood)  # built here, not in the traced map
-    options.check_binarize(binarize, head, likelihood if isinstance(likelihood, str) else None)
+    head, name = builders.likelihood_and_name(likelihood)  # built here, not in the traced map
+    options.check_binarize(binarize, head, name)
     generator = tf.random.Generator.from_seed(seed) if binarize == "dynamic" else None
 
     def prepared(batch):
@@ -933,8 +933,8 @@ def resolve_binarize(binarize, likelihood, source, probe=256, skip_corrupt=False
             binary = bool(np.all((x == 0) | (x == source.scale)))
         return not binary
 
-    return options.resolve_binarize(binarize, builders.likelihood_of(likelihood), grey,
-                                    likelihood if isinstance(likelihood, str) else None)
+    head, name = builders.likelihood_and_name(likelihood)
+    return options.resolve_binarize(binarize, head, grey, name)
 
 
 def _size_mismatch(message):
