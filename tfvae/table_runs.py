@@ -13,7 +13,8 @@ A table run directory holds what an image run's does, and `table.json`:
     metrics.json  held-out ELBO terms and log p(x) of the validation rows
                   (`evaluation.evaluate_model`), their ROC-AUC and PR-AUC when the
                   table has 0/1 labels (`detection_metrics`), `feature_scores` (each
-                  column's mean score on the training rows), and `threshold`: the
+                  column's mean score on the training rows, in the order of
+                  `columns`), and `threshold`: the
                   (1 − contamination) quantile of the training rows' scores
                   (`tfvae.anomaly`), which `score --threshold auto` applies;
                   `graph_threshold`: the same quantile of the exported `score` graph's
@@ -258,7 +259,8 @@ def _evaluate(config, output, settings, x, labels, train_rows, validation_rows):
       The metrics: the held-out ELBO terms and log p(x) of the validation rows
       (`evaluation.evaluate_model`), their ROC-AUC and PR-AUC when the table has
       0/1 labels (`detection_metrics`), the thresholds, and `feature_scores`:
-      each column's mean −E_q[log p_j(x_j|z)] over the training rows.
+      each column's mean −E_q[log p_j(x_j|z)] over the training rows, in the order
+      of `columns`.
     """
     from tfvae import runs
 
@@ -282,7 +284,7 @@ def _evaluate(config, output, settings, x, labels, train_rows, validation_rows):
                    graph_threshold=anomaly.contamination_threshold(graph_scores, contamination),
                    graph_threshold_score=GRAPH_SCORE, contamination=contamination,
                    train_rows=int(len(train_rows)), columns=names,
-                   feature_scores=dict(zip(names, shares.mean(axis=0).tolist())))
+                   feature_scores=shares.mean(axis=0).tolist())
     files.write_json(os.path.join(output, "metrics.json"), metrics)
     _write_report(config, output, history, metrics, train_scores)
     return metrics
@@ -299,8 +301,7 @@ def _write_report(config, output, history, metrics, train_scores):
             train_scores, metrics["threshold"], os.path.join(output, "scores.png"),
             xlabel=f"score: −{metrics['threshold_score']} (nats)"),
         "feature_scores": report.plot_feature_scores(
-            names, [metrics["feature_scores"][name] for name in names],
-            os.path.join(output, "feature_scores.png")),
+            names, metrics["feature_scores"], os.path.join(output, "feature_scores.png")),
     }
     figures = {name: os.path.basename(path) for name, path in figures.items()}
     described = dict(dataclasses.asdict(config), likelihood="tabular (per column)",
