@@ -9,9 +9,9 @@ __all__ = ["Generation"]
 
 
 class Generation:
-    """`sample`, `sample_latents` and `reconstruct` for `tfvae.VAE` (a mixin before `keras.Model`); they use
-    the model's `prior`, `conditioning`, `decode_mean`, `likelihood_fn`, `latent_code`,
-    `prepare_inputs` and `posterior_sampler`."""
+    """`sample`, `sample_latents` and `reconstruct` for `tfvae.VAE` (a mixin before
+    `keras.Model`); they use the model's `prior`, `conditioning`, `decode_mean`,
+    `likelihood_fn`, `latent_code`, `prepare_inputs` and `posterior_sampler`."""
 
     def sample(self, n, seed=None, mean=True, y=None):
         """Generates `n` examples `[n] + event_shape`: z ~ p(z), then the likelihood's
