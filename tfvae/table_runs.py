@@ -140,7 +140,8 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
     `model.keras` only when the validation ELBO beats every earlier epoch's. A
     resumed run continues from its newest loadable checkpoint with its optimizer
     state and its saved schema and standardisation (nothing is fitted again), its
-    table read with that schema and split by its seed as before.
+    table read with that schema and split by its seed as before. Table runs write
+    no TensorBoard logs, and train at the constant `config.learning_rate`.
 
     Args:
       config: a `tfvae.runs.RunConfig` (its `likelihood`, `filters` and `binarize`
