@@ -151,3 +151,52 @@ def test_bad_files_are_refused(tmp_path):
     np.savez(tmp_path / "z.npz", images=np.zeros((2, 3)))
     with raises("`dataset`", "'X'"):
         tabular.read_table(str(tmp_path / "z.npz"))
+
+
+def test_decode_is_the_inverse_of_encode_and_refuses_the_unknown_code(mixed_csv):
+    columns, _ = tabular.read_table(mixed_csv)
+    schema = tabular.infer_schema(columns, labels="label")
+    decoded = schema.decode(schema.encode(columns))
+    assert list(decoded) == schema.names
+    for name in schema.names:  # the raw values back, text as text
+        if decoded[name].dtype == object:
+            assert list(decoded[name]) == list(columns[name])
+        else:
+            np.testing.assert_array_equal(decoded[name], columns[name])
+    assert decoded["member"].dtype == object and decoded["amount"].dtype == np.float64
+    assert schema.text_columns == ["member", "colour"]
+    unknown = schema.encode(columns)
+    unknown[1, 2] = 3  # colour's unknown slot: no value to decode to
+    with raises("'colour'", "row 1", "unknown"):
+        schema.decode(unknown)
+    with raises("`rows`", "(4, 3)"):
+        schema.decode(unknown[:, :3])
+
+
+@pytest.mark.parametrize("extension", [".csv", ".parquet"])
+def test_save_table_writes_what_read_table_reads_back(mixed_csv, tmp_path, extension):
+    if extension == ".parquet":
+        pytest.importorskip("pyarrow")
+    columns, _ = tabular.read_table(mixed_csv)
+    columns["amount"] = np.array([1.5, 2.5, -0.1 + 0.2, 4.0])  # a float with no short form
+    path = tmp_path / f"again{extension}"
+    assert tabular.save_table(path, columns) == 4
+    again, _ = tabular.read_table(path)
+    assert list(again) == list(columns)
+    np.testing.assert_array_equal(again["amount"], columns["amount"])  # float64 exactly
+    assert list(again["colour"]) == list(columns["colour"])
+    np.testing.assert_array_equal(again["visits"], columns["visits"])
+
+
+def test_save_table_npz_holds_numbers_only(tmp_path):
+    columns = {"a": np.array([1.0, 2.5]), "b": np.array([0.0, 1.0])}
+    tabular.save_table(tmp_path / "t.npz", columns)
+    again, labels = tabular.read_table(tmp_path / "t.npz")
+    np.testing.assert_array_equal(np.c_[again["x_0"], again["x_1"]], [[1.0, 0.0], [2.5, 1.0]])
+    assert labels is None
+    with raises("`path`", "['b']", ".csv"):
+        tabular.save_table(tmp_path / "u.npz", {"a": columns["a"], "b": np.array(["x", "y"],
+                                                                                   dtype=object)})
+    assert not (tmp_path / "u.npz").exists()
+    with raises("`path`", ".csv, .parquet or .npz"):
+        tabular.save_table(tmp_path / "t.txt", columns)

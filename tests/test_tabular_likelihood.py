@@ -112,3 +112,16 @@ def test_samples_follow_the_column_kinds():
     assert set(np.unique(draws[..., 2])) <= {0.0, 1.0, 2.0, 3.0}
     # Zero logits and loc 0, σ = 1 standard deviation: the column's own mean and spread.
     np.testing.assert_allclose(draws[..., 0].mean(), x[:, 0].mean(), atol=4 * x[:, 0].std() / 20)
+
+
+def test_samples_without_the_unknown_slot_never_draw_it():
+    head = TabularLikelihood(SCHEMA)
+    head.adapt(_rows())
+    flat = np.zeros((2000, head.params_size), np.float32)
+    flat[:, -1] = 8.0  # the unknown slot of `city` (the last block's last logit): p ≈ 0.998
+    parameters = head.parameters(tf.constant(flat))
+    anything = head.sample_of(parameters, seed=(3, 4)).numpy()[:, 2]
+    known = head.sample_of(parameters, seed=(3, 4), unknown=False).numpy()[:, 2]
+    assert (anything == 3).mean() > 0.95
+    assert set(np.unique(known)) == {0.0, 1.0, 2.0}  # the known values, at equal logits
+    assert all(abs((known == k).mean() - 1 / 3) < 5 * np.sqrt(2 / 9 / 2000) for k in range(3))

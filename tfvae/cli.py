@@ -280,14 +280,19 @@ def _parser(defaults=True):
                          help="leave out examples that cannot be read")
 
     sample = sub.add_parser("sample", help="generate data from the prior", parents=[common],
-                            description="Decode z ~ p(z): an image grid (.png) or an array (.npy).")
+                            description="Decode z ~ p(z): an image grid (.png) or an array "
+                            "(.npy); for a table run, rows drawn from p(x|z) with the table's "
+                            "columns and values (.csv, .parquet; .npz or .npy for tables of "
+                            "numbers).")
     sample.add_argument("run", help="a run directory written by `tfvae train`")
     sample.add_argument("-n", "--num", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--label", type=int, default=None,
                         help="conditional runs: the label to generate (default: every label "
                         "in turn)")
-    sample.add_argument("--output", help="a .png or .npy file (default: RUN/samples-SEED.png)")
+    sample.add_argument("--output", help="a .png or .npy file (default: RUN/samples-SEED.png); "
+                        "table runs: a .csv, .parquet, .npz or .npy file (default: "
+                        "RUN/samples-SEED.csv)")
     sample.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -401,12 +406,12 @@ def _flag(dest):
 
 
 def _train(args, argv):
-    from tfvae import runs, tabular
+    from tfvae import runs, table_runs, tabular
 
     _check_output_directory(args.output)
     _check_resume_options(args, argv)
-    if tabular.is_table(args.dataset):
-        return _train_table(args)
+    if tabular.is_table(args.dataset) or (args.resume and table_runs.is_table_run(args.output)):
+        return _train_table(args, argv)
     if args.labels_column is not None or args.schema is not None:
         raise ValueError("Received an invalid value for `--labels-column` / `--schema`: they "
                          "apply to tables (.csv, .parquet, or .npz with a matrix X). Received: "
@@ -421,20 +426,21 @@ def _train(args, argv):
         print(f"report: {os.path.join(args.output, 'report.md')}")
 
 
-def _train_table(args):
-    """`tfvae train --dataset TABLE`: `tfvae.table_runs.train`."""
+def _train_table(args, argv):
+    """`tfvae train --dataset TABLE` (or `--resume` of a table run): `tfvae.table_runs.train`."""
     from tfvae import table_runs
 
-    if args.resume:
-        raise ValueError("Received an invalid value for `--resume`: table runs cannot be "
-                         f"resumed yet; train again with --overwrite. Received: "
-                         f"--dataset={args.dataset!r}")
+    kwargs = {}
+    if args.resume and "epochs" in _passed_options(argv):
+        kwargs["epochs"] = args.epochs  # train the resumed run up to this many epochs
     metrics = table_runs.train(_config(args), args.output, labels_column=args.labels_column,
                                schema_file=args.schema, contamination=args.contamination,
-                               overwrite=args.overwrite, verbose=0 if args.quiet else 1)
+                               overwrite=args.overwrite, resume=args.resume,
+                               verbose=0 if args.quiet else 1, **kwargs)
     _print_table(metrics)
-    print(f"threshold (-log p(x), contamination {args.contamination}): "
+    print(f"threshold (-log p(x), contamination {metrics['contamination']}): "
           f"{metrics['threshold']:.4f}")
+    print(f"report: {os.path.join(args.output, 'report.md')}")
 
 
 def _print_table(metrics):
@@ -450,7 +456,7 @@ def _print_table(metrics):
 
 
 def _evaluate(args, argv):
-    from tfvae import data, evaluation, report, runs
+    from tfvae import data, evaluation, report, runs, table_runs
 
     _check_run_directory(args.run)
     _check_positive(args, "num_samples", "gap_examples", "gap_steps")
@@ -464,7 +470,17 @@ def _evaluate(args, argv):
         os.path.join(args.run, runs.RUN_FILE)) else None
     dataset = args.dataset or (config.dataset if config else None)
     verbose = int(sys.stdout.isatty())
-    if config is not None and data.is_streamed(dataset):
+    table, split = table_runs.is_table_run(args.run), _split(args)
+    if table:  # the run's own rows (`--split`: validation or train) or a whole `--dataset`
+        split = args.split or ("all" if args.dataset else "validation")
+        config, model = runs.load_run(args.run)
+        x, labels = table_runs.held_out(config, model, dataset=args.dataset, split=args.split)
+        y, reading = None, contextlib.nullcontext()
+        metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples,
+                                            seed=args.seed, verbose=verbose)
+        metrics.update(table_runs.detection_metrics(model, table_runs.read_settings(args.run),
+                                                    x, labels, seed=args.seed))
+    elif config is not None and data.is_streamed(dataset):
         # Streamed: one pass for the means, the first examples for the bounded parts.
         model, x, reading = _run_data(args)
         y = None
@@ -473,13 +489,14 @@ def _evaluate(args, argv):
                                                 seed=args.seed, verbose=verbose)
     else:
         config, model = runs.load_run(args.run)
-        x, y = runs.held_out(config, dataset=args.dataset, split=_split(args))
+        x, y = runs.held_out(config, dataset=args.dataset, split=split)
         y = None if model.condition_dim is None else y
         reading = contextlib.nullcontext()
         metrics = evaluation.evaluate_model(model, x, num_samples=args.num_samples,
                                             seed=args.seed, y=y, verbose=verbose)
-    metrics.update(dataset=args.dataset or config.dataset, split=_split(args))
-    known = data.load_factors(args.dataset or config.dataset, _split(args), seed=config.seed)
+    metrics.update(dataset=args.dataset or config.dataset, split=split)
+    known = None if table else data.load_factors(args.dataset or config.dataset, split,
+                                                 seed=config.seed)
     if known is not None:
         metrics.update(evaluation.disentanglement_metrics(model, x, known["factors"],
                                                           known["names"], y=y))
@@ -499,10 +516,12 @@ def _evaluate(args, argv):
 def _sample(args, argv):
     import numpy as np
 
-    from tfvae import report, runs
+    from tfvae import report, runs, table_runs
 
     _check_run_directory(args.run)
     _check_seed(args.seed)
+    if table_runs.is_table_run(args.run):
+        return _sample_table(args)
     output = os.path.join(args.run, f"samples-{args.seed}.png") if args.output is None \
         else args.output
     if not output.endswith((".png", ".npy")):
@@ -543,6 +562,32 @@ def _sample(args, argv):
     print(f"wrote {output}")
 
 
+def _sample_table(args):
+    """`tfvae sample TABLE_RUN`: raw rows drawn from the model (`tfvae.table_runs.sample`)."""
+    from tfvae import runs, table_runs
+
+    output = os.path.join(args.run, f"samples-{args.seed}.csv") if args.output is None \
+        else args.output
+    if args.label is not None:
+        raise ValueError("Received an invalid value for `--label`: a table run is not "
+                         f"conditional; it samples rows of every kind. Received: "
+                         f"--label={args.label}")
+    if args.num < 1:
+        raise ValueError("Received an invalid value for `--num`, expected a positive integer. "
+                         f"Received: --num={args.num}")
+    _check_output_file(output, args.overwrite)
+    _, model = runs.load_run(args.run)
+    table_runs.check_sample_output(output, table_runs.run_schema(model, args.run))
+    size = args.num * model.event_shape[0] * 8
+    if size > MAX_SAMPLE_BYTES:
+        raise ValueError(
+            f"Received an invalid value for `--num`: {args.num:,} rows of "
+            f"{model.event_shape[0]} columns take {size / 2**30:,.1f} GiB; a sample takes at "
+            f"most {MAX_SAMPLE_BYTES / 2**30:g} GiB. Received: --num={args.num}")
+    rows = table_runs.sample(model, args.num, output, seed=args.seed)
+    print(f"wrote {output} ({rows} rows)")
+
+
 def _table_output(args, default_name):
     """The checked `--output` of `encode`/`score`: a .npz or .csv file."""
     _check_run_directory(args.run)
@@ -575,11 +620,16 @@ def _run_data(args, batch_size=256):
     `tfvae.evaluation.batches`); and a context naming an unreadable file of the stream."""
     import tensorflow as tf
 
-    from tfvae import data, run_data, runs
+    from tfvae import data, run_data, runs, table_runs
 
     config, model = runs.load_run(args.run)
     dataset = args.dataset or config.dataset
-    if data.is_streamed(dataset):
+    if table_runs.is_table_run(args.run):
+        x, labels = table_runs.held_out(config, model, dataset=args.dataset, split=args.split)
+        labelled, reading = labels is not None, run_data.reading(())
+        batches = tf.data.Dataset.from_tensor_slices(x if labels is None else (x, labels))
+        batches = batches.batch(batch_size)
+    elif data.is_streamed(dataset):
         batches, source = runs.held_out_stream(config, dataset, _split(args), batch_size)
         labelled, reading = source.labelled, run_data.reading([source], config.skip_corrupt)
     else:

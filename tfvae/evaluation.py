@@ -53,7 +53,7 @@ SUMMARY_KEYS = ("elbo", "reconstruction", "kl", "kl_z1", "kl_z2", "mutual_inform
                 "marginal_kl", "total_correlation", "dimension_wise_kl", "mi_fraction_of_bound",
                 "mutual_information_heldout", "marginal_kl_heldout", "total_correlation_heldout",
                 "dimension_wise_kl_heldout", "log_px", "elbo_gap", "approximation_gap", "amortization_gap",
-                "bits_per_dim", "active_units", "mig")
+                "bits_per_dim", "active_units", "mig", "roc_auc", "pr_auc")
 
 
 def summary(metrics):

@@ -15,11 +15,13 @@ from tfvae import files
 
 __all__ = [
     "plot_curves",
+    "plot_feature_scores",
     "plot_gap",
     "plot_grid",
     "plot_latent_space",
     "plot_reconstructions",
     "plot_samples",
+    "plot_score_histogram",
     "plot_traversal",
     "to_display",
     "write_figures",
@@ -223,6 +225,51 @@ def plot_gap(rows, path):
     return _save(fig, path)
 
 
+def plot_score_histogram(scores, threshold, path, xlabel="score"):
+    """A histogram of anomaly scores `[n]` with the threshold as a vertical line.
+
+    Args:
+      scores: the rows' scores (higher = more anomalous).
+      threshold: the threshold rows are flagged above.
+      path: the PNG to write.
+      xlabel: what the score is. Default value: `"score"`.
+    """
+    scores = np.asarray(scores, np.float64)
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot()
+    ax.hist(scores[np.isfinite(scores)], bins=min(50, max(10, len(scores) // 10)), alpha=0.8)
+    flagged = float(np.mean(scores > threshold)) if len(scores) else 0.0
+    ax.axvline(threshold, color="C3", linestyle="--",
+               label=f"threshold {threshold:.3g} ({flagged:.1%} of rows above)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    ax.set_title("training rows' anomaly scores")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_feature_scores(names, values, path):
+    """Horizontal bars: each column's mean share of the score (nats), in the table's order.
+
+    Args:
+      names: the columns' names `[d]`.
+      values: each column's mean score `[d]` (e.g. `tfvae.anomaly.feature_scores`
+        averaged over rows).
+      path: the PNG to write.
+    """
+    values = np.asarray(values, np.float64)
+    fig = Figure(figsize=(6, 1.2 + 0.35 * len(values)))
+    ax = fig.add_subplot()
+    positions = np.arange(len(values))
+    ax.barh(positions, values)
+    ax.set_yticks(positions, [str(name) for name in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("mean −E_q[log p_j(x_j|z)] (nats per row)")
+    ax.set_title("score per column")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def write_figures(model, history, x_val, y_val, directory, seed=0):
     """Writes every figure into `directory`; returns `{name: filename}`."""
     figures = {
@@ -258,8 +305,16 @@ def _score_note(config, metrics):
     return note + (f"; `log_px` is {_SCORES[kind]}." if kind in _SCORES else ".")
 
 
-def write_markdown(path, config, metrics, figures):
-    """A short `report.md` linking the figures, with the final numbers."""
+def write_markdown(path, config, metrics, figures, notes=()):
+    """A short `report.md` linking the figures, with the final numbers.
+
+    Args:
+      path: the file to write.
+      config: the run's settings (`dataclasses.asdict` of its `RunConfig`).
+      metrics: its held-out numbers.
+      figures: `{name: filename}` of the figures to link.
+      notes: further markdown lines, after the numbers. Default value: `()`.
+    """
     lines = [
         "# tfvae run report",
         "",
@@ -322,6 +377,7 @@ def write_markdown(path, config, metrics, figures):
             f"factor has a dimension of its own). Per factor: {gaps}.",
             "",
         ]
+    lines += list(notes)
     if "gap_examples" in metrics:
         lines += [
             f"On the first {metrics['gap_examples']} held-out examples, q was also optimised "
@@ -342,6 +398,8 @@ def write_markdown(path, config, metrics, figures):
         "traversal": "Latent traversal",
         "latent_space": "Latent space",
         "gap": "The ELBO gap, split (amortization + approximation)",
+        "scores": "Training rows' scores and the threshold",
+        "feature_scores": "Mean score per column",
     }
     for name, filename in figures.items():
         lines += [f"### {titles.get(name, name)}", "", f"![{name}]({filename})", ""]

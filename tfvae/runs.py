@@ -43,6 +43,7 @@ from tfvae import objective_parts
 from tfvae import options
 from tfvae import report as report_lib
 from tfvae import run_data
+from tfvae import table_runs
 from tfvae import training
 from tfvae.model import VAE
 
@@ -60,7 +61,10 @@ __all__ = [
     "MAX_CLASSES",
     "MAX_SEED",
     "PRECISION_POLICIES",
+    "raise_if_diverged",
     "read_config",
+    "read_history",
+    "resume_state",
     "RUN_FILE",
     "RunConfig",
     "RunOutput",
@@ -69,6 +73,7 @@ __all__ = [
     "TENSORBOARD_DIR",
     "tf_config",
     "train",
+    "training_callbacks",
     "TrainingDiverged",
 ]
 
@@ -569,7 +574,8 @@ def _history_rows(path):
         return reader.fieldnames, list(reader)
 
 
-def _read_history(path):
+def read_history(path):
+    """A run's `history.csv` as `{metric: [per-epoch values]}` (`{}` if there is none)."""
     history = {}
     for row in _history_rows(path)[1]:
         for key, value in row.items():
@@ -653,7 +659,7 @@ def _legacy_epoch(name, history):
 
 def _resume_model(output):
     """`(model, epochs)` from the newest loadable checkpoint, or `(None, 0)` if none loads."""
-    history = _read_history(os.path.join(output, "history.csv"))
+    history = read_history(os.path.join(output, "history.csv"))
     reasons = []
     for name in ("last.keras", "model.keras"):
         path = os.path.join(output, name)
@@ -831,9 +837,9 @@ def _train(config, output, strategy, resume, verbose, report, data, on_checkpoin
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model, initial_epoch, history = _model_to_train(config, output, resume, data)
-    stop, callbacks = _callbacks(config, output, data, history, resume, on_checkpoint)
+    stop, callbacks = training_callbacks(config, output, history, resume, on_checkpoint, data)
     _fit(model, config, data, initial_epoch, callbacks, verbose)
-    _raise_if_diverged(stop, output, report)
+    raise_if_diverged(stop, output, report)
     if not report:
         return {}
     best, history, metrics = _evaluate(config, output, data)
@@ -852,11 +858,7 @@ def _model_to_train(config, output, resume, data):
       trained, and the history so far as `{metric: [per-epoch values]}` (`{}` for
       a new run).
     """
-    history_path = os.path.join(output, "history.csv")
-    model, initial_epoch = _resume_model(output) if resume else (None, 0)
-    if resume:
-        _truncate_history(history_path, initial_epoch)
-    history = _read_history(history_path) if resume else {}
+    model, initial_epoch, history = resume_state(output) if resume else (None, 0, {})
     # The training examples N (counted if the source does not know them): β-TCVAE's N
     # for a new model, and the length of a decaying learning rate.
     size = run_data.train_size(data) if config.lr_schedule != "constant" or (
@@ -866,6 +868,26 @@ def _model_to_train(config, output, resume, data):
             data.input_shape, data.num_classes, dataset_size=size))
     _compile(model, config, size, resumed=initial_epoch > 0)
     return model, initial_epoch, history
+
+
+def resume_state(output):
+    """What a resumed run starts from: its newest loadable checkpoint, and its history.
+
+    `history.csv` is first cut back to the checkpoint's epoch (it may run an
+    epoch ahead after a kill).
+
+    Returns:
+      `(model, initial_epoch, history)`: the checkpoint's model (`None` if the run
+      has none yet), the epochs it has trained, and the history so far as
+      `{metric: [per-epoch values]}`.
+
+    Raises:
+      ValueError: the run has checkpoints and none of them loads.
+    """
+    history_path = os.path.join(output, "history.csv")
+    model, initial_epoch = _resume_model(output)
+    _truncate_history(history_path, initial_epoch)
+    return model, initial_epoch, read_history(history_path)
 
 
 def _compile(model, config, train_size, resumed):
@@ -898,14 +920,23 @@ def _compile(model, config, train_size, resumed):
     )
 
 
-def _callbacks(config, output, data, history, resume, on_checkpoint):
-    """The run's training callbacks.
+def training_callbacks(config, output, history, resume=False, on_checkpoint=None, data=None):
+    """A run's training callbacks (image and table runs alike).
 
     Checkpoints and early stopping follow the held-out ELBO (unlike val_loss it
     does not move with β); `model.keras` is replaced only by an epoch better than
     the best in `history`. The history is written before the checkpoints: it
     may run one epoch ahead of last.keras after a kill, and a resume truncates
     it.
+
+    Args:
+      config: the run's `RunConfig`.
+      output: the run directory.
+      history: the history so far, `{metric: [per-epoch values]}` (`{}` for a new run).
+      resume: append to `history.csv` instead of starting it. Default value: `False`.
+      on_checkpoint: called after each `last.keras` is written. Default value: `None`.
+      data: the run's `RunData`, for the TensorBoard logs (with `config.tensorboard`);
+        `None` writes none. Default value: `None`.
 
     Returns:
       `(stop, callbacks)`: the `StopOnNonFinite` among them (it records a
@@ -926,7 +957,7 @@ def _callbacks(config, output, data, history, resume, on_checkpoint):
     ]
     if config.warmup_epochs > 0:
         callbacks.append(callbacks_lib.KLWarmup(config.warmup_epochs, end=config.beta))
-    if config.tensorboard:
+    if config.tensorboard and data is not None:
         callbacks.extend(_tensorboard_callbacks(output, data))
     return stop, callbacks
 
@@ -967,13 +998,13 @@ def _fit(model, config, data, initial_epoch, callbacks, verbose):
         )
 
 
-def _raise_if_diverged(stop, output, report):
+def raise_if_diverged(stop, output, report=True):
     """Raises `TrainingDiverged` if `stop` saw a non-finite loss, saying what is kept.
 
     Args:
       stop: the run's `StopOnNonFinite` callback, after `fit`.
       output: the run directory.
-      report: whether this process writes `output` (the chief).
+      report: whether this process writes `output` (the chief). Default value: `True`.
     """
     if stop.diverged_epoch is None:
         return
@@ -999,7 +1030,7 @@ def _evaluate(config, output, data):
       `{metric: [per-epoch values]}`, and the metrics dict.
     """
     best = load_model(os.path.join(output, "model.keras"))
-    history = _read_history(os.path.join(output, "history.csv"))
+    history = read_history(os.path.join(output, "history.csv"))
     held_out, held_out_y = data.held_out
     with data.reading(config.skip_corrupt):
         metrics = evaluation.evaluate_model(best, held_out, num_samples=config.eval_samples,
@@ -1035,7 +1066,13 @@ def _write_report(config, output, data, best, history, metrics):
 
 
 def load_run(directory):
-    """Loads `(config, model)` from a run directory.
+    """Loads `(config, model)` from a run directory (an image run or a table run).
+
+    A table run (`tfvae.table_runs.is_table_run`) has the same `run.json` and
+    `model.keras`; its likelihood is the model's own `TabularLikelihood`
+    (`tfvae.table_runs.run_likelihood`), not `config.likelihood`. Its data are
+    read with `tfvae.table_runs.held_out`, where an image run's are read with
+    `held_out`.
 
     Raises:
       ValueError: `directory` is not a run, is still being trained by a live
@@ -1048,15 +1085,14 @@ def load_run(directory):
     if owner is not None:
         raise ValueError(f"`{directory}` is still being trained by "
                          f"{files.RunLock.describe(owner)}; wait until training ends.")
-    if os.path.isfile(os.path.join(directory, "table.json")):  # tfvae.table_runs.TABLE_FILE
-        raise ValueError(f"`{directory}` is a run on a table: `tfvae score` and `tfvae export` "
-                         "read it (this command does not support table runs yet).")
     config = read_config(path)
     model_path = os.path.join(directory, "model.keras")
     if not os.path.exists(model_path):
         raise ValueError(f"`{directory}` holds no trained model (no model.keras).")
     model = load_model(model_path)
-    _check_model_matches(config, model, directory)
+    likelihood = (table_runs.run_likelihood(directory, model)
+                  if table_runs.is_table_run(directory) else None)
+    _check_model_matches(config, model, directory, likelihood)
     return config, model
 
 
@@ -1066,17 +1102,21 @@ def _scale_kind(head):
     return scale if isinstance(scale, str) or scale is None else "fixed"
 
 
-def _check_model_matches(config, model, directory):
+def _check_model_matches(config, model, directory, likelihood=None):
     """Refuses a run whose `run.json` does not describe its `model.keras` (an edited
-    setting, or a model copied from another run): every later step trusts both."""
+    setting, or a model copied from another run): every later step trusts both.
+    `likelihood` is the head the run's model has in place of `config.likelihood`'s
+    (a table run's), or None."""
     differences = []
     if (model.condition_dim is not None) != config.conditional:
         differences.append(f"conditional={config.conditional} vs the model's "
                            f"condition_dim={model.condition_dim}")
     else:
         # The model run.json builds must have model.keras's weights, shape for shape.
-        expected = builders.build_vae(**config.model_kwargs(
-            model.event_shape, model.condition_dim, dataset_size=1))
+        kwargs = config.model_kwargs(model.event_shape, model.condition_dim, dataset_size=1)
+        if likelihood is not None:
+            kwargs["likelihood"] = likelihood
+        expected = builders.build_vae(**kwargs)
         if type(model.likelihood) is not type(expected.likelihood) or (
                 _scale_kind(expected.likelihood) != _scale_kind(model.likelihood)):
             differences.append(f"likelihood {config.likelihood!r} vs the model's "

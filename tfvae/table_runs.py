@@ -1,27 +1,49 @@
-"""Runs on tables: `tfvae train --dataset table.csv` and `tfvae score RUN --threshold ...`.
+"""Runs on tables: `tfvae train --dataset table.csv` and every run command on its directory.
 
-A table run directory holds what an image run's does for the commands that
-support tables (`train`, `score`):
+A table run directory holds what an image run's does, and `table.json`:
 
     run.json      the RunConfig (as for every run)
     table.json    what makes it a table run: the labels column, the score the
-                  threshold is on, its samples, the contamination
-    model.keras   the model, with its schema (`TabularLikelihood.schema`) and the
-                  continuous columns' standardisation inside: it takes raw rows
+                  threshold is on, its samples, the contamination, the table's rows
+    model.keras   the model with the best validation ELBO, with its schema
+                  (`TabularLikelihood.schema`) and the continuous columns'
+                  standardisation inside: it takes raw rows
+    last.keras    the model after the latest finite epoch (for `--resume`)
     history.csv   the epoch logs
-    metrics.json  held-out ELBO terms and log p(x) (`evaluation.evaluate_model`), and
-                  `threshold`: the (1 − contamination) quantile of the training rows'
-                  scores (`tfvae.anomaly`), which `score --threshold auto` applies;
+    metrics.json  held-out ELBO terms and log p(x) of the validation rows
+                  (`evaluation.evaluate_model`), their ROC-AUC and PR-AUC when the
+                  table has 0/1 labels (`detection_metrics`), `feature_scores` (each
+                  column's mean score on the training rows, in the order of
+                  `columns`), and `threshold`: the
+                  (1 − contamination) quantile of the training rows' scores
+                  (`tfvae.anomaly`), which `score --threshold auto` applies;
                   `graph_threshold`: the same quantile of the exported `score` graph's
                   score at eps = 0 (−ELBO, `anomaly.noise_scores`), which `tfvae export`
                   bakes into that graph's `flag`
+    curves.png, scores.png, feature_scores.png, report.md
+                  the training curves, the histogram of the training rows' scores
+                  with the threshold, the mean score per column, and the report
 
 The table is split at random (by the run's seed) into training and validation
-rows (20 %); the column types are inferred from the whole table (labels never
-used) unless a schema file says otherwise, and the standardisation is fitted
-on the training rows. Training stops early on the validation ELBO and keeps
-the best weights. The directory is written as `tfvae.runs.RunOutput`
-writes a run: under its lock, whole or not at all.
+rows (20 %, `split_rows`); the column types are inferred from the whole table
+(labels never used) unless a schema file says otherwise, and the standardisation
+is fitted on the training rows. Checkpoints, early stopping on the validation
+ELBO, `--resume` and the run directory's transaction are an image run's
+(`tfvae.runs`); a resumed run keeps its schema and standardisation.
+
+Every run command reads a table run: `tfvae.runs.load_run` loads it (checking
+its model against `run_likelihood`), and the commands read its data with
+`held_out` (the run's validation or training rows, or a whole `--dataset`
+table with the run's columns, `read_rows`) where an image run's are read with
+`tfvae.runs.held_out`:
+
+* `evaluate`: the ELBO terms, log p(x), active units (and `--decompose-gap`),
+  and, with 0/1 labels, the ROC-AUC and PR-AUC of the run's score;
+* `encode`: each row's posterior;
+* `score`: each row's score, per-column scores and flag (`score`);
+* `sample`: raw rows drawn from the model (`sample`), not an image;
+* `export`: the graphs, with `score` (`export_model`);
+* `train --resume`: `train(resume=True)`.
 """
 
 import dataclasses
@@ -34,20 +56,35 @@ import numpy as np
 
 from tfvae import anomaly
 from tfvae import builders
-from tfvae import callbacks as callbacks_lib
 from tfvae import data as data_lib
 from tfvae import evaluation
 from tfvae import files
+from tfvae import random as tfvae_random
 from tfvae import tables
 from tfvae import tabular
 from tfvae.tabular_likelihood import TabularLikelihood
 
 __all__ = [
+    "check_sample_output",
+    "detection_metrics",
+    "export_model",
+    "GRAPH_SCORE",
+    "held_out",
     "is_table_run",
     "parse_threshold",
+    "read_rows",
+    "read_settings",
     "read_table_run",
     "RUN_SCORE",
+    "run_likelihood",
+    "run_schema",
+    "sample",
+    "SAMPLE_BATCH",
+    "SAMPLE_EXTENSIONS",
+    "sample_rows",
     "score",
+    "split_rows",
+    "SPLITS",
     "TABLE_FILE",
     "train",
     "VALIDATION_FRACTION",
@@ -80,13 +117,36 @@ def split_rows(n, seed):
     return np.sort(order[held:]), np.sort(order[:held])
 
 
+def _check_config(config):
+    if config.strategy != "default" or config.conditional or config.architecture != "mlp":
+        raise ValueError("Received an invalid value for `dataset`: a table run trains an MLP "
+                         "on one device, unconditional (no --strategy, --conditional or "
+                         f"--architecture conv). Received: dataset={config.dataset!r}")
+
+
+def read_settings(directory):
+    """A table run's `table.json`: `labels_column`, `score`, `score_samples`,
+    `contamination` (and `rows`, the table's rows, for runs written since it is recorded)."""
+    with open(os.path.join(directory, TABLE_FILE)) as f:
+        return json.load(f)
+
+
 def train(config, output, labels_column=None, schema_file=None, contamination=0.1,
-          overwrite=False, verbose=1):
-    """Trains a VAE with a `TabularLikelihood` on the table `config.dataset`.
+          overwrite=False, resume=False, epochs=None, verbose=1):
+    """Trains a VAE with a `TabularLikelihood` on the table `config.dataset`, or resumes one.
+
+    Checkpoints, the history and early stopping are an image run's
+    (`tfvae.runs.training_callbacks`): `last.keras` after every finite epoch,
+    `model.keras` only when the validation ELBO beats every earlier epoch's. A
+    resumed run continues from its newest loadable checkpoint with its optimizer
+    state and its saved schema and standardisation (nothing is fitted again), its
+    table read with that schema and split by its seed as before. Table runs write
+    no TensorBoard logs, and train at the constant `config.learning_rate`.
 
     Args:
-      config: a `tfvae.runs.RunConfig` (its `likelihood`, `architecture`,
-        `filters` and `binarize` do not apply: rows get the per-column likelihood).
+      config: a `tfvae.runs.RunConfig` (its `likelihood`, `filters` and `binarize`
+        do not apply: rows get the per-column likelihood). Ignored with `resume`:
+        the run's own `run.json` is used.
       output: the run directory.
       labels_column: the table's labels column, never a feature (an `.npz`'s `y`
         is its labels). Default value: `None`.
@@ -94,42 +154,87 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
       contamination: the expected fraction of anomalies among the training rows,
         in (0, 0.5]: sets the threshold. Default value: `0.1`.
       overwrite: replace an earlier run in `output`. Default value: `False`.
+      resume: continue the table run in `output` (`labels_column`, `schema_file` and
+        `contamination` come from its `table.json` and model). Default value: `False`.
+      epochs: if not None, the run's epoch budget (with `resume`: extends or
+        shortens the saved one, recorded in `run.json` once trained). Default value: `None`.
       verbose: Keras's progress output. Default value: `1`.
 
     Returns:
       The metrics dict written to `metrics.json`.
+
+    Raises:
+      tfvae.runs.TrainingDiverged: the loss became NaN or infinite (the last
+        finite checkpoint is kept).
+      ValueError: a bad configuration, table or output directory.
     """
     from tfvae import runs  # the application layer
 
+    if resume:
+        if overwrite:
+            raise ValueError("Received an invalid value for `resume`: a run is resumed or "
+                             "overwritten, not both. Received: resume=True, overwrite=True")
+        runs.check_output(output, resume=True)
+        if not is_table_run(output):
+            raise ValueError(f"Cannot resume `{output}` as a table run: it holds no "
+                             f"{TABLE_FILE}.")
+        config = runs.read_config(os.path.join(output, runs.RUN_FILE))
+        settings = read_settings(output)
+        contamination = settings["contamination"]
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
     config.validate()
-    if config.strategy != "default" or config.conditional or config.architecture != "mlp":
-        raise ValueError("Received an invalid value for `dataset`: a table run trains an MLP "
-                         "on one device, unconditional (no --strategy, --conditional or "
-                         f"--architecture conv). Received: dataset={config.dataset!r}")
-    anomaly.VAEDetector(contamination=contamination)  # checks it, in one line
-    overrides = None if schema_file is None else tabular.read_overrides(schema_file)
-    x, labels, schema = tabular.load_table(config.dataset, labels=labels_column,
-                                           overrides=overrides)
-    train_rows, validation_rows = split_rows(len(x), config.seed)
-    runs.check_output(output, overwrite=overwrite)  # refusals before anything is written
-    run_output = runs.RunOutput(output, overwrite=overwrite).begin()
+    _check_config(config)
+    if not resume:
+        anomaly.VAEDetector(contamination=contamination)  # checks it, in one line
+        overrides = None if schema_file is None else tabular.read_overrides(schema_file)
+        x, labels, schema = tabular.load_table(config.dataset, labels=labels_column,
+                                               overrides=overrides)
+        labels = _numeric(labels)
+        split_rows(len(x), config.seed)  # enough rows
+        settings = {"labels_column": schema.labels, "score": RUN_SCORE,
+                    "score_samples": config.eval_samples, "contamination": contamination,
+                    "rows": int(len(x))}
+    runs.check_output(output, overwrite=overwrite, resume=resume)  # before anything is written
+    run_output = runs.RunOutput(output, overwrite=overwrite, resume=resume).begin()
     try:
-        files.write_json(os.path.join(output, runs.RUN_FILE), dataclasses.asdict(config))
-        files.write_json(os.path.join(output, TABLE_FILE), {
-            "labels_column": schema.labels, "score": RUN_SCORE,
-            "score_samples": config.eval_samples, "contamination": contamination})
-        metrics = _fit(config, output, schema, x[train_rows], x[validation_rows], verbose)
-        model = metrics.pop("model")
-        train_scores = anomaly.scores(model, x[train_rows], RUN_SCORE,
-                                      config.eval_samples, seed=config.seed)
-        graph_scores = anomaly.noise_scores(model, x[train_rows])
-        metrics.update(threshold=anomaly.contamination_threshold(train_scores, contamination),
-                       threshold_score=RUN_SCORE,
-                       graph_threshold=anomaly.contamination_threshold(graph_scores,
-                                                                       contamination),
-                       graph_threshold_score=GRAPH_SCORE, contamination=contamination,
-                       train_rows=int(len(train_rows)), columns=schema.names)
-        files.write_json(os.path.join(output, "metrics.json"), metrics)
+        if resume:
+            model, initial_epoch, history = runs.resume_state(output)
+            if model is None:
+                raise ValueError(f"Cannot resume `{output}`: it has no checkpoint yet; train "
+                                 "it again with --overwrite.")
+            schema = run_schema(model, output)
+            x, labels = read_rows(config.dataset, schema)
+            if settings.get("rows", len(x)) != len(x):
+                raise ValueError(f"Received an invalid value for `dataset`: the run trained on "
+                                 f"{settings['rows']} rows of {config.dataset!r}, which now "
+                                 f"has {len(x)}; its split would differ. Received: "
+                                 f"dataset={config.dataset!r}")
+        else:
+            files.write_json(os.path.join(output, runs.RUN_FILE), dataclasses.asdict(config))
+            files.write_json(os.path.join(output, TABLE_FILE), settings)
+            model, initial_epoch, history = None, 0, {}
+        train_rows, validation_rows = split_rows(len(x), config.seed)
+        x_train, x_val = x[train_rows], x[validation_rows]
+        keras.utils.set_random_seed(config.seed)  # the application layer seeds the process
+        if model is None:
+            model = _new_model(config, schema, x_train)
+        optimizer = model.optimizer if initial_epoch > 0 else keras.optimizers.Adam(
+            config.learning_rate)
+        model.compile(optimizer=optimizer)  # a resumed model keeps Adam's state
+        stop, callbacks = runs.training_callbacks(
+            config, output, history, resume=resume,
+            on_checkpoint=None if overwrite else run_output.commit)
+        if initial_epoch < config.epochs:
+            model.fit(data_lib.make_dataset(x_train, min(config.batch_size, len(x_train)),
+                                            seed=config.seed),
+                      epochs=config.epochs, initial_epoch=initial_epoch,
+                      validation_data=data_lib.make_dataset(x_val, 256, shuffle=False),
+                      callbacks=callbacks, shuffle=False, verbose=verbose)
+        runs.raise_if_diverged(stop, output)
+        metrics = _evaluate(config, output, settings, x, labels, train_rows, validation_rows)
+        if resume and epochs is not None:  # the new budget, once trained to it
+            files.write_json(os.path.join(output, runs.RUN_FILE), dataclasses.asdict(config))
         run_output.commit()
         return metrics
     except BaseException:
@@ -139,52 +244,294 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
         run_output.close()
 
 
-def _fit(config, output, schema, x_train, x_val, verbose):
-    """Trains and saves the model; returns the held-out metrics, and the model under `model`."""
-    keras.utils.set_random_seed(config.seed)  # the application layer seeds the process
+def _new_model(config, schema, x_train):
+    """A new model for `schema`: its standardisation fitted on the training rows."""
     head = TabularLikelihood(schema, scale="per_dimension")
     head.adapt(x_train)
     kwargs = config.model_kwargs((x_train.shape[1],))
     kwargs.update(likelihood=head)
-    model = builders.build_vae(**kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    stop = callbacks_lib.StopOnNonFinite()
-    history_path = os.path.join(output, "history.csv")
-    callbacks = [stop, callbacks_lib.AtomicCSVLogger(history_path),
-                 keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max",
-                                               patience=config.patience,
-                                               restore_best_weights=True)]
-    batch_size = min(config.batch_size, len(x_train))
-    model.fit(data_lib.make_dataset(x_train, batch_size, seed=config.seed), epochs=config.epochs,
-              validation_data=data_lib.make_dataset(x_val, 256, shuffle=False),
-              callbacks=callbacks, shuffle=False, verbose=verbose)
-    if stop.diverged_epoch is not None:
-        raise ValueError(f"Training diverged in epoch {stop.diverged_epoch}: the loss became "
-                         f"{stop.value}. Try a lower --learning-rate.")
-    files.save_model(model, os.path.join(output, "model.keras"))
+    return builders.build_vae(**kwargs)
+
+
+def _evaluate(config, output, settings, x, labels, train_rows, validation_rows):
+    """Evaluates the run's best model (`model.keras`), writes `metrics.json` and the report.
+
+    Returns:
+      The metrics: the held-out ELBO terms and log p(x) of the validation rows
+      (`evaluation.evaluate_model`), their ROC-AUC and PR-AUC when the table has
+      0/1 labels (`detection_metrics`), the thresholds, and `feature_scores`:
+      each column's mean −E_q[log p_j(x_j|z)] over the training rows, in the order
+      of `columns`.
+    """
+    from tfvae import runs
+
+    model = runs.load_model(os.path.join(output, "model.keras"))
+    history = runs.read_history(os.path.join(output, "history.csv"))
+    x_train, x_val = x[train_rows], x[validation_rows]
     metrics = evaluation.evaluate_model(model, x_val, num_samples=config.eval_samples,
                                         seed=config.seed)
-    metrics["epochs_trained"] = len(model.history.history.get("loss", []))
-    metrics["model"] = model
+    metrics["epochs_trained"] = len(history.get("loss", []))
+    metrics.update(detection_metrics(model, settings, x_val,
+                                     None if labels is None else labels[validation_rows],
+                                     seed=config.seed))
+    contamination = settings["contamination"]
+    train_scores = anomaly.scores(model, x_train, settings["score"], settings["score_samples"],
+                                  seed=config.seed)
+    graph_scores = anomaly.noise_scores(model, x_train)
+    shares = anomaly.feature_scores(model, x_train, settings["score_samples"], seed=config.seed)
+    names = model.likelihood.schema.names
+    metrics.update(threshold=anomaly.contamination_threshold(train_scores, contamination),
+                   threshold_score=settings["score"],
+                   graph_threshold=anomaly.contamination_threshold(graph_scores, contamination),
+                   graph_threshold_score=GRAPH_SCORE, contamination=contamination,
+                   train_rows=int(len(train_rows)), columns=names,
+                   feature_scores=shares.mean(axis=0).tolist())
+    files.write_json(os.path.join(output, "metrics.json"), metrics)
+    _write_report(config, output, history, metrics, train_scores)
     return metrics
+
+
+def _write_report(config, output, history, metrics, train_scores):
+    """`curves.png`, `scores.png`, `feature_scores.png` and `report.md` of a table run."""
+    from tfvae import report  # matplotlib: the command layer only
+
+    names = metrics["columns"]
+    figures = {
+        "curves": report.plot_curves(history, os.path.join(output, "curves.png")),
+        "scores": report.plot_score_histogram(
+            train_scores, metrics["threshold"], os.path.join(output, "scores.png"),
+            xlabel=f"score: −{metrics['threshold_score']} (nats)"),
+        "feature_scores": report.plot_feature_scores(
+            names, metrics["feature_scores"], os.path.join(output, "feature_scores.png")),
+    }
+    figures = {name: os.path.basename(path) for name, path in figures.items()}
+    described = dict(dataclasses.asdict(config), likelihood="tabular (per column)",
+                     binarize="none")
+    notes = [
+        f"Anomaly score: −{metrics['threshold_score']} per row (higher = more anomalous). "
+        f"Threshold {metrics['threshold']:.4f}: the {1 - metrics['contamination']:.0%} "
+        f"quantile of the {metrics['train_rows']} training rows' scores (contamination "
+        f"{metrics['contamination']}); `tfvae score RUN --threshold auto` flags rows above it.",
+        "",
+    ]
+    if "roc_auc" in metrics:
+        notes += [f"On the validation rows' labels ({metrics['anomalies']} anomalies in "
+                  f"{metrics['num_examples']}): ROC-AUC {metrics['roc_auc']:.4f}, PR-AUC "
+                  f"(average precision) {metrics['pr_auc']:.4f}.", ""]
+    report.write_markdown(os.path.join(output, "report.md"), described, metrics, figures,
+                          notes=notes)
+
+
+def _numeric(labels):
+    """Labels as an array when they are numbers (they can be written and ranked), else None."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    return labels if labels.dtype.kind in "biuf" else None
+
+
+def run_schema(model, directory="the run"):
+    """The `tfvae.tabular.Schema` of a table run's model (its `TabularLikelihood`'s).
+
+    Raises:
+      ValueError: the model does not take table rows.
+    """
+    if not isinstance(model.likelihood, TabularLikelihood):
+        raise ValueError(f"`{directory}`: {TABLE_FILE} says it is a table run, but its "
+                         "model does not take table rows.")
+    return model.likelihood.schema
+
+
+def run_likelihood(directory, model):
+    """A new head of the kind and shape of a table run's model's (no weights fitted): what
+    `tfvae.runs.load_run` builds the run's settings with, to check they describe its model."""
+    run_schema(model, directory)
+    return TabularLikelihood.from_config(model.likelihood.get_config())
 
 
 def read_table_run(directory):
     """`(table settings, metrics, model)` of a table run directory."""
     from tfvae import runs
 
-    with open(os.path.join(directory, TABLE_FILE)) as f:
-        settings = json.load(f)
+    settings = read_settings(directory)
     metrics_path = os.path.join(directory, "metrics.json")
     metrics = {}
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
             metrics = json.load(f)
     model = runs.load_model(os.path.join(directory, "model.keras"))
-    if not isinstance(model.likelihood, TabularLikelihood):
-        raise ValueError(f"`{directory}`: {TABLE_FILE} says it is a table run, but its "
-                         "model.keras does not take table rows.")
+    run_schema(model, directory)
     return settings, metrics, model
+
+
+def read_rows(dataset, schema):
+    """The rows of the table file `dataset` coded with a run's `schema`, and its labels.
+
+    The table must have the schema's columns: every feature column, and no
+    column the schema does not know besides its labels column (columns the
+    schema ignores may be present or not).
+
+    Returns:
+      `(x float32 [n, d], labels [n] or None)`: the labels column's values (or an
+      `.npz`'s `y`) when they are numbers, else None.
+
+    Raises:
+      ValueError: naming `dataset`, the missing and the extra columns; or a
+        column with a value it cannot code (`tfvae.tabular.Schema.encode`).
+    """
+    columns, npz_labels = tabular.read_table(dataset)
+    known = {column.name for column in schema.columns} | {schema.labels}
+    missing = [name for name in schema.names if name not in columns]
+    extra = [name for name in columns if name not in known]
+    if missing or extra:
+        found = "; ".join(part for part in (
+            f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if part)
+        raise ValueError(f"Received an invalid value for `dataset`: {dataset!r} does not have "
+                         f"the run's columns ({found}); the run was trained on {schema.names}"
+                         + (f" with labels {schema.labels!r}" if schema.labels else "")
+                         + f". Received: dataset={dataset!r}")
+    x = schema.encode(columns)
+    labels = tabular.labels_of(columns, schema)
+    return x, _numeric(npz_labels if labels is None else labels)
+
+
+# `split`s of a table run's data: its own table's training or validation rows, or every row.
+SPLITS = ("train", "validation", "all")
+
+
+def held_out(config, model, dataset=None, split=None):
+    """A table run's data for `tfvae evaluate` / `encode`, coded with its model's schema.
+
+    Args:
+      config: the run's `RunConfig`.
+      model: the run's model (its schema reads the table).
+      dataset: a table file, read whole. Default value: the run's own table.
+      split: `"train"` or `"validation"` (the run's own rows, as `split_rows`
+        split them by its seed), or `"all"`. Default value: `"all"` with a
+        `dataset`, else `"validation"`.
+
+    Returns:
+      `(x float32 [n, d], labels [n] or None)` (`read_rows`).
+    """
+    split = split if split is not None else "all" if dataset is not None else "validation"
+    if split not in SPLITS or (dataset is not None and split != "all"):
+        expected = ("'all': a --dataset is read whole" if dataset is not None else
+                    f"one of {SPLITS}: the run's own table has training and validation rows")
+        raise ValueError(f"Received an invalid value for `split` for a table run, expected "
+                         f"{expected}. Received: split={split!r}")
+    x, labels = read_rows(config.dataset if dataset is None else dataset, run_schema(model))
+    if split == "all":
+        return x, labels
+    rows = split_rows(len(x), config.seed)[split == "validation"]
+    return x[rows], None if labels is None else labels[rows]
+
+
+def detection_metrics(model, settings, x, labels, seed=0):
+    """How well the run's score ranks the labelled anomalies among coded rows `x`.
+
+    The score is the run's (`settings["score"]` with `settings["score_samples"]`
+    samples, as `score` writes it); labels are 1 for an anomaly, 0 otherwise.
+
+    Returns:
+      `{}` without labels; `{"detection_skipped": reason}` when the labels are not
+      0/1 of both kinds; else `roc_auc` (the probability that an anomaly outscores
+      a normal row, ties counted half), `pr_auc` (average precision: the mean,
+      over the anomalies, of the precision among the rows scored at least as
+      high) and `anomalies` (their number).
+    """
+    if labels is None:
+        return {}
+    labels = np.asarray(labels)
+    values = set(np.unique(labels).tolist())
+    if not values <= {0, 1}:
+        return {"detection_skipped": "the labels are not 0/1 (1 = anomaly): "
+                f"{sorted(values)[:5]}"}
+    if len(values) < 2:
+        return {"detection_skipped": f"the labels are all {values.pop()}: ROC-AUC and PR-AUC "
+                "need anomalies and normal rows"}
+    from sklearn import metrics as sklearn_metrics  # a dependency of tfvae
+
+    values = anomaly.scores(model, x, settings["score"], settings["score_samples"], seed=seed)
+    labels = labels.astype(np.int64)
+    return {"roc_auc": float(sklearn_metrics.roc_auc_score(labels, values)),
+            "pr_auc": float(sklearn_metrics.average_precision_score(labels, values)),
+            "anomalies": int(labels.sum())}
+
+
+# Rows `sample_rows` decodes per batch, and the sample files it writes.
+SAMPLE_BATCH = 8192
+SAMPLE_EXTENSIONS = (".csv", ".parquet", ".npz", ".npy")
+
+
+def sample_rows(model, n, seed=0):
+    """`n` raw table rows drawn from a table run's model: z ~ p(z), then x ~ p(x|z).
+
+    Continuous columns on the raw scale (the model's standardisation undone),
+    binary and categorical columns as their vocabulary values; a categorical
+    column is drawn among its known values (`TabularLikelihood.sample_of` with
+    `unknown=False`). Batch `i` of `SAMPLE_BATCH` rows draws from `fold_in(seed, i)`.
+
+    Returns:
+      `{name: values [n]}` in the schema's feature order (`Schema.decode`).
+    """
+    schema = run_schema(model)
+    base = tfvae_random.make_seed(seed)
+    codes = []
+    for i, start in enumerate(range(0, n, SAMPLE_BATCH)):
+        batch_seed = tfvae_random.fold_in(base, i)
+        z = model.sample_latents(min(SAMPLE_BATCH, n - start), seed=batch_seed)
+        codes.append(model.likelihood.sample_of(model.decoder_parameters(z),
+                                                tfvae_random.fold_in(batch_seed, 1),
+                                                unknown=False).numpy())
+    return schema.decode(np.concatenate(codes))
+
+
+def check_sample_output(output, schema):
+    """Refuses a file `sample` cannot write rows of `schema` to, before any work.
+
+    Rows go to a `.csv` or `.parquet` (named columns, text values as they are),
+    or to an `.npz` (`X` and the names) or `.npy` (the matrix `[n, d]`) when
+    every value is a number; an image cannot hold them.
+    """
+    extension = os.path.splitext(output)[1].lower()
+    if extension not in SAMPLE_EXTENSIONS:
+        raise ValueError("Received an invalid value for `output`: a table run samples rows, "
+                         "written to a .csv, .parquet, .npz or .npy file (not an image). "
+                         f"Received: output={output!r}")
+    if extension in (".npz", ".npy") and schema.text_columns:
+        raise ValueError(f"Received an invalid value for `output`: columns "
+                         f"{schema.text_columns} hold text, and a {extension} holds numbers; "
+                         f"write a .csv or .parquet. Received: output={output!r}")
+    if extension == ".parquet":
+        try:
+            import pyarrow  # noqa: F401  (optional: not a dependency of tfvae)
+        except ImportError:
+            raise ValueError("Received an invalid value for `output`: .parquet needs the "
+                             "pyarrow package, which is not installed. Received: "
+                             f"output={output!r}") from None
+
+
+def sample(model, n, output, seed=0):
+    """Writes `n` rows drawn from a table run's model (`sample_rows`) to `output`.
+
+    Args:
+      model: the table run's model.
+      n: the number of rows.
+      output: a `.csv` or `.parquet` (the schema's column names and values), or
+        an `.npz` / `.npy` for tables of numbers (`check_sample_output`); written
+        whole or not at all.
+      seed: the draws' seed. Default value: `0`.
+
+    Returns:
+      The number of rows written.
+    """
+    check_sample_output(output, run_schema(model))
+    columns = sample_rows(model, n, seed=seed)
+    if output.lower().endswith(".npy"):
+        matrix = np.stack([values.astype(np.float64) for values in columns.values()], axis=1)
+        files.write_with(output, lambda path: np.save(path, matrix))
+        return len(matrix)
+    return tabular.save_table(output, columns)
 
 
 def export_model(directory):
@@ -243,12 +590,12 @@ def score(directory, dataset, output, threshold="auto", num_samples=None, seed=0
         threshold = float(metrics["threshold"])
     samples = settings["score_samples"] if num_samples is None else num_samples
     schema = model.likelihood.schema
-    x, labels, _ = tabular.load_table(dataset, schema=schema)
+    x, labels = read_rows(dataset, schema)
     values = anomaly.scores(model, x, settings["score"], samples, seed=seed)
     shares = anomaly.feature_scores(model, x, samples, seed=seed)
     columns = {"index": np.arange(len(x), dtype=np.int64)}
-    if labels is not None and np.asarray(labels).dtype.kind in "biuf":
-        columns["label"] = np.asarray(labels)
+    if labels is not None:
+        columns["label"] = labels
     columns["score"] = values
     for j, name in enumerate(schema.names):
         columns[f"feature_{name}"] = shares[:, j]

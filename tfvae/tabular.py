@@ -63,6 +63,7 @@ __all__ = [
     "NPZ_LABELS",
     "read_overrides",
     "read_table",
+    "save_table",
     "Schema",
     "write_schema",
 ]
@@ -246,6 +247,44 @@ class Schema:
         encoded = [c.encode(columns[c.name]) for c in self.features]
         return np.stack(encoded, axis=1).astype(np.float32)
 
+    def decode(self, rows):
+        """The table `{name: values [n]}` of coded rows `[n, d]`: the inverse of `encode`.
+
+        Continuous columns come as they are (float64); binary and categorical
+        columns as their vocabulary values (float64 when every value of the
+        vocabulary is a number, else an object array of the values).
+
+        Raises:
+          ValueError: naming the column, for a code that is not one of its
+            vocabulary's (the unknown slot K has no value to decode to).
+        """
+        rows = np.asarray(rows, np.float64)
+        features = self.features
+        if rows.ndim != 2 or rows.shape[1] != len(features):
+            _fail("rows", f"coded rows [n, {len(features)}] ({self.names})",
+                  f"rows with shape {rows.shape}")
+        table = {}
+        for j, column in enumerate(features):
+            values = rows[:, j]
+            if column.kind == "continuous":
+                table[column.name] = values.copy()
+                continue
+            bad = (values < 0) | (values >= len(column.vocabulary)) | (np.floor(values) != values)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                _column_error(column.name, f"code {values[row]!r} in row {row} is not one of "
+                              f"its {len(column.vocabulary)} values {list(column.vocabulary)} "
+                              "(the unknown category has no value)")
+            numeric = not any(isinstance(v, str) for v in column.vocabulary)
+            vocabulary = np.array(column.vocabulary, dtype=np.float64 if numeric else object)
+            table[column.name] = vocabulary[values.astype(np.int64)]
+        return table
+
+    @property
+    def text_columns(self):
+        """The feature columns whose vocabulary holds text (their values are not numbers)."""
+        return [c.name for c in self.features if any(isinstance(v, str) for v in c.vocabulary)]
+
     def to_config(self):
         return {"labels": self.labels, "columns": [c.to_config() for c in self.columns]}
 
@@ -397,6 +436,73 @@ def read_table(path):
     if extension == ".parquet":
         return _read_parquet(path), None
     return _read_npz(path)
+
+
+def save_table(path, columns):
+    """Writes the table `columns` (`{name: values [n]}`, in order) to a file `read_table` reads
+    back, whole or not at all (a temporary file renamed over `path`).
+
+    * `.csv`: a header row of the names, then one row per example: text as it
+      is, integral numbers as integers, other numbers as `repr(float)` (the
+      shortest text that reads back to the same float64);
+    * `.parquet` (needs `pyarrow`): number columns as float64, text columns as strings;
+    * `.npz`: the matrix `X` `[n, d]` (float64) and `columns`, the names (`read_table`
+      names `X`'s columns `x_0`, ...); every value must be a number.
+
+    Args:
+      path: a `.csv`, `.parquet` or `.npz` file.
+      columns: `{name: values [n]}`, every column `n` values (numbers, or text).
+
+    Returns:
+      The number of rows written.
+    """
+    path = os.fspath(path)
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in EXTENSIONS:
+        _fail("path", "a table file ending in .csv, .parquet or .npz", f"path={path!r}")
+    columns = {str(name): np.asarray(values) for name, values in columns.items()}
+    lengths = {len(values) for values in columns.values()}
+    if not columns or len(lengths) != 1 or any(v.ndim != 1 for v in columns.values()):
+        _fail("columns", "a non-empty dict of columns {name: values [n]}, all of n values",
+              f"columns with shapes {[v.shape for v in columns.values()]}")
+    text = [name for name, values in columns.items() if values.dtype.kind not in "biuf"]
+    if extension == ".npz" and text:
+        _fail("path", "a .csv or .parquet file: an .npz holds a matrix of numbers, and columns "
+              f"{text} hold text", f"path={path!r}")
+    rows = lengths.pop()
+    if extension == ".csv":
+        with files.atomic_open(path) as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(list(columns))
+            cells = [[_cell(v) for v in values] for values in columns.values()]
+            writer.writerows(zip(*cells))
+    elif extension == ".parquet":
+        try:
+            import pyarrow as pa  # optional: not a dependency of tfvae
+            import pyarrow.parquet as pq
+        except ImportError:
+            _fail("path", "a .csv or .npz table (.parquet needs the pyarrow package, which is "
+                  "not installed)", f"path={path!r}")
+        table = pa.table({name: pa.array([str(v) for v in values] if name in text
+                                         else values.astype(np.float64))
+                          for name, values in columns.items()})
+        files.write_with(path, lambda target: pq.write_table(table, target))
+    else:
+        matrix = np.stack([v.astype(np.float64) for v in columns.values()], axis=1)
+        names = np.array(list(columns))
+        with files.atomic_open(path, "wb") as f:
+            np.savez(f, X=matrix, columns=names)
+    return rows
+
+
+def _cell(value):
+    """A table value as `.csv` text (see `save_table`)."""
+    if isinstance(value, str):
+        return value
+    value = float(value)
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
 
 
 def is_table(path):

@@ -198,8 +198,15 @@ class TabularLikelihood(heads.LikelihoodHead):
             blocks.append(tf.cast(tf.argmax(logits, axis=-1), tf.float32)[..., None])
         return tf.gather(tf.concat(blocks, axis=-1), self._column_order, axis=-1)
 
-    def sample_of(self, parameters, seed):
-        """One row per example drawn from p(x|z) `[batch, d]` (a stateless `seed`)."""
+    def sample_of(self, parameters, seed, unknown=True):
+        """One row per example drawn from p(x|z) `[batch, d]` (a stateless `seed`).
+
+        With `unknown=False` a categorical column is drawn among its K known
+        values only: from p(x_j|z) conditioned on x_j ≠ K, the unknown slot (which
+        no training row holds, so its probability is small), i.e. from
+        `softmax(η_j[:K])`. Rows drawn so decode to table values
+        (`tfvae.tabular.Schema.decode`).
+        """
         seeds = tfp.random.split_seed(seed, 3)
         blocks = []
         if self.continuous:
@@ -212,6 +219,7 @@ class TabularLikelihood(heads.LikelihoodHead):
             uniform = tf.random.stateless_uniform(tf.shape(logits), seeds[1])
             blocks.append(tf.cast(uniform < tf.sigmoid(logits), tf.float32))
         for i, logits in enumerate(self._categorical_blocks(parameters["categorical_logits"])):
+            logits = logits if unknown else logits[..., :-1]
             draw = tf.random.stateless_categorical(
                 logits, 1, tfp.random.split_seed(seeds[2], len(self.outcomes))[i])
             blocks.append(tf.cast(draw, tf.float32))
