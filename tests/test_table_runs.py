@@ -321,6 +321,15 @@ def test_resume_continues_a_table_run_and_never_replaces_its_best_model(table_ru
     assert last.likelihood.schema == before.likelihood.schema  # nothing fitted again
     for kept, now in zip(stats, last.likelihood.column_stats()):
         np.testing.assert_array_equal(kept, now.numpy())
-    assert runs.read_config(os.path.join(copy, runs.RUN_FILE)).epochs == 5
+    config = runs.read_config(os.path.join(copy, runs.RUN_FILE))
+    assert config.epochs == 5
+    # The run's learning-rate schedule is applied (cosine from the rate to 0.1× over
+    # epochs × ⌈96 training rows / 32⌉ steps), as run.json records it.
+    assert config.lr_schedule == "cosine"
+    step = int(last.optimizer.iterations.numpy())
+    assert step == 5 * 3
+    expected = config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / 15)))
+    np.testing.assert_allclose(float(np.asarray(last.optimizer.learning_rate)), expected,
+                               rtol=1e-5)
     with open(os.path.join(copy, "metrics.json")) as f:
         assert json.load(f)["epochs_trained"] == 5

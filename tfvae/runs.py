@@ -49,6 +49,7 @@ from tfvae.model import VAE
 
 __all__ = [
     "check_output",
+    "compile_run",
     "condition_dim",
     "held_out",
     "held_out_stream",
@@ -866,7 +867,7 @@ def _model_to_train(config, output, resume, data):
     if model is None:
         model = builders.build_vae(**config.model_kwargs(
             data.input_shape, data.num_classes, dataset_size=size))
-    _compile(model, config, size, resumed=initial_epoch > 0)
+    compile_run(model, config, size, resumed=initial_epoch > 0)
     return model, initial_epoch, history
 
 
@@ -890,7 +891,7 @@ def resume_state(output):
     return model, initial_epoch, read_history(history_path)
 
 
-def _compile(model, config, train_size, resumed):
+def compile_run(model, config, train_size, resumed):
     """Compiles `model` with Adam at the run's learning rate and its execution settings.
 
     XLA and steps per execution follow `tfvae.options.execution` (which turns

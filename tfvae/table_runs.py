@@ -140,8 +140,9 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
     `model.keras` only when the validation ELBO beats every earlier epoch's. A
     resumed run continues from its newest loadable checkpoint with its optimizer
     state and its saved schema and standardisation (nothing is fitted again), its
-    table read with that schema and split by its seed as before. Table runs write
-    no TensorBoard logs, and train at the constant `config.learning_rate`.
+    table read with that schema and split by its seed as before. The optimizer,
+    learning-rate schedule, XLA and steps per call are an image run's
+    (`tfvae.runs.compile_run`). Table runs write no TensorBoard logs.
 
     Args:
       config: a `tfvae.runs.RunConfig` (its `likelihood`, `filters` and `binarize`
@@ -219,9 +220,9 @@ def train(config, output, labels_column=None, schema_file=None, contamination=0.
         keras.utils.set_random_seed(config.seed)  # the application layer seeds the process
         if model is None:
             model = _new_model(config, schema, x_train)
-        optimizer = model.optimizer if initial_epoch > 0 else keras.optimizers.Adam(
-            config.learning_rate)
-        model.compile(optimizer=optimizer)  # a resumed model keeps Adam's state
+        # Adam at the run's learning rate and schedule, XLA and steps per call as
+        # for image runs; a resumed model keeps its optimizer's state.
+        runs.compile_run(model, config, len(x_train), resumed=initial_epoch > 0)
         stop, callbacks = runs.training_callbacks(
             config, output, history, resume=resume,
             on_checkpoint=None if overwrite else run_output.commit)
