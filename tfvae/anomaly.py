@@ -26,7 +26,6 @@ standardises continuous columns inside the model.
 """
 
 import logging
-import weakref
 
 import keras
 import numpy as np
@@ -34,6 +33,7 @@ import tensorflow as tf
 
 from tfvae import _checks
 from tfvae import builders
+from tfvae import compiled
 from tfvae import data
 from tfvae import random as tfvae_random
 from tfvae import tabular
@@ -235,24 +235,17 @@ def _batches(rows, size=256):
         yield tf.constant(rows[start:start + size])
 
 
-# Per model, the compiled column terms of `feature_scores` (one graph per sample count).
-_COLUMN_TERMS = weakref.WeakKeyDictionary()
-
-
 def feature_scores(model, rows, num_samples=64, seed=0):
     """Each column's `−E_q[log p_j(x_j|z)]` `[n, d]` (float64) for coded rows `[n, d]` of a
     model with a `TabularLikelihood`, over `num_samples` draws of z per row (batch `i` of 256
     rows draws from `fold_in(seed, i)`)."""
-    functions = _COLUMN_TERMS.setdefault(model, {})
-    if num_samples not in functions:
-        held = weakref.ref(model)  # the cache must not keep the model alive
-
-        def column_terms(x, noise_seed):
-            return _mean_column_terms(held(), x, noise_seed, num_samples)
-
-        functions[num_samples] = tf.function(column_terms, reduce_retracing=True)
+    column_terms = compiled.model_function(
+        model, ("feature_scores", num_samples),
+        lambda held: lambda x, noise_seed: _mean_column_terms(held(), x, noise_seed,
+                                                              num_samples),
+        reduce_retracing=True)
     base = tfvae_random.make_seed(seed)
-    out = [-functions[num_samples](x, tfvae_random.fold_in(base, i)).numpy()
+    out = [-column_terms(x, tfvae_random.fold_in(base, i)).numpy()
            for i, x in enumerate(_batches(np.asarray(rows, np.float32)))]
     return np.concatenate(out).astype(np.float64)
 

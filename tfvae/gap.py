@@ -24,12 +24,12 @@ fixed (the spread between examples is a different number: see
 
 import logging
 import math
-import weakref
 
 import numpy as np
 import tensorflow as tf
 
 from tfvae import _checks
+from tfvae import compiled
 from tfvae import marginal
 from tfvae import objectives
 from tfvae import random as tfvae_random
@@ -43,22 +43,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-# Compiled functions per model, keyed by the Python values their graphs are built from
-# (sample counts, the KL method); x, y, raw parameters and seeds are arguments and the
-# weights are read when called, so repeated calls on one model reuse the traces. Weak
-# keys: a model's functions go with it (they hold the model only through `weakref`).
-_COMPILED = weakref.WeakKeyDictionary()
-
-
 def _compiled(model, key, build):
-    """The tf.function `build(model_ref)` for `(model, key)`, built on first use.
-
-    `model_ref` is a weak reference to call for the model inside the function, so that
-    the cache does not keep the model alive."""
-    functions = _COMPILED.setdefault(model, {})
-    if key not in functions:
-        functions[key] = tf.function(build(weakref.ref(model)), autograph=False)
-    return functions[key]
+    """`build(model_ref)` compiled once per `(model, key)` (`tfvae.compiled`): the key
+    holds the Python values the graph is built from (sample counts, the KL method)."""
+    return compiled.model_function(model, ("gap",) + key, build, autograph=False)
 
 
 def _elbo_fn(model, x, y, num_samples):
