@@ -237,3 +237,16 @@ def test_hierarchy_capabilities_and_layer_kl_terms():
         expected = np.stack([np.mean(q - p, axis=0) for q, p in zip(log_q, log_p)], -1)
         assert got.shape == (2, 2)
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_evaluation_says_why_a_hierarchy_gets_no_elbo_surgery():
+    # Its q(z|x) cannot score other examples' codes at once: evaluate_model reports the
+    # reason instead of leaving the surgery out silently, and the other metrics stand.
+    model = _model()
+    x = (np.random.default_rng(1).uniform(size=(6, 3)) < 0.5).astype("float32")
+    from tfvae import evaluation
+
+    metrics = evaluation.evaluate_model(model, x, num_samples=4, seed=0)
+    assert "aggregate posterior" in metrics["surgery_skipped"]
+    assert "HierarchicalPosterior" in metrics["surgery_skipped"]
+    assert np.isfinite(metrics["elbo"]) and metrics["num_examples"] == 6

@@ -686,8 +686,8 @@ def evaluate_model(model, x, num_samples=100, seed=0, batch_size=256, y=None, ve
         x_first, y_first = first.arrays()
         try:
             result.update(elbo_surgery(model, x_first, y=y_first, seed=seed))
-        except ValueError:
-            pass  # a posterior that cannot score other examples' codes (the hierarchy)
+        except ValueError as error:  # e.g. a posterior that cannot score others' codes
+            result["surgery_skipped"] = str(error)
     result["num_examples"] = scores.count
     result["num_samples"] = num_samples
     return result
