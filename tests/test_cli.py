@@ -635,9 +635,11 @@ def test_export_passes_opset_and_model_name_as_given(conditional_run, tmp_path, 
 
     seen = {}
     monkeypatch.setattr(export, "export_onnx",
-                        lambda model, output, opset: seen.update(opset=opset) or {})
+                        lambda model, output, opset, threshold=None: seen.update(
+                            opset=opset, threshold=threshold) or {})
     monkeypatch.setattr(export, "export_saved_model",
-                        lambda model, output, name, version=None: seen.update(name=name) or output)
+                        lambda model, output, name, version=None, threshold=None: seen.update(
+                            name=name, threshold=threshold) or output)
     for opset in ("0", "-5", "13"):
         assert cli.main(["export", conditional_run, "--format", "onnx", "--opset", opset,
                          "--output", str(tmp_path)]) == 0
@@ -648,6 +650,7 @@ def test_export_passes_opset_and_model_name_as_given(conditional_run, tmp_path, 
     assert cli.main(["export", conditional_run, "--format", "saved_model", "--model-name",
                      "../x", "--output", str(tmp_path)]) == 0
     assert seen["name"] == "../x"
+    assert seen["threshold"] is None  # an image run's graphs have no flag to set
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_earlier_one(conditional_run, tmp_path,

@@ -708,9 +708,9 @@ def _export_saved_model(model, output, args, threshold=None):
         raise ValueError("Received an invalid value for `--quantize`: it applies to "
                          f"--format onnx only. Received: --quantize={args.quantize} "
                          "--format saved_model")
-    score = {} if threshold is None else {"threshold": threshold}  # (table runs' `score`)
+    # threshold: a table run's, for its `score` graph's flag (else None).
     path = export.export_saved_model(model, output, args.model_name, version=args.version,
-                                     **score)
+                                     threshold=threshold)
     print(f"wrote SavedModel {path}")
 
 
@@ -726,8 +726,7 @@ def _export_onnx(model, output, args, threshold=None):
         if args.quantize == "int8-static":
             quantize["calibration_data"] = _validation_sample(
                 args.run, model, limit=export.CALIBRATION_EXAMPLES, split="train")
-    score = {} if threshold is None else {"threshold": threshold}  # (table runs' `score`)
-    written = export.export_onnx(model, output, opset=opset, **score, **quantize)
+    written = export.export_onnx(model, output, opset=opset, threshold=threshold, **quantize)
     for name, path in written.items():
         print(f"wrote {name}: {path}")
     if quantize:
