@@ -297,3 +297,15 @@ def test_in_a_plain_fit_scalars_match_history_and_latent_summaries_are_written(t
     np.testing.assert_allclose([hist[0, 0], hist[-1, 1]], [codes[:, 0].min(), codes[:, 0].max()], rtol=1e-5)
     kl = evaluation.kl_per_dimension(model, x_val)
     np.testing.assert_allclose([latent[f"kl_per_dimension/z{j}"][2] for j in range(3)], kl, rtol=1e-5)
+
+
+def test_surgery_logs_refuse_a_point_mass_posterior_before_training():
+    # A VQ-VAE's q(z|x) has no density, so the surgery cannot apply: fit stops before its
+    # first step, with the reason, instead of after a whole epoch.
+    model = tfvae.build_vae((4,), 2, posterior="vq", codebook_size=4, hidden_units=(4,), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = (np.random.default_rng(0).uniform(size=(8, 4)) < 0.5).astype("float32")
+    with pytest.raises(ValueError, match="SurgeryLogs does not apply.*has_density is False"):
+        model.fit(x, epochs=1, batch_size=4, verbose=0,
+                  callbacks=[tfvae.SurgeryLogs(x, num_examples=8)])
+    assert int(model.optimizer.iterations.numpy()) == 0

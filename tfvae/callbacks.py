@@ -308,6 +308,12 @@ class SurgeryLogs(keras.callbacks.Callback):
         self.every = _checks.positive_int("every", every)
         self.seed = seed
 
+    def on_train_begin(self, logs=None):
+        # Refused before the first epoch, not after it: a model the surgery does not apply to.
+        refusal = surgery.surgery_refusal(self.model)
+        if refusal:
+            raise ValueError(f"SurgeryLogs does not apply to this model: {refusal}.")
+
     def on_epoch_end(self, epoch, logs=None):
         last = self.params.get("epochs") if self.params else None
         if logs is None or ((epoch + 1) % self.every and epoch + 1 != last):
