@@ -93,6 +93,8 @@ def run_tfvae(config, X, y, train, test, seed, scores):
 
 def peer_worker(job_path, out_path):
     """Runs in the peers' environment: every (dataset, seed) in the job, each PyOD detector."""
+    import resource
+
     with open(job_path) as f:
         job = json.load(f)
     from pyod.models.ecod import ECOD
@@ -120,9 +122,11 @@ def peer_worker(job_path, out_path):
                 start = time.perf_counter()
                 values = detector.decision_function(X[test])
                 score_time = time.perf_counter() - start
+                # The worker's peak so far: per (dataset, seed) and the peers it ran.
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 out.write(json.dumps({**task["key"], "detector": name,
                                       **metrics(y[test], values), "fit_s": fit_time,
-                                      "score_s": score_time}) + "\n")
+                                      "score_s": score_time, "peak_rss_mb": peak}) + "\n")
                 out.flush()
 
 
@@ -234,13 +238,27 @@ def tables(paths, datasets=None, seeds=None, only=None):
                 f"{m:.3f}" for m in means) + " |")
             out.append("| **average rank** | | " + " | ".join(f"{r:.2f}" for r in ranks) + " |")
     out.append("\n### Time per fit and per scoring of the 30 % "
-               "(s, median over datasets and seeds)\n")
-    out.append("| detector | fit | score |")
-    out.append("| --- | ---: | ---: |")
+               "(s, median over datasets and seeds), by the dataset's size, and peak memory\n")
+    bins = ((0, 1000), (1000, 5000), (5000, None))
+    names = [f"fit, n < {bins[0][1]:,}", f"fit, {bins[1][0]:,} ≤ n < {bins[1][1]:,}",
+             f"fit, n ≥ {bins[2][0]:,}"]
+    out.append("| detector | fit | score | " + " | ".join(names)
+               + " | peak RSS (MB, median / max) |")
+    out.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " | ---: |")
     for k in detectors:
-        fits = [r["fit_s"] for r in rows if r["detector"] == k]
-        scores = [r["score_s"] for r in rows if r["detector"] == k]
-        out.append(f"| {k} | {np.median(fits):.2f} | {np.median(scores):.2f} |")
+        mine = [r for r in rows if r["detector"] == k]
+        by_size = []
+        for low, high in bins:
+            fits = [r["fit_s"] for r in mine if r["n"] >= low and (high is None or r["n"] < high)]
+            by_size.append(f"{np.median(fits):.1f} ({len(fits)})" if fits else "–")
+        peaks = [r["peak_rss_mb"] for r in mine if "peak_rss_mb" in r]
+        memory = f"{np.median(peaks):,.0f} / {max(peaks):,.0f}" if peaks else "–"
+        out.append(f"| {k} | {np.median([r['fit_s'] for r in mine]):.2f} | "
+                   f"{np.median([r['score_s'] for r in mine]):.2f} | " + " | ".join(by_size)
+                   + f" | {memory} |")
+    out.append("\n(In parentheses: the fits in each size bin. tfvae's peak is its whole "
+               "process's so far, TensorFlow's runtime included; a PyOD row's is its worker "
+               "process's, one per dataset and seed.)")
     tf_rows = {}
     for r in rows:
         if r["detector"].startswith("tfvae-"):

@@ -110,3 +110,22 @@ def test_bad_arguments_and_rows():
     X = np.random.default_rng(0).normal(size=(20, 2))
     with raises("'x_1'", "missing value"):
         detector.fit(np.c_[X[:, 0], np.where(np.arange(20) == 3, np.nan, X[:, 1])])
+
+
+@pytest.mark.slow
+def test_a_dropped_detector_frees_its_model_and_compiled_scores():
+    # Many fits in one process (a grid search, a benchmark) must not keep every model:
+    # the scores' compiled functions are cached per model without holding it.
+    import gc
+    import weakref
+
+    normal, _ = _data()
+    detector = VAEDetector(score="elbo", epochs=1, latent_dim=2, hidden_units=(4,),
+                           num_score_samples=2, iwae_k=2, seed=0).fit(normal[:64])
+    for score in ("iwae", "log_px", "reconstruction"):
+        detector.set_params(score=score).decision_function(normal[:8])
+    detector.feature_scores(normal[:8])
+    held = weakref.ref(detector.model_)
+    del detector
+    gc.collect()
+    assert held() is None
