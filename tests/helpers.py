@@ -130,3 +130,37 @@ def refused_rows(likelihood, x):
         except ValueError:
             refused.append(True)
     return np.array(refused)
+
+
+def table_column_scores(likelihood, parameters, x, mean, std):
+    """Each column's −log p_j(x_j|z) `[n, d]` (float64) with scipy, for a
+    `TabularLikelihood`'s decoder `parameters` (`loc`, `scale`, `binary_logits`,
+    `categorical_logits`: the continuous, binary and categorical columns' blocks in the
+    schema's order) at coded rows `x`: a Gaussian density on the raw scale for a
+    continuous column standardised by `mean`, `std` (one per continuous column),
+    Bernoulli(sigmoid(η)) for a binary column, softmax over K + 1 codes (the last the
+    unknown slot) for a categorical one. The independent answer the `score` graph's
+    `feature_scores` are checked against (test_export_score.py, test_conformance.py)."""
+    from scipy import special, stats
+
+    x = np.asarray(x, np.float64)
+    p = {key: np.asarray(value, np.float64) for key, value in parameters.items()}
+    kinds = [column.kind for column in likelihood.schema.features]
+    continuous = [j for j, kind in enumerate(kinds) if kind == "continuous"]
+    binary = [j for j, kind in enumerate(kinds) if kind == "binary"]
+    out = np.empty(x.shape, np.float64)
+    if continuous:
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        out[:, continuous] = -stats.norm.logpdf(x[:, continuous], mean + std * p["loc"],
+                                                std * p["scale"])
+    if binary:
+        out[:, binary] = -stats.bernoulli.logpmf(x[:, binary], special.expit(p["binary_logits"]))
+    start = 0
+    for j, column in enumerate(likelihood.schema.features):
+        if column.kind != "categorical":
+            continue
+        logits = p["categorical_logits"][:, start:start + column.num_outcomes]
+        start += column.num_outcomes
+        out[:, j] = -special.log_softmax(logits, axis=1)[np.arange(len(x)), x[:, j].astype(int)]
+    assert start == p["categorical_logits"].shape[1]
+    return out

@@ -2,7 +2,9 @@
 
 Each variant (β-VAE, IWAE and IWAE + DReG, IAF, planar-flow and full-covariance posteriors,
 mixture and Vamp priors, a two-layer hierarchy, conditional MLP and conv
-models, free bits per group, β-TCVAE, InfoVAE (MMD), VQ-VAE) is checked for
+models, free bits per group, β-TCVAE, InfoVAE (MMD), VQ-VAE, and a model of
+table rows with a `TabularLikelihood` over continuous, binary and categorical
+columns) is checked for
 
 * serialisation: `.keras` save / load keeps the config, the weights, and
   exactly the ELBO terms and training objective at a fixed seed and `predict`;
@@ -14,21 +16,26 @@ models, free bits per group, β-TCVAE, InfoVAE (MMD), VQ-VAE) is checked for
 * ONNX export: every graph the model supports passes the ONNX checker at
   tfvae's opset, runs in onnxruntime and agrees with the same references
   (rtol, atol 1e-5); the graphs that cannot be exported are refused with a
-  clear `ValueError` before anything is written.
+  clear `ValueError` before anything is written. A table model's `score` graph
+  (−ELBO and per-column scores) is checked in both formats against scipy's
+  column terms (`helpers.table_column_scores`) plus the KL.
 
 The harness asks the parts what they are instead of assuming Gaussians: the
-reported metrics are the ELBO's plus the objective's and the posterior's own
-(`metric_names`) and one KL per layer; the `decode` graph's input is what the
+data are drawn from the likelihood itself at neutral parameters (`_data`: binary
+data for a Bernoulli head, every column's codes for a table's, each row checked
+by its `validate_data`); the reported metrics are the ELBO's plus the
+objective's and the posterior's own (`metric_names`) and one KL per layer; the `decode` graph's input is what the
 posterior declares (`decode_input_spec`: z, or a VQ-VAE's integer codes, drawn
 from the values its `decode_input_rows` accepts); the references go through
 `posterior_outputs`, `latent_from_decode_input`, `loss_terms` and the prior's
 `reparameterize`, and the encoder's `mean`/`scale` outputs are checked against q
 as a TFP distribution wherever the posterior has a closed-form mean. The graphs
 a variant cannot export are the ones its parts refuse (`export_refusal`, read
-through `tfvae.export.part_refusal`), and each variant states which those are.
+through `tfvae.export.part_refusal`), and each variant states which those are
+(`score` is refused unless its likelihood has per-column terms, `column_terms`).
 
-Models are tiny (binary data `(8,)` or `(4, 4, 1)`, latent size 2 to 5,
-hidden width 8) and each variant is built and fitted once per module.
+Models are tiny (binary data `(8,)` or `(4, 4, 1)`, table rows `(4,)`, latent
+size 2 to 5, hidden width 8) and each variant is built and fitted once per module.
 
 The checks on fitted models are `slow` (a fit per variant, exports, XLA); the
 inner loop (`-m "not slow"`) builds every variant and rebuilds it from its config.
@@ -54,6 +61,10 @@ import tfvae
 from tfvae import export
 from tfvae import hierarchy
 from tfvae import objectives
+from tfvae import tabular
+from tfvae.tabular_likelihood import TabularLikelihood
+
+from helpers import table_column_scores
 
 tfd = tfp.distributions
 
@@ -67,6 +78,7 @@ GRAPH_INPUTS = {
     "reconstruct": ("x", "eps"),
     "sample": ("eps",),
     "elbo": ("x", "eps"),
+    "score": ("x", "eps"),
 }
 
 
@@ -93,6 +105,28 @@ def _vq_vae():
                            code_dim=2)
 
 
+def _training_table():
+    """A table of every feature kind, raw: two continuous columns on their own scales, a
+    yes/no column and a colour column of three values (`tfvae.tabular` codes them)."""
+    rng = np.random.default_rng(0)
+    n = NUM_EXAMPLES
+    return {"amount": rng.normal(50.0, 10.0, n), "member": rng.choice(["no", "yes"], n),
+            "colour": rng.choice(["red", "green", "blue"], n), "weight": rng.normal(70.0, 5.0, n)}
+
+
+def _table_vae():
+    """A VAE of table rows, built as `VAEDetector` and `tfvae train` build one: the schema
+    inferred from the training table (`tabular.infer_schema`: continuous, binary and
+    categorical columns, the last with an unknown slot), its rows coded by the schema and
+    the `TabularLikelihood`'s standardisation adapted on them."""
+    table = _training_table()
+    schema = tabular.infer_schema(table)
+    rows = schema.encode(table)
+    head = TabularLikelihood(schema)
+    head.adapt(rows)
+    return tfvae.build_vae(rows.shape[1:], 2, hidden_units=(8,), likelihood=head, seed=0)
+
+
 def _conditional_conv_vae():
     return tfvae.build_vae((4, 4, 1), 2, architecture="conv", filters=(4,), seed=0,
                            condition_dim=NUM_CLASSES)
@@ -104,7 +138,7 @@ class Variant:
 
     Attributes:
       build: builds the (unfitted) model; the same weights on every call.
-      posterior, prior, encoder: the expected classes of those parts.
+      posterior, prior, encoder, likelihood: the expected classes of those parts.
       config: `get_config()` entries that make the variant what it is.
       sample_refused_by: for priors that cannot be sampled from noise, the
         class name the `sample` export error must give.
@@ -116,6 +150,7 @@ class Variant:
     posterior: type = tfvae.DiagonalGaussianPosterior
     prior: type = tfvae.StandardNormalPrior
     encoder: type = tfvae.MLP
+    likelihood: type = tfvae.BernoulliLikelihood
     config: dict = dataclasses.field(default_factory=dict)
     sample_refused_by: Optional[str] = None
     metrics: frozenset = frozenset()
@@ -158,6 +193,7 @@ VARIANTS = {
                    metrics=frozenset({"mmd"})),
     "vq": Variant(_vq_vae, posterior=tfvae.VQPosterior, prior=tfvae.UniformCodePrior,
                   metrics=frozenset({"codebook", "commitment"})),
+    "table": Variant(_table_vae, likelihood=TabularLikelihood),
 }
 NAMES = list(VARIANTS)
 
@@ -191,9 +227,20 @@ def _conditional(model):
 
 
 def _data(model, n, seed):
-    """Binary data `[n] + event_shape` and, for a conditional model, integer labels `[n]`."""
+    """Data `[n] + event_shape` the likelihood scores and, for a conditional model, integer
+    labels `[n]`.
+
+    The rows are drawn from the likelihood itself at neutral parameters (a zero decoder
+    output), so the harness assumes no kind of data: a Bernoulli head gives fair coin
+    flips (binary data), a table's head gives each column's codes (a categorical column's
+    K + 1, its unknown slot included, a binary column's 0/1) and continuous columns on the
+    raw scale it was adapted to. Every row is checked with the head's `validate_data`."""
+    likelihood = model.likelihood
+    neutral = likelihood.distribution(likelihood.parameters(tf.zeros([n, likelihood.params_size])))
+    x = tf.cast(neutral.sample(seed=tf.constant([seed, 0])), tf.float32).numpy()
+    assert x.shape == (n,) + model.event_shape
+    likelihood.validate_data(x)
     rng = np.random.default_rng(seed)
-    x = (rng.uniform(size=(n,) + model.event_shape) < 0.5).astype("float32")
     labels = rng.integers(0, NUM_CLASSES, n) if _conditional(model) else None
     return x, labels
 
@@ -351,6 +398,11 @@ def _reference(model, inputs, labels):
     if model.prior.can_reparameterize:
         samples = model.decode(model.prior.reparameterize(tf.constant(noise)), y=labels)
         reference["sample"] = {"samples": model.likelihood.mean(samples)}
+    if model.likelihood.column_terms:  # a table's head: the `score` graph, with scipy's terms
+        columns = table_column_scores(model.likelihood, model.decoder_parameters(z_q, y), x,
+                                      *model.likelihood.column_stats())
+        reference["score"] = {"score": columns.sum(axis=1) + np.asarray(kl),
+                              "feature_scores": columns}
     return {name: {k: np.asarray(v) for k, v in out.items()} for name, out in reference.items()}
 
 
@@ -368,10 +420,12 @@ def _normalised(config):
 
 
 def _refused_graphs(name):
-    """The graphs variant `name` must refuse: `score` (it needs a likelihood with per-column
-    terms: tables, tests/test_export_score.py) and `sample` for a prior without noise
-    sampling."""
-    return {"score"} | ({"sample"} if VARIANTS[name].sample_refused_by else set())
+    """The graphs variant `name` must refuse: `score` unless its likelihood has per-column
+    terms (a table's, `column_terms`; tests/test_export_score.py) and `sample` for a prior
+    without noise sampling."""
+    variant = VARIANTS[name]
+    return (({"score"} if not variant.likelihood.column_terms else set())
+            | ({"sample"} if variant.sample_refused_by else set()))
 
 
 def _expected_graphs(model, available):
@@ -410,6 +464,7 @@ def _assert_built_as_specified(model, variant):
     assert type(model.posterior) is variant.posterior
     assert type(model.prior) is variant.prior
     assert type(model.encoder) is variant.encoder
+    assert type(model.likelihood) is variant.likelihood
     config = model.get_config()
     for key, value in variant.config.items():
         assert config[key] == value, key

@@ -376,7 +376,7 @@ def test_a_diverging_overwrite_restores_the_earlier_run(digits_run, tmp_path, ca
 
 @pytest.mark.slow
 def test_an_overwrite_that_fails_after_its_first_checkpoint_restores_the_earlier_run(
-        digits_run, tmp_path, monkeypatch):
+        digits_run, tmp_path, tmp_path_factory, monkeypatch):
     # The new run trains and checkpoints, then its report fails: the earlier run must
     # come back whole (0.2.0 had deleted it at the first checkpoint).
     run = str(tmp_path / "run")
@@ -387,8 +387,10 @@ def test_an_overwrite_that_fails_after_its_first_checkpoint_restores_the_earlier
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(report_lib, "write_figures", broken)
-    config = runs.RunConfig(epochs=1, latent_dim=2, hidden_units=(16,), batch_size=128,
-                            eval_samples=2, tensorboard=False)
+    dataset = str(tmp_path_factory.mktemp("data") / "d.npz")
+    splits_npz(dataset)  # small (40 training examples): the restore is tested, not the data
+    config = runs.RunConfig(dataset=dataset, epochs=1, latent_dim=2, hidden_units=(16,),
+                            batch_size=128, eval_samples=2, tensorboard=False)
     with pytest.raises(OSError, match="No space left"):
         runs.train(config, run, overwrite=True, verbose=0)
     assert _snapshot(run) == before
@@ -396,10 +398,14 @@ def test_an_overwrite_that_fails_after_its_first_checkpoint_restores_the_earlier
 
 
 @pytest.mark.slow
-def test_a_successful_overwrite_replaces_the_run_and_removes_the_old_copy(digits_run, tmp_path):
+def test_a_successful_overwrite_replaces_the_run_and_removes_the_old_copy(digits_run, tmp_path,
+                                                                         tmp_path_factory):
     run = str(tmp_path / "run")
     shutil.copytree(digits_run, run)
-    assert cli.main(["train", "--output", run, "--overwrite", *TINY_RUN, "--epochs", "1"]) == 0
+    dataset = str(tmp_path_factory.mktemp("data") / "d.npz")
+    splits_npz(dataset)  # small (40 training examples): the replacement is tested, not the data
+    assert cli.main(["train", "--output", run, "--overwrite", "--dataset", dataset, *TINY_RUN,
+                     "--epochs", "1"]) == 0
     assert os.listdir(tmp_path) == ["run"]
     assert len(_history_rows(run)) == 1
     assert not os.path.exists(os.path.join(run, files.LOCK_FILE))

@@ -196,6 +196,24 @@ def test_jit_compile_gives_the_same_losses_as_eager():
     assert histories["eager"]["loss"][0] != histories["eager"]["loss"][-1]
 
 
+def test_the_first_fit_traces_the_train_step_once(monkeypatch):
+    """The optimizer's variables exist before Keras traces the step (`_build_optimizer`): a
+    first trace that created them would make TensorFlow trace the step a second time."""
+    model = tfvae.build_vae((4,), 2, hidden_units=(8,), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    assert not model.optimizer.built
+    traces, step = [], tfvae.VAE.train_step
+
+    def counted(self, data):
+        traces.append(self.optimizer.built)
+        return step(self, data)
+
+    monkeypatch.setattr(tfvae.VAE, "train_step", counted)
+    model.fit(unit_data(8, 4), epochs=2, batch_size=4, shuffle=False, verbose=0)
+    assert traces == [True]  # one trace, with Adam's moments already there
+    assert model.optimizer.iterations.numpy() == 4
+
+
 @pytest.mark.slow
 def test_same_seed_same_training_different_seed_differs():
     x = _data_for("bernoulli", n=32)

@@ -21,7 +21,7 @@ import tfvae
 from tfvae import export
 from tfvae import vq
 
-from helpers import TINY_RUN
+from helpers import TINY_RUN, splits_npz
 from helpers import raises
 
 
@@ -306,8 +306,10 @@ def test_cli_trains_and_exports_a_vq_run_whose_graphs_match_keras(tmp_path):
     from tfvae import cli
 
     output = str(tmp_path / "run")
-    assert cli.main(["train", "--output", output, *TINY_RUN, "--epochs", "1", "--latent-dim",
-                     "4", "--posterior", "vq", "--codebook-size", "16"]) == 0
+    splits_npz(tmp_path / "d.npz")  # 40 training examples: what is checked needs no more
+    assert cli.main(["train", "--dataset", str(tmp_path / "d.npz"), "--output", output,
+                     *TINY_RUN, "--epochs", "1", "--latent-dim", "4", "--posterior", "vq",
+                     "--codebook-size", "16"]) == 0
     with open(os.path.join(output, "run.json")) as f:
         assert json.load(f)["codebook_size"] == 16
     with open(os.path.join(output, "metrics.json")) as f:

@@ -341,11 +341,27 @@ class Trainer:
             return np.zeros(len(x), "float32")
         return y
 
+    def _build_optimizer(self):
+        """Creates the optimizer's variables (its step count, Adam's moments) before Keras
+        traces the train step, when every layer is built.
+
+        Keras with TensorFlow, outside a distribution strategy, leaves that to the
+        step's first trace; a `tf.function` whose first trace creates variables is
+        traced a second time, so every first `fit` paid for two traces of the
+        step (and, with `jit_compile`, of its XLA cluster). Building them here is
+        what Keras does itself under a strategy (`_symbolic_build`).
+        """
+        if (self.optimizer is not None and not self.optimizer.built
+                and all(layer.built for layer in self._flatten_layers())):
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking array inputs against the likelihood."""
         self._check_data(x, "x")
         self._check_labels(x, y)
         self._check_data(kwargs.get("validation_data"), "validation_data")
+        self._build_optimizer()
         return super().fit(x, self._placeholder_y(x, y, kwargs), *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
