@@ -74,22 +74,9 @@ def hyperparameters():
     owner the part's registered name (`tfvae.hyperparameters`)."""
     declared = {key: (spec, "objective", owner)
                 for key, (spec, owner) in objective_parts.hyperparameters().items()}
-    for key, spec in _posterior_declarations().items():
-        declared.setdefault(key, (spec, "posterior", ", ".join(_owners(key))))
+    for key, (spec, owners) in hyperparameters_lib.declarations(POSTERIORS).items():
+        declared.setdefault(key, (spec, "posterior", ", ".join(owners)))
     return declared
-
-
-def _posterior_declarations():
-    """name -> `Hyperparameter` over every registered posterior (several posteriors may
-    declare the same one, e.g. the flows' `num_steps`)."""
-    return {key: spec for cls in POSTERIORS.values()
-            for key, spec in cls.hyperparameters.items()}
-
-
-def _owners(key):
-    """The registered posteriors that declare the hyperparameter `key`."""
-    return [name for name, cls in POSTERIORS.items()
-            if key in cls.hyperparameters]
 
 
 def part_classes(posterior, prior):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from tfvae import _checks
 
-__all__ = ["Hyperparameter", "check_values", "route"]
+__all__ = ["Hyperparameter", "check_values", "declarations", "route"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,24 @@ def check_values(declared, values):
             for name, spec in declared.items()}
 
 
+def declarations(classes):
+    """Every hyperparameter some part class declares, and the parts that declare it.
+
+    Args:
+      classes: registered name -> part class (each with a `hyperparameters` dict).
+
+    Returns:
+      name -> `(Hyperparameter, owners)`: the first declaring part's declaration, and
+      the registered names of every part that declares it (e.g. the flows share
+      `num_steps`).
+    """
+    declared = {}
+    for name, cls in classes.items():
+        for key, spec in cls.hyperparameters.items():
+            declared.setdefault(key, (spec, []))[1].append(name)
+    return declared
+
+
 def route(kind, chosen, classes, values, built=None):
     """Takes the registered parts' hyperparameters out of `values`, keeping the chosen part's.
 
@@ -87,11 +105,7 @@ def route(kind, chosen, classes, values, built=None):
       its own defaults.
     """
     own = {}
-    declared = {}
-    for cls in classes.values():
-        for key, spec in cls.hyperparameters.items():
-            declared.setdefault(key, spec)
-    for key, spec in declared.items():
+    for key, (spec, owners) in declarations(classes).items():
         if key not in values:
             continue
         value = spec.validate(key, values.pop(key))
@@ -103,10 +117,9 @@ def route(kind, chosen, classes, values, built=None):
             if value is not None:
                 own[key] = value
         elif value is not None and value != spec.default:
-            owners = " or ".join(f"{kind}={name!r}" for name, cls in classes.items()
-                                 if key in cls.hyperparameters)
+            takers = " or ".join(f"{kind}={name!r}" for name in owners)
             raise ValueError(
-                f"Received an invalid value for `{key}`: it acts on {owners} only "
-                f"({spec.help}), so it needs {owners}. Received: {key}={value!r}, "
+                f"Received an invalid value for `{key}`: it acts on {takers} only "
+                f"({spec.help}), so it needs {takers}. Received: {key}={value!r}, "
                 f"{kind}={chosen!r}")
     return own

@@ -89,11 +89,8 @@ def objective_class(name):
 
 def hyperparameters():
     """Every registered objective's hyperparameters: name -> `(Hyperparameter, owner name)`."""
-    declared = {}
-    for owner, cls in _REGISTRY.items():
-        for key, spec in cls.hyperparameters.items():
-            declared.setdefault(key, (spec, owner))
-    return declared
+    return {key: (spec, owners[0])
+            for key, (spec, owners) in hyperparameters_lib.declarations(_REGISTRY).items()}
 
 
 def make_objective(objective, values=None):
